@@ -1,0 +1,13 @@
+//! `llama3`: one Llama-family decoder on candle, its weights, tokenizers, chat templates,
+//! sampling and generation.
+//!
+//! Dim legend used in shape comments throughout the crate:
+//! `B` batch, `T` new tokens in this forward, `S` cached + new positions, `D` model dim
+//! (`hidden_size`), `F` MLP dim (`intermediate_size`), `H` query heads, `Hkv` key/value heads,
+//! `G = H / Hkv`, `Dh` head dim, `V` vocab.
+
+pub mod error;
+pub mod sample;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

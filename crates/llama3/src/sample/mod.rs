@@ -1,0 +1,1 @@
+//! Sampling: a chain of logits processors and one selector.
