@@ -6,8 +6,16 @@
 //! (`hidden_size`), `F` MLP dim (`intermediate_size`), `H` query heads, `Hkv` key/value heads,
 //! `G = H / Hkv`, `Dh` head dim, `V` vocab.
 
+pub mod config;
 pub mod error;
+//pub mod generate;
+pub mod hub;
+//pub mod loader;
+pub mod model;
 pub mod sample;
 pub mod tokenizer;
+pub mod weights;
 
+pub use config::LlamaConfig;
 pub use error::{Error, Result};
+pub use model::Llama;

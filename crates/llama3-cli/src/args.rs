@@ -1,0 +1,178 @@
+//! Flags shared by several subcommands, and the one place that maps them to library types.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use llama3::loader::{LoadOptions, Loaded};
+use llama3::sample::SamplingParams;
+use llama3::tokenizer::Tokenizer;
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model: a GGUF file, an HF model directory, or hf:owner/name[/file.gguf] from the Hugging
+    /// Face Hub. Default: SmolLM2-135M-Instruct Q4_1, fetched into the cache on first use.
+    #[arg(short, long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Use this tokenizer (tokenizer.json, or a Llama 3 tokenizer.model) instead of the model's.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// dtype of dense weights and activations on the CPU.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Resolves, fetches if needed, and loads the model; a line on stderr says what and how long.
+    pub fn load(&self) -> Result<Loaded> {
+        if let Some(t) = self.threads {
+            if t == 0 {
+                bail!("--threads must be at least 1");
+            }
+            // candle's CPU kernels size their pools from this before first use.
+            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        }
+        let path = llama3::hub::resolve_model(self.model.as_deref(), |m| eprintln!("{m}"))?;
+        let dtype = match self.dtype.as_str() {
+            "f16" => candle_core::DType::F16,
+            "bf16" => candle_core::DType::BF16,
+            _ => candle_core::DType::F32,
+        };
+        let start = Instant::now();
+        let opts = LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        };
+        let mut loaded = llama3::loader::load(&path, &opts)
+            .with_context(|| format!("cannot load model {}", path.display()))?;
+        if let Some(t) = &self.tokenizer {
+            loaded.tokenizer = Some(Tokenizer::from_file(t)?);
+        }
+        tracing::info!(
+            "loaded {} in {:.2} s",
+            path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(loaded)
+    }
+}
+
+/// The tokenizer, or an error that says what to do without one.
+pub fn need_tokenizer(l: &Loaded) -> Result<&Tokenizer> {
+    l.tokenizer.as_ref().context(
+        "this model has no tokenizer: pass --tokenizer FILE, or give token ids with --prompt-ids",
+    )
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Maximum number of tokens to generate.
+    #[arg(
+        short = 'n',
+        long = "max-tokens",
+        default_value_t = 256,
+        value_name = "N"
+    )]
+    pub max_tokens: usize,
+    /// Temperature; 0 = greedy.
+    #[arg(
+        long = "temp",
+        alias = "temperature",
+        default_value_t = 0.8,
+        value_name = "T"
+    )]
+    pub temperature: f32,
+    /// Always pick the most likely token (same as --temp 0).
+    #[arg(long)]
+    pub greedy: bool,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40, value_name = "K")]
+    pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P (1 = off).
+    #[arg(long, default_value_t = 0.95, value_name = "P")]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05, value_name = "P")]
+    pub min_p: f32,
+    /// Locally typical sampling with mass P (1 = off).
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub typical_p: f32,
+    /// Divide positive (multiply negative) logits of recently seen tokens by this (1 = off).
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub repeat_last_n: usize,
+    /// Subtract X times a token's count among recent tokens (OpenAI frequency_penalty).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "X",
+        allow_hyphen_values = true
+    )]
+    pub frequency_penalty: f32,
+    /// Subtract X from every token seen among recent tokens (OpenAI presence_penalty).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "X",
+        allow_hyphen_values = true
+    )]
+    pub presence_penalty: f32,
+    /// Add BIAS to token ID's logit, e.g. --logit-bias 15043=-inf or 13=2.5 (repeatable).
+    #[arg(long, value_name = "ID=BIAS", value_parser = parse_bias)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Seed of the random draw: the same seed gives the same output (default: random).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Stop when this text appears (not included in the output; repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// The sampling parameters, checked; the seed actually used is filled in.
+    pub fn params(&self, vocab_size: usize) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: if self.greedy { 0.0 } else { self.temperature },
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            penalty_last_n: self.repeat_last_n,
+            logit_bias: self.logit_bias.clone(),
+            seed: self.seed.unwrap_or_else(random_seed),
+        };
+        if let Err(e) = p.validate(vocab_size) {
+            bail!("{e}");
+        }
+        Ok(p)
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn parse_bias(s: &str) -> std::result::Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=BIAS, got {s:?}"))?;
+    let id: u32 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad token id {id:?}"))?;
+    let bias = match bias.trim() {
+        "-inf" => f32::NEG_INFINITY,
+        b => b.parse().map_err(|_| format!("bad bias {b:?}"))?,
+    };
+    Ok((id, bias))
+}

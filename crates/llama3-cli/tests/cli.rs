@@ -1,0 +1,261 @@
+//! The `llama3` binary as a user runs it: bad inputs give a one-line error and a non-zero exit
+//! (acceptance 5 of the engine issue), and the main commands work end to end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn shared() -> PathBuf {
+    match std::env::var_os("LLAMA3_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    }
+}
+
+fn llama3(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llama3"))
+        .args(args)
+        .output()
+        .expect("run llama3")
+}
+
+fn default_model() -> PathBuf {
+    let out = llama3(&["pull"]);
+    assert!(
+        out.status.success(),
+        "pull failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Fails unless the command failed with exactly one line on stderr that contains `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "{needle:?} not in: {err}"
+    );
+}
+
+fn write_prefix(src: &Path, dst: &Path, n: usize) {
+    let bytes = std::fs::read(src).unwrap();
+    std::fs::write(dst, &bytes[..n]).unwrap();
+}
+
+#[test]
+fn truncated_gguf_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("truncated.gguf");
+    write_prefix(&default_model(), &bad, 50_000_000);
+    assert_one_line_error(
+        &llama3(&["generate", "-m", bad.to_str().unwrap(), "-p", "hi"]),
+        "truncated",
+    );
+    // Cut inside the header too.
+    write_prefix(&default_model(), &bad, 1000);
+    assert_one_line_error(
+        &llama3(&["info", "-m", bad.to_str().unwrap()]),
+        "truncated.gguf",
+    );
+}
+
+#[test]
+fn wrong_magic_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("magic.gguf");
+    let mut bytes = std::fs::read(default_model()).unwrap();
+    bytes.truncate(4096);
+    bytes[..4].copy_from_slice(b"GGUX");
+    std::fs::write(&bad, bytes).unwrap();
+    assert_one_line_error(
+        &llama3(&["generate", "-m", bad.to_str().unwrap(), "-p", "hi"]),
+        "magic",
+    );
+}
+
+#[test]
+fn safetensors_with_wrong_shape_is_an_error() {
+    let src = shared().join("golden/hf/gqa/model");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "model.layers.1.self_attn.k_proj.weight";
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
+    for (n, v) in st.tensors() {
+        if n == name {
+            // Same bytes, shape transposed: (32, 64) -> (64, 32).
+            let shape = vec![v.shape()[1], v.shape()[0]];
+            let t = safetensors::tensor::TensorView::new(v.dtype(), shape, v.data()).unwrap();
+            views.push((n, t));
+        } else {
+            views.push((n, v));
+        }
+    }
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    let out = llama3(&[
+        "generate",
+        "-m",
+        dir.path().to_str().unwrap(),
+        "--prompt-ids",
+        "1,2,3",
+    ]);
+    assert_one_line_error(&out, name);
+    assert_one_line_error(&out, "shape");
+}
+
+#[test]
+fn missing_tokenizer_is_an_error_and_prompt_ids_work() {
+    let model = shared().join("golden/hf/gqa/model");
+    let m = model.to_str().unwrap();
+    assert_one_line_error(
+        &llama3(&["generate", "-m", m, "-p", "hello"]),
+        "no tokenizer",
+    );
+    let out = llama3(&[
+        "generate",
+        "-m",
+        m,
+        "--prompt-ids",
+        "5,6,7",
+        "-n",
+        "4",
+        "--greedy",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["prompt_ids"], serde_json::json!([5, 6, 7]));
+    assert_eq!(j["ids"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn missing_model_path_is_an_error() {
+    assert_one_line_error(
+        &llama3(&["generate", "-m", "/no/such/model.gguf", "-p", "hi"]),
+        "does not exist",
+    );
+}
+
+#[test]
+fn bad_cli_values_are_errors() {
+    let out = llama3(&["generate", "--top-p", "1.5", "-p", "hi"]);
+    assert!(!out.status.success());
+    let out = llama3(&["generate", "--logit-bias", "abc", "-p", "hi"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["generate", "chat", "tokenize", "info", "pull"] {
+        let out = llama3(&[sub, "--help"]);
+        assert!(out.status.success(), "{sub} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: llama3"), "{sub}: {text}");
+    }
+}
+
+#[test]
+fn generate_json_greedy_equals_llamacpp_first_tokens() {
+    // p5_count has llama.cpp's largest greedy margins (min 1.7): all 48 tokens must agree.
+    let text = std::fs::read_to_string(shared().join("golden/llamacpp/golden.json")).unwrap();
+    let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let p = g["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "p5_count")
+        .unwrap();
+    let model = default_model();
+    let out = llama3(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        p["prompt"].as_str().unwrap(),
+        "--greedy",
+        "-n",
+        "48",
+        "--json",
+        "--top-logprobs",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["prompt_ids"], p["prompt_ids"]);
+    let ids: Vec<u64> = j["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = p["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let n = ids.len().min(want.len());
+    assert!(n > 10);
+    assert_eq!(ids[..n], want[..n]);
+    let step0 = &j["steps"][0];
+    assert_eq!(step0["top_logprobs"].as_array().unwrap().len(), 3);
+    assert_eq!(step0["top_logprobs"][0]["id"], step0["id"]);
+}
+
+#[test]
+fn chat_answers_and_handles_commands() {
+    let model = default_model();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llama3"))
+        .args([
+            "chat",
+            "-m",
+            model.to_str().unwrap(),
+            "--greedy",
+            "-n",
+            "24",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(
+                b"What is the capital of France?\n/reset\nWhat is the capital of France?\n/exit\n",
+            )
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(text.contains("Paris"), "{text}");
+    // After /reset the same question gets the same greedy answer.
+    assert!(answers.len() >= 2, "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tok/s"), "{err}");
+    assert!(err.contains("reset"), "{err}");
+}

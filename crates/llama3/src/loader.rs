@@ -1,0 +1,186 @@
+//! Opening a model from a path: a GGUF file, an HF directory, or a `.safetensors` file inside
+//! one. Detects the format from the bytes, not the extension.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::config::LlamaConfig;
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::weights::gguf::{GgufFile, GgufSource};
+use crate::weights::safetensors::SafetensorsSource;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// dtype of dense weights and activations (quantized weights stay quantized).
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Gguf,
+    HfSafetensors,
+}
+
+/// What `llama3 info` shows about a checkpoint.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub format: String,
+    pub architecture: String,
+    pub name: Option<String>,
+    pub parameters: usize,
+    /// Storage type -> tensor count.
+    pub tensor_types: Vec<(String, usize)>,
+    pub file_bytes: u64,
+}
+
+pub struct Loaded {
+    pub model: Llama,
+    /// None when the checkpoint carries no tokenizer.
+    pub tokenizer: Option<Tokenizer>,
+    pub info: ModelInfo,
+}
+
+/// Detects the format of `path`.
+pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        if path.join("config.json").exists() {
+            return Ok((Format::HfSafetensors, path.to_path_buf()));
+        }
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .collect();
+        return match ggufs.as_slice() {
+            [one] => Ok((Format::Gguf, one.clone())),
+            _ => Err(Error::format(
+                path,
+                "not a model directory: no config.json (HF) and not exactly one .gguf file",
+            )),
+        };
+    }
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    if n == 4 && &magic == b"GGUF" {
+        return Ok((Format::Gguf, path.to_path_buf()));
+    }
+    if path.extension().is_some_and(|x| x == "safetensors") {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if dir.join("config.json").exists() {
+            return Ok((Format::HfSafetensors, dir.to_path_buf()));
+        }
+        return Err(Error::format(path, "safetensors file without a config.json beside it"));
+    }
+    if path.extension().is_some_and(|x| x == "gguf") {
+        return Err(Error::format(
+            path,
+            format!("not a GGUF file: bad magic {magic:02x?} (expected \"GGUF\")"),
+        ));
+    }
+    Err(Error::format(
+        path,
+        "unknown model format (expected a GGUF file or an HF model directory)",
+    ))
+}
+
+/// Loads model and tokenizer from a GGUF file or HF directory.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let (format, path) = detect(path)?;
+    match format {
+        Format::Gguf => load_gguf(&path, opts),
+        Format::HfSafetensors => load_hf(&path, opts),
+    }
+}
+
+fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let file = GgufFile::open(path)?;
+    let config = LlamaConfig::from_gguf(file.metadata()).map_err(|e| match e {
+        Error::Config(m) => Error::format(path, m),
+        e => e,
+    })?;
+    let tokenizer = match file.metadata().get("tokenizer.ggml.model") {
+        Some(_) => Some(Tokenizer::from_gguf(file.metadata())?),
+        None => None,
+    };
+    let name = file.meta_str("general.name").map(str::to_string);
+    let tensor_types = file.type_counts();
+    let src = GgufSource::new(
+        file,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        opts.dtype,
+        &opts.device,
+    );
+    let freqs = src.rope_freqs()?;
+    let model = Llama::load(&src, &config, freqs.as_deref(), &opts.device)?;
+    let info = ModelInfo {
+        path: path.to_path_buf(),
+        format: "GGUF".into(),
+        architecture: "llama".into(),
+        name,
+        parameters: model.config.num_parameters(),
+        tensor_types,
+        file_bytes: file_size(path),
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        info,
+    })
+}
+
+fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let config = LlamaConfig::from_hf_file(&dir.join("config.json"))?;
+    let src = SafetensorsSource::open_dir(dir, opts.dtype, &opts.device)?;
+    let model = Llama::load(&src, &config, None, &opts.device)?;
+    let has_tokenizer = dir.join("tokenizer.json").exists() || dir.join("tokenizer.model").exists();
+    let tokenizer = if has_tokenizer {
+        Some(Tokenizer::from_hf_dir(dir)?)
+    } else {
+        None
+    };
+    let types = src.type_counts();
+    let bytes = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .map(|e| file_size(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0);
+    let info = ModelInfo {
+        path: dir.to_path_buf(),
+        format: "HF safetensors".into(),
+        architecture: "llama".into(),
+        name: dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+        parameters: model.config.num_parameters(),
+        tensor_types: types,
+        file_bytes: bytes,
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        info,
+    })
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}

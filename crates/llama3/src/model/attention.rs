@@ -1,0 +1,97 @@
+//! Grouped-query attention (covers MHA `G = 1` and MQA `Hkv = 1`), RoPE, KV-cache append and
+//! the causal mask. Written with differentiable ops only (candle's fused `softmax_last_dim`
+//! has no backward).
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::cache::KvCache;
+use super::linear::Linear;
+use super::rope;
+use crate::Result;
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Linear, // (H*Dh, D)
+    pub k_proj: Linear, // (Hkv*Dh, D)
+    pub v_proj: Linear, // (Hkv*Dh, D)
+    pub o_proj: Linear, // (D, H*Dh)
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// (B, T, D) -> (B, T, D). `cos`/`sin` (T, Dh/2) for positions pos..pos+T; `mask` (T, S)
+    /// additive, None when T = 1; `cache` is (cache, layer index), None when training.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, hkv, dh) = (self.n_head, self.n_head_kv, self.head_dim);
+        let g = h / hkv;
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, h, dh))?
+            .transpose(1, 2)?; // (B, H, T, Dh)
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, hkv, dh))?
+            .transpose(1, 2)?; // (B, Hkv, T, Dh)
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, hkv, dh))?
+            .transpose(1, 2)?; // (B, Hkv, T, Dh)
+        let q = rope::apply(&q, cos, sin)?;
+        let k = rope::apply(&k, cos, sin)?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?, // (B, Hkv, S, Dh)
+            None => (k, v.contiguous()?),
+        };
+        let s = k.dim(2)?;
+        // Query head j*G + g reads KV head j (HF `repeat_kv` repeats each KV head G times), so
+        // grouping the G query heads of a KV head along the row axis needs no K/V copies.
+        let q = q.contiguous()?.reshape((b, hkv, g * t, dh))?; // (B, Hkv, G*T, Dh)
+        let scale = 1.0 / (dh as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?; // (B, Hkv, G*T, S)
+        let att = match mask {
+            Some(m) => att
+                .reshape((b, hkv, g, t, s))?
+                .broadcast_add(&m.to_dtype(att.dtype())?)?
+                .reshape((b, hkv, g * t, s))?,
+            None => att,
+        };
+        let att = softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let y = att.matmul(&v.contiguous()?)?; // (B, Hkv, G*T, Dh)
+        let y = y
+            .reshape((b, h, t, dh))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * dh))?; // (B, T, H*Dh)
+        self.o_proj.forward(&y)
+    }
+}
+
+/// Softmax over the last dim; the max is detached (softmax is shift-invariant, so its gradient
+/// through the shift is zero).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Additive causal mask (T, S) for T new positions after `pos` cached ones: query i may see
+/// keys 0..=pos+i.
+pub fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
+    let s = pos + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, s), device)?)
+}

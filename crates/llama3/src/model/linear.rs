@@ -1,0 +1,83 @@
+//! `Linear`: the only weight matmul of the model. The weight is dense or GGUF blocks; an
+//! optional LoRA adapter adds `scale * B(A x)` on top (PEFT's `lora.Linear.forward`).
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Module, Tensor};
+
+use crate::weights::Weight;
+use crate::Result;
+
+#[derive(Clone, Debug)]
+pub enum LinearWeight {
+    /// (out, in), any float dtype; the input is cast to it and the output back.
+    Dense(Tensor),
+    /// (out, in) GGUF blocks; the input is f32 (candle quantizes it to Q8 blocks per row, as
+    /// llama.cpp does).
+    Quantized(QMatMul),
+}
+
+/// A low-rank adapter: `A` (r, in), `B` (out, r), `scale` = alpha / r (or alpha / sqrt(r)).
+#[derive(Clone, Debug)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: LinearWeight,
+    pub lora: Option<Lora>,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl Linear {
+    pub fn new(weight: Weight) -> Self {
+        let dims = weight.dims().to_vec();
+        let (out_features, in_features) = (dims[0], dims.get(1).copied().unwrap_or(1));
+        let weight = match weight {
+            Weight::Dense(t) => LinearWeight::Dense(t),
+            Weight::Quantized(q) => LinearWeight::Quantized(QMatMul::QTensor(q)),
+        };
+        Self {
+            weight,
+            lora: None,
+            out_features,
+            in_features,
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// (.., in) -> (.., out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => {
+                let dims = x.dims();
+                let mut out_dims = dims.to_vec();
+                let last = out_dims.len() - 1;
+                out_dims[last] = self.out_features;
+                let x2 = x.reshape(((), self.in_features))?.to_dtype(w.dtype())?;
+                // (N, in) x (in, out) -> (N, out)
+                x2.matmul(&w.t()?)?.to_dtype(x.dtype())?.reshape(out_dims)?
+            }
+            LinearWeight::Quantized(q) => q.forward(&x.contiguous()?)?,
+        };
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => {
+                let x2 = x.to_dtype(l.a.dtype())?;
+                let h = x2.broadcast_matmul(&l.a.t()?)?; // (.., r)
+                let d = h.broadcast_matmul(&l.b.t()?)?; // (.., out)
+                Ok((y + (d * l.scale)?.to_dtype(x.dtype())?)?)
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! `Llama`: embed -> blocks (RMSNorm, GQA attention, RMSNorm, SwiGLU) -> norm -> head.
+//! One definition for every weight kind; see `linear.rs`.
+
+pub mod attention;
+pub mod cache;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+
+pub use attention::Attention;
+pub use cache::KvCache;
+pub use linear::{Linear, LinearWeight, Lora};
+pub use mlp::Mlp;
+pub use norm::RmsNorm;
+pub use rope::Rope;
+
+use crate::config::LlamaConfig;
+use crate::weights::{Weight, WeightSource};
+use crate::{Error, Result};
+
+/// Token embedding table (V, D), dense or GGUF blocks (rows dequantized on lookup).
+#[derive(Clone, Debug)]
+pub enum Embedding {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Embedding {
+    /// (B, T) u32 -> (B, T, D)
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Embedding::Dense(w) => {
+                let (b, t) = ids.dims2()?;
+                w.index_select(&ids.flatten_all()?, 0)?
+                    .reshape((b, t, ()))?
+            }
+            Embedding::Quantized(q) => q.embedding(ids)?,
+        })
+    }
+
+    fn weight(&self) -> Weight {
+        match self {
+            Embedding::Dense(t) => Weight::Dense(t.clone()),
+            Embedding::Quantized(q) => Weight::Quantized(q.clone()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// (B, T, D) -> (B, T, D)
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let x = (x + self.self_attn.forward(&h, cos, sin, mask, cache)?)?;
+        let h = self.post_attention_layernorm.forward(&x)?;
+        Ok((&x + self.mlp.forward(&h)?)?)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub embed_tokens: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// (V, D); shares the embedding's storage when the head is tied.
+    pub lm_head: Linear,
+    pub rope: Rope,
+    device: Device,
+    /// Activation dtype: the dense weights' dtype, f32 with quantized weights.
+    dtype: DType,
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    Last,
+}
+
+impl Llama {
+    /// Builds the model from any weight source (HF names). `rope_freqs`: GGUF
+    /// `rope_freqs.weight` when the file has it.
+    pub fn load(
+        src: &dyn WeightSource,
+        config: &LlamaConfig,
+        rope_freqs: Option<&[f32]>,
+        device: &Device,
+    ) -> Result<Self> {
+        let c = config;
+        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (h, hkv, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let linear = |name: &str, shape: &[usize]| -> Result<Linear> {
+            Ok(Linear::new(src.get(name, shape)?))
+        };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(
+                src.get(name, &[d])?.to_dense()?,
+                c.rms_norm_eps,
+            ))
+        };
+        let embed_tokens = match src.get("model.embed_tokens.weight", &[v, d])? {
+            Weight::Dense(t) => Embedding::Dense(t),
+            Weight::Quantized(q) => Embedding::Quantized(q),
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                self_attn: Attention {
+                    q_proj: linear(&format!("{p}.self_attn.q_proj.weight"), &[h * dh, d])?,
+                    k_proj: linear(&format!("{p}.self_attn.k_proj.weight"), &[hkv * dh, d])?,
+                    v_proj: linear(&format!("{p}.self_attn.v_proj.weight"), &[hkv * dh, d])?,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj.weight"), &[d, h * dh])?,
+                    n_head: h,
+                    n_head_kv: hkv,
+                    head_dim: dh,
+                },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
+                    up_proj: linear(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+                },
+            });
+        }
+        // HF ties when config says so; a checkpoint without lm_head.weight is tied too (GGUF
+        // writes no `output.weight` for tied models).
+        let tied = c.tie_word_embeddings || !src.contains("lm_head.weight");
+        let lm_head = if tied {
+            Linear::new(embed_tokens.weight())
+        } else {
+            linear("lm_head.weight", &[v, d])?
+        };
+        let dtype = match &embed_tokens {
+            Embedding::Dense(t) => t.dtype(),
+            Embedding::Quantized(_) => DType::F32,
+        };
+        let mut config = c.clone();
+        config.tie_word_embeddings = tied;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: norm("model.norm.weight")?,
+            lm_head,
+            rope: Rope::new(&config, rope_freqs, device),
+            config,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// (B, T) u32 ids -> (B, T, D) hidden states after the final norm. Positions start at the
+    /// cache length (0 without a cache).
+    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (_b, t) = ids.dims2()?;
+        let pos = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(c) = cache.as_ref() {
+            c.reserve(t)?;
+        }
+        if let Some(bad) = ids
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .find(|&i| i as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.config.vocab_size
+            )));
+        }
+        let (cos, sin) = self.rope.tables(pos, t)?;
+        let mask = match t {
+            1 => None,
+            _ => Some(attention::causal_mask(t, pos, &self.device)?),
+        };
+        let mut x = self.embed_tokens.forward(ids)?; // (B, T, D)
+        for (i, layer) in self.layers.iter().enumerate() {
+            let c = cache.as_deref_mut().map(|c| (c, i));
+            x = layer.forward(&x, &cos, &sin, mask.as_ref(), c)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// (B, T) u32 ids -> (B, T, V) logits, or (B, 1, V) with `Logits::Last`.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        which: Logits,
+    ) -> Result<Tensor> {
+        let x = self.forward_hidden(ids, cache)?;
+        let x = match which {
+            Logits::All => x,
+            Logits::Last => {
+                let t = x.dim(1)?;
+                x.narrow(1, t - 1, 1)?
+            }
+        };
+        self.lm_head.forward(&x)
+    }
+
+    /// A KV cache for `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        let capacity = capacity.min(self.config.max_position_embeddings.max(1));
+        KvCache::new(&self.config, batch, capacity, self.dtype, &self.device)
+    }
+}

@@ -1,0 +1,28 @@
+//! RMSNorm from differentiable ops (candle's fused `rms_norm` has no backward).
+//! HF `LlamaRMSNorm`: variance in f32, `weight * (x * rsqrt(mean(x^2) + eps))`.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::Result;
+
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor, // (D)
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        Self { weight, eps }
+    }
+
+    /// (.., D) -> (.., D)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_mul(&(var + self.eps)?.sqrt()?.recip()?)?;
+        Ok(x.to_dtype(dtype)?
+            .broadcast_mul(&self.weight.to_dtype(dtype)?)?)
+    }
+}

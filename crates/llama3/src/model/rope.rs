@@ -1,0 +1,107 @@
+//! Rotary position embedding, HF's half-rotation form (`rotate_half`: pairs `i`, `i + Dh/2`),
+//! with `linear` and `llama3` frequency scaling or GGUF `rope_freqs.weight` divisors.
+
+use candle_core::{Device, Tensor, D};
+
+use crate::config::{LlamaConfig, RopeScaling};
+use crate::Result;
+
+#[derive(Clone, Debug)]
+pub struct Rope {
+    /// Dh/2 inverse frequencies, scaling applied.
+    inv_freq: Vec<f32>,
+    /// Positions are divided by this (HF `linear` scaling).
+    pos_scale: f32,
+    device: Device,
+}
+
+impl Rope {
+    /// `freq_factors`: GGUF `rope_freqs.weight` (each frequency divided by its factor).
+    pub fn new(cfg: &LlamaConfig, freq_factors: Option<&[f32]>, device: &Device) -> Self {
+        let dh = cfg.head_dim;
+        // HF `_compute_default_rope_parameters`: 1 / base^(2i/Dh), computed in f32.
+        let mut inv_freq: Vec<f32> = (0..dh / 2)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / dh as f32))
+            .collect();
+        let mut pos_scale = 1.0;
+        match (&cfg.rope_scaling, freq_factors) {
+            (_, Some(f)) => {
+                for (v, f) in inv_freq.iter_mut().zip(f) {
+                    *v /= f;
+                }
+            }
+            (Some(RopeScaling::Linear { factor }), None) => pos_scale = *factor as f32,
+            (Some(RopeScaling::Llama3 { .. }), None) => {
+                llama3_scale(&mut inv_freq, cfg.rope_scaling.as_ref())
+            }
+            (None, None) => {}
+        }
+        Self {
+            inv_freq,
+            pos_scale,
+            device: device.clone(),
+        }
+    }
+
+    /// cos and sin tables for positions `start..start+len`, each (T, Dh/2) f32.
+    pub fn tables(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in start..start + len {
+            let p = p as f32 / self.pos_scale;
+            for f in &self.inv_freq {
+                let a = p * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (len, half), &self.device)?,
+            Tensor::from_vec(sin, (len, half), &self.device)?,
+        ))
+    }
+}
+
+/// HF `_compute_llama3_parameters` (Llama 3.1): low frequencies divided by `factor`, high ones
+/// kept, the band between interpolated smoothly.
+fn llama3_scale(inv_freq: &mut [f32], s: Option<&RopeScaling>) {
+    let Some(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    }) = s
+    else {
+        return;
+    };
+    let old = *original_max_position_embeddings as f32;
+    let (factor, low, high) = (
+        *factor as f32,
+        *low_freq_factor as f32,
+        *high_freq_factor as f32,
+    );
+    let low_freq_wavelen = old / low;
+    let high_freq_wavelen = old / high;
+    for f in inv_freq.iter_mut() {
+        let wavelen = 2.0 * std::f32::consts::PI / *f;
+        if wavelen > low_freq_wavelen {
+            *f /= factor;
+        } else if wavelen >= high_freq_wavelen {
+            let smooth = (old / wavelen - low) / (high - low);
+            *f = (1.0 - smooth) * *f / factor + smooth * *f;
+        }
+    }
+}
+
+/// Applies RoPE to (B, H, T, Dh) with cos/sin (T, Dh/2).
+/// HF: `q * cos + rotate_half(q) * sin`, `rotate_half(x) = cat(-x2, x1)`.
+pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    Ok(Tensor::cat(&[r1, r2], D::Minus1)?)
+}

@@ -1,0 +1,217 @@
+//! GGUF v2/v3 files (llama.cpp's format): metadata, and tensors that stay quantized.
+//! The file is memory-mapped; each tensor's blocks are copied once into a candle `QTensor`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+
+use super::names::{gguf_rows_for_hf, hf_to_gguf, rope_permuted_heads, GGUF_ROPE_FREQS};
+use super::{Weight, WeightSource};
+use crate::{Error, Result};
+
+/// An opened GGUF file: parsed header and the mapped bytes.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    mmap: Mmap,
+}
+
+impl GgufFile {
+    /// Parses the header and checks that every tensor lies inside the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let content = Content::read(&mut BufReader::new(&file)).map_err(|e| {
+            Error::format(
+                path,
+                format!("not a valid GGUF file (bad magic, truncated or corrupt header): {e}"),
+            )
+        })?;
+        // SAFETY: read-only mapping of a file we do not modify.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let me = Self {
+            path: path.to_path_buf(),
+            content,
+            mmap,
+        };
+        for (name, info) in &me.content.tensor_infos {
+            let (start, size) = me.byte_range(name, info)?;
+            if start + size > len as usize {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "truncated: tensor {name} ({:?} {:?}) needs bytes {start}..{} but the file has {len}",
+                        info.ggml_dtype,
+                        info.shape.dims(),
+                        start + size
+                    ),
+                ));
+            }
+        }
+        Ok(me)
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// String metadata value, if present.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.metadata()
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.content.tensor_infos.get(name)
+    }
+
+    /// Count of tensors per storage type, for `llama3 info`.
+    pub fn type_counts(&self) -> Vec<(String, usize)> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for info in self.content.tensor_infos.values() {
+            *counts.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    fn byte_range(&self, name: &str, info: &TensorInfo) -> Result<(usize, usize)> {
+        let elems = info.shape.elem_count();
+        let bs = info.ggml_dtype.block_size();
+        if elems % bs != 0 {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "tensor {name}: {elems} elements is not a multiple of the {:?} block size {bs}",
+                    info.ggml_dtype
+                ),
+            ));
+        }
+        let size = elems / bs * info.ggml_dtype.type_size();
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        Ok((start, size))
+    }
+
+    /// The raw bytes of tensor `name` (GGUF name).
+    pub fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self.tensor_info(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            file: self.path.clone(),
+        })?;
+        let (start, size) = self.byte_range(name, info)?;
+        Ok((info, &self.mmap[start..start + size]))
+    }
+}
+
+/// Hands out GGUF tensors under HF names, Q/K rows converted to HF's half-rotation layout.
+pub struct GgufSource {
+    pub file: GgufFile,
+    n_head: usize,
+    n_head_kv: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl GgufSource {
+    /// `dtype` is what unquantized (F32/F16/BF16) tensors are converted to.
+    pub fn new(
+        file: GgufFile,
+        n_head: usize,
+        n_head_kv: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        Self {
+            file,
+            n_head,
+            n_head_kv,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// Llama 3.1+ RoPE frequency divisors (`rope_freqs.weight`, Dh/2 values), if present.
+    pub fn rope_freqs(&self) -> Result<Option<Vec<f32>>> {
+        if self.file.tensor_info(GGUF_ROPE_FREQS).is_none() {
+            return Ok(None);
+        }
+        let (info, bytes) = self.file.raw(GGUF_ROPE_FREQS)?;
+        let q = qtensor_from_ggml(
+            info.ggml_dtype,
+            bytes,
+            info.shape.dims().to_vec(),
+            &Device::Cpu,
+        )?;
+        Ok(Some(
+            q.dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        ))
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let gname = hf_to_gguf(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            file: self.file.path.clone(),
+        })?;
+        let (info, bytes) = self.file.raw(&gname)?;
+        let dims = info.shape.dims().to_vec();
+        if dims != shape {
+            return Err(Error::Shape {
+                name: gname,
+                file: self.file.path.clone(),
+                got: dims,
+                expected: shape.to_vec(),
+            });
+        }
+        let permuted = rope_permuted_heads(name, self.n_head, self.n_head_kv);
+        let owned;
+        let bytes = match permuted {
+            Some(heads) => {
+                owned = unpermute_rows(bytes, dims[0], heads);
+                &owned[..]
+            }
+            None => bytes,
+        };
+        let q = qtensor_from_ggml(info.ggml_dtype, bytes, dims, &self.device)
+            .map_err(|e| Error::format(&self.file.path, format!("tensor {name}: {e}")))?;
+        Ok(match info.ggml_dtype {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let t: Tensor = q.dequantize(&self.device)?;
+                Weight::Dense(t.to_dtype(self.dtype)?)
+            }
+            _ => Weight::Quantized(Arc::new(q)),
+        })
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        hf_to_gguf(name).is_some_and(|g| self.file.tensor_info(&g).is_some())
+    }
+
+    fn path(&self) -> &Path {
+        &self.file.path
+    }
+}
+
+/// Reorders whole rows (each row is whole blocks) from GGUF's interleaved Q/K layout to HF's.
+fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Vec<u8> {
+    let row_bytes = bytes.len() / rows;
+    let mut out = vec![0u8; bytes.len()];
+    for (hf, g) in gguf_rows_for_hf(rows, heads).into_iter().enumerate() {
+        out[hf * row_bytes..(hf + 1) * row_bytes]
+            .copy_from_slice(&bytes[g * row_bytes..(g + 1) * row_bytes]);
+    }
+    out
+}

@@ -1,0 +1,56 @@
+//! Weight loaders. Both produce [`Weight`]s under HF tensor names, so the model is built by
+//! one piece of code whatever the file format.
+
+pub mod gguf;
+pub mod names;
+pub mod safetensors;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// One weight as stored: dense (f32/f16/bf16, converted to the requested dtype) or GGUF blocks.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Weight {
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Weight::Dense(t) => t.dims(),
+            Weight::Quantized(q) => q.shape().dims(),
+        }
+    }
+
+    /// Name of the storage type (`F32`, `Q4_1`, ...), for `llama3 info`.
+    pub fn type_name(&self) -> String {
+        match self {
+            Weight::Dense(t) => format!("{:?}", t.dtype()).to_uppercase(),
+            Weight::Quantized(q) => format!("{:?}", q.dtype()).to_uppercase(),
+        }
+    }
+
+    /// A dense f32 copy (norm weights and the like are small).
+    pub fn to_dense(&self) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Dense(t) => t.to_dtype(candle_core::DType::F32)?,
+            Weight::Quantized(q) => q.dequantize(&q.device())?,
+        })
+    }
+}
+
+/// A checkpoint that hands out weights by HF name, checked against the expected shape.
+pub trait WeightSource {
+    /// The weight `name` (HF naming) with shape `shape` (rows, cols for matrices).
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Weight>;
+    /// Whether the checkpoint holds `name`.
+    fn contains(&self, name: &str) -> bool;
+    /// The file (or directory) the weights come from, for messages.
+    fn path(&self) -> &Path;
+}
