@@ -12,6 +12,7 @@ pub mod error;
 pub mod hub;
 //pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod sample;
 pub mod tokenizer;
 pub mod weights;

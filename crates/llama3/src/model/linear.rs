@@ -68,7 +68,16 @@ impl Linear {
                 // (N, in) x (in, out) -> (N, out)
                 x2.matmul(&w.t()?)?.to_dtype(x.dtype())?.reshape(out_dims)?
             }
-            LinearWeight::Quantized(q) => q.forward(&x.contiguous()?)?,
+            LinearWeight::Quantized(q) => {
+                let own = match q {
+                    QMatMul::QTensor(w) => crate::quant::matmul(x, w)?,
+                    _ => None,
+                };
+                match own {
+                    Some(y) => y,
+                    None => q.forward(&x.contiguous()?)?,
+                }
+            }
         };
         match &self.lora {
             None => Ok(y),

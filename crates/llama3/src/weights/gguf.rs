@@ -88,7 +88,7 @@ impl GgufFile {
     fn byte_range(&self, name: &str, info: &TensorInfo) -> Result<(usize, usize)> {
         let elems = info.shape.elem_count();
         let bs = info.ggml_dtype.block_size();
-        if elems % bs != 0 {
+        if !elems.is_multiple_of(bs) {
             return Err(Error::format(
                 &self.path,
                 format!(
