@@ -48,7 +48,11 @@ fn read_json(path: PathBuf) -> Json {
 }
 
 fn ids(v: &Json) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn gguf_tokenizer(path: PathBuf) -> Tokenizer {
@@ -68,7 +72,11 @@ fn check_llama32_golden(tok: &Tokenizer, what: &str, check_decode: bool) {
     for s in golden["samples"].as_array().unwrap() {
         let text = s["text"].as_str().unwrap();
         let short: String = text.chars().take(40).collect();
-        assert_eq!(tok.encode(text, false, true).unwrap(), ids(&s["ids"]), "{what}: {short:?}");
+        assert_eq!(
+            tok.encode(text, false, true).unwrap(),
+            ids(&s["ids"]),
+            "{what}: {short:?}"
+        );
         assert_eq!(
             tok.encode(text, true, true).unwrap(),
             ids(&s["ids_with_special"]),
@@ -76,7 +84,11 @@ fn check_llama32_golden(tok: &Tokenizer, what: &str, check_decode: bool) {
         );
         if check_decode {
             let decoded = tok.decode(&ids(&s["ids"]), false).unwrap();
-            assert_eq!(decoded, s["decoded"].as_str().unwrap(), "{what} decode: {short:?}");
+            assert_eq!(
+                decoded,
+                s["decoded"].as_str().unwrap(),
+                "{what} decode: {short:?}"
+            );
         }
     }
 }
@@ -89,6 +101,7 @@ fn llama32_tokenizer_json_matches_hf() {
     assert_eq!(tok.bos_id(), Some(128000));
     assert_eq!(tok.bos_token(), Some("<|begin_of_text|>"));
     assert_eq!(tok.eos_id(), Some(128001));
+    assert_eq!(tok.pad_id(), tok.token_id("<|finetune_right_pad_id|>"));
     assert!(tok.adds_bos());
     for id in [128001, 128008, 128009] {
         assert!(tok.is_end(id), "{id} should end generation");
@@ -112,14 +125,22 @@ fn llama32_tiktoken_model_matches_tokenizer_json() {
     // Same vocabulary and same ids as tokenizer.json, except 128005, which Meta's 3.1/3.2 text
     // list calls <|reserved_special_token_2|> and this (vision) tokenizer.json <|step_id|>.
     let hf = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    for id in (0..128000).step_by(997).chain(128000..128005).chain(128006..128011) {
+    for id in (0..128000)
+        .step_by(997)
+        .chain(128000..128005)
+        .chain(128006..128011)
+    {
         assert_eq!(tik.id_to_piece(id), hf.id_to_piece(id), "id {id}");
     }
     // In a directory, added_tokens_decoder supplies the specials: then all of them agree.
     let tmp = std::env::temp_dir().join(format!("llama3-tiktoken-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::copy(dir.join("tokenizer.model"), tmp.join("tokenizer.model")).unwrap();
-    std::fs::copy(dir.join("tokenizer_config.json"), tmp.join("tokenizer_config.json")).unwrap();
+    std::fs::copy(
+        dir.join("tokenizer_config.json"),
+        tmp.join("tokenizer_config.json"),
+    )
+    .unwrap();
     let tik_dir = Tokenizer::from_hf_dir(&tmp).unwrap();
     std::fs::remove_dir_all(&tmp).unwrap();
     assert_eq!(tik_dir.vocab_size(), hf.vocab_size());
@@ -141,7 +162,10 @@ fn check_vocab_gguf(name: &str) {
     assert_eq!(texts.len(), 47, "46 cases and the empty tail");
     let mut failures = Vec::new();
     for (text, line) in texts.iter().zip(&expected).take(46) {
-        let want: Vec<u32> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let want: Vec<u32> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
         let got = tok.encode(text, false, false).unwrap();
         if got != want {
             failures.push(format!("{text:?}\n  want {want:?}\n  got  {got:?}"));
@@ -171,10 +195,17 @@ fn spm_gguf_metadata_and_decode() {
     assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)));
     assert!(tok.adds_bos());
     // PROVENANCE.md: 15043 = "▁Hello", 3186 = "▁world".
-    assert_eq!(tok.encode("Hello world", true, false).unwrap(), [1, 15043, 3186]);
+    assert_eq!(
+        tok.encode("Hello world", true, false).unwrap(),
+        [1, 15043, 3186]
+    );
     assert_eq!(tok.decode(&[1, 15043, 3186], true).unwrap(), "Hello world");
     // llama.cpp .out for " this is 🦙.cpp": "▁" then the four byte-fallback tokens of 🦙.
-    assert_eq!(tok.decode(&[445, 29871, 243, 162, 169, 156], false).unwrap(), "this 🦙");
+    assert_eq!(
+        tok.decode(&[445, 29871, 243, 162, 169, 156], false)
+            .unwrap(),
+        "this 🦙"
+    );
 }
 
 /// golden/llamacpp/tokenize.json: llama-tokenize on the SmolLM2 GGUF.
@@ -187,9 +218,17 @@ fn smollm_gguf_matches_llama_tokenize() {
     for s in strings {
         let name = s["name"].as_str().unwrap();
         let text = s["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text, true, true).unwrap(), ids(&s["ids"]), "{name}");
+        assert_eq!(
+            tok.encode(text, true, true).unwrap(),
+            ids(&s["ids"]),
+            "{name}"
+        );
         let plain = s.get("ids_no_parse_special").unwrap_or(&s["ids"]);
-        assert_eq!(tok.encode(text, true, false).unwrap(), ids(plain), "{name} no parse_special");
+        assert_eq!(
+            tok.encode(text, true, false).unwrap(),
+            ids(plain),
+            "{name} no parse_special"
+        );
         let pieces: Vec<String> = ids(&s["ids"])
             .iter()
             .map(|&i| tok.id_to_piece(i).unwrap())
@@ -201,12 +240,17 @@ fn smollm_gguf_matches_llama_tokenize() {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(pieces, want, "{name} pieces");
-        assert_eq!(tok.decode(&ids(&s["ids"]), false).unwrap(), text, "{name} decode");
+        assert_eq!(
+            tok.decode(&ids(&s["ids"]), false).unwrap(),
+            text,
+            "{name} decode"
+        );
     }
     // README "Tokenization conventions": no BOS added; BOS 1, EOS 2; EOG 0 and 2.
     assert!(!tok.adds_bos());
     assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)));
     assert_eq!(tok.end_ids(), [0, 2]);
+    assert_eq!(tok.pad_id(), Some(2));
     assert_eq!(tok.vocab_size(), 49152);
 }
 
@@ -221,7 +265,11 @@ fn smollm_golden_prompts() {
         let name = p["name"].as_str().unwrap();
         let file = require(root.join(format!("prompts/{name}.txt")));
         let text = std::fs::read_to_string(file).unwrap();
-        assert_eq!(tok.encode(&text, true, true).unwrap(), ids(&p["prompt_ids"]), "{name}");
+        assert_eq!(
+            tok.encode(&text, true, true).unwrap(),
+            ids(&p["prompt_ids"]),
+            "{name}"
+        );
     }
 }
 
@@ -232,8 +280,13 @@ fn smollm_chat_template_renders_p6() {
     let tok = smollm();
     let root = shared().join("golden/llamacpp");
     let want = std::fs::read_to_string(require(root.join("prompts/p6_chat.txt"))).unwrap();
-    let msgs = [Message::new("user", "What is the boiling point of water in Celsius?")];
-    let t = tok.chat_template().expect("GGUF has tokenizer.chat_template");
+    let msgs = [Message::new(
+        "user",
+        "What is the boiling point of water in Celsius?",
+    )];
+    let t = tok
+        .chat_template()
+        .expect("GGUF has tokenizer.chat_template");
     assert_eq!(t.render(&msgs, true).unwrap(), want);
     let src = std::fs::read_to_string(require(root.join("chat_template.jinja"))).unwrap();
     assert_eq!(t.source(), src);
@@ -243,7 +296,10 @@ fn smollm_chat_template_renders_p6() {
     let golden = read_json(root.join("golden.json"));
     let prompts = golden["prompts"].as_array().unwrap();
     let p6 = prompts.iter().find(|p| p["name"] == "p6_chat").unwrap();
-    assert_eq!(tok.encode_chat(&msgs, true).unwrap(), ids(&p6["prompt_ids"]));
+    assert_eq!(
+        tok.encode_chat(&msgs, true).unwrap(),
+        ids(&p6["prompt_ids"])
+    );
 }
 
 // Expected renderings of the Llama 3.2 template: Python jinja2 3.1.6 with transformers'
@@ -279,7 +335,10 @@ fn llama32_chat_template_matches_jinja2() {
         Message::new("user", "What is the capital of France?"),
     ];
     let date = extra(serde_json::json!({"date_string": "26 Jul 2024"}));
-    assert_eq!(t.render_with(&msgs, true, &date).unwrap(), LLAMA32_EXPECTED_SYSTEM_USER);
+    assert_eq!(
+        t.render_with(&msgs, true, &date).unwrap(),
+        LLAMA32_EXPECTED_SYSTEM_USER
+    );
 
     let msgs = [
         Message::new("user", "  Hi there!  "),
@@ -287,7 +346,10 @@ fn llama32_chat_template_matches_jinja2() {
         Message::new("user", "Tell me a joke about llamas 🦙."),
     ];
     let date = extra(serde_json::json!({"date_string": "01 Jan 2025"}));
-    assert_eq!(t.render_with(&msgs, false, &date).unwrap(), LLAMA32_EXPECTED_MULTI_TURN);
+    assert_eq!(
+        t.render_with(&msgs, false, &date).unwrap(),
+        LLAMA32_EXPECTED_MULTI_TURN
+    );
 
     let tools = extra(serde_json::json!({
         "date_string": "26 Jul 2024",
@@ -305,7 +367,10 @@ fn llama32_chat_template_matches_jinja2() {
         }],
     }));
     let msgs = [Message::new("user", "Weather in Paris?")];
-    assert_eq!(t.render_with(&msgs, true, &tools).unwrap(), LLAMA32_EXPECTED_TOOLS);
+    assert_eq!(
+        t.render_with(&msgs, true, &tools).unwrap(),
+        LLAMA32_EXPECTED_TOOLS
+    );
 }
 
 #[test]
@@ -313,13 +378,29 @@ fn llama32_encode_chat_has_one_bos_and_a_date() {
     let tok = llama32_with_template();
     let msgs = [Message::new("user", "Hi")];
     let ids = tok.encode_chat(&msgs, true).unwrap();
-    assert_eq!(ids.iter().filter(|&&i| i == 128000).count(), 1, "exactly one BOS");
+    assert_eq!(
+        ids.iter().filter(|&&i| i == 128000).count(),
+        1,
+        "exactly one BOS"
+    );
     assert_eq!(ids[0], 128000);
-    let header = [128006, tok.token_id("assistant").unwrap(), 128007, tok.token_id("ĊĊ").unwrap()];
-    assert_eq!(&ids[ids.len() - 4..], header, "assistant header then \\n\\n");
+    let header = [
+        128006,
+        tok.token_id("assistant").unwrap(),
+        128007,
+        tok.token_id("ĊĊ").unwrap(),
+    ];
+    assert_eq!(
+        &ids[ids.len() - 4..],
+        header,
+        "assistant header then \\n\\n"
+    );
     // No date_string: the template calls strftime_now("%d %b %Y").
     let text = tok.chat_template().unwrap().render(&msgs, true).unwrap();
-    let line = text.lines().find(|l| l.starts_with("Today Date: ")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Today Date: "))
+        .unwrap();
     let date: Vec<&str> = line["Today Date: ".len()..].split(' ').collect();
     assert!(
         date.len() == 3 && date[0].len() == 2 && date[1].len() == 3 && date[2].len() == 4,
@@ -384,8 +465,14 @@ fn bad_inputs_are_errors() {
     let err = Tokenizer::from_gguf(&md).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
     assert!(err.to_string().contains("made-up-pre"), "{err}");
-    md.insert("tokenizer.ggml.model".into(), gguf_file::Value::String("bert".into()));
-    assert!(matches!(Tokenizer::from_gguf(&md), Err(Error::Unsupported(_))));
+    md.insert(
+        "tokenizer.ggml.model".into(),
+        gguf_file::Value::String("bert".into()),
+    );
+    assert!(matches!(
+        Tokenizer::from_gguf(&md),
+        Err(Error::Unsupported(_))
+    ));
 
     // A model without a chat template cannot encode a chat.
     let spm = gguf_tokenizer(shared().join("data/llama-vocab-gguf/ggml-vocab-llama-spm.gguf"));

@@ -71,7 +71,9 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", |fmt: String| DateTime::now_utc().format(&fmt));
+        env.add_function("strftime_now", |fmt: String| {
+            DateTime::now_utc().format(&fmt)
+        });
         env.add_filter("tojson", tojson);
         env.add_template_owned(NAME, source.to_string())
             .map_err(template_err)?;
@@ -103,7 +105,10 @@ impl ChatTemplate {
     ) -> Result<String> {
         let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
         ctx.insert("messages".into(), Value::from_serialize(messages));
-        ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
         // transformers passes tools=None and documents=None when not given.
         ctx.insert("tools".into(), Value::from(()));
         ctx.insert("documents".into(), Value::from(()));
@@ -192,7 +197,12 @@ impl JsonOpts {
         }
     }
 
-    fn write(&self, v: &Value, level: usize, out: &mut String) -> std::result::Result<(), minijinja::Error> {
+    fn write(
+        &self,
+        v: &Value,
+        level: usize,
+        out: &mut String,
+    ) -> std::result::Result<(), minijinja::Error> {
         // Python: ", " and ": " without indent, "," and ": " with it.
         let item_sep = if self.indent.is_some() { "," } else { ", " };
         match v.kind() {

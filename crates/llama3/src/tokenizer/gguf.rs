@@ -70,7 +70,9 @@ fn get_bool(md: &Metadata, key: &str) -> Result<Option<bool>> {
     match md.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => int(v).map(|i| Some(i != 0)).ok_or_else(|| bad(key, "a bool")),
+        Some(v) => int(v)
+            .map(|i| Some(i != 0))
+            .ok_or_else(|| bad(key, "a bool")),
     }
 }
 
@@ -113,7 +115,9 @@ pub(crate) fn build(md: &Metadata) -> Result<(tokenizers::Tokenizer, Meta)> {
     let mut tokens = strings(md, "tokenizer.ggml.tokens")?
         .ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?;
     if tokens.is_empty() {
-        return Err(Error::Tokenizer("GGUF tokenizer.ggml.tokens is empty".into()));
+        return Err(Error::Tokenizer(
+            "GGUF tokenizer.ggml.tokens is empty".into(),
+        ));
     }
     let n = tokens.len();
     // llama.cpp renames empty tokens so that every id keeps a distinct text.
@@ -153,7 +157,11 @@ pub(crate) fn build(md: &Metadata) -> Result<(tokenizers::Tokenizer, Meta)> {
                 .ok_or_else(|| Error::Tokenizer("GGUF gpt2 tokenizer has no merges".into()))?;
             let tok = byte_level_bpe(vocab, &merges, &spec)?;
             let meta = Meta {
-                bos_id: if spec.no_bos { None } else { id("tokenizer.ggml.bos_token_id")? },
+                bos_id: if spec.no_bos {
+                    None
+                } else {
+                    id("tokenizer.ggml.bos_token_id")?
+                },
                 eos_id: id("tokenizer.ggml.eos_token_id")?,
                 add_bos: spec.add_bos,
                 ..Meta::default()
@@ -199,11 +207,16 @@ pub(crate) fn build(md: &Metadata) -> Result<(tokenizers::Tokenizer, Meta)> {
         meta.end_ids.extend(id(key)?);
     }
     meta.chat_template = get_str(md, "tokenizer.chat_template")?.map(str::to_string);
+    meta.pad_id = id("tokenizer.ggml.padding_token_id")?;
     Ok((tok, meta))
 }
 
 /// Control/unknown tokens as special added tokens, user-defined ones as normal added tokens.
-fn add_typed_tokens(tok: &mut tokenizers::Tokenizer, tokens: &[String], types: &[i64]) -> Result<()> {
+fn add_typed_tokens(
+    tok: &mut tokenizers::Tokenizer,
+    tokens: &[String],
+    types: &[i64],
+) -> Result<()> {
     let added = |want: &[i64], special: bool| -> Vec<AddedToken> {
         tokens
             .iter()
@@ -238,7 +251,10 @@ fn byte_level_bpe(
         })
         .collect();
     if pairs.len() < merges.len() {
-        tracing::debug!("dropped {} GGUF merges outside the vocabulary", merges.len() - pairs.len());
+        tracing::debug!(
+            "dropped {} GGUF merges outside the vocabulary",
+            merges.len() - pairs.len()
+        );
     }
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, pairs)
@@ -303,9 +319,13 @@ fn sentencepiece_bpe(
     if space_prefix {
         norm.push(NormalizerWrapper::Prepend(Prepend::new(SPACE.to_string())));
     }
-    norm.push(NormalizerWrapper::Replace(Replace::new(" ", SPACE).map_err(tok_err)?));
-    tok.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(norm))))
-        .map_err(tok_err)?;
+    norm.push(NormalizerWrapper::Replace(
+        Replace::new(" ", SPACE).map_err(tok_err)?,
+    ));
+    tok.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(
+        norm,
+    ))))
+    .map_err(tok_err)?;
 
     let mut dec = vec![
         DecoderWrapper::Replace(Replace::new(SPACE, " ").map_err(tok_err)?),
@@ -333,9 +353,15 @@ mod tests {
 
     #[test]
     fn spm_merges_follow_scores() {
-        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"].map(String::from).to_vec();
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
+            .map(String::from)
+            .to_vec();
         let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0];
-        let vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let m = spm_merges(&tokens, &scores, &vocab);
         let m: Vec<(&str, &str)> = m.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         assert_eq!(m, [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]);
@@ -348,7 +374,10 @@ mod tests {
             ("tokenizer.ggml.tokens", strs(&["a"])),
         ]))
         .unwrap_err();
-        assert!(matches!(err, Error::Unsupported(_)) && err.to_string().contains("t5"), "{err}");
+        assert!(
+            matches!(err, Error::Unsupported(_)) && err.to_string().contains("t5"),
+            "{err}"
+        );
 
         let err = build(&md(vec![
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
@@ -382,8 +411,14 @@ mod tests {
         let (tok, meta) = build(&md(vec![
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
-            ("tokenizer.ggml.tokens", strs(&["<s>", "a", "b", "ab", "Ġ", "Ġab"])),
-            ("tokenizer.ggml.token_type", Value::Array([3, 1, 1, 1, 1, 1].map(Value::I32).to_vec())),
+            (
+                "tokenizer.ggml.tokens",
+                strs(&["<s>", "a", "b", "ab", "Ġ", "Ġab"]),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array([3, 1, 1, 1, 1, 1].map(Value::I32).to_vec()),
+            ),
             ("tokenizer.ggml.merges", strs(&["a b", "Ġ ab", "x y"])),
             ("tokenizer.ggml.bos_token_id", Value::U32(0)),
             ("tokenizer.ggml.eos_token_id", Value::U32(99)),

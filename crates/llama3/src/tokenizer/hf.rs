@@ -15,7 +15,13 @@ use crate::{Error, Result};
 
 /// Token names tried when nothing says which token is BOS/EOS (a bare tokenizer.json).
 const BOS_GUESSES: &[&str] = &["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"];
-const EOS_GUESSES: &[&str] = &["<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>", "<|im_end|>"];
+const EOS_GUESSES: &[&str] = &[
+    "<|end_of_text|>",
+    "</s>",
+    "<eos>",
+    "<|endoftext|>",
+    "<|im_end|>",
+];
 
 fn read_json(path: &Path) -> Result<Option<Json>> {
     if !path.exists() {
@@ -63,7 +69,11 @@ fn token_text(v: &Json) -> Option<&str> {
 /// `eos_token_id`: an int or a list of ints.
 fn ids(v: Option<&Json>) -> Vec<u32> {
     match v {
-        Some(Json::Number(n)) => n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
+        Some(Json::Number(n)) => n
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .into_iter()
+            .collect(),
         Some(Json::Array(a)) => a
             .iter()
             .filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
@@ -79,12 +89,18 @@ fn chat_template(cfg: &Json, file: &Path) -> Result<Option<String>> {
         Some(Json::String(s)) => Ok(Some(s.clone())),
         Some(Json::Array(list)) => {
             let named = |want: Option<&str>| {
-                list.iter().find(|t| want.is_none() || t.get("name").and_then(Json::as_str) == want)
+                list.iter()
+                    .find(|t| want.is_none() || t.get("name").and_then(Json::as_str) == want)
             };
             let t = named(Some("default")).or_else(|| named(None));
-            Ok(t.and_then(|t| t.get("template")).and_then(Json::as_str).map(str::to_string))
+            Ok(t.and_then(|t| t.get("template"))
+                .and_then(Json::as_str)
+                .map(str::to_string))
         }
-        Some(_) => Err(Error::format(file, "chat_template is neither a string nor a list")),
+        Some(_) => Err(Error::format(
+            file,
+            "chat_template is neither a string nor a list",
+        )),
     }
 }
 
@@ -128,7 +144,10 @@ pub(crate) fn load_dir(dir: &Path) -> Result<(tokenizers::Tokenizer, Meta)> {
     } else if model_path.exists() {
         (load_tiktoken(&model_path, &added)?, tiktoken::llama3_meta())
     } else {
-        let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json or tokenizer.model");
+        let e = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no tokenizer.json or tokenizer.model",
+        );
         return Err(Error::io(dir, e));
     };
 
@@ -142,14 +161,22 @@ pub(crate) fn load_dir(dir: &Path) -> Result<(tokenizers::Tokenizer, Meta)> {
             let t = AddedToken::from(content.as_str(), *special).normalized(false);
             tok.add_tokens([t]).map_err(tok_err)?;
         } else {
-            tracing::warn!("{}: added token {content:?} at id {id} skipped", cfg_path.display());
+            tracing::warn!(
+                "{}: added token {content:?} at id {id} skipped",
+                cfg_path.display()
+            );
         }
     }
 
-    let named = |key: &str| cfg.get(key).and_then(token_text).and_then(|t| tok.token_to_id(t));
+    let named = |key: &str| {
+        cfg.get(key)
+            .and_then(token_text)
+            .and_then(|t| tok.token_to_id(t))
+    };
     if let Some(b) = named("bos_token") {
         meta.bos_id = Some(b);
     }
+    meta.pad_id = named("pad_token");
     if let Some(e) = named("eos_token") {
         meta.eos_id = Some(e);
     }
@@ -172,6 +199,7 @@ pub(crate) fn load_dir(dir: &Path) -> Result<(tokenizers::Tokenizer, Meta)> {
             meta.eos_id = meta.eos_id.or(eos.first().copied());
             meta.end_ids.extend(eos);
             meta.bos_id = meta.bos_id.or(ids(c.get("bos_token_id")).first().copied());
+            meta.pad_id = meta.pad_id.or(ids(c.get("pad_token_id")).first().copied());
         }
     }
     Ok((tok, meta))
@@ -221,7 +249,10 @@ mod tests {
             "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}],
         });
         assert_eq!(token_text(&cfg["bos_token"]), Some("<s>"));
-        assert_eq!(chat_template(&cfg, Path::new("x")).unwrap().as_deref(), Some("D"));
+        assert_eq!(
+            chat_template(&cfg, Path::new("x")).unwrap().as_deref(),
+            Some("D")
+        );
         assert_eq!(ids(Some(&serde_json::json!([1, 2]))), [1, 2]);
         assert_eq!(ids(Some(&serde_json::json!(7))), [7]);
         let bad = serde_json::json!({"chat_template": 3});
@@ -230,7 +261,10 @@ mod tests {
 
     #[test]
     fn missing_dir_and_empty_dir_are_errors() {
-        assert!(matches!(load_dir(Path::new("/nonexistent-dir")), Err(Error::Io { .. })));
+        assert!(matches!(
+            load_dir(Path::new("/nonexistent-dir")),
+            Err(Error::Io { .. })
+        ));
         let dir = std::env::temp_dir().join(format!("llama3-hf-empty-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = load_dir(&dir).unwrap_err();

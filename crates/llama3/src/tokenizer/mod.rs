@@ -56,6 +56,7 @@ pub struct Tokenizer {
     plain: OnceLock<tokenizers::Tokenizer>,
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
+    pad_id: Option<u32>,
     add_bos: bool,
     add_eos: bool,
     end_ids: Vec<u32>,
@@ -72,6 +73,7 @@ pub(crate) struct Meta {
     /// Extra end-of-generation ids (eot, eom, generation_config's list...).
     pub end_ids: Vec<u32>,
     pub chat_template: Option<String>,
+    pub pad_id: Option<u32>,
 }
 
 pub(crate) fn tok_err(e: impl std::fmt::Display) -> Error {
@@ -103,6 +105,7 @@ impl Tokenizer {
         Ok(Self {
             add_bos: meta.add_bos && bos.is_some(),
             add_eos: meta.add_eos && eos.is_some(),
+            pad_id: meta.pad_id.filter(|&p| inner.id_to_token(p).is_some()),
             inner,
             plain: OnceLock::new(),
             bos,
@@ -207,6 +210,12 @@ impl Tokenizer {
         self.bos.as_ref().map(|b| b.1.as_str())
     }
 
+    /// Padding id for batches, if the model names one (GGUF `tokenizer.ggml.padding_token_id`,
+    /// `pad_token` / `pad_token_id` of an HF directory).
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
     pub fn eos_token(&self) -> Option<&str> {
         self.eos.as_ref().map(|e| e.1.as_str())
     }
@@ -254,10 +263,15 @@ impl Tokenizer {
     /// Render `messages` with the chat template and encode the result, special tokens parsed.
     /// BOS is added only if the model wants it and the rendered text does not already start
     /// with it (STYLE: "a rendered chat template already holds BOS").
-    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
-        let template = self.chat_template.as_ref().ok_or_else(|| {
-            Error::Template("this model has no chat template".to_string())
-        })?;
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| Error::Template("this model has no chat template".to_string()))?;
         let text = template.render(messages, add_generation_prompt)?;
         let has_bos = self.bos_token().is_some_and(|b| text.starts_with(b));
         self.encode_rendered(&text, !has_bos)
@@ -309,6 +323,12 @@ fn load_file_bytes(path: &Path, bytes: &[u8]) -> Result<(tokenizers::Tokenizer, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokenizer_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+    }
 
     #[test]
     fn missing_file_is_io_error() {

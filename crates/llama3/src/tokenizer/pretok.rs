@@ -73,7 +73,9 @@ pub(crate) fn spec_for(pre: &str) -> Result<PreSpec> {
     };
     Ok(match pre {
         // An empty or missing `pre` is llama.cpp's "default" (it warns that quality degrades).
-        "" | "default" => PreSpec::new(&[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"]),
+        "" | "default" => {
+            PreSpec::new(&[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"])
+        }
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => llama3,
         "dbrx" | "smaug-bpe" => PreSpec::new(&[LLAMA3]),
         "chatglm-bpe" => PreSpec {
@@ -95,7 +97,11 @@ pub(crate) fn spec_for(pre: &str) -> Result<PreSpec> {
             DEEPSEEK_CJK,
             r"\p{N}",
         ]),
-        "deepseek-v3" => PreSpec::new(&[r"\p{N}{1,3}", r"[\x{4E00}-\x{9FA5}\x{3040}-\x{309F}\x{30A0}-\x{30FF}]+", DEEPSEEK3_WORDS]),
+        "deepseek-v3" => PreSpec::new(&[
+            r"\p{N}{1,3}",
+            r"[\x{4E00}-\x{9FA5}\x{3040}-\x{309F}\x{30A0}-\x{30FF}]+",
+            DEEPSEEK3_WORDS,
+        ]),
         "falcon" => PreSpec::new(&[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"]),
         "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
             PreSpec::new(&[r"\p{N}", GPT2])
@@ -132,7 +138,9 @@ pub(crate) fn byte_level_pre_tokenizer(regexes: &[&str]) -> Result<PreTokenizerW
         .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex {re:?}: {}", tok_err(e))))?;
         seq.push(PreTokenizerWrapper::Split(split));
     }
-    seq.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)));
+    seq.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, true, false,
+    )));
     Ok(PreTokenizerWrapper::Sequence(Sequence::new(seq)))
 }
 
@@ -141,9 +149,28 @@ mod tests {
     use super::*;
 
     const NAMES: &[&str] = &[
-        "default", "llama3", "llama-bpe", "dbrx", "smaug-bpe", "chatglm-bpe", "deepseek-llm",
-        "deepseek-coder", "deepseek-v3", "falcon", "starcoder", "refact", "smollm", "gpt-2",
-        "mpt", "olmo", "qwen2", "stablelm2", "bloom", "viking", "tekken", "command-r",
+        "default",
+        "llama3",
+        "llama-bpe",
+        "dbrx",
+        "smaug-bpe",
+        "chatglm-bpe",
+        "deepseek-llm",
+        "deepseek-coder",
+        "deepseek-v3",
+        "falcon",
+        "starcoder",
+        "refact",
+        "smollm",
+        "gpt-2",
+        "mpt",
+        "olmo",
+        "qwen2",
+        "stablelm2",
+        "bloom",
+        "viking",
+        "tekken",
+        "command-r",
     ];
 
     #[test]

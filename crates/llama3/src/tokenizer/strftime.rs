@@ -24,10 +24,28 @@ pub(crate) struct DateTime {
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
-const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 impl DateTime {
     /// From seconds since the Unix epoch, by Howard Hinnant's `civil_from_days`.
@@ -78,7 +96,8 @@ impl DateTime {
             }
             let month = MONTHS[(self.month - 1) as usize];
             let day = DAYS[self.weekday as usize];
-            let h12 = if self.hour % 12 == 0 { 12 } else { self.hour % 12 };
+            // 0 -> 12, 1..=12 -> same, 13..=23 -> 1..=11.
+            let h12 = (self.hour + 11) % 12 + 1;
             match chars.next() {
                 Some('d') => out.push_str(&format!("{:02}", self.day)),
                 Some('e') => out.push_str(&format!("{:2}", self.day)),
@@ -97,8 +116,13 @@ impl DateTime {
                 Some('j') => out.push_str(&format!("{:03}", self.yday)),
                 Some('w') => out.push_str(&((self.weekday + 1) % 7).to_string()),
                 Some('u') => out.push_str(&(self.weekday + 1).to_string()),
-                Some('F') => out.push_str(&format!("{}-{:02}-{:02}", self.year, self.month, self.day)),
-                Some('T') => out.push_str(&format!("{:02}:{:02}:{:02}", self.hour, self.minute, self.second)),
+                Some('F') => {
+                    out.push_str(&format!("{}-{:02}-{:02}", self.year, self.month, self.day))
+                }
+                Some('T') => out.push_str(&format!(
+                    "{:02}:{:02}:{:02}",
+                    self.hour, self.minute, self.second
+                )),
                 Some('Z') => out.push_str("UTC"),
                 Some('z') => out.push_str("+0000"),
                 Some('%') => out.push('%'),
@@ -122,10 +146,16 @@ mod tests {
         // 2024-07-26 00:00:00 UTC, a Friday (Llama 3.1's default date string "26 Jul 2024").
         let d = DateTime::from_unix(1_721_952_000);
         assert_eq!(d.format("%d %b %Y"), "26 Jul 2024");
-        assert_eq!(d.format("%A %j %F %T %%"), "Friday 208 2024-07-26 00:00:00 %");
+        assert_eq!(
+            d.format("%A %j %F %T %%"),
+            "Friday 208 2024-07-26 00:00:00 %"
+        );
         // 2000-02-29 23:59:59 UTC, Tuesday; leap day.
         let d = DateTime::from_unix(951_868_799);
-        assert_eq!(d.format("%Y-%m-%d %H:%M:%S %a %B %I %p %j"), "2000-02-29 23:59:59 Tue February 11 PM 060");
+        assert_eq!(
+            d.format("%Y-%m-%d %H:%M:%S %a %B %I %p %j"),
+            "2000-02-29 23:59:59 Tue February 11 PM 060"
+        );
         // Before the epoch: 1969-12-31, Wednesday.
         assert_eq!(DateTime::from_unix(-1).format("%F %a"), "1969-12-31 Wed");
         assert_eq!(DateTime::from_unix(0).format("%q %"), "%q %");

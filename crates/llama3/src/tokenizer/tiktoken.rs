@@ -48,7 +48,9 @@ pub fn llama3_special_tokens() -> Vec<String> {
         "<|python_tag|>",
     ];
     let mut out: Vec<String> = named.iter().map(|s| s.to_string()).collect();
-    out.extend((3..NUM_SPECIAL - named.len() + 3).map(|i| format!("<|reserved_special_token_{i}|>")));
+    out.extend(
+        (3..NUM_SPECIAL - named.len() + 3).map(|i| format!("<|reserved_special_token_{i}|>")),
+    );
     out
 }
 
@@ -86,7 +88,11 @@ pub(crate) fn looks_like_tiktoken(bytes: &[u8]) -> bool {
 pub(crate) fn parse_ranks(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let text = std::str::from_utf8(bytes).map_err(|e| Error::format(path, e.to_string()))?;
     let mut ranks: Vec<Option<Vec<u8>>> = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let bad = |msg: &str| Error::format(path, format!("line {}: {msg}: {line:?}", n + 1));
         let mut parts = line.split_whitespace();
         let (Some(tok), Some(rank), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -117,9 +123,7 @@ pub(crate) fn parse_ranks(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Vocabulary and merges as HF's `TikTokenConverter.extract_vocab_merges_from_model`.
-pub(crate) fn vocab_and_merges(
-    ranks: &[Vec<u8>],
-) -> (Vocab, Merges) {
+pub(crate) fn vocab_and_merges(ranks: &[Vec<u8>]) -> (Vocab, Merges) {
     let b2u = bytes_to_unicode();
     let to_str = |b: &[u8]| -> String { b.iter().map(|&x| b2u[usize::from(x)]).collect() };
     let rank_of: HashMap<&[u8], u32> = ranks
@@ -201,6 +205,7 @@ pub(crate) fn llama3_meta() -> Meta {
         add_eos: false,
         end_ids: vec![END_OF_TEXT_ID, EOM_ID, EOT_ID],
         chat_template: None,
+        pad_id: None,
     }
 }
 
@@ -235,7 +240,10 @@ mod tests {
             .map(|s| s.as_bytes().to_vec())
             .collect();
         let (_, merges) = vocab_and_merges(&ranks);
-        let m: Vec<(&str, &str)> = merges.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let m: Vec<(&str, &str)> = merges
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         assert_eq!(m, [("a", "b"), ("b", "c"), ("a", "bc"), ("ab", "c")]);
     }
 
