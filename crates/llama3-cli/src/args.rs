@@ -47,8 +47,8 @@ impl ModelArgs {
             dtype,
             ..LoadOptions::default()
         };
-        let mut loaded = llama3::loader::load(&path, &opts)
-            .with_context(|| format!("cannot load model {}", path.display()))?;
+        // Library errors name the file, tensor and shape already.
+        let mut loaded = llama3::loader::load(&path, &opts)?;
         if let Some(t) = &self.tokenizer {
             loaded.tokenizer = Some(Tokenizer::from_file(t)?);
         }

@@ -35,8 +35,20 @@ pub enum Error {
     /// Bad value given by the caller (prompt too long, bad sampling parameter...).
     #[error("{0}")]
     Input(String),
-    #[error(transparent)]
+    #[error("{}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is set:
+/// users get one line.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        e => e.to_string(),
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

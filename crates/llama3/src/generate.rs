@@ -58,9 +58,16 @@ pub struct Step {
 
 /// Runs `prompt` through the model, appending to `cache`, and returns the last position's
 /// logits (V).
-pub fn prefill(model: &Llama, cache: &mut KvCache, prompt: &[u32], chunk: usize) -> Result<Vec<f32>> {
+pub fn prefill(
+    model: &Llama,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    chunk: usize,
+) -> Result<Vec<f32>> {
     if prompt.is_empty() {
-        return Err(Error::Input("empty prompt: at least one token is needed".into()));
+        return Err(Error::Input(
+            "empty prompt: at least one token is needed".into(),
+        ));
     }
     cache.reserve(prompt.len())?;
     let mut last = None;
@@ -69,7 +76,10 @@ pub fn prefill(model: &Llama, cache: &mut KvCache, prompt: &[u32], chunk: usize)
         last = Some(model.forward(&ids, Some(cache), Logits::Last)?);
     }
     let logits = last.ok_or_else(|| Error::Input("empty prompt".into()))?;
-    Ok(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    Ok(logits
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?)
 }
 
 /// A KV cache and the tokens it holds, kept across calls so that a chat re-runs only what
@@ -103,7 +113,12 @@ impl Session {
                 self.cache.capacity()
             )));
         }
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         // At least one token is run to get fresh logits.
         let keep = common.min(prompt.len().saturating_sub(1));
         self.cache.truncate(keep);
@@ -130,7 +145,12 @@ pub struct Generator<'m, 's> {
 
 impl<'m, 's> Generator<'m, 's> {
     /// Prefills `prompt` into `session` (reusing its cached prefix).
-    pub fn new(model: &'m Llama, session: &'s mut Session, prompt: &[u32], opts: GenerateOptions) -> Result<Self> {
+    pub fn new(
+        model: &'m Llama,
+        session: &'s mut Session,
+        prompt: &[u32],
+        opts: GenerateOptions,
+    ) -> Result<Self> {
         let start = Instant::now();
         let logits = session.prefill(model, prompt, opts.prefill_chunk)?;
         let mut sampler = Sampler::new(&opts.sampling);

@@ -8,9 +8,9 @@
 
 pub mod config;
 pub mod error;
-//pub mod generate;
+pub mod generate;
 pub mod hub;
-//pub mod loader;
+pub mod loader;
 pub mod model;
 pub mod quant;
 pub mod sample;

@@ -86,7 +86,10 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
         if dir.join("config.json").exists() {
             return Ok((Format::HfSafetensors, dir.to_path_buf()));
         }
-        return Err(Error::format(path, "safetensors file without a config.json beside it"));
+        return Err(Error::format(
+            path,
+            "safetensors file without a config.json beside it",
+        ));
     }
     if path.extension().is_some_and(|x| x == "gguf") {
         return Err(Error::format(

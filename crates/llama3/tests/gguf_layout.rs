@@ -44,14 +44,22 @@ fn hf_to_gguf_file(name: &str, dtype: GgmlDType) -> tempfile::NamedTempFile {
             t.clone()
         };
         let ty = if t.rank() == 1 { GgmlDType::F32 } else { dtype };
-        qs.push((gg, QTensor::quantize(&t.to_dtype(DType::F32).unwrap(), ty).unwrap()));
+        qs.push((
+            gg,
+            QTensor::quantize(&t.to_dtype(DType::F32).unwrap(), ty).unwrap(),
+        ));
     }
     let rope = cfg.get("rope_parameters").unwrap_or(&cfg);
     let rope_theta = rope["rope_theta"].as_f64().unwrap_or(10000.0) as f32;
     if rope["rope_type"] == "llama3" {
         // convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: llama3 scaling as divisors.
         let f = |k: &str| rope[k].as_f64().unwrap() as f32;
-        let (factor, lo, hi, old) = (f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"));
+        let (factor, lo, hi, old) = (
+            f("factor"),
+            f("low_freq_factor"),
+            f("high_freq_factor"),
+            f("original_max_position_embeddings"),
+        );
         let dh = cfg["head_dim"].as_u64().unwrap() as usize;
         let factors: Vec<f32> = (0..dh / 2)
             .map(|i| {
@@ -68,17 +76,29 @@ fn hf_to_gguf_file(name: &str, dtype: GgmlDType) -> tempfile::NamedTempFile {
             })
             .collect();
         let t = Tensor::new(factors, &candle_core::Device::Cpu).unwrap();
-        qs.push(("rope_freqs.weight".into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        qs.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+        ));
     }
     let md: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
-        ("llama.context_length", Value::U32(u("max_position_embeddings"))),
+        (
+            "llama.context_length",
+            Value::U32(u("max_position_embeddings")),
+        ),
         ("llama.embedding_length", Value::U32(u("hidden_size"))),
         ("llama.block_count", Value::U32(u("num_hidden_layers"))),
-        ("llama.feed_forward_length", Value::U32(u("intermediate_size"))),
+        (
+            "llama.feed_forward_length",
+            Value::U32(u("intermediate_size")),
+        ),
         ("llama.attention.head_count", Value::U32(nh)),
         ("llama.attention.head_count_kv", Value::U32(nkv)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
+        ),
         ("llama.rope.freq_base", Value::F32(rope_theta)),
         ("llama.vocab_size", Value::U32(u("vocab_size"))),
     ];
@@ -103,7 +123,10 @@ fn f32_gguf_from_hf_matches_transformers() {
         let want: Vec<f32> = g["logits"].flatten_all().unwrap().to_vec1().unwrap();
         let f = hf_to_gguf_file(name, GgmlDType::F32);
         let d = max_abs_diff(&logits_of(f.path(), &ids), &want);
-        assert!(d <= 1e-4, "{name}: GGUF logits differ from transformers by {d}");
+        assert!(
+            d <= 1e-4,
+            "{name}: GGUF logits differ from transformers by {d}"
+        );
     }
 }
 

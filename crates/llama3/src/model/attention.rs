@@ -51,10 +51,21 @@ impl Attention {
             .transpose(1, 2)?; // (B, Hkv, T, Dh)
         let q = rope::apply(&q, cos, sin)?;
         let k = rope::apply(&k, cos, sin)?;
+        let f16_cache = cache.as_ref().is_some_and(|(c, _)| c.rounds_to_f16());
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?, // (B, Hkv, S, Dh)
             None => (k, v.contiguous()?),
         };
+        // With an f16 cache, llama.cpp (ggml_mul_mat on f16 K/V) also rounds the query and the
+        // attention probabilities to f16; doing the same keeps our logits next to its.
+        let round = |x: Tensor| -> Result<Tensor> {
+            Ok(if f16_cache {
+                x.to_dtype(DType::F16)?.to_dtype(x.dtype())?
+            } else {
+                x
+            })
+        };
+        let q = round(q)?;
         let s = k.dim(2)?;
         // Query head j*G + g reads KV head j (HF `repeat_kv` repeats each KV head G times), so
         // grouping the G query heads of a KV head along the row axis needs no K/V copies.
@@ -68,7 +79,7 @@ impl Attention {
                 .reshape((b, hkv, g * t, s))?,
             None => att,
         };
-        let att = softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let att = round(softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?)?;
         let y = att.matmul(&v.contiguous()?)?; // (B, Hkv, G*T, Dh)
         let y = y
             .reshape((b, h, t, dh))?

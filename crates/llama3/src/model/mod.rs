@@ -89,6 +89,7 @@ pub struct Llama {
     device: Device,
     /// Activation dtype: the dense weights' dtype, f32 with quantized weights.
     dtype: DType,
+    kv_dtype: DType,
 }
 
 /// Which positions get logits.
@@ -153,9 +154,9 @@ impl Llama {
         } else {
             linear("lm_head.weight", &[v, d])?
         };
-        let dtype = match &embed_tokens {
-            Embedding::Dense(t) => t.dtype(),
-            Embedding::Quantized(_) => DType::F32,
+        let (dtype, kv_dtype) = match &embed_tokens {
+            Embedding::Dense(t) => (t.dtype(), t.dtype()),
+            Embedding::Quantized(_) => (DType::F32, DType::F16),
         };
         let mut config = c.clone();
         config.tie_word_embeddings = tied;
@@ -168,6 +169,7 @@ impl Llama {
             config,
             device: device.clone(),
             dtype,
+            kv_dtype,
         })
     }
 
@@ -235,6 +237,23 @@ impl Llama {
     /// A KV cache for `batch` sequences of up to `capacity` positions.
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
         let capacity = capacity.min(self.config.max_position_embeddings.max(1));
-        KvCache::new(&self.config, batch, capacity, self.dtype, &self.device)
+        KvCache::new(
+            &self.config,
+            batch,
+            capacity,
+            self.dtype,
+            self.kv_dtype,
+            &self.device,
+        )
+    }
+
+    /// How the KV cache stores keys and values: f16 by default for quantized checkpoints (as
+    /// llama.cpp), the activation dtype otherwise.
+    pub fn set_kv_dtype(&mut self, dtype: DType) {
+        self.kv_dtype = dtype;
+    }
+
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
     }
 }

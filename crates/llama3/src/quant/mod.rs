@@ -20,7 +20,8 @@ pub use q4_1::{dot_q4_1_q8_1, quantize_row_q8_1, BlockQ8_1, Q4_1_BYTES};
 /// `x @ W^T` for (.., K) f32 `x` and (N, K) quantized `w`, or `None` when this module has no
 /// kernel for `w`'s type or device.
 pub fn matmul(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
-    if w.dtype() != GgmlDType::Q4_1 || !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
+    if w.dtype() != GgmlDType::Q4_1 || !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32
+    {
         return Ok(None);
     }
     let (n, k) = w.shape().dims2()?;
@@ -42,19 +43,24 @@ const ROWS_PER_TASK: usize = 64;
 /// `y (M, N) = x (M, K) @ W^T` with `W` (N, K) as raw Q4_1 blocks.
 pub fn matmul_q4_1(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
     let kb = k / 32;
-    let xq: Vec<BlockQ8_1> = x.chunks_exact(k).flat_map(|row| quantize_row_q8_1(row)).collect();
+    let xq: Vec<BlockQ8_1> = x
+        .chunks_exact(k)
+        .flat_map(quantize_row_q8_1)
+        .collect();
     let row_bytes = kb * Q4_1_BYTES;
     // Work in column-major tiles: each task owns ROWS_PER_TASK rows of W, for every x row.
     let mut yt = vec![0f32; n * m]; // (N, M), transposed at the end when M > 1
-    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
-        let r0 = task * ROWS_PER_TASK;
-        for (i, o) in out.chunks_exact_mut(m).enumerate() {
-            let wrow = &w[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
-            for (j, v) in o.iter_mut().enumerate() {
-                *v = dot_q4_1_q8_1(wrow, &xq[j * kb..(j + 1) * kb]);
+    yt.par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let r0 = task * ROWS_PER_TASK;
+            for (i, o) in out.chunks_exact_mut(m).enumerate() {
+                let wrow = &w[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
+                for (j, v) in o.iter_mut().enumerate() {
+                    *v = dot_q4_1_q8_1(wrow, &xq[j * kb..(j + 1) * kb]);
+                }
             }
-        }
-    });
+        });
     if m == 1 {
         return yt;
     }
@@ -77,7 +83,9 @@ mod tests {
         let mut s = seed;
         (0..len)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -92,7 +100,14 @@ mod tests {
         let got = matmul(&x, &q).unwrap().unwrap();
         // Reference: candle's own (scalar) Q4_1 x Q8_1 path.
         let want = QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
-        let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
         // Only rounding of exact .5 ties in the activation quantization may differ.
         assert!(d.to_scalar::<f32>().unwrap() < 1e-2);
     }

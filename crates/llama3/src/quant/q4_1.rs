@@ -68,7 +68,8 @@ pub fn dot_scalar(w: &[u8], x: &[BlockQ8_1]) -> f32 {
         let mut sumi = 0i32;
         for j in 0..16 {
             let byte = wb[4 + j];
-            sumi += (byte & 0x0f) as i32 * xb.qs[j] as i32 + (byte >> 4) as i32 * xb.qs[j + 16] as i32;
+            sumi +=
+                (byte & 0x0f) as i32 * xb.qs[j] as i32 + (byte >> 4) as i32 * xb.qs[j + 16] as i32;
         }
         sum += d * xb.d * sumi as f32 + m * xb.s;
     }
@@ -91,7 +92,9 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         for (wb, xb) in w.chunks_exact(Q4_1_BYTES).zip(x) {
             // [d, m] as two f16 -> two f32 in one F16C conversion
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([wb[0], wb[1], wb[2], wb[3]])));
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+                wb[0], wb[1], wb[2], wb[3],
+            ])));
             let d = _mm_cvtss_f32(dm);
             let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
             summs += m * xb.s;
@@ -119,7 +122,9 @@ mod tests {
     #[test]
     fn simd_and_scalar_agree() {
         let k = 32 * 9;
-        let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
         let xq = quantize_row_q8_1(&x);
         let w: Vec<u8> = (0..9 * Q4_1_BYTES)
             .map(|i| match i % Q4_1_BYTES {

@@ -31,7 +31,10 @@ impl GgufFile {
         let content = Content::read(&mut BufReader::new(&file)).map_err(|e| {
             Error::format(
                 path,
-                format!("not a valid GGUF file (bad magic, truncated or corrupt header): {e}"),
+                format!(
+                    "not a valid GGUF file (bad magic, truncated or corrupt header): {}",
+                    crate::error::candle_message(&e)
+                ),
             )
         })?;
         // SAFETY: read-only mapping of a file we do not modify.
@@ -185,8 +188,12 @@ impl WeightSource for GgufSource {
             }
             None => bytes,
         };
-        let q = qtensor_from_ggml(info.ggml_dtype, bytes, dims, &self.device)
-            .map_err(|e| Error::format(&self.file.path, format!("tensor {name}: {e}")))?;
+        let q = qtensor_from_ggml(info.ggml_dtype, bytes, dims, &self.device).map_err(|e| {
+            Error::format(
+                &self.file.path,
+                format!("tensor {name}: {}", crate::error::candle_message(&e)),
+            )
+        })?;
         Ok(match info.ggml_dtype {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 let t: Tensor = q.dequantize(&self.device)?;
