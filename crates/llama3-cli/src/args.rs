@@ -43,18 +43,32 @@ impl ModelArgs {
             _ => candle_core::DType::F32,
         };
         let start = Instant::now();
+        let bar = crate::progress::bar("loading", "tensors");
+        let progress = bar.clone().map(|b| {
+            let f: llama3::weights::ProgressFn = std::sync::Arc::new(move |done, total| {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            });
+            f
+        });
         let opts = LoadOptions {
             dtype,
+            progress,
             ..LoadOptions::default()
         };
         // Library errors name the file, tensor and shape already.
-        let mut loaded = llama3::loader::load(&path, &opts)?;
+        let loaded = llama3::loader::load(&path, &opts);
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let mut loaded = loaded?;
         if let Some(t) = &self.tokenizer {
             loaded.tokenizer = Some(Tokenizer::from_file(t)?);
         }
         tracing::info!(
-            "loaded {} in {:.2} s",
+            "loaded {} ({:.1} M parameters) in {:.2} s",
             path.display(),
+            loaded.info.parameters as f64 / 1e6,
             start.elapsed().as_secs_f64()
         );
         Ok(loaded)

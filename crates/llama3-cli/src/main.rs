@@ -4,6 +4,7 @@ mod args;
 mod chat;
 mod generate;
 mod info;
+mod progress;
 
 use clap::{Parser, Subcommand};
 

@@ -265,3 +265,48 @@ fn chat_answers_and_handles_commands() {
     assert!(err.contains("tok/s"), "{err}");
     assert!(err.contains("reset"), "{err}");
 }
+
+#[test]
+fn unreachable_hub_model_is_a_clear_error() {
+    // Offline (as here and in CI) or online, a repository that does not exist is an error.
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_llama3"))
+        .args(["pull", "hf:llama3-tests/no-such-model-0"])
+        .env("LLAMA3_HOME", home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains("Hugging Face Hub"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stop_strings_end_generation_and_are_not_printed() {
+    // p1_capital's greedy continuation is " Paris.\n\nThe United States has a population..."
+    let model = default_model();
+    let out = llama3(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "The capital of France is",
+        "--greedy",
+        "-n",
+        "40",
+        "--stop",
+        "United",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["text"], " Paris.\n\nThe ");
+    assert_eq!(j["finish_reason"], "stop");
+}

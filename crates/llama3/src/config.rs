@@ -304,7 +304,8 @@ pub(crate) fn gguf_int(v: &Value) -> Option<usize> {
 
 pub(crate) fn gguf_float(v: &Value) -> Option<f64> {
     match v {
-        Value::F32(x) => Some(*x as f64),
+        // Through the shortest decimal form: 1e-5f32 becomes 1e-5, not 9.99999974e-6.
+        Value::F32(x) => x.to_string().parse().ok(),
         Value::F64(x) => Some(*x),
         v => gguf_int(v).map(|x| x as f64),
     }

@@ -11,13 +11,16 @@ use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::{GgufFile, GgufSource};
 use crate::weights::safetensors::SafetensorsSource;
+use crate::weights::{ProgressFn, WeightSource, WithProgress};
 use crate::{Error, Result};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// dtype of dense weights and activations (quantized weights stay quantized).
     pub dtype: DType,
     pub device: Device,
+    /// Called with (tensors loaded, tensors expected) while weights load.
+    pub progress: Option<ProgressFn>,
 }
 
 impl Default for LoadOptions {
@@ -25,6 +28,26 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             device: Device::Cpu,
+            progress: None,
+        }
+    }
+}
+
+/// Builds the model from `src`, reporting progress if asked.
+fn build(
+    src: &dyn WeightSource,
+    config: &LlamaConfig,
+    rope_freqs: Option<&[f32]>,
+    opts: &LoadOptions,
+) -> Result<Llama> {
+    match &opts.progress {
+        None => Llama::load(src, config, rope_freqs, &opts.device),
+        Some(p) => {
+            // embed, final norm, 9 tensors per layer, and an untied head
+            let head = !config.tie_word_embeddings && src.contains("lm_head.weight");
+            let total = 2 + 9 * config.num_hidden_layers + usize::from(head);
+            let src = WithProgress::new(src, total, p.clone());
+            Llama::load(&src, config, rope_freqs, &opts.device)
         }
     }
 }
@@ -132,7 +155,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         &opts.device,
     );
     let freqs = src.rope_freqs()?;
-    let model = Llama::load(&src, &config, freqs.as_deref(), &opts.device)?;
+    let model = build(&src, &config, freqs.as_deref(), opts)?;
     let info = ModelInfo {
         path: path.to_path_buf(),
         format: "GGUF".into(),
@@ -152,7 +175,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
 fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let config = LlamaConfig::from_hf_file(&dir.join("config.json"))?;
     let src = SafetensorsSource::open_dir(dir, opts.dtype, &opts.device)?;
-    let model = Llama::load(&src, &config, None, &opts.device)?;
+    let model = build(&src, &config, None, opts)?;
     let has_tokenizer = dir.join("tokenizer.json").exists() || dir.join("tokenizer.model").exists();
     let tokenizer = if has_tokenizer {
         Some(Tokenizer::from_hf_dir(dir)?)

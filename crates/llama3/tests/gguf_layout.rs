@@ -142,3 +142,46 @@ fn q8_0_gguf_from_hf_stays_close() {
     // Q8_0 weights and activations: errors of a few 1e-3 on logits of magnitude ~0.1.
     assert!(d < 2e-2, "Q8_0 GGUF logits differ from transformers by {d}");
 }
+
+#[test]
+fn llama3_rope_scaling_agrees_with_gguf_rope_freqs_at_long_context() {
+    // Differences between RoPE scalings show only far from position 0: 1000 positions, with
+    // original_max_position_embeddings = 64. HF-config scaling (our `_compute_llama3_parameters`)
+    // and GGUF `rope_freqs.weight` written by convert_hf_to_gguf's formula must agree.
+    use candle_core::Device;
+    use llama3::config::LlamaConfig;
+    use llama3::weights::safetensors::SafetensorsSource;
+    let dir = golden("hf/llama3/model");
+    let t = 1000;
+    let ids: Vec<u32> = (0..t).map(|i| ((i * 7919 + 13) % 381 + 3) as u32).collect();
+    let ids = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let hf = logits_of(&dir, &ids);
+    let f = hf_to_gguf_file("llama3", GgmlDType::F32);
+    let gg = logits_of(f.path(), &ids);
+    let d = max_abs_diff(&hf, &gg);
+    assert!(
+        d <= 1e-3,
+        "HF rope_scaling vs GGUF rope_freqs differ by {d} over {t} positions"
+    );
+
+    // The same model without scaling gives different late logits: the check above can fail.
+    let mut cfg = LlamaConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    cfg.rope_scaling = None;
+    let src = SafetensorsSource::open_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let plain = llama3::Llama::load(&src, &cfg, None, &Device::Cpu).unwrap();
+    let p: Vec<f32> = plain
+        .forward(&ids, None, Logits::All)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let d = max_abs_diff(&hf, &p);
+    assert!(
+        d > 1e-2,
+        "unscaled RoPE should differ at long context, max diff {d}"
+    );
+}

@@ -311,8 +311,7 @@ const LLAMA32_EXPECTED_TOOLS: &str = "<|begin_of_text|><|start_header_id|>system
 
 /// Llama 3.2 Instruct chat template (meta-llama/Llama-3.2-1B-Instruct tokenizer_config.json
 /// `chat_template`); the tokenizer_config.json in `llama3.2-tokenizer/` carries none.
-const LLAMA32_TEMPLATE: &str =
-    include_str!("../src/tokenizer/testdata/llama3.2_chat_template.jinja");
+const LLAMA32_TEMPLATE: &str = include_str!("data/llama3.2_chat_template.jinja");
 
 fn llama32_with_template() -> Tokenizer {
     let mut tok = Tokenizer::from_hf_dir(&llama32_dir()).unwrap();

@@ -43,10 +43,7 @@ const ROWS_PER_TASK: usize = 64;
 /// `y (M, N) = x (M, K) @ W^T` with `W` (N, K) as raw Q4_1 blocks.
 pub fn matmul_q4_1(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
     let kb = k / 32;
-    let xq: Vec<BlockQ8_1> = x
-        .chunks_exact(k)
-        .flat_map(quantize_row_q8_1)
-        .collect();
+    let xq: Vec<BlockQ8_1> = x.chunks_exact(k).flat_map(quantize_row_q8_1).collect();
     let row_bytes = kb * Q4_1_BYTES;
     // Work in column-major tiles: each task owns ROWS_PER_TASK rows of W, for every x row.
     let mut yt = vec![0f32; n * m]; // (N, M), transposed at the end when M > 1

@@ -54,3 +54,40 @@ pub trait WeightSource {
     /// The file (or directory) the weights come from, for messages.
     fn path(&self) -> &Path;
 }
+
+/// Reports loading progress: `(tensors loaded, tensors expected)` after each `get`.
+pub type ProgressFn = std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>;
+
+/// Wraps a source and calls `progress` after each tensor.
+pub struct WithProgress<'a> {
+    inner: &'a dyn WeightSource,
+    total: usize,
+    done: std::cell::Cell<usize>,
+    progress: ProgressFn,
+}
+
+impl<'a> WithProgress<'a> {
+    pub fn new(inner: &'a dyn WeightSource, total: usize, progress: ProgressFn) -> Self {
+        Self {
+            inner,
+            total,
+            done: std::cell::Cell::new(0),
+            progress,
+        }
+    }
+}
+
+impl WeightSource for WithProgress<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let w = self.inner.get(name, shape)?;
+        self.done.set(self.done.get() + 1);
+        (self.progress)(self.done.get().min(self.total), self.total);
+        Ok(w)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+}
