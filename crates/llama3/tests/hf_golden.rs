@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::{golden, max_abs_diff, tensors};
 use llama3::generate::{GenerateOptions, Generator, Session};
 use llama3::loader::{load, LoadOptions};
@@ -111,7 +111,7 @@ fn bf16_weights_stay_close() {
     let g = tensors(&golden("hf/gqa/golden.safetensors"));
     let opts = LoadOptions {
         dtype: DType::BF16,
-        device: Device::Cpu,
+        ..LoadOptions::default()
     };
     let loaded = load(&golden("hf/gqa/model"), &opts).unwrap();
     let ids = g["input_ids"].to_dtype(DType::U32).unwrap();
