@@ -10,35 +10,36 @@ use crate::{Error, Result};
 pub struct KvCache {
     /// Per layer (K, V), each (B, Hkv, capacity, Dh).
     layers: Vec<(Tensor, Tensor)>,
-    /// Activation dtype: what `append` returns.
-    dtype: DType,
+    /// Keys and values are rounded to f16 precision on append (llama.cpp's default f16 cache),
+    /// but kept in the activation dtype so reading them converts nothing.
+    round_f16: bool,
     len: usize,
     capacity: usize,
 }
 
 impl KvCache {
-    /// `dtype`: activations; `store`: what K/V are kept as (f16 halves the memory and rounds
-    /// like llama.cpp's default f16 cache).
+    /// `dtype`: activations; `precision`: the precision K/V keep (f16 rounds like llama.cpp's
+    /// default f16 cache).
     pub fn new(
         cfg: &LlamaConfig,
         batch: usize,
         capacity: usize,
         dtype: DType,
-        store: DType,
+        precision: DType,
         device: &Device,
     ) -> Result<Self> {
         let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim);
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| {
                 Ok((
-                    Tensor::zeros(shape, store, device)?,
-                    Tensor::zeros(shape, store, device)?,
+                    Tensor::zeros(shape, dtype, device)?,
+                    Tensor::zeros(shape, dtype, device)?,
                 ))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
-            dtype,
+            round_f16: precision == DType::F16 && dtype != DType::F16,
             len: 0,
             capacity,
         })
@@ -47,10 +48,7 @@ impl KvCache {
     /// True when K/V are stored in a narrower type than the activations, whose rounding the
     /// attention then applies to queries and probabilities too (as llama.cpp does with f16).
     pub fn rounds_to_f16(&self) -> bool {
-        self.layers
-            .first()
-            .is_some_and(|(k, _)| k.dtype() == DType::F16)
-            && self.dtype != DType::F16
+        self.round_f16
     }
 
     /// Positions already cached.
@@ -88,13 +86,16 @@ impl KvCache {
         let t = k.dim(2)?;
         self.reserve(t)?;
         let (kc, vc) = &self.layers[layer];
-        kc.slice_set(&k.to_dtype(kc.dtype())?.contiguous()?, 2, self.len)?;
-        vc.slice_set(&v.to_dtype(vc.dtype())?.contiguous()?, 2, self.len)?;
+        let round = |x: &Tensor| -> Result<Tensor> {
+            Ok(match self.round_f16 {
+                true => x.to_dtype(DType::F16)?.to_dtype(x.dtype())?,
+                false => x.contiguous()?,
+            })
+        };
+        kc.slice_set(&round(k)?, 2, self.len)?;
+        vc.slice_set(&round(v)?, 2, self.len)?;
         let s = self.len + t;
-        Ok((
-            kc.narrow(2, 0, s)?.to_dtype(self.dtype)?,
-            vc.narrow(2, 0, s)?.to_dtype(self.dtype)?,
-        ))
+        Ok((kc.narrow(2, 0, s)?, vc.narrow(2, 0, s)?))
     }
 
     /// Called once per forward, after every layer appended its `t` positions.

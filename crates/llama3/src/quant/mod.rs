@@ -11,11 +11,10 @@ mod q4_1;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 
 use crate::Result;
 
-pub use q4_1::{dot_q4_1_q8_1, quantize_row_q8_1, BlockQ8_1, Q4_1_BYTES};
+pub use q4_1::{dot_q4_1_q8_1, dot_q4_1_q8_1_x4, quantize_row_q8_1, BlockQ8_1, Q4_1_BYTES};
 
 /// `x @ W^T` for (.., K) f32 `x` and (N, K) quantized `w`, or `None` when this module has no
 /// kernel for `w`'s type or device.
@@ -38,26 +37,51 @@ pub fn matmul(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
 }
 
 /// Rows of W per parallel task: small enough to balance two cores, large enough to amortise.
-const ROWS_PER_TASK: usize = 64;
+const ROWS_PER_TASK: usize = 16;
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used for writes to disjoint indices from the pool's tasks.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// `y (M, N) = x (M, K) @ W^T` with `W` (N, K) as raw Q4_1 blocks.
 pub fn matmul_q4_1(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
     let kb = k / 32;
     let xq: Vec<BlockQ8_1> = x.chunks_exact(k).flat_map(quantize_row_q8_1).collect();
     let row_bytes = kb * Q4_1_BYTES;
-    // Work in column-major tiles: each task owns ROWS_PER_TASK rows of W, for every x row.
-    let mut yt = vec![0f32; n * m]; // (N, M), transposed at the end when M > 1
-    yt.par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let r0 = task * ROWS_PER_TASK;
-            for (i, o) in out.chunks_exact_mut(m).enumerate() {
-                let wrow = &w[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
-                for (j, v) in o.iter_mut().enumerate() {
-                    *v = dot_q4_1_q8_1(wrow, &xq[j * kb..(j + 1) * kb]);
+    // Each task owns a range of W rows and computes them against every x row (four at a time,
+    // so each weight block is unpacked once per four rows); written (N, M), transposed at the
+    // end when M > 1. candle's barrier pool runs it, so only one set of worker threads spins.
+    let mut yt = vec![0f32; n * m];
+    let out = SyncPtr(yt.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
+        let mut acc = [0f32; 4];
+        for r in tasks.start * ROWS_PER_TASK..(tasks.end * ROWS_PER_TASK).min(n) {
+            let wrow = &w[r * row_bytes..(r + 1) * row_bytes];
+            let mut j = 0;
+            while j + 4 <= m {
+                let xs: [&[BlockQ8_1]; 4] = std::array::from_fn(|i| &xq[(j + i) * kb..][..kb]);
+                dot_q4_1_q8_1_x4(wrow, xs, &mut acc);
+                for (i, v) in acc.iter().enumerate() {
+                    // SAFETY: rows r are disjoint between tasks and r * m + j + i < n * m.
+                    unsafe { *out.get().add(r * m + j + i) = *v };
                 }
+                j += 4;
             }
-        });
+            for j in j..m {
+                let v = dot_q4_1_q8_1(wrow, &xq[j * kb..][..kb]);
+                // SAFETY: as above.
+                unsafe { *out.get().add(r * m + j) = v };
+            }
+        }
+    });
     if m == 1 {
         return yt;
     }
