@@ -38,6 +38,12 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    // candle sizes its thread pools from RAYON_NUM_THREADS and otherwise re-reads the CPU list
+    // from /proc on each query; fix it once, before any pool starts (-t overrides it later).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),

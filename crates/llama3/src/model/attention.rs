@@ -89,9 +89,13 @@ impl Attention {
     }
 }
 
-/// Softmax over the last dim; the max is detached (softmax is shift-invariant, so its gradient
-/// through the shift is zero).
+/// Softmax over the last dim. With gradients tracked it is built from differentiable ops, the
+/// max detached (softmax is shift-invariant, so its gradient through the shift is zero);
+/// otherwise candle's fused kernel.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
@@ -105,4 +109,75 @@ pub fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
         .flat_map(|i| (0..s).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Ok(Tensor::from_vec(mask, (t, s), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// The differentiable path (taken when gradients are tracked) and candle's fused kernels
+    /// (inference) must agree: softmax, RMSNorm and RoPE.
+    #[test]
+    fn differentiable_and_fused_ops_agree() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 3.0, (2, 3, 5, 8), &dev).unwrap();
+        let v = Var::from_tensor(&x).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(
+            max_diff(
+                &softmax_last_dim(&x).unwrap(),
+                &softmax_last_dim(v.as_tensor()).unwrap()
+            ) < 1e-6
+        );
+
+        let w = Tensor::randn(1f32, 0.1, 8, &dev).unwrap();
+        let norm = super::super::RmsNorm::new(w, 1e-5);
+        assert!(
+            max_diff(
+                &norm.forward(&x).unwrap(),
+                &norm.forward(v.as_tensor()).unwrap()
+            ) < 1e-5
+        );
+
+        let cos = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
+        let fused = rope::apply(&x, &cos, &sin).unwrap();
+        let plain = rope::apply(v.as_tensor(), &cos, &sin).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+
+        // And gradients flow through the differentiable path.
+        let loss = softmax_last_dim(
+            &rope::apply(&norm.forward(v.as_tensor()).unwrap(), &cos, &sin).unwrap(),
+        )
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads
+            .get(v.as_tensor())
+            .expect("gradient reaches the input");
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+    }
 }

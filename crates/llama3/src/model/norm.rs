@@ -1,4 +1,5 @@
-//! RMSNorm from differentiable ops (candle's fused `rms_norm` has no backward).
+//! RMSNorm from differentiable ops when gradients are tracked (candle's fused `rms_norm` has
+//! no backward), candle's fused kernel otherwise.
 //! HF `LlamaRMSNorm`: variance in f32, `weight * (x * rsqrt(mean(x^2) + eps))`.
 
 use candle_core::{DType, Tensor, D};
@@ -18,6 +19,15 @@ impl RmsNorm {
 
     /// (.., D) -> (.., D)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.track_op() && !self.weight.track_op() && x.dtype() == DType::F32 {
+            // Inference: candle's fused kernel (no backward, none needed here).
+            let w = self.weight.to_dtype(DType::F32)?;
+            return Ok(candle_nn::ops::rms_norm(
+                &x.contiguous()?,
+                &w,
+                self.eps as f32,
+            )?);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;

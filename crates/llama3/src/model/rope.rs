@@ -97,6 +97,11 @@ fn llama3_scale(inv_freq: &mut [f32], s: Option<&RopeScaling>) {
 /// Applies RoPE to (B, H, T, Dh) with cos/sin (T, Dh/2).
 /// HF: `q * cos + rotate_half(q) * sin`, `rotate_half(x) = cat(-x2, x1)`.
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        // Inference: candle's fused kernel computes the same half rotation (no backward).
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?);
+    }
     let half = x.dim(D::Minus1)? / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
     let x2 = x.narrow(D::Minus1, half, half)?;
