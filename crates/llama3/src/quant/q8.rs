@@ -1,0 +1,135 @@
+//! Activation blocks: rows of f32 quantized to 32 x i8 with one scale, as llama.cpp quantizes
+//! the input of a quantized matmul (`vec_dot_type` of the weight type: Q8_1 for Q4_1, Q8_0 for
+//! Q8_0). `d` and `s` are rounded to f16 as ggml stores them but kept as f32 so the dot loops
+//! convert nothing.
+
+use half::f16;
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8 {
+    /// Scale: value = d * q.
+    pub d: f32,
+    /// `d * Σq` (Q8_1 only; 0 for Q8_0).
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// llama.cpp `quantize_row_q8_1` (x86 flavour: `127 / amax`, round half to even).
+pub fn quantize_row_q8_1(x: &[f32]) -> Vec<BlockQ8> {
+    quantize(x, true)
+}
+
+/// llama.cpp `quantize_row_q8_0` (x86 flavour, as above, without the sum).
+pub fn quantize_row_q8_0(x: &[f32]) -> Vec<BlockQ8> {
+    quantize(x, false)
+}
+
+fn quantize(x: &[f32], with_sum: bool) -> Vec<BlockQ8> {
+    let avx2 = has_avx2();
+    x.chunks_exact(32)
+        .map(|b| {
+            let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut qs = [0i8; 32];
+            let sum = round_any(b, id, &mut qs, avx2);
+            let d16 = f16::from_f32(d).to_f32();
+            let s = if with_sum {
+                f16::from_f32(d * sum as f32).to_f32()
+            } else {
+                0.0
+            };
+            BlockQ8 { d: d16, s, qs }
+        })
+        .collect()
+}
+
+fn round_any(b: &[f32], id: f32, qs: &mut [i8; 32], avx2: bool) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the features were detected by the caller; `b` has 32 elements.
+        return unsafe { round_block_avx2(b, id, qs) };
+    }
+    let _ = avx2;
+    round_block(b, id, qs)
+}
+
+pub(crate) fn round_block(b: &[f32], id: f32, qs: &mut [i8; 32]) -> i32 {
+    let mut sum = 0;
+    for (q, v) in qs.iter_mut().zip(b) {
+        let r = (v * id).round_ties_even() as i32;
+        *q = r as i8;
+        sum += r;
+    }
+    sum
+}
+
+/// `round(x * id)` to i8 with round-half-even (`_mm256_round_ps` nearest); returns Σq.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn round_block_avx2(b: &[f32], id: f32, qs: &mut [i8; 32]) -> i32 {
+    use std::arch::x86_64::*;
+    let idv = _mm256_set1_ps(id);
+    let mut ints = [0i32; 32];
+    for i in 0..4 {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(b[i * 8..].as_ptr()), idv);
+        let r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_storeu_si256(
+            ints[i * 8..].as_mut_ptr() as *mut __m256i,
+            _mm256_cvtps_epi32(r),
+        );
+    }
+    let mut sum = 0;
+    for (q, v) in qs.iter_mut().zip(ints) {
+        *q = v as i8;
+        sum += v;
+    }
+    sum
+}
+
+/// Horizontal sum of 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn hsum(acc: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let s = _mm_add_ps(hi, _mm256_castps256_ps128(acc));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_half_to_even_and_keeps_the_sum() {
+        let mut x = vec![0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -3.5;
+        let q = &quantize_row_q8_1(&x)[0];
+        assert_eq!(q.d, 1.0);
+        assert_eq!(&q.qs[..3], &[127, 2, -4]);
+        assert_eq!(q.s, 125.0);
+        assert_eq!(round_block(&x, 1.0, &mut [0; 32]), 125);
+        let q0 = &quantize_row_q8_0(&x)[0];
+        assert_eq!((q0.d, q0.s), (1.0, 0.0));
+        assert_eq!(q0.qs, q.qs);
+    }
+}
