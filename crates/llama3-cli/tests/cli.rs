@@ -310,3 +310,19 @@ fn stop_strings_end_generation_and_are_not_printed() {
     assert_eq!(j["text"], " Paris.\n\nThe ");
     assert_eq!(j["finish_reason"], "stop");
 }
+
+#[test]
+fn unsupported_quant_type_is_named() {
+    // Rewrite the type of blk.0.attn_q.weight in the default model's header to 16 (IQ2_XXS).
+    let mut bytes = std::fs::read(default_model()).unwrap();
+    bytes.truncate(8 << 20);
+    let name = b"blk.0.attn_q.weight";
+    let pos = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+    let ty = pos + 4 + 8 * n_dims;
+    bytes[ty..ty + 4].copy_from_slice(&16u32.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("iq2.gguf");
+    std::fs::write(&bad, bytes).unwrap();
+    assert_one_line_error(&llama3(&["info", "-m", bad.to_str().unwrap()]), "IQ2_XXS");
+}

@@ -29,13 +29,18 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let content = Content::read(&mut BufReader::new(&file)).map_err(|e| {
-            Error::format(
-                path,
-                format!(
-                    "not a valid GGUF file (bad magic, truncated or corrupt header): {}",
-                    crate::error::candle_message(&e)
+            let msg = crate::error::candle_message(&e);
+            match msg.strip_prefix("unknown dtype for tensor ").and_then(|n| n.parse::<u32>().ok()) {
+                Some(t) => Error::Unsupported(format!(
+                    "{}: GGUF tensor type {} (ggml type {t}); supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
+                    path.display(),
+                    ggml_type_name(t)
+                )),
+                None => Error::format(
+                    path,
+                    format!("not a valid GGUF file (bad magic, truncated or corrupt header): {msg}"),
                 ),
-            )
+            }
         })?;
         // SAFETY: read-only mapping of a file we do not modify.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
@@ -221,4 +226,25 @@ fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Vec<u8> {
             .copy_from_slice(&bytes[g * row_bytes..(g + 1) * row_bytes]);
     }
     out
+}
+
+/// ggml's names for the type ids candle cannot read (ggml.h `enum ggml_type`).
+fn ggml_type_name(t: u32) -> &'static str {
+    match t {
+        4 | 5 => "Q4_2/Q4_3 (removed from ggml)",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24..=28 => "an integer/f64 type",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "unknown",
+    }
 }
