@@ -6,6 +6,7 @@ pub mod cache;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod params;
 pub mod rope;
 
 use std::sync::Arc;

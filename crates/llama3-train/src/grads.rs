@@ -1,0 +1,118 @@
+//! Gradients of the trainable parameters: accumulated over micro-batches, clipped by global
+//! norm (PyTorch `clip_grad_norm_`), checked for parameters the backward pass never reached.
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+
+use crate::{Error, Result};
+
+/// One optional gradient per parameter, in the order of the parameter list.
+#[derive(Clone, Debug, Default)]
+pub struct Grads {
+    grads: Vec<Option<Tensor>>,
+}
+
+impl Grads {
+    pub fn new(n_params: usize) -> Self {
+        Self {
+            grads: vec![None; n_params],
+        }
+    }
+
+    /// Adds this backward pass's gradients (one micro-batch) to the running sums.
+    pub fn accumulate(&mut self, params: &[(String, Var)], store: &GradStore) -> Result<()> {
+        if params.len() != self.grads.len() {
+            return Err(Error::Input(format!(
+                "{} parameters for {} gradient slots",
+                params.len(),
+                self.grads.len()
+            )));
+        }
+        for ((_, var), slot) in params.iter().zip(self.grads.iter_mut()) {
+            let Some(g) = store.get(var.as_tensor()) else {
+                continue;
+            };
+            // Sums are new tensors: the store's may be shared with the graph.
+            *slot = Some(match slot.take() {
+                None => g.detach().copy()?,
+                Some(acc) => (acc + g.detach())?,
+            });
+        }
+        Ok(())
+    }
+
+    /// The gradient of parameter `i`, None when no backward pass reached it.
+    pub fn get(&self, i: usize) -> Option<&Tensor> {
+        self.grads.get(i).and_then(|g| g.as_ref())
+    }
+
+    /// Names of the parameters without a gradient: a non-empty list means the graph is cut
+    /// somewhere (a fused op without backward, a detach) or a weight is unused.
+    pub fn missing<'a>(&self, params: &'a [(String, Var)]) -> Vec<&'a str> {
+        params
+            .iter()
+            .zip(&self.grads)
+            .filter(|(_, g)| g.is_none())
+            .map(|((n, _), _)| n.as_str())
+            .collect()
+    }
+
+    /// The global L2 norm over all gradients (f32 per tensor, summed in f64).
+    pub fn global_norm(&self) -> Result<f64> {
+        let mut sq = 0f64;
+        for g in self.grads.iter().flatten() {
+            let s = g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            sq += s as f64;
+        }
+        Ok(sq.sqrt())
+    }
+
+    /// PyTorch `clip_grad_norm_(max_norm)`: scales every gradient by
+    /// `min(1, max_norm / (norm + 1e-6))`. Returns the norm before clipping.
+    pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = self.global_norm()?;
+        let coef = (max_norm / (norm + 1e-6)).min(1.0);
+        if coef < 1.0 {
+            for g in self.grads.iter_mut().flatten() {
+                *g = (&*g * coef)?;
+            }
+        }
+        Ok(norm)
+    }
+
+    /// Forgets all gradients (after the optimizer step).
+    pub fn clear(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn accumulates_and_clips() {
+        let dev = Device::Cpu;
+        let a = Var::new(&[1f32, 2.0], &dev).unwrap();
+        let b = Var::new(&[3f32], &dev).unwrap();
+        let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b)];
+        let mut grads = Grads::new(2);
+        for _ in 0..2 {
+            // d/da sum(3a) = 3 per element
+            let loss = (a.as_tensor() * 3.0).unwrap().sum_all().unwrap();
+            grads
+                .accumulate(&params, &loss.backward().unwrap())
+                .unwrap();
+        }
+        assert_eq!(grads.get(0).unwrap().to_vec1::<f32>().unwrap(), [6.0, 6.0]);
+        assert_eq!(grads.missing(&params), ["b"]);
+        let norm = grads.clip_global_norm(1.0).unwrap();
+        assert!((norm - 72f64.sqrt()).abs() < 1e-5);
+        assert!((grads.global_norm().unwrap() - 1.0).abs() < 1e-5);
+    }
+}
