@@ -51,6 +51,25 @@ impl Kind {
         }
     }
 
+    /// Dot of one weight row with one activation row.
+    fn dot1(self, w: &[u8], x: &[BlockQ8], avx2: bool) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: AVX2/FMA/F16C were detected (`q8::has_avx2`); slices are checked inside.
+            return unsafe {
+                match self {
+                    Kind::Q4_1 => q4_1::dot1_avx2(w, x),
+                    Kind::Q8_0 => q8_0::dot1_avx2(w, x),
+                }
+            };
+        }
+        let _ = avx2;
+        match self {
+            Kind::Q4_1 => q4_1::dot_scalar(w, x),
+            Kind::Q8_0 => q8_0::dot_scalar(w, x),
+        }
+    }
+
     /// Dots of one weight row with `R` activation rows.
     fn dot<const R: usize>(self, w: &[u8], x: [&[BlockQ8]; R], out: &mut [f32; R], avx2: bool) {
         #[cfg(target_arch = "x86_64")]
@@ -136,11 +155,10 @@ pub fn gemm(kind: Kind, x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Ve
                 }
                 j += 4;
             }
-            let mut acc1 = [0f32; 1];
             for j in j..m {
-                kind.dot(wrow, [&xq[j * kb..][..kb]], &mut acc1, avx2);
+                let v = kind.dot1(wrow, &xq[j * kb..][..kb], avx2);
                 // SAFETY: as above.
-                unsafe { *out.get().add(r * m + j) = acc1[0] };
+                unsafe { *out.get().add(r * m + j) = v };
             }
         }
     });
@@ -222,6 +240,8 @@ mod tests {
             let (mut simd, mut scalar) = ([0f32; 4], [0f32; 4]);
             kind.dot(row, xs, &mut simd, q8::has_avx2());
             kind.dot(row, xs, &mut scalar, false);
+            let one = kind.dot1(row, xs[1], q8::has_avx2());
+            assert!((one - scalar[1]).abs() <= 1e-5 * scalar[1].abs().max(1.0));
             for (a, b) in simd.iter().zip(scalar) {
                 assert!(
                     (a - b).abs() <= 1e-5 * b.abs().max(1.0),

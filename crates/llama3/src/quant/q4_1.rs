@@ -31,6 +31,37 @@ pub fn dot_scalar(w: &[u8], x: &[BlockQ8]) -> f32 {
     sum
 }
 
+/// One activation row (decode): two independent accumulators over even and odd blocks, so the
+/// fma latency chain does not bound the loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot1_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
+    use std::arch::x86_64::*;
+    let nb = w.len() / BYTES;
+    assert!(x.len() >= nb);
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut summs = [0f32; 2];
+    for b in 0..nb {
+        let wb = w.get_unchecked(b * BYTES..(b + 1) * BYTES);
+        let xb = x.get_unchecked(b);
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+            wb[0], wb[1], wb[2], wb[3],
+        ])));
+        let d = _mm_cvtss_f32(dm);
+        let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+        let nib = _mm_loadu_si128(wb[4..20].as_ptr() as *const __m128i);
+        let qx = _mm256_and_si256(low, _mm256_set_m128i(_mm_srli_epi16(nib, 4), nib));
+        let qy = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+        let xy = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(qx, qy)));
+        let i = b & 1;
+        summs[i] += m * xb.s;
+        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), xy, acc[i]);
+    }
+    super::q8::hsum(_mm256_add_ps(acc[0], acc[1])) + summs[0] + summs[1]
+}
+
 /// `R` activation rows against one weight row: the weight blocks are unpacked once per block
 /// for all rows (R = 1 for decode, 4 for prompt batches).
 #[cfg(target_arch = "x86_64")]
