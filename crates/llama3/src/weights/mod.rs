@@ -2,6 +2,7 @@
 //! one piece of code whatever the file format.
 
 pub mod gguf;
+pub mod gguf_write;
 pub mod names;
 pub mod safetensors;
 
