@@ -90,14 +90,20 @@ fn q8_0_of_the_default_model_generates_like_the_original() {
     let src = common::default_model();
     let (out, report) = convert(&src, QuantType::Q8_0, dir.path());
     assert!(
-        report.warnings.iter().any(|w| w.contains("already quantized")),
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("already quantized")),
         "requantization must be reported: {:?}",
         report.warnings
     );
     assert_eq!(report.fallbacks().count(), 0);
     let orig = open(&src);
     let q8 = open(&out);
-    assert_eq!(q8.info.tensor_types, [("Q8_0".into(), 211), ("F32".into(), 61)]);
+    assert_eq!(
+        q8.info.tensor_types,
+        [("Q8_0".into(), 211), ("F32".into(), 61)]
+    );
     // Q8_0 weights are within 1/254 of each block's largest value of the Q4_1 ones, but both
     // models quantize activations to 8 bits before every matmul (llama.cpp does the same):
     // that noise alone moves logits by up to ~1 (the exactly dequantized f32 model differs
@@ -135,7 +141,10 @@ fn exact_weights_requantize_to_the_original_q4_1_file() {
     assert!(r41.warnings.is_empty(), "{:?}", r41.warnings);
     let embd = r41.tensors.iter().find(|t| t.name == "token_embd.weight");
     let embd = embd.unwrap();
-    assert_eq!((embd.target.as_str(), embd.wanted.as_deref()), ("Q8_0", Some("Q6_K")));
+    assert_eq!(
+        (embd.target.as_str(), embd.wanted.as_deref()),
+        ("Q8_0", Some("Q6_K"))
+    );
 
     let (a, b) = (header(&src), header(&q41_path));
     assert_eq!(a.tensor_infos.len(), b.tensor_infos.len());
@@ -145,7 +154,10 @@ fn exact_weights_requantize_to_the_original_q4_1_file() {
         let x = a.tensor(&mut fa, name, &Device::Cpu).unwrap();
         let y = b.tensor(&mut fb, name, &Device::Cpu).unwrap();
         assert_eq!(x.dtype(), y.dtype(), "{name}");
-        assert!(x.data().unwrap() == y.data().unwrap(), "{name}: blocks differ");
+        assert!(
+            x.data().unwrap() == y.data().unwrap(),
+            "{name}: blocks differ"
+        );
     }
     // Every key kept with its value; file type set.
     for (k, v) in &a.metadata {
@@ -174,14 +186,29 @@ fn q4_k_of_the_default_model_falls_back_and_generates() {
     };
     // Rows of 576 (= 2.25 * 256) fall back as llama-quantize's tensor_type_fallback does;
     // ffn_down rows are 1536 = 6 * 256 and stay K-quants (Q6_K in "more bits" layers).
-    assert_eq!(count("Q4_K", "Q5_0"), 6 * 30 - 14, "q, k, v, output, gate, up");
+    assert_eq!(
+        count("Q4_K", "Q5_0"),
+        6 * 30 - 14,
+        "q, k, v, output, gate, up"
+    );
     assert_eq!(count("Q6_K", "Q8_0"), 14, "attn_v of use_more_bits layers");
     assert_eq!(report.fallbacks().count(), 166 + 14);
-    let t = |n: &str| report.tensors.iter().find(|t| t.name == n).unwrap().target.clone();
+    let t = |n: &str| {
+        report
+            .tensors
+            .iter()
+            .find(|t| t.name == n)
+            .unwrap()
+            .target
+            .clone()
+    };
     assert_eq!(t("blk.4.ffn_down.weight"), "Q4_K");
     assert_eq!(t("blk.5.ffn_down.weight"), "Q6_K");
     assert_eq!(t("token_embd.weight"), "Q8_0");
-    assert_eq!(format!("{:?}", header(&out).metadata["general.file_type"]), "U32(15)");
+    assert_eq!(
+        format!("{:?}", header(&out).metadata["general.file_type"]),
+        "U32(15)"
+    );
 
     let l = open(&out);
     let p1 = &golden_prompts()[0];
@@ -202,7 +229,11 @@ fn f16_of_the_default_model_keeps_tokenizer_and_chat_template() {
         let name = p["name"].as_str().unwrap();
         let text =
             std::fs::read_to_string(golden(&format!("llamacpp/prompts/{name}.txt"))).unwrap();
-        assert_eq!(b.encode(&text, true, true).unwrap(), ids_of(&p["prompt_ids"]), "{name}");
+        assert_eq!(
+            b.encode(&text, true, true).unwrap(),
+            ids_of(&p["prompt_ids"]),
+            "{name}"
+        );
     }
     let src_template = a.chat_template().unwrap().source();
     assert_eq!(b.chat_template().unwrap().source(), src_template);
@@ -210,8 +241,14 @@ fn f16_of_the_default_model_keeps_tokenizer_and_chat_template() {
         std::fs::read_to_string(golden("llamacpp/chat_template.jinja")).unwrap(),
         src_template
     );
-    assert_eq!((b.bos_id(), b.eos_id(), b.adds_bos()), (a.bos_id(), a.eos_id(), a.adds_bos()));
-    assert_eq!(conv.info.tensor_types, [("F16".into(), 211), ("F32".into(), 61)]);
+    assert_eq!(
+        (b.bos_id(), b.eos_id(), b.adds_bos()),
+        (a.bos_id(), a.eos_id(), a.adds_bos())
+    );
+    assert_eq!(
+        conv.info.tensor_types,
+        [("F16".into(), 211), ("F32".into(), 61)]
+    );
 }
 
 /// HF golden model `name` converted to `ty`, and its logits on the golden ids.
@@ -229,7 +266,11 @@ fn hf_logits(name: &str, ty: QuantType) -> (Vec<f32>, Vec<f32>, Content) {
     let l = open(&out);
     assert!(l.tokenizer.is_none());
     let got = l.model.forward(&ids, None, Logits::All).unwrap();
-    (got.flatten_all().unwrap().to_vec1().unwrap(), want, header(&out))
+    (
+        got.flatten_all().unwrap().to_vec1().unwrap(),
+        want,
+        header(&out),
+    )
 }
 
 #[test]
@@ -238,10 +279,17 @@ fn hf_golden_models_to_f32_gguf_give_transformers_logits() {
         let (got, want, h) = hf_logits(name, QuantType::F32);
         let d = max_abs_diff(&got, &want);
         eprintln!("{name}: f32 GGUF logits max|d| {d:.2e}");
-        assert!(d <= 1e-4, "{name}: f32 GGUF logits differ from transformers by {d}");
+        assert!(
+            d <= 1e-4,
+            "{name}: f32 GGUF logits differ from transformers by {d}"
+        );
         let has = |t: &str| h.tensor_infos.contains_key(t);
         // gqa is untied; llama3 is tied and uses Llama 3 RoPE scaling (rope_freqs.weight).
-        assert_eq!(has("output.weight"), name == "gqa" || name == "mha", "{name}");
+        assert_eq!(
+            has("output.weight"),
+            name == "gqa" || name == "mha",
+            "{name}"
+        );
         assert_eq!(has("rope_freqs.weight"), name == "llama3", "{name}");
         assert!(matches!(h.metadata["tokenizer.ggml.model"], Value::String(ref s) if s == "none"));
     }

@@ -69,15 +69,24 @@ fn llama32_tokenizer_exports_like_llama_cpp() {
         .unwrap()
         .into_iter()
         .collect();
-    let err = gguf_metadata_from_hf_dir(&dir, 128256).unwrap_err().to_string();
+    let err = gguf_metadata_from_hf_dir(&dir, 128256)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("<|image|>") && err.contains("128256"), "{err}");
     let reference = header(&shared().join("data/llama-vocab-gguf/ggml-vocab-llama-bpe.gguf"));
     let r = &reference.metadata;
     for key in ["tokenizer.ggml.model", "tokenizer.ggml.pre"] {
-        assert_eq!(md[key].to_string().unwrap(), r[key].to_string().unwrap(), "{key}");
+        assert_eq!(
+            md[key].to_string().unwrap(),
+            r[key].to_string().unwrap(),
+            "{key}"
+        );
     }
     // Llama 3.2 renamed some reserved special tokens of Llama 3; the 128000 others are equal.
-    let (got, want) = (strings(&md["tokenizer.ggml.tokens"]), strings(&r["tokenizer.ggml.tokens"]));
+    let (got, want) = (
+        strings(&md["tokenizer.ggml.tokens"]),
+        strings(&r["tokenizer.ggml.tokens"]),
+    );
     assert_eq!((got.len(), got[128256].as_str()), (128257, "<|image|>"));
     assert!(got[..128000] == want[..128000], "normal tokens differ");
     let types = ints(&md["tokenizer.ggml.token_type"]);
@@ -90,7 +99,10 @@ fn llama32_tokenizer_exports_like_llama_cpp() {
     for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
         assert_eq!(format!("{:?}", md[key]), format!("{:?}", r[key]), "{key}");
     }
-    assert_eq!(format!("{:?}", md["tokenizer.ggml.eot_token_id"]), "U32(128009)");
+    assert_eq!(
+        format!("{:?}", md["tokenizer.ggml.eot_token_id"]),
+        "U32(128009)"
+    );
 
     // Rebuilt from the metadata, it tokenizes as HF tokenizers does (golden/tokenizer).
     let tok = Tokenizer::from_gguf(&md).unwrap();
@@ -98,7 +110,11 @@ fn llama32_tokenizer_exports_like_llama_cpp() {
         serde_json::from_slice(&std::fs::read(golden("tokenizer/llama3.2.json")).unwrap()).unwrap();
     for s in g["samples"].as_array().unwrap() {
         let text = s["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text, false, true).unwrap(), ids(&s["ids"]), "{text:?}");
+        assert_eq!(
+            tok.encode(text, false, true).unwrap(),
+            ids(&s["ids"]),
+            "{text:?}"
+        );
         assert_eq!(
             tok.encode(text, true, true).unwrap(),
             ids(&s["ids_with_special"]),
@@ -148,9 +164,7 @@ fn default_model_as_hf_dir(dir: &Path) -> Content {
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let tok = Tokenizer::from_gguf(&md).unwrap();
-    tok.inner()
-        .save(dir.join("tokenizer.json"), false)
-        .unwrap();
+    tok.inner().save(dir.join("tokenizer.json"), false).unwrap();
     // SmolLM2-135M-Instruct's tokenizer_config.json names these.
     let tc = json!({
         "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
@@ -175,7 +189,10 @@ fn default_model_as_hf_dir_converts_back_to_itself() {
     // Same tensors, values exactly the dequantized originals: Q/K rows permuted back into
     // GGUF's layout, no output.weight for the tied head.
     let src = common::default_model();
-    let (mut fa, mut fb) = (std::fs::File::open(&src).unwrap(), std::fs::File::open(&out).unwrap());
+    let (mut fa, mut fb) = (
+        std::fs::File::open(&src).unwrap(),
+        std::fs::File::open(&out).unwrap(),
+    );
     let mut names: Vec<&String> = original.tensor_infos.keys().collect();
     names.sort();
     let conv_names: Vec<&String> = {
@@ -187,9 +204,19 @@ fn default_model_as_hf_dir_converts_back_to_itself() {
     for name in names {
         let a = original.tensor(&mut fa, name, &Device::Cpu).unwrap();
         let b = conv.tensor(&mut fb, name, &Device::Cpu).unwrap();
-        let (a, b) = (a.dequantize(&Device::Cpu).unwrap(), b.dequantize(&Device::Cpu).unwrap());
+        let (a, b) = (
+            a.dequantize(&Device::Cpu).unwrap(),
+            b.dequantize(&Device::Cpu).unwrap(),
+        );
         assert_eq!(a.dims(), b.dims(), "{name}");
-        let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert_eq!(d, 0.0, "{name}");
     }
 
@@ -216,10 +243,17 @@ fn default_model_as_hf_dir_converts_back_to_itself() {
         let name = p["name"].as_str().unwrap();
         let prompt =
             std::fs::read_to_string(golden(&format!("llamacpp/prompts/{name}.txt"))).unwrap();
-        assert_eq!(tok.encode(&prompt, true, true).unwrap(), ids(&p["prompt_ids"]), "{name}");
+        assert_eq!(
+            tok.encode(&prompt, true, true).unwrap(),
+            ids(&p["prompt_ids"]),
+            "{name}"
+        );
     }
     let p1 = ids(&g["prompts"][0]["prompt_ids"]);
-    let x = Tensor::new(p1.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(p1.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let logits: Vec<f32> = l
         .model
         .forward(&x, None, llama3::model::Logits::Last)

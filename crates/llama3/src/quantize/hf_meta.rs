@@ -51,7 +51,11 @@ pub fn llama3_rope_factors(c: &LlamaConfig) -> Option<Vec<f32>> {
     else {
         return None;
     };
-    let (factor, lo, hi) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32);
+    let (factor, lo, hi) = (
+        factor as f32,
+        low_freq_factor as f32,
+        high_freq_factor as f32,
+    );
     let old = original_max_position_embeddings as f32;
     let (low_wavelen, high_wavelen) = (old / lo, old / hi);
     let dh = c.head_dim;
@@ -95,8 +99,10 @@ mod tests {
             .any(|(k, v)| k == "llama.rope.scaling.type" && v.to_string().unwrap() == "linear"));
         assert!(llama3_rope_factors(&lin).is_none());
 
-        let l3 = cfg(serde_json::json!({"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
-            "high_freq_factor":4.0,"original_max_position_embeddings":8192}));
+        let l3 = cfg(
+            serde_json::json!({"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":8192}),
+        );
         assert!(!llama_keys(&l3).iter().any(|(k, _)| k.contains("scaling")));
         let f = llama3_rope_factors(&l3).unwrap();
         assert_eq!(f.len(), 8);

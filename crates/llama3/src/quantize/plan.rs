@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
@@ -189,10 +189,12 @@ pub(super) fn from_hf(dir: &Path, ty: QuantType) -> Result<Job> {
                 dir.display()
             ))
         })?;
-        let (dims, dtype) = src.shape_and_dtype(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            file: dir.to_path_buf(),
-        })?;
+        let (dims, dtype) = src
+            .shape_and_dtype(name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                file: dir.to_path_buf(),
+            })?;
         if !matches!(dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
             return Err(Error::Unsupported(format!(
                 "tensor {name} in {} is {dtype}: only f32/f16/bf16 checkpoints can be converted",
@@ -222,7 +224,11 @@ pub(super) fn from_hf(dir: &Path, ty: QuantType) -> Result<Job> {
     items.sort_by_key(|it| order_key(&it.name));
 
     let mut metadata = hf_meta::llama_keys(&config);
-    if let Some(n) = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_owned())) {
+    if let Some(n) = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_owned()))
+    {
         let n = n.to_string_lossy().into_owned();
         metadata.push(("general.name".into(), Value::String(n)));
     }

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use candle_core::quantized::GgmlDType;
 
+pub use crate::weights::gguf::ggml_name;
 use crate::{Error, Result};
 
 /// A target file type. The K-quant names are llama-quantize's aliases: `q4_k` is `Q4_K_M`,
@@ -127,27 +128,6 @@ impl FromStr for QuantType {
                     names.join(", ")
                 ))
             })
-    }
-}
-
-/// ggml's type name (`ggml_type_name`): `Q4_K`, `F16`...
-pub fn ggml_name(t: GgmlDType) -> &'static str {
-    match t {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
     }
 }
 
@@ -286,22 +266,43 @@ mod tests {
         assert_eq!((e.target, e.wanted), (GgmlDType::Q8_0, None));
         // 576-wide rows fall back
         let q = c("blk.5.attn_q.weight", &[576, 576]);
-        assert_eq!((q.target, q.wanted), (GgmlDType::Q5_0, Some(GgmlDType::Q4K)));
+        assert_eq!(
+            (q.target, q.wanted),
+            (GgmlDType::Q5_0, Some(GgmlDType::Q4K))
+        );
         // attn_v of a "more bits" layer wants Q6_K -> Q8_0
         let v = c("blk.0.attn_v.weight", &[192, 576]);
-        assert_eq!((v.target, v.wanted), (GgmlDType::Q8_0, Some(GgmlDType::Q6K)));
+        assert_eq!(
+            (v.target, v.wanted),
+            (GgmlDType::Q8_0, Some(GgmlDType::Q6K))
+        );
         // ffn_down rows are 1536 = 6 * 256: Q4_K, or Q6_K in "more bits" layers
-        assert_eq!(c("blk.4.ffn_down.weight", &[576, 1536]).target, GgmlDType::Q4K);
-        assert_eq!(c("blk.5.ffn_down.weight", &[576, 1536]).target, GgmlDType::Q6K);
-        assert_eq!(c("blk.29.ffn_down.weight", &[576, 1536]).target, GgmlDType::Q6K);
+        assert_eq!(
+            c("blk.4.ffn_down.weight", &[576, 1536]).target,
+            GgmlDType::Q4K
+        );
+        assert_eq!(
+            c("blk.5.ffn_down.weight", &[576, 1536]).target,
+            GgmlDType::Q6K
+        );
+        assert_eq!(
+            c("blk.29.ffn_down.weight", &[576, 1536]).target,
+            GgmlDType::Q6K
+        );
     }
 
     #[test]
     fn legacy_types_and_float_types() {
         // Q4_0 output: Q6_K wanted, Q8_0 used (what made the default model's token_embd Q8_0).
         let e = choose(QuantType::Q4_1, "token_embd.weight", &[49152, 576], &SMOL);
-        assert_eq!((e.target, e.wanted), (GgmlDType::Q8_0, Some(GgmlDType::Q6K)));
-        let untied = ModelShape { tied: false, ..SMOL };
+        assert_eq!(
+            (e.target, e.wanted),
+            (GgmlDType::Q8_0, Some(GgmlDType::Q6K))
+        );
+        let untied = ModelShape {
+            tied: false,
+            ..SMOL
+        };
         let e = choose(QuantType::Q4_1, "token_embd.weight", &[49152, 576], &untied);
         assert_eq!(e.target, GgmlDType::Q4_1);
         let o = choose(QuantType::Q8_0, "output.weight", &[49152, 576], &untied);

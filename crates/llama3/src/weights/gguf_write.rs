@@ -59,9 +59,7 @@ pub fn write_gguf(
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let tmp = builder
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     let tmp_path = tmp.path().to_path_buf();
     let mut w = BufWriter::new(tmp.as_file());
     gguf_file::write(&mut w, &md, &ts).map_err(|e| {
@@ -96,10 +94,16 @@ mod tests {
             .unwrap();
         let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
         let mut md = vec![
-            ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+            (
+                "tokenizer.ggml.model".to_string(),
+                Value::String("gpt2".into()),
+            ),
             (ALIGNMENT_KEY.to_string(), Value::U32(64)),
             ("llama.block_count".to_string(), Value::U32(1)),
-            ("general.architecture".to_string(), Value::String("llama".into())),
+            (
+                "general.architecture".to_string(),
+                Value::String("llama".into()),
+            ),
         ];
         order_metadata(&mut md);
         assert_eq!(md[0].0, "general.architecture");

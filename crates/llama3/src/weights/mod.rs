@@ -33,7 +33,7 @@ impl Weight {
     pub fn type_name(&self) -> String {
         match self {
             Weight::Dense(t) => format!("{:?}", t.dtype()).to_uppercase(),
-            Weight::Quantized(q) => format!("{:?}", q.dtype()).to_uppercase(),
+            Weight::Quantized(q) => gguf::ggml_name(q.dtype()).to_string(),
         }
     }
 
