@@ -308,3 +308,62 @@ fn hf_golden_models_to_f16_and_bf16_stay_close() {
         }
     }
 }
+
+/// Logits of every position for `ids` (1, T).
+fn all_logits(path: &Path, ids: &Tensor) -> Vec<f32> {
+    let l = open(path);
+    let out = l.model.forward(ids, None, Logits::All).unwrap();
+    out.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn rope_scaling_survives_conversion_at_long_context() {
+    // RoPE scalings differ only far from position 0: 1000 positions. Llama 3 scaling becomes
+    // rope_freqs.weight (convert_hf_to_gguf's formula), linear scaling llama.rope.scaling.*;
+    // the GGUF must give what the HF directory gives.
+    let ids: Vec<u32> = (0..1000)
+        .map(|i| ((i * 7919 + 13) % 381 + 3) as u32)
+        .collect();
+    let ids = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+
+    let llama3 = golden("hf/llama3/model");
+    let (out, _) = convert(&llama3, QuantType::F32, tmp.path());
+    let d = max_abs_diff(&all_logits(&llama3, &ids), &all_logits(&out, &ids));
+    eprintln!("llama3 scaling, 1000 positions: HF vs GGUF max|d| {d:.2e}");
+    assert!(d <= 1e-3, "llama3 rope scaling: {d}");
+
+    // mha with linear scaling (factor 4) added to its config.
+    let hf = tmp.path().join("mha-linear");
+    std::fs::create_dir(&hf).unwrap();
+    let mha = golden("hf/mha/model");
+    std::fs::copy(mha.join("model.safetensors"), hf.join("model.safetensors")).unwrap();
+    let mut cfg: Json =
+        serde_json::from_str(&std::fs::read_to_string(mha.join("config.json")).unwrap()).unwrap();
+    cfg["rope_parameters"] = serde_json::json!({"rope_type": "linear", "factor": 4.0,
+        "rope_theta": cfg["rope_parameters"]["rope_theta"]});
+    std::fs::write(hf.join("config.json"), cfg.to_string()).unwrap();
+    // mha: vocab 300, max_position_embeddings 256.
+    let ids: Vec<u32> = (0..256)
+        .map(|i| ((i * 7919 + 13) % 297 + 3) as u32)
+        .collect();
+    let ids = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let (out, _) = convert(&hf, QuantType::F32, tmp.path());
+    let h = header(&out);
+    assert!(matches!(&h.metadata["llama.rope.scaling.type"], Value::String(s) if s == "linear"));
+    let scaled = all_logits(&hf, &ids);
+    let d = max_abs_diff(&scaled, &all_logits(&out, &ids));
+    eprintln!("linear scaling, 256 positions: HF vs GGUF max|d| {d:.2e}");
+    assert!(d <= 1e-4, "linear rope scaling: {d}");
+    let plain = all_logits(&mha, &ids);
+    assert!(
+        max_abs_diff(&scaled, &plain) > 1e-2,
+        "scaling must matter here"
+    );
+}

@@ -273,9 +273,11 @@ impl Job {
         let cpu = &Device::Cpu;
         let with_name = |e: candle_core::Error| {
             Error::Input(format!(
-                "tensor {} {:?}: {}",
+                "converting tensor {} {:?} from {} to {}: {}",
                 it.name,
                 it.dims,
+                it.source_type,
+                ggml_name(target),
                 crate::error::candle_message(&e)
             ))
         };

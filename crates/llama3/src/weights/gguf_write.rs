@@ -129,7 +129,8 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap();
-        assert!(d < 0.2, "{d}");
+        // Q8_0 of 32..63: scale 63/127, so errors up to half of it.
+        assert!(d <= 0.26, "{d}");
     }
 
     #[test]
