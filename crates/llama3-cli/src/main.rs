@@ -5,6 +5,7 @@ mod chat;
 mod generate;
 mod info;
 mod progress;
+mod quantize;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Fetch a model into the cache: the default model, or hf:owner/name from the Hugging Face Hub.
     Pull(info::PullArgs),
+    /// Convert an HF directory or a GGUF file to a GGUF of one storage type (f16, q8_0, q4_k...).
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Command::Tokenize(a) => info::tokenize(a),
         Command::Info(a) => info::info(a),
         Command::Pull(a) => info::pull(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -158,7 +158,7 @@ fn bad_cli_values_are_errors() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["generate", "chat", "tokenize", "info", "pull"] {
+    for sub in ["generate", "chat", "tokenize", "info", "pull", "quantize"] {
         let out = llama3(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");
         let text = String::from_utf8_lossy(&out.stdout);

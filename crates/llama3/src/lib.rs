@@ -13,6 +13,7 @@ pub mod hub;
 pub mod loader;
 pub mod model;
 pub mod quant;
+pub mod quantize;
 pub mod sample;
 pub mod tokenizer;
 pub mod weights;

@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device};
 
 use crate::config::LlamaConfig;
@@ -142,8 +143,10 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         e => e,
     })?;
     let tokenizer = match file.metadata().get("tokenizer.ggml.model") {
-        Some(_) => Some(Tokenizer::from_gguf(file.metadata())?),
         None => None,
+        // convert_hf_to_gguf.py writes "none" for checkpoints without a tokenizer.
+        Some(Value::String(s)) if s == "none" || s == "no_vocab" => None,
+        Some(_) => Some(Tokenizer::from_gguf(file.metadata())?),
     };
     let name = file.meta_str("general.name").map(str::to_string);
     let tensor_types = file.type_counts();

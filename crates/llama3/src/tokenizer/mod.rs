@@ -16,6 +16,7 @@
 //! model's `add_bos_token` setting (GGUF metadata or `tokenizer_config.json`) is the one rule.
 
 mod chat;
+mod export;
 mod gguf;
 mod hf;
 mod pretok;
@@ -30,6 +31,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file;
 
 pub use chat::{ChatTemplate, Message};
+pub use export::gguf_metadata_from_hf_dir;
 pub use stream::DecodeStream;
 pub use tiktoken::llama3_special_tokens;
 

@@ -16,6 +16,27 @@ use super::names::{gguf_rows_for_hf, hf_to_gguf, rope_permuted_heads, GGUF_ROPE_
 use super::{Weight, WeightSource};
 use crate::{Error, Result};
 
+/// ggml's type name (`ggml_type_name`): `Q4_K`, `F16`...
+pub fn ggml_name(t: GgmlDType) -> &'static str {
+    match t {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
 /// An opened GGUF file: parsed header and the mapped bytes.
 pub struct GgufFile {
     pub path: PathBuf,
@@ -86,7 +107,9 @@ impl GgufFile {
     pub fn type_counts(&self) -> Vec<(String, usize)> {
         let mut counts: HashMap<String, usize> = HashMap::new();
         for info in self.content.tensor_infos.values() {
-            *counts.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+            *counts
+                .entry(ggml_name(info.ggml_dtype).to_string())
+                .or_default() += 1;
         }
         let mut v: Vec<_> = counts.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -2,6 +2,7 @@
 //! one piece of code whatever the file format.
 
 pub mod gguf;
+pub mod gguf_write;
 pub mod names;
 pub mod safetensors;
 
@@ -32,7 +33,7 @@ impl Weight {
     pub fn type_name(&self) -> String {
         match self {
             Weight::Dense(t) => format!("{:?}", t.dtype()).to_uppercase(),
-            Weight::Quantized(q) => format!("{:?}", q.dtype()).to_uppercase(),
+            Weight::Quantized(q) => gguf::ggml_name(q.dtype()).to_string(),
         }
     }
 

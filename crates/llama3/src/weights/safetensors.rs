@@ -109,6 +109,13 @@ impl SafetensorsSource {
         counts
     }
 
+    /// Shape and stored dtype (`F32`, `BF16`, `I8`...) of tensor `name`, without reading it.
+    pub fn shape_and_dtype(&self, name: &str) -> Option<(Vec<usize>, String)> {
+        let shard = self.shard(name).ok()?;
+        let info = shard.meta.info(name)?;
+        Some((info.shape.clone(), format!("{:?}", info.dtype)))
+    }
+
     /// Loads a tensor with whatever shape it has (used for optional extras such as heads).
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
         let shard = self.shard(name)?;
