@@ -1,9 +1,11 @@
 //! `llama3`: run, chat with and inspect Llama-family models.
 
 mod args;
+mod bench;
 mod chat;
 mod generate;
 mod info;
+mod perplexity;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,10 @@ enum Command {
     Info(info::InfoArgs),
     /// Fetch a model into the cache: the default model, or hf:owner/name from the Hugging Face Hub.
     Pull(info::PullArgs),
+    /// Perplexity of a text file (llama.cpp's protocol, or HF's sliding window with --stride).
+    Perplexity(perplexity::PerplexityArgs),
+    /// Prompt-processing and generation speed, like llama-bench (plus load time, TTFT, peak RSS).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -45,6 +51,8 @@ fn main() {
         Command::Tokenize(a) => info::tokenize(a),
         Command::Info(a) => info::info(a),
         Command::Pull(a) => info::pull(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
