@@ -1,9 +1,11 @@
 //! `llama3`: run, chat with and inspect Llama-family models.
 
 mod args;
+mod bench;
 mod chat;
 mod generate;
 mod info;
+mod perplexity;
 mod progress;
 mod quantize;
 
@@ -31,6 +33,10 @@ enum Command {
     Pull(info::PullArgs),
     /// Convert an HF directory or a GGUF file to a GGUF of one storage type (f16, q8_0, q4_k...).
     Quantize(quantize::QuantizeArgs),
+    /// Perplexity of a text file (llama.cpp's protocol, or HF's sliding window with --stride).
+    Perplexity(perplexity::PerplexityArgs),
+    /// Prompt-processing and generation speed, like llama-bench (plus load time, TTFT, peak RSS).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -55,6 +61,8 @@ fn main() {
         Command::Info(a) => info::info(a),
         Command::Pull(a) => info::pull(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

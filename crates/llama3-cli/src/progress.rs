@@ -11,7 +11,7 @@ pub fn bar(what: &str, unit: &str) -> Option<ProgressBar> {
         return None;
     }
     let style = ProgressStyle::with_template(&format!(
-        "{what:>10} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"
+        "{what:>10} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}"
     ))
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod hub;
 pub mod loader;
 pub mod model;
+pub mod perplexity;
 pub mod quant;
 pub mod quantize;
 pub mod sample;

@@ -1,0 +1,224 @@
+//! `llama3 bench`: prompt-processing and generation throughput, like llama-bench (llama.cpp
+//! `tools/llama-bench`): `ppP` runs a prompt of P tokens in one forward (logits of the last
+//! position), `tgN` then decodes N tokens one forward each; mean ± sd of tokens/s over `-r`
+//! repetitions after one warm-up, as llama-bench reports them. Differences from llama-bench:
+//! tg runs after the prompt (its context holds P tokens; llama-bench's tg starts from an empty
+//! one unless given `-d`), and we also report load time, time to first token of a 16-token
+//! prompt and peak RSS.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use clap::Args;
+use llama3::model::{Llama, Logits};
+
+use crate::args::ModelArgs;
+
+/// Tokens of the time-to-first-token prompt.
+const TTFT_PROMPT: usize = 16;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens processed in one forward (pp test; 0 = skip).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        default_value_t = 512,
+        value_name = "P"
+    )]
+    pub n_prompt: usize,
+    /// Tokens generated one at a time after the prompt (tg test; 0 = skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128, value_name = "N")]
+    pub n_gen: usize,
+    /// Repetitions of each test (after one warm-up).
+    #[arg(
+        short = 'r',
+        long = "repetitions",
+        default_value_t = 5,
+        value_name = "R"
+    )]
+    pub reps: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Mean and sample standard deviation (n - 1), as llama-bench's `stdev`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub mean: f64,
+    pub sd: f64,
+    pub samples: Vec<f64>,
+}
+
+impl Summary {
+    fn of(samples: Vec<f64>) -> Self {
+        let n = samples.len() as f64;
+        let mean = samples.iter().sum::<f64>() / n.max(1.0);
+        let sd = if samples.len() < 2 {
+            0.0
+        } else {
+            (samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        };
+        Self { mean, sd, samples }
+    }
+}
+
+/// Deterministic token ids spread over the vocabulary (llama-bench draws `rand() % n_vocab`).
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Runs `ids` (1, T) through the model and returns the last position's logits as a Vec, so the
+/// timing includes reading them back as a sampler would.
+fn step(model: &Llama, cache: &mut llama3::model::KvCache, ids: &[u32]) -> Result<Vec<f32>> {
+    let t = Tensor::new(ids, model.device())?.unsqueeze(0)?; // (1, T)
+    let out = model.forward(&t, Some(cache), Logits::Last)?; // (1, 1, V)
+    Ok(out.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}
+
+/// One repetition: seconds for the prompt and for the `n_gen` decodes.
+fn run_once(model: &Llama, prompt: &[u32], gen: &[u32]) -> Result<(f64, f64)> {
+    let mut cache = model.new_cache(1, prompt.len() + gen.len())?;
+    let t0 = Instant::now();
+    if !prompt.is_empty() {
+        step(model, &mut cache, prompt)?;
+    }
+    let pp = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for &tok in gen {
+        step(model, &mut cache, &[tok])?;
+    }
+    Ok((pp, t1.elapsed().as_secs_f64()))
+}
+
+/// Seconds from an empty context to the first generated token of a `TTFT_PROMPT`-token prompt
+/// (prefill, logits read back, argmax).
+fn ttft(model: &Llama, prompt: &[u32]) -> Result<f64> {
+    let mut cache = model.new_cache(1, prompt.len() + 1)?;
+    let t0 = Instant::now();
+    let logits = step(model, &mut cache, prompt)?;
+    let first = logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i);
+    let secs = t0.elapsed().as_secs_f64();
+    std::hint::black_box(first);
+    Ok(secs)
+}
+
+/// VmHWM (peak resident set) from /proc/self/status, in bytes; None off Linux.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.reps == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    if a.n_prompt == 0 && a.n_gen == 0 {
+        bail!("nothing to measure: -p and -n are both 0");
+    }
+    let t0 = Instant::now();
+    let loaded = a.model.load()?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let model = &loaded.model;
+    let max_ctx = model.config.max_position_embeddings;
+    if a.n_prompt + a.n_gen > max_ctx {
+        bail!(
+            "-p {} + -n {} exceeds the model's context of {max_ctx} tokens",
+            a.n_prompt,
+            a.n_gen
+        );
+    }
+    let vocab = model.config.vocab_size;
+    let prompt = tokens(a.n_prompt, vocab, 1);
+    let gen = tokens(a.n_gen, vocab, 2);
+    let short = tokens(TTFT_PROMPT, vocab, 3);
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        // rayon's default: one thread per core.
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+    // Warm-up as llama-bench: the prompt once and one generated token.
+    run_once(model, &prompt, &gen[..gen.len().min(1)])?;
+    ttft(model, &short)?;
+    let (mut pp, mut tg, mut first) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..a.reps {
+        let (pp_s, tg_s) = run_once(model, &prompt, &gen)?;
+        pp.push(a.n_prompt as f64 / pp_s.max(1e-12));
+        tg.push(a.n_gen as f64 / tg_s.max(1e-12));
+        first.push(ttft(model, &short)? * 1e3);
+        if !a.json {
+            eprintln!("rep {}/{}: pp {pp_s:.3} s, tg {tg_s:.3} s", r + 1, a.reps);
+        }
+    }
+    let (pp, tg, first) = (Summary::of(pp), Summary::of(tg), Summary::of(first));
+    let rss = peak_rss();
+    let info = &loaded.info;
+    let name = info
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if a.json {
+        let j = serde_json::json!({
+            "model": info.path,
+            "model_bytes": info.file_bytes,
+            "parameters": info.parameters,
+            "threads": threads,
+            "n_prompt": a.n_prompt,
+            "n_gen": a.n_gen,
+            "repetitions": a.reps,
+            "load_seconds": load_seconds,
+            "pp_tokens_per_second": (a.n_prompt > 0).then_some(&pp),
+            "tg_tokens_per_second": (a.n_gen > 0).then_some(&tg),
+            "ttft_ms": first,
+            "ttft_prompt_tokens": TTFT_PROMPT,
+            "peak_rss_bytes": rss,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!("| model | size | params | threads | test | t/s |");
+    println!("| --- | ---: | ---: | ---: | --- | ---: |");
+    let row = |test: String, s: &Summary| {
+        println!(
+            "| {name} | {:.2} MiB | {:.2} M | {threads} | {test} | {:.2} ± {:.2} |",
+            mib(info.file_bytes),
+            info.parameters as f64 / 1e6,
+            s.mean,
+            s.sd
+        );
+    };
+    if a.n_prompt > 0 {
+        row(format!("pp{}", a.n_prompt), &pp);
+    }
+    if a.n_gen > 0 {
+        row(format!("tg{}", a.n_gen), &tg);
+    }
+    println!(
+        "load {load_seconds:.3} s | time to first token ({TTFT_PROMPT}-token prompt) {:.1} ± {:.1} ms | peak RSS {}",
+        first.mean,
+        first.sd,
+        rss.map_or("n/a".into(), |b| format!("{:.1} MiB", mib(b)))
+    );
+    Ok(())
+}
