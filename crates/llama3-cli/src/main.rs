@@ -5,6 +5,7 @@ mod chat;
 mod generate;
 mod info;
 mod progress;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Fetch a model into the cache: the default model, or hf:owner/name from the Hugging Face Hub.
     Pull(info::PullArgs),
+    /// Train every weight of a model: from scratch (a preset) or from a checkpoint, on text
+    /// files or JSONL; checkpoints, --resume, metrics, and a final HF model directory.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -45,6 +49,7 @@ fn main() {
         Command::Tokenize(a) => info::tokenize(a),
         Command::Info(a) => info::info(a),
         Command::Pull(a) => info::pull(a),
+        Command::Train(a) => train::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
