@@ -231,7 +231,7 @@ pub fn documents(path: &Path) -> Result<Vec<String>> {
             ),
         )
     })?;
-    if !path.extension().is_some_and(|x| x == "jsonl") {
+    if path.extension().is_none_or(|x| x != "jsonl") {
         return Ok(if text.trim().is_empty() {
             vec![]
         } else {

@@ -87,7 +87,7 @@ pub fn train(
 
         // Eval and checkpoint. A resumed run did both at its first step before stopping.
         let resumed_here = step == start && start > 0;
-        let eval_due = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || last);
+        let eval_due = cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || last);
         if let (Some(v), true, false) = (&valid, eval_due, resumed_here) {
             let loss = evaluate(&model, v, cfg, &device)?;
             let log = EvalLog {
@@ -99,7 +99,7 @@ pub fn train(
             on_event(Event::Eval(&log));
             final_eval = Some(log);
         }
-        let save_due = cfg.save_every > 0 && step % cfg.save_every == 0;
+        let save_due = cfg.save_every > 0 && step.is_multiple_of(cfg.save_every);
         if step > start && (save_due || last) {
             let dir = checkpoint::save(run, &state, &model, &opt)?;
             on_event(Event::Saved(&dir));
