@@ -178,3 +178,44 @@ fn bad_input_gives_clear_errors() {
         "holds a different run",
     );
 }
+
+#[test]
+fn toml_config_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let toml = dir.path().join("run.toml");
+    let text = format!(
+        "data_path = [{data:?}]\ntokenizer = {:?}\nseq_len = 16\nbatch_size = 2\n\
+         max_steps = 5\nlearning_rate = 0.002\nbetas = [0.9, 0.99]\nlr_schedule = \"linear\"\n",
+        tokenizer()
+    );
+    std::fs::write(&toml, text).unwrap();
+    let out = dir.path().join("out");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
+    c.args(["train", "--config"]).arg(&toml);
+    c.args([
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "0",
+        "-t",
+        "2",
+        "--model-path",
+    ])
+    .arg(&out);
+    run(c);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["seq_len"], 16);
+    assert_eq!(saved["max_steps"], 2, "the flag overrides the file");
+    assert_eq!(saved["betas"], serde_json::json!([0.9, 0.99]));
+    assert_eq!(saved["lr_schedule"], "linear");
+    assert_eq!(losses(&out).len(), 2);
+
+    std::fs::write(&toml, "data_path = [\"x\"]\nlearning_rte = 1.0\n").unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
+    c.args(["train", "--config"]).arg(&toml);
+    let err = String::from_utf8_lossy(&c.output().unwrap().stderr).into_owned();
+    assert!(err.contains("learning_rte"), "{err}");
+}

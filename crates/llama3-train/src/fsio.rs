@@ -12,7 +12,7 @@ pub fn write_atomic(
     fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<()> {
     let dir = parent(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = new_temp(dir)?;
     fill(tmp.as_file_mut()).map_err(|e| Error::io(path, e))?;
     tmp.as_file_mut().flush().map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
@@ -23,7 +23,7 @@ pub fn write_atomic(
 /// Writes `path` atomically with a writer that wants a path (safetensors).
 pub fn write_atomic_path(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = parent(path);
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = new_temp(dir)?;
     fill(tmp.path())?;
     // The writer reopened the path: sync through a fresh handle to the same file.
     std::fs::File::open(tmp.path())
@@ -46,6 +46,19 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 pub fn create_dir_all(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// A temp file beside the target, readable by others like any file we write (tempfile
+/// creates them 0600).
+fn new_temp(dir: &Path) -> Result<tempfile::NamedTempFile> {
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perms = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(tmp.path(), perms).map_err(|e| Error::io(tmp.path(), e))?;
+    }
+    Ok(tmp)
 }
 
 fn parent(path: &Path) -> &Path {
