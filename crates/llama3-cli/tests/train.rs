@@ -137,6 +137,8 @@ fn bad_input_gives_clear_errors() {
         train_cmd(&data, &out, &["--init", "huge"]),
         "neither a preset",
     );
+    // A run that failed on bad input does not claim its directory.
+    assert!(!out.join("train_config.json").exists());
     assert_error(
         train_cmd(&data, &out, &["--num_gpus", "2"]),
         "0 GPUs available",

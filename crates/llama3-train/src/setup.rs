@@ -79,6 +79,7 @@ pub fn prepare(
             cfg.grad_accum
         )));
     }
+    claim_run_dir(cfg)?;
     Ok(Setup {
         model,
         tokenizer,
@@ -117,7 +118,13 @@ fn check_run_dir(cfg: &TrainConfig, resume: bool) -> Result<()> {
             run.display()
         )));
     }
-    fsio::create_dir_all(run)?;
+    fsio::create_dir_all(run)
+}
+
+/// Marks the directory as this run's, once the inputs are known to be good (a run that failed
+/// on bad input can be retried without --resume).
+fn claim_run_dir(cfg: &TrainConfig) -> Result<()> {
+    let saved = cfg.model_path.join("train_config.json");
     let json = serde_json::to_value(cfg).map_err(|e| Error::format(&saved, e.to_string()))?;
     hf_dir::write_json(&saved, &json)
 }
