@@ -8,6 +8,7 @@ mod info;
 mod perplexity;
 mod progress;
 mod quantize;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt-processing and generation speed, like llama-bench (plus load time, TTFT, peak RSS).
     Bench(bench::BenchArgs),
+    /// Train every weight of a model: from scratch (a preset) or from a checkpoint, on text
+    /// files or JSONL; checkpoints, --resume, metrics, and a final HF model directory.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -63,6 +67,7 @@ fn main() {
         Command::Quantize(a) => quantize::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

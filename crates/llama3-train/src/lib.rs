@@ -1,16 +1,29 @@
 //! `llama3-train`: training for the one `llama3::Llama` model. Causal-LM loss, AdamW with
-//! PyTorch's semantics, learning-rate schedules, gradient accumulation and clipping.
-//! Training loops are plain functions that use these helpers top to bottom (no `Trainer`).
+//! PyTorch's semantics, learning-rate schedules, gradient accumulation and clipping, data
+//! (tokenized once into a cached token file, packed into blocks), crash-safe checkpoints,
+//! and the training loop, a plain function that uses these helpers top to bottom.
 //!
 //! Dim legend (as in `llama3`): `B` batch, `T` sequence, `D` model dim, `V` vocab,
 //! `N` counted (labelled) positions.
 
+pub mod batches;
+pub mod checkpoint;
+pub mod config;
+pub mod corpus;
 pub mod error;
+pub mod fsio;
 pub mod grads;
+pub mod hf_dir;
+pub mod init;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
+pub mod presets;
+pub mod pretrain;
 pub mod schedule;
+pub mod setup;
 
+pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use grads::Grads;
 pub use loss::{

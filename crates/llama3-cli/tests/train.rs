@@ -1,0 +1,223 @@
+//! `llama3 train` as a user runs it: exact resume after SIGKILL (acceptance 2 of the training
+//! issue) and one-line errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn shared() -> PathBuf {
+    match std::env::var_os("LLAMA3_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    }
+}
+
+/// Llama 2's 32000-token SentencePiece vocabulary (llama.cpp's vocab-only GGUF).
+fn tokenizer() -> String {
+    let p = shared().join("data/llama-vocab-gguf/ggml-vocab-llama-spm.gguf");
+    p.to_string_lossy().into_owned()
+}
+
+/// A few State of the Union addresses copied into `dir/data`.
+fn corpus(dir: &Path) -> String {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in [
+        "1790_george_washington_n.txt",
+        "1791_george_washington_n.txt",
+        "1792_george_washington_n.txt",
+    ] {
+        std::fs::copy(shared().join("data/sotu/data").join(name), data.join(name)).unwrap();
+    }
+    data.to_string_lossy().into_owned()
+}
+
+fn train_cmd(data: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
+    c.args(["train", "--data_path", data, "--tokenizer", &tokenizer()])
+        .args(["--init", "tiny", "--seq-len", "32", "--batch-size", "2"])
+        .args([
+            "--max-steps",
+            "40",
+            "--save-every",
+            "5",
+            "--eval-every",
+            "10",
+        ])
+        .args(["--warmup", "3", "--learning-rate", "3e-3", "-t", "2"])
+        .arg("--model_path")
+        .arg(out)
+        .args(extra);
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    let out = c.output().expect("run llama3");
+    assert!(
+        out.status.success(),
+        "llama3 train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Metrics lines without the timing fields.
+fn losses(run: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("tokens_per_s");
+            }
+            v.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn resume_after_sigkill_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let straight = dir.path().join("straight");
+    run(train_cmd(&data, &straight, &[]));
+
+    // Same run, killed with SIGKILL once a middle checkpoint exists, then resumed.
+    let killed = dir.path().join("killed");
+    let mut child = train_cmd(&data, &killed, &[])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = killed.join("checkpoints/latest");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let at = std::fs::read_to_string(&latest).unwrap_or_default();
+        if at.trim() >= "step-00000015" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        !killed.join("model.safetensors").exists(),
+        "the run had finished"
+    );
+    run(train_cmd(&data, &killed, &["--resume"]));
+
+    let (a, b) = (losses(&straight), losses(&killed));
+    assert_eq!(a.len(), 40 + 5, "40 steps and 5 evaluations");
+    assert_eq!(a, b, "loss sequences differ");
+    let wa = std::fs::read(straight.join("model.safetensors")).unwrap();
+    let wb = std::fs::read(killed.join("model.safetensors")).unwrap();
+    assert!(wa == wb, "final weights differ");
+}
+
+/// Fails unless the command failed with a one-line error containing `needle`.
+fn assert_error(mut c: Command, needle: &str) {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure; stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].contains(needle), "{needle:?} not in: {err}");
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let out = dir.path().join("out");
+    assert_error(
+        train_cmd(&data, &out, &["--init", "huge"]),
+        "neither a preset",
+    );
+    // A run that failed on bad input does not claim its directory.
+    assert!(!out.join("train_config.json").exists());
+    assert_error(
+        train_cmd(&data, &out, &["--num_gpus", "2"]),
+        "0 GPUs available",
+    );
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let empty = empty.to_string_lossy().into_owned();
+    assert_error(
+        train_cmd(&empty, &dir.path().join("o1"), &[]),
+        "holds no tokens",
+    );
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Only a few words.").unwrap();
+    let short = short.to_string_lossy().into_owned();
+    assert_error(
+        train_cmd(&short, &dir.path().join("o2"), &[]),
+        "fewer than one batch",
+    );
+    let jsonl = dir.path().join("bad.jsonl");
+    std::fs::write(&jsonl, "{\"text\": \"fine\"}\n{\"text\": 3}\n").unwrap();
+    let jsonl = jsonl.to_string_lossy().into_owned();
+    assert_error(
+        train_cmd(&jsonl, &dir.path().join("o3"), &[]),
+        "bad.jsonl: line 2",
+    );
+    let binary = dir.path().join("binary.txt");
+    std::fs::write(&binary, b"text \xc3\x28 more").unwrap();
+    let binary = binary.to_string_lossy().into_owned();
+    assert_error(train_cmd(&binary, &dir.path().join("o4"), &[]), "not UTF-8");
+    // A finished run's directory is not overwritten, and --resume refuses another run.
+    let done = dir.path().join("done");
+    run(train_cmd(&data, &done, &["--max-steps", "2"]));
+    assert_error(
+        train_cmd(&data, &done, &["--max-steps", "2"]),
+        "already holds a training run",
+    );
+    assert_error(
+        train_cmd(&data, &done, &["--resume", "--seed", "9"]),
+        "holds a different run",
+    );
+}
+
+#[test]
+fn toml_config_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let toml = dir.path().join("run.toml");
+    let text = format!(
+        "data_path = [{data:?}]\ntokenizer = {:?}\nseq_len = 16\nbatch_size = 2\n\
+         max_steps = 5\nlearning_rate = 0.002\nbetas = [0.9, 0.99]\nlr_schedule = \"linear\"\n",
+        tokenizer()
+    );
+    std::fs::write(&toml, text).unwrap();
+    let out = dir.path().join("out");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
+    c.args(["train", "--config"]).arg(&toml);
+    c.args([
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "0",
+        "-t",
+        "2",
+        "--model-path",
+    ])
+    .arg(&out);
+    run(c);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["seq_len"], 16);
+    assert_eq!(saved["max_steps"], 2, "the flag overrides the file");
+    assert_eq!(saved["betas"], serde_json::json!([0.9, 0.99]));
+    assert_eq!(saved["lr_schedule"], "linear");
+    assert_eq!(losses(&out).len(), 2);
+
+    std::fs::write(&toml, "data_path = [\"x\"]\nlearning_rte = 1.0\n").unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
+    c.args(["train", "--config"]).arg(&toml);
+    let err = String::from_utf8_lossy(&c.output().unwrap().stderr).into_owned();
+    assert!(err.contains("learning_rte"), "{err}");
+}

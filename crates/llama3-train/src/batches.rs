@@ -1,0 +1,130 @@
+//! Packing a token stream into `seq_len` blocks, the train/valid split, and the shuffled
+//! batch order. The order is a pure function of (seed, epoch), so batch `k` of a run is the
+//! same after a resume: the data position is the step count.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::corpus::TokenFile;
+use crate::{Error, Result};
+
+/// Blocks `first..first + count` of `seq_len` tokens of a token file (the tail that does
+/// not fill a block is dropped, as HF `run_clm.py group_texts`).
+#[derive(Clone)]
+pub struct Blocks {
+    file: Arc<TokenFile>,
+    first: usize,
+    count: usize,
+    seq_len: usize,
+}
+
+impl Blocks {
+    pub fn all(file: Arc<TokenFile>, seq_len: usize) -> Self {
+        let count = file.len() / seq_len;
+        Self {
+            file,
+            first: 0,
+            count,
+            seq_len,
+        }
+    }
+
+    /// The last `fraction` of the blocks (at least one when `fraction > 0`) held out.
+    pub fn split(self, fraction: f64) -> (Blocks, Option<Blocks>) {
+        if fraction <= 0.0 || self.count < 2 {
+            return (self, None);
+        }
+        let n_valid = ((self.count as f64 * fraction).ceil() as usize).clamp(1, self.count - 1);
+        let train = Blocks {
+            count: self.count - n_valid,
+            ..self.clone()
+        };
+        let valid = Blocks {
+            first: self.first + self.count - n_valid,
+            count: n_valid,
+            ..self
+        };
+        (train, Some(valid))
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    fn block(&self, i: usize) -> Vec<u32> {
+        self.file
+            .slice((self.first + i) * self.seq_len, self.seq_len)
+    }
+
+    /// Blocks `idx` as (B, T) u32 ids and (B, T) i64 labels (the ids: the loss shifts them).
+    pub fn batch(&self, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+        let ids: Vec<u32> = idx.iter().flat_map(|&i| self.block(i)).collect();
+        let ids = Tensor::from_vec(ids, (idx.len(), self.seq_len), device)?;
+        let labels = ids.to_dtype(DType::I64)?;
+        Ok((ids, labels))
+    }
+}
+
+/// Micro-batches of `batch_size` blocks, each epoch a fresh permutation seeded by
+/// (seed, epoch). An epoch uses `batches_per_epoch * batch_size` blocks; the rest of the
+/// permutation is skipped.
+pub struct Shuffled {
+    blocks: Blocks,
+    batch_size: usize,
+    seed: u64,
+    /// The permutation of epoch `perm_epoch`; empty before the first batch.
+    perm: Vec<usize>,
+    perm_epoch: usize,
+}
+
+impl Shuffled {
+    pub fn new(blocks: Blocks, batch_size: usize, seed: u64) -> Result<Self> {
+        if blocks.len() < batch_size {
+            return Err(Error::Input(format!(
+                "the training text gives {} blocks of {} tokens, fewer than one batch of {}: \
+                 add text or lower --seq-len / --batch-size",
+                blocks.len(),
+                blocks.seq_len(),
+                batch_size
+            )));
+        }
+        Ok(Self {
+            blocks,
+            batch_size,
+            seed,
+            perm: Vec::new(),
+            perm_epoch: 0,
+        })
+    }
+
+    pub fn batches_per_epoch(&self) -> usize {
+        self.blocks.len() / self.batch_size
+    }
+
+    /// Micro-batch `k` of the run (0-based over all epochs).
+    pub fn batch(&mut self, k: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let per_epoch = self.batches_per_epoch();
+        let (epoch, within) = (k / per_epoch, k % per_epoch);
+        if self.perm.is_empty() || self.perm_epoch != epoch {
+            self.perm = (0..self.blocks.len()).collect();
+            let mix = (epoch as u64).wrapping_mul(0x9e3779b97f4a7c15);
+            self.perm
+                .shuffle(&mut StdRng::seed_from_u64(self.seed ^ mix));
+            self.perm_epoch = epoch;
+        }
+        let idx = &self.perm[within * self.batch_size..(within + 1) * self.batch_size];
+        self.blocks.batch(idx, device)
+    }
+}

@@ -1,0 +1,165 @@
+//! `TrainConfig`: every setting of a training run, as data. The CLI and TOML files map onto
+//! it in one place (`llama3-cli/src/train.rs`); defaults are documented on each field.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamWConfig;
+use crate::schedule::{Decay, LrSchedule};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Training text: files or folders of `.txt` / `.jsonl` (a `text` field per line).
+    pub data_path: Vec<PathBuf>,
+    /// Held-out text; empty: the last `valid_fraction` of the training blocks.
+    pub valid_data_path: Vec<PathBuf>,
+    /// Output directory: checkpoints, metrics, the token cache and the final HF model.
+    pub model_path: PathBuf,
+    /// A preset name (`tiny`, `15m`, `smollm2-135m`, `llama3.2-1b`) to train from scratch,
+    /// or an HF model directory / GGUF file to continue from. Default `tiny`.
+    pub init: String,
+    /// Tokenizer file (`tokenizer.json`, Llama 3 `tokenizer.model`, `.gguf`); required with
+    /// a preset, else the init model's own.
+    pub tokenizer: Option<PathBuf>,
+    /// Tokens per training block (sequence length). Default 256.
+    pub seq_len: usize,
+    /// Blocks per micro-batch. Default 8.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step. Default 1.
+    pub grad_accum: usize,
+    /// Passes over the training blocks (ignored when `max_steps` is set). Default 1.
+    pub num_epochs: usize,
+    /// Optimizer steps; overrides `num_epochs`.
+    pub max_steps: Option<usize>,
+    /// Peak learning rate. Default 1e-3.
+    pub learning_rate: f64,
+    /// Learning rate at the end of the decay. Default 1e-4.
+    pub min_lr: f64,
+    /// Linear warmup steps. Default 100.
+    pub warmup: usize,
+    /// `cosine` (default), `linear` or `constant`.
+    pub lr_schedule: Decay,
+    /// AdamW decoupled weight decay on every parameter. Default 0.1.
+    pub weight_decay: f64,
+    /// AdamW betas. Default (0.9, 0.95).
+    pub betas: (f64, f64),
+    /// AdamW eps. Default 1e-8.
+    pub eps: f64,
+    /// Clip gradients to this global L2 norm; 0 disables. Default 1.0.
+    pub clip: f64,
+    /// Evaluate every this many steps (and at the end); 0 disables. Default 100.
+    pub eval_every: usize,
+    /// Validation batches per evaluation. Default 20.
+    pub eval_batches: usize,
+    /// Checkpoint every this many steps (and at the end). Default 100.
+    pub save_every: usize,
+    /// Seeds the initial weights and the data order. Default 1337.
+    pub seed: u64,
+    /// Held-out share of the training blocks when no valid data is given. Default 0.05.
+    pub valid_fraction: f64,
+    /// GPUs to use; this build trains on the CPU (0).
+    pub num_gpus: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data_path: Vec::new(),
+            valid_data_path: Vec::new(),
+            model_path: PathBuf::from("run"),
+            init: "tiny".into(),
+            tokenizer: None,
+            seq_len: 256,
+            batch_size: 8,
+            grad_accum: 1,
+            num_epochs: 1,
+            max_steps: None,
+            learning_rate: 1e-3,
+            min_lr: 1e-4,
+            warmup: 100,
+            lr_schedule: Decay::Cosine,
+            weight_decay: 0.1,
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            clip: 1.0,
+            eval_every: 100,
+            eval_batches: 20,
+            save_every: 100,
+            seed: 1337,
+            valid_fraction: 0.05,
+            num_gpus: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.learning_rate,
+            beta1: self.betas.0,
+            beta2: self.betas.1,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    pub fn schedule(&self, total_steps: usize) -> LrSchedule {
+        LrSchedule {
+            lr: self.learning_rate,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            total: total_steps,
+            decay: self.lr_schedule,
+        }
+    }
+
+    /// Whether `other` describes the same run, so that its checkpoints can be resumed: the
+    /// settings that shape data, model and optimizer agree (the step count and the
+    /// evaluation/saving cadence may change).
+    pub fn same_run(&self, other: &TrainConfig) -> bool {
+        let strip = |c: &TrainConfig| TrainConfig {
+            max_steps: None,
+            num_epochs: 0,
+            eval_every: 0,
+            eval_batches: 0,
+            save_every: 0,
+            ..c.clone()
+        };
+        strip(self) == strip(other)
+    }
+
+    /// Checks values that would fail later or silently do nothing.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::Error::Input(m));
+        if self.data_path.is_empty() {
+            return bad("no training data: give --data-path".into());
+        }
+        for (name, v) in [
+            ("seq_len", self.seq_len),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.seq_len < 2 {
+            return bad("seq_len must be at least 2 (a block predicts its next tokens)".into());
+        }
+        if !(0.0..1.0).contains(&self.valid_fraction) {
+            return bad(format!(
+                "valid_fraction {} must be in [0, 1)",
+                self.valid_fraction
+            ));
+        }
+        if self.num_gpus > 0 {
+            return bad(format!(
+                "--num-gpus {} asked, but this build trains on the CPU only (0 GPUs available)",
+                self.num_gpus
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! Random initial weights as a `WeightSource`, so a from-scratch model is built by the same
+//! `Llama::load` as a checkpoint. HF `LlamaPreTrainedModel._init_weights`: every matrix
+//! N(0, 0.02), RMSNorm weights 1.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use llama3::weights::{Weight, WeightSource};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// HF `initializer_range` default.
+pub const INIT_STD: f64 = 0.02;
+
+pub struct RandomInit {
+    seed: u64,
+    dtype: DType,
+    device: Device,
+    path: PathBuf,
+}
+
+impl RandomInit {
+    pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
+        Self {
+            seed,
+            dtype,
+            device: device.clone(),
+            path: PathBuf::from("<random init>"),
+        }
+    }
+}
+
+impl WeightSource for RandomInit {
+    fn get(&self, name: &str, shape: &[usize]) -> llama3::Result<Weight> {
+        let n: usize = shape.iter().product();
+        let values = if name.ends_with("norm.weight") {
+            vec![1f32; n]
+        } else {
+            // One stream per tensor name, so the weights do not depend on the load order.
+            let mut rng = StdRng::seed_from_u64(self.seed ^ fnv1a(name.as_bytes()));
+            normal(&mut rng, n, INIT_STD)
+        };
+        let t = Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?;
+        Ok(Weight::Dense(t))
+    }
+
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `n` samples of N(0, std) by Box-Muller.
+fn normal(rng: &mut StdRng, n: usize, std: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * a.cos()) as f32);
+        out.push((r * a.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_and_scaled() {
+        let src = RandomInit::new(7, DType::F32, &Device::Cpu);
+        let a = src
+            .get("model.layers.0.mlp.up_proj.weight", &[64, 64])
+            .unwrap();
+        let b = src
+            .get("model.layers.0.mlp.up_proj.weight", &[64, 64])
+            .unwrap();
+        let (Weight::Dense(a), Weight::Dense(b)) = (a, b) else {
+            panic!("dense expected")
+        };
+        let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
+        assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        let var = a
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((var.sqrt() - 0.02).abs() < 0.002, "std {}", var.sqrt());
+        let Weight::Dense(n) = src.get("model.norm.weight", &[8]).unwrap() else {
+            panic!("dense expected")
+        };
+        assert_eq!(n.to_vec1::<f32>().unwrap(), vec![1.0; 8]);
+    }
+}

@@ -1,0 +1,106 @@
+//! Metrics as JSONL (`<run>/metrics.jsonl`), one object per line with `kind` `train` or
+//! `eval`. A resume drops the lines past its checkpoint, so the file reads as one run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsio;
+use crate::{Error, Result};
+
+/// One optimizer step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// Steps done after this one (1-based).
+    pub step: usize,
+    /// Mean loss over the step's counted tokens.
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens in the step's micro-batches.
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+}
+
+/// One evaluation on the held-out blocks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalLog {
+    /// Steps done when it ran.
+    pub step: usize,
+    pub loss: f64,
+    pub ppl: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    Train(StepLog),
+    Eval(EvalLog),
+}
+
+impl Record {
+    pub fn step(&self) -> usize {
+        match self {
+            Record::Train(s) => s.step,
+            Record::Eval(e) => e.step,
+        }
+    }
+}
+
+pub struct Metrics {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Metrics {
+    /// Opens `<run>/metrics.jsonl`, keeping only the records up to step `resume_step` (a
+    /// resume from a checkpoint at that step, whose evaluation was done before it was saved);
+    /// a fresh run (`0`) starts an empty file.
+    pub fn open(run: &Path, resume_step: usize) -> Result<Self> {
+        let path = run.join("metrics.jsonl");
+        let kept: Vec<Record> = read(&path)?
+            .into_iter()
+            .filter(|r| resume_step > 0 && r.step() <= resume_step)
+            .collect();
+        let mut text = String::new();
+        for r in &kept {
+            text.push_str(&line(r, &path)?);
+        }
+        fsio::write_atomic_bytes(&path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self { file, path })
+    }
+
+    pub fn write(&mut self, r: &Record) -> Result<()> {
+        let l = line(r, &self.path)?;
+        self.file
+            .write_all(l.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+fn line(r: &Record, path: &Path) -> Result<String> {
+    let mut s = serde_json::to_string(r).map_err(|e| Error::format(path, e.to_string()))?;
+    s.push('\n');
+    Ok(s)
+}
+
+/// The records of a metrics file (none when it does not exist).
+pub fn read(path: &Path) -> Result<Vec<Record>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}

@@ -1,0 +1,183 @@
+//! The training loop: causal-LM training of every weight (pretraining from scratch or
+//! continued, full fine-tuning), read top to bottom as nanoGPT's train.py.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Device;
+use llama3::Llama;
+
+use crate::batches::Blocks;
+use crate::checkpoint::{self, TrainState};
+use crate::config::TrainConfig;
+use crate::hf_dir;
+use crate::loss::{causal_lm_loss_sum, counted_labels};
+use crate::metrics::{EvalLog, Metrics, Record, StepLog};
+use crate::optim::AdamW;
+use crate::setup::Setup;
+use crate::{Error, Grads, Result};
+
+/// What the loop reports as it goes (the CLI draws a progress bar from these).
+pub enum Event<'a> {
+    /// Training starts at `step` of `total`.
+    Start {
+        step: usize,
+        total: usize,
+    },
+    Step(&'a StepLog),
+    Eval(&'a EvalLog),
+    Saved(&'a Path),
+}
+
+pub struct Summary {
+    pub steps: usize,
+    pub final_eval: Option<EvalLog>,
+}
+
+/// Trains `setup.model` on `setup.train` as `cfg` says, resuming from the run's latest
+/// checkpoint when `resume`; writes the final model into `cfg.model_path` as an HF directory.
+pub fn train(
+    cfg: &TrainConfig,
+    setup: Setup,
+    resume: bool,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary> {
+    let Setup {
+        mut model,
+        tokenizer,
+        mut train,
+        valid,
+        total_steps,
+    } = setup;
+    let run = cfg.model_path.as_path();
+    let device = model.device().clone();
+    let mut opt = AdamW::new(model.trainable_params()?, cfg.adamw())?;
+    let schedule = cfg.schedule(total_steps);
+    let mut state = TrainState {
+        step: 0,
+        micro_batches: 0,
+        tokens_seen: 0,
+        config: cfg.clone(),
+        model_config: model.config.clone(),
+        rng: "none: no dropout; the data order derives from config.seed".into(),
+    };
+    if let Some(dir) = checkpoint::latest(run)?.filter(|_| resume) {
+        let params = opt.params().to_vec();
+        let saved = checkpoint::restore(&dir, &params, &mut opt)?;
+        if saved.model_config != model.config {
+            return Err(Error::format(&dir, "checkpoint of a different model shape"));
+        }
+        state.step = saved.step;
+        state.micro_batches = saved.micro_batches;
+        state.tokens_seen = saved.tokens_seen;
+    }
+    let start = state.step;
+    let mut metrics = Metrics::open(run, start)?;
+    let mut grads = Grads::new(opt.params().len());
+    let mut final_eval = None;
+    on_event(Event::Start {
+        step: start,
+        total: total_steps,
+    });
+    loop {
+        let step = state.step;
+        let last = step >= total_steps;
+        // Learning rate of this step.
+        let lr = schedule.lr_at(step);
+
+        // Eval and checkpoint. A resumed run did both at its first step before stopping.
+        let resumed_here = step == start && start > 0;
+        let eval_due = cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || last);
+        if let (Some(v), true, false) = (&valid, eval_due, resumed_here) {
+            let loss = evaluate(&model, v, cfg, &device)?;
+            let log = EvalLog {
+                step,
+                loss,
+                ppl: loss.exp(),
+            };
+            metrics.write(&Record::Eval(log.clone()))?;
+            on_event(Event::Eval(&log));
+            final_eval = Some(log);
+        }
+        let save_due = cfg.save_every > 0 && step.is_multiple_of(cfg.save_every);
+        if step > start && (save_due || last) {
+            let dir = checkpoint::save(run, &state, &model, &opt)?;
+            on_event(Event::Saved(&dir));
+        }
+        if last {
+            break;
+        }
+
+        // Micro-steps with accumulation: each micro-batch's summed loss is divided by the
+        // step's counted tokens, so the step's loss is their mean whatever the split.
+        let timer = Instant::now();
+        let batches = (0..cfg.grad_accum)
+            .map(|m| train.batch(state.micro_batches + m, &device))
+            .collect::<Result<Vec<_>>>()?;
+        let mut counted = 0;
+        for (_, labels) in &batches {
+            counted += counted_labels(labels)?;
+        }
+        let mut loss = 0f64;
+        for (ids, labels) in &batches {
+            let (sum, _) = causal_lm_loss_sum(&model, ids, labels)?;
+            let part = (sum / counted.max(1) as f64)?;
+            loss += part.to_scalar::<f32>()? as f64;
+            grads.accumulate(opt.params(), &part.backward()?)?;
+        }
+
+        // Clip.
+        let grad_norm = if cfg.clip > 0.0 {
+            grads.clip_global_norm(cfg.clip)?
+        } else {
+            grads.global_norm()?
+        };
+
+        // Step.
+        opt.step(&grads, lr)?;
+
+        // Zero grads.
+        grads.clear();
+
+        // Log.
+        let tokens: u64 = batches.iter().map(|(ids, _)| ids.elem_count() as u64).sum();
+        state.step += 1;
+        state.micro_batches += cfg.grad_accum;
+        state.tokens_seen += tokens;
+        let log = StepLog {
+            step: state.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: tokens as f64 / timer.elapsed().as_secs_f64().max(1e-9),
+        };
+        metrics.write(&Record::Train(log.clone()))?;
+        on_event(Event::Step(&log));
+        if !loss.is_finite() {
+            return Err(Error::Input(format!(
+                "loss is {loss} at step {}: lower --learning-rate or check the data",
+                state.step
+            )));
+        }
+    }
+    // The final model, next to the run's files.
+    hf_dir::write_model_dir(run, &model, Some(&tokenizer))?;
+    Ok(Summary {
+        steps: state.step,
+        final_eval,
+    })
+}
+
+/// Mean loss over the first `eval_batches` batches of the held-out blocks, in order.
+pub fn evaluate(model: &Llama, valid: &Blocks, cfg: &TrainConfig, device: &Device) -> Result<f64> {
+    let (mut sum, mut count) = (0f64, 0usize);
+    let idx: Vec<usize> = (0..valid.len()).collect();
+    for chunk in idx.chunks(cfg.batch_size).take(cfg.eval_batches.max(1)) {
+        let (ids, labels) = valid.batch(chunk, device)?;
+        let (s, n) = causal_lm_loss_sum(model, &ids, &labels)?;
+        sum += s.to_scalar::<f32>()? as f64;
+        count += n;
+    }
+    Ok(sum / count.max(1) as f64)
+}

@@ -1,0 +1,178 @@
+//! Everything a run needs before its first step: the output directory checked, tokenizer,
+//! model (preset from scratch, or a checkpoint to continue), tokenized data and step count.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use llama3::tokenizer::Tokenizer;
+use llama3::Llama;
+
+use crate::batches::{Blocks, Shuffled};
+use crate::config::TrainConfig;
+use crate::corpus::{collect_files, tokenize_cached};
+use crate::init::RandomInit;
+use crate::presets::{preset, PRESETS};
+use crate::{fsio, hf_dir};
+use crate::{Error, Result};
+
+pub struct Setup {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub train: Shuffled,
+    pub valid: Option<Blocks>,
+    pub total_steps: usize,
+}
+
+/// What `prepare` reports while it works.
+pub enum Phase<'a> {
+    /// Tokenizing `what` (`train` or `valid`): bytes done, bytes total.
+    Tokenizing(&'a str, u64, u64),
+}
+
+/// Checks the output directory, loads or builds the model, tokenizes the data.
+pub fn prepare(
+    cfg: &TrainConfig,
+    resume: bool,
+    progress: &(dyn Fn(Phase) + Sync),
+) -> Result<Setup> {
+    cfg.validate()?;
+    check_run_dir(cfg, resume)?;
+    let device = Device::Cpu;
+    let (model, tokenizer) = model_and_tokenizer(cfg, &device)?;
+    if tokenizer.vocab_size() > model.config.vocab_size {
+        return Err(Error::Input(format!(
+            "the tokenizer has {} tokens, the model's vocabulary only {}",
+            tokenizer.vocab_size(),
+            model.config.vocab_size
+        )));
+    }
+    let cache = cfg.model_path.join("cache");
+    let tokens = |paths: &[std::path::PathBuf], what: &str| -> Result<Blocks> {
+        let files = collect_files(paths)?;
+        let report = |done, total| progress(Phase::Tokenizing(what, done, total));
+        let file = tokenize_cached(&files, &tokenizer, &cache, &report)?;
+        Ok(Blocks::all(Arc::new(file), cfg.seq_len))
+    };
+    let all = tokens(&cfg.data_path, "train")?;
+    let (train, valid) = if cfg.valid_data_path.is_empty() {
+        all.split(cfg.valid_fraction)
+    } else {
+        (all, Some(tokens(&cfg.valid_data_path, "valid")?))
+    };
+    if valid.as_ref().is_some_and(|v| v.is_empty()) {
+        return Err(Error::Input(format!(
+            "the validation text is shorter than one block of {} tokens",
+            cfg.seq_len
+        )));
+    }
+    let train = Shuffled::new(train, cfg.batch_size, cfg.seed)?;
+    let total_steps = match cfg.max_steps {
+        Some(n) => n,
+        None => cfg.num_epochs * (train.batches_per_epoch() / cfg.grad_accum),
+    };
+    if total_steps == 0 {
+        return Err(Error::Input(format!(
+            "no optimizer step fits: {} batches per epoch with --grad-accum {}; lower \
+             --batch-size or --grad-accum, or set --max-steps",
+            train.batches_per_epoch(),
+            cfg.grad_accum
+        )));
+    }
+    claim_run_dir(cfg)?;
+    Ok(Setup {
+        model,
+        tokenizer,
+        train,
+        valid,
+        total_steps,
+    })
+}
+
+/// A fresh run needs an empty (or new) directory; `--resume` needs the same run's.
+fn check_run_dir(cfg: &TrainConfig, resume: bool) -> Result<()> {
+    let run = &cfg.model_path;
+    let saved = run.join("train_config.json");
+    if saved.exists() {
+        let text = std::fs::read_to_string(&saved).map_err(|e| Error::io(&saved, e))?;
+        let old: TrainConfig =
+            serde_json::from_str(&text).map_err(|e| Error::format(&saved, e.to_string()))?;
+        if !resume {
+            return Err(Error::Input(format!(
+                "{} already holds a training run: pass --resume to continue it, or choose \
+                 another --model-path",
+                run.display()
+            )));
+        }
+        if !old.same_run(cfg) {
+            return Err(Error::Input(format!(
+                "{} holds a different run (its settings are in {}); --resume continues only \
+                 the same run",
+                run.display(),
+                saved.display()
+            )));
+        }
+    } else if run.join("config.json").exists() {
+        return Err(Error::Input(format!(
+            "{} holds a model that is not a training run of ours; choose another --model-path",
+            run.display()
+        )));
+    }
+    fsio::create_dir_all(run)
+}
+
+/// Marks the directory as this run's, once the inputs are known to be good (a run that failed
+/// on bad input can be retried without --resume).
+fn claim_run_dir(cfg: &TrainConfig) -> Result<()> {
+    let saved = cfg.model_path.join("train_config.json");
+    let json = serde_json::to_value(cfg).map_err(|e| Error::format(&saved, e.to_string()))?;
+    hf_dir::write_json(&saved, &json)
+}
+
+fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tokenizer)> {
+    let given_tok = match &cfg.tokenizer {
+        Some(p) => Some(Tokenizer::from_file(p)?),
+        None => None,
+    };
+    let init = Path::new(&cfg.init);
+    if !PRESETS.contains(&cfg.init.as_str()) && !init.exists() {
+        return Err(Error::Input(format!(
+            "--init {:?} is neither a preset ({}) nor an existing model",
+            cfg.init,
+            PRESETS.join(", ")
+        )));
+    }
+    if PRESETS.contains(&cfg.init.as_str()) {
+        let tok = given_tok.ok_or_else(|| {
+            Error::Input(format!(
+                "training the preset {:?} from scratch needs --tokenizer (a tokenizer.json, \
+                 or a model whose tokenizer to use)",
+                cfg.init
+            ))
+        })?;
+        let eos = tok.eos_id().into_iter().collect();
+        let config = preset(&cfg.init, tok.vocab_size(), cfg.seq_len, tok.bos_id(), eos)?;
+        let src = RandomInit::new(cfg.seed, DType::F32, device);
+        let model = Llama::load(&src, &config, None, device)?;
+        return Ok((model, tok));
+    }
+    let opts = llama3::loader::LoadOptions {
+        dtype: DType::F32,
+        device: device.clone(),
+        progress: None,
+    };
+    let loaded = llama3::loader::load(init, &opts)?;
+    let tok = match (given_tok, loaded.tokenizer) {
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => {
+            return Err(Error::Input(format!(
+                "{} carries no tokenizer: give --tokenizer",
+                init.display()
+            )))
+        }
+    };
+    let mut model = loaded.model;
+    // Full fine-tuning of a GGUF model trains its f32 dequantization.
+    model.dequantize()?;
+    Ok((model, tok))
+}
