@@ -171,6 +171,8 @@ pub fn train(
 
 /// Mean loss over the first `eval_batches` batches of the held-out blocks, in order.
 pub fn evaluate(model: &Llama, valid: &Blocks, cfg: &TrainConfig, device: &Device) -> Result<f64> {
+    // No gradient graph for evaluation: fused kernels, less memory.
+    let model = &model.detached();
     let (mut sum, mut count) = (0f64, 0usize);
     let idx: Vec<usize> = (0..valid.len()).collect();
     for chunk in idx.chunks(cfg.batch_size).take(cfg.eval_batches.max(1)) {

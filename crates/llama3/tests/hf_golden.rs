@@ -126,3 +126,44 @@ fn bf16_weights_stay_close() {
     let d = max_abs_diff(&got, &want);
     assert!(d < 0.05, "bf16 logits differ by {d}");
 }
+
+#[test]
+fn sharded_f16_checkpoint_loads() {
+    // The gqa checkpoint split in two shards with model.safetensors.index.json, stored as f16
+    // (as many Hub checkpoints are): loads, and the logits stay within f16 rounding of HF's.
+    use std::collections::HashMap;
+    let src = golden("hf/gqa/model");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let all = tensors(&src.join("model.safetensors"));
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let shard: HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].to_dtype(DType::F16).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&shard, dir.path().join(&file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let g = tensors(&golden("hf/gqa/golden.safetensors"));
+    let loaded = load(dir.path(), &LoadOptions::default()).unwrap();
+    let ids = g["input_ids"].to_dtype(DType::U32).unwrap();
+    let got = loaded.model.forward(&ids, None, Logits::All).unwrap();
+    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want = g["logits"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 2e-3, "sharded f16 logits differ by {d}");
+    assert!(d > 0.0, "f16 storage should round something");
+}

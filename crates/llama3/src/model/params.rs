@@ -114,6 +114,35 @@ impl Llama {
         Ok(out)
     }
 
+    /// A copy sharing every weight's storage but tracking no gradients: inference on a model
+    /// being trained (evaluation, saving checks) takes the fused kernels and builds no graph,
+    /// exactly as the same weights loaded from disk would.
+    pub fn detached(&self) -> Llama {
+        let mut m = self.clone();
+        if let Embedding::Dense(t) = &m.embed_tokens {
+            m.embed_tokens = Embedding::Dense(t.detach());
+        }
+        let detach = |lin: &mut Linear| {
+            if let LinearWeight::Dense(t) = &lin.weight {
+                lin.weight = LinearWeight::Dense(t.detach());
+            }
+        };
+        for layer in m.layers.iter_mut() {
+            layer.input_layernorm.weight = layer.input_layernorm.weight.detach();
+            layer.post_attention_layernorm.weight = layer.post_attention_layernorm.weight.detach();
+            let (a, f) = (&mut layer.self_attn, &mut layer.mlp);
+            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                detach(lin);
+            }
+            for lin in [&mut f.gate_proj, &mut f.up_proj, &mut f.down_proj] {
+                detach(lin);
+            }
+        }
+        m.norm.weight = m.norm.weight.detach();
+        detach(&mut m.lm_head);
+        m
+    }
+
     /// Replaces every quantized weight by its dense f32 dequantization (fine-tuning a GGUF
     /// model in f32). The activation dtype becomes f32; a tied head follows the embedding.
     pub fn dequantize(&mut self) -> Result<()> {
