@@ -8,14 +8,15 @@
 #           the llama.cpp side).
 # llama.cpp is driven through llama-cpp-python from PyPI, installed into a venv under the cache
 # dir ($LLAMA3_BENCH_CACHE, default ~/.cache/llama3/bench). pip builds llama.cpp from source
-# with CMAKE_ARGS="-DGGML_NATIVE=ON": the first run takes minutes (about 10-20 on two cores).
+# with CMAKE_ARGS="-DGGML_NATIVE=ON": the first run takes minutes (45 here, on two cores shared
+# with other builds).
 # Nothing of llama.cpp enters this repository.
 #
 # Usage: scripts/bench.sh [EXTRA_MODEL.gguf ...]
 #   The default model (SmolLM2-135M-Instruct Q4_1, `llama3 pull`) is always measured first;
 #   extra GGUF files (e.g. Q8_0/F16 from `llama3 quantize`) are measured after it.
 # Environment: P (512), N (128), THREADS (2), REPS (5), N_CTX (1024),
-#   LLAMA_CPP_PYTHON_VERSION (0.3.16).
+#   LLAMA_CPP_PYTHON_VERSION (0.3.16), OMP_WAIT_POLICY (PASSIVE, see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,12 @@ cache="${LLAMA3_BENCH_CACHE:-$HOME/.cache/llama3/bench}"
 venv="$cache/venv-llama-cpp-python-$version"
 out="$cache/results-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
+# llama.cpp's CPU backend (built with OpenMP) waits at a barrier after every op; libgomp's
+# default active wait spins, and when another process holds one of the cores the spinning thread
+# stalls its partner: measured here, 5 s per generated token instead of 14 ms. Passive waiting
+# costs a little on an idle machine and keeps the numbers meaningful on a shared one. Set
+# OMP_WAIT_POLICY=ACTIVE on a quiet machine for llama.cpp's best case.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
   echo "installing llama-cpp-python==$version into $venv (builds llama.cpp from source with" \
@@ -130,7 +137,7 @@ def cell(s):
 def mean(s):
     return s["mean"] if isinstance(s, dict) else s
 
-print(f"threads {T}; ours = llama3 bench, llama.cpp = llama-cpp-python; ratio = ours / llama.cpp")
+print(f"threads {T}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; ours = llama3 bench, llama.cpp = llama-cpp-python; ratio = ours / llama.cpp")
 print("(t/s: higher is better; ms, s and MiB: lower is better)\n")
 print("| model | test | llama3 | llama.cpp | ratio |")
 print("| --- | --- | ---: | ---: | ---: |")

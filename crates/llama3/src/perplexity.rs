@@ -103,11 +103,12 @@ pub fn windows(protocol: Protocol, n_tokens: usize, ctx: usize) -> Result<Vec<Wi
                 let end = (start + ctx).min(n_tokens);
                 let len = end - start;
                 let trg_len = end - prev_end;
-                out.push(Window {
-                    start,
-                    len,
-                    scored: (len - trg_len).max(1)..len,
-                });
+                let scored = (len - trg_len).max(1)..len;
+                // A last window of one token after a stride of ctx scores nothing (its token
+                // has no context in it): HF's loop would add a NaN loss; skip it.
+                if !scored.is_empty() {
+                    out.push(Window { start, len, scored });
+                }
                 prev_end = end;
                 if end == n_tokens {
                     break;
@@ -387,6 +388,9 @@ mod tests {
             .map(|w| (w.start, w.len, w.scored.clone()))
             .collect();
         assert_eq!(got, vec![(0, 4, 1..4), (4, 4, 1..4), (8, 2, 1..2)]);
+        // ... and a one-token tail window, which would score nothing, is left out.
+        let ws = windows(Protocol::SlidingWindow { stride: 4 }, 9, 4).unwrap();
+        assert_eq!(ws.last().map(|w| w.start), Some(4));
     }
 
     #[test]
@@ -401,6 +405,7 @@ mod tests {
                         (1..n).filter(|i| stride < ctx || i % ctx != 0).collect();
                     assert_eq!(scored_global(&ws), want, "{n} {ctx} {stride}");
                     for w in &ws {
+                        assert!(!w.scored.is_empty());
                         assert!(w.len <= ctx && w.scored.start >= 1 && w.scored.end == w.len);
                         // Each scored token sees at least ctx - stride tokens (or all before it).
                         let seen = w.scored.start;
