@@ -1,32 +1,11 @@
 //! The `llama3` binary as a user runs it: bad inputs give a one-line error and a non-zero exit
 //! (acceptance 5 of the engine issue), and the main commands work end to end.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn shared() -> PathBuf {
-    match std::env::var_os("LLAMA3_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
-fn llama3(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama3"))
-        .args(args)
-        .output()
-        .expect("run llama3")
-}
-
-fn default_model() -> PathBuf {
-    let out = llama3(&["pull"]);
-    assert!(
-        out.status.success(),
-        "pull failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
+mod common;
+use common::{default_model, llama3, shared};
 
 /// Fails unless the command failed with exactly one line on stderr that contains `needle`.
 fn assert_one_line_error(out: &Output, needle: &str) {

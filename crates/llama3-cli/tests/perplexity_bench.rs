@@ -2,31 +2,13 @@
 //! context of 64, a few chunks; a 16-token bench). The full-text PPL against llama.cpp is in
 //! crates/llama3/tests/perplexity.rs.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn shared() -> PathBuf {
-    match std::env::var_os("LLAMA3_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
-fn llama3(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama3"))
-        .args(args)
-        .output()
-        .expect("run llama3")
-}
+mod common;
+use common::{llama3, shared};
 
 fn default_model() -> String {
-    let out = llama3(&["pull"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    common::default_model().to_string_lossy().into_owned()
 }
 
 fn json_of(out: &Output) -> serde_json::Value {

@@ -2,32 +2,11 @@
 //! leaves OUT alone; a good run reports requantization and fallbacks and writes a GGUF the other
 //! commands load.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn shared() -> PathBuf {
-    match std::env::var_os("LLAMA3_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
-fn llama3(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama3"))
-        .args(args)
-        .output()
-        .expect("run llama3")
-}
-
-fn default_model() -> PathBuf {
-    let out = llama3(&["pull"]);
-    assert!(
-        out.status.success(),
-        "pull failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
+mod common;
+use common::{default_model, llama3, shared};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
