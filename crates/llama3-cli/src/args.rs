@@ -18,9 +18,14 @@ pub struct ModelArgs {
     /// Use this tokenizer (tokenizer.json, or a Llama 3 tokenizer.model) instead of the model's.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
-    /// dtype of dense weights and activations on the CPU.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    /// dtype of dense weights and activations (auto: f32 on the CPU, bf16 on a GPU). GGUF
+    /// blocks stay quantized whatever this says.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
     pub dtype: String,
+    /// Where to run: cpu, cuda, cuda:N, or auto (the first GPU when built with CUDA and one is
+    /// present, else the CPU).
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: String,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long, value_name = "N")]
     pub threads: Option<usize>,
@@ -37,10 +42,10 @@ impl ModelArgs {
             std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         }
         let path = llama3::hub::resolve_model(self.model.as_deref(), |m| eprintln!("{m}"))?;
+        let device = llama3::device::parse(&self.device)?;
         let dtype = match self.dtype.as_str() {
-            "f16" => candle_core::DType::F16,
-            "bf16" => candle_core::DType::BF16,
-            _ => candle_core::DType::F32,
+            "auto" => llama3::device::default_dtype(&device),
+            d => parse_dtype(d)?,
         };
         let start = Instant::now();
         let bar = crate::progress::bar("loading", "tensors");
@@ -53,8 +58,8 @@ impl ModelArgs {
         });
         let opts = LoadOptions {
             dtype,
+            device,
             progress,
-            ..LoadOptions::default()
         };
         // Library errors name the file, tensor and shape already.
         let loaded = llama3::loader::load(&path, &opts);
@@ -66,13 +71,24 @@ impl ModelArgs {
             loaded.tokenizer = Some(Tokenizer::from_file(t)?);
         }
         tracing::info!(
-            "loaded {} ({:.1} M parameters) in {:.2} s",
+            "loaded {} ({:.1} M parameters) on {} in {:.2} s",
             path.display(),
             loaded.info.parameters as f64 / 1e6,
+            llama3::device::name(loaded.model.device()),
             start.elapsed().as_secs_f64()
         );
         Ok(loaded)
     }
+}
+
+/// `f32`, `f16` or `bf16`.
+pub fn parse_dtype(s: &str) -> Result<candle_core::DType> {
+    Ok(match s {
+        "f32" => candle_core::DType::F32,
+        "f16" => candle_core::DType::F16,
+        "bf16" => candle_core::DType::BF16,
+        other => bail!("dtype {other:?}: expected f32, f16 or bf16"),
+    })
 }
 
 /// The tokenizer, or an error that says what to do without one.

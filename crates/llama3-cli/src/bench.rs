@@ -14,6 +14,7 @@ use clap::Args;
 use llama3::model::{Llama, Logits};
 
 use crate::args::ModelArgs;
+use crate::throughput;
 
 /// Tokens of the time-to-first-token prompt.
 const TTFT_PROMPT: usize = 16;
@@ -44,6 +45,24 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Random weights of a preset's shape instead of a model file (smollm2-135m, llama3.2-1b,
+    /// 15m, tiny), drawn on the device: for comparing with other frameworks on the same shapes.
+    #[arg(long, value_name = "PRESET")]
+    pub preset: Option<String>,
+    /// Sequences decoded together in the tg test (aggregate tokens/s over the batch).
+    #[arg(short = 'b', long, default_value_t = 1, value_name = "B")]
+    pub batch: usize,
+    /// Also measure training: forward, backward and AdamW on --train-batch sequences of -p
+    /// tokens (f32 master weights; bf16 matmuls on a GPU).
+    #[arg(long)]
+    pub train: bool,
+    /// Sequences per training step of the --train test.
+    #[arg(long, default_value_t = 8, value_name = "B")]
+    pub train_batch: usize,
+    /// The device's peak dense TFLOP/s for MFU (default on a GPU: H100 SXM bf16 tensor cores,
+    /// 989; on the CPU no MFU unless given).
+    #[arg(long, value_name = "TFLOPS")]
+    pub peak_tflops: Option<f64>,
 }
 
 /// Mean and sample standard deviation (n - 1), as llama-bench's `stdev`.
@@ -134,8 +153,27 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.n_prompt == 0 && a.n_gen == 0 {
         bail!("nothing to measure: -p and -n are both 0");
     }
+    if a.batch == 0 || a.train_batch == 0 {
+        bail!("--batch and --train-batch must be at least 1");
+    }
+    if a.train && a.n_prompt < 2 {
+        bail!("--train needs -p of at least 2 tokens (the training sequence length)");
+    }
     let t0 = Instant::now();
-    let loaded = a.model.load()?;
+    let loaded = match &a.preset {
+        Some(p) => {
+            if a.model.model.is_some() {
+                bail!("give either --model or --preset, not both");
+            }
+            let device = llama3::device::parse(&a.model.device)?;
+            let dtype = match a.model.dtype.as_str() {
+                "auto" => llama3::device::default_dtype(&device),
+                d => crate::args::parse_dtype(d)?,
+            };
+            throughput::random_model(p, dtype, &device)?
+        }
+        None => a.model.load()?,
+    };
     let load_seconds = t0.elapsed().as_secs_f64();
     let model = &loaded.model;
     let max_ctx = model.config.max_position_embeddings;
@@ -159,17 +197,46 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // Warm-up as llama-bench: the prompt once and one generated token.
     run_once(model, &prompt, &gen[..gen.len().min(1)])?;
     ttft(model, &short)?;
+    if a.batch > 1 {
+        throughput::batched_decode(model, a.batch, &prompt, &gen[..gen.len().min(1)])?;
+    }
     let (mut pp, mut tg, mut first) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..a.reps {
-        let (pp_s, tg_s) = run_once(model, &prompt, &gen)?;
+        let (pp_s, mut tg_s) = run_once(model, &prompt, &gen)?;
+        if a.batch > 1 {
+            tg_s = throughput::batched_decode(model, a.batch, &prompt, &gen)?;
+        }
         pp.push(a.n_prompt as f64 / pp_s.max(1e-12));
-        tg.push(a.n_gen as f64 / tg_s.max(1e-12));
+        tg.push((a.batch * a.n_gen) as f64 / tg_s.max(1e-12));
         first.push(ttft(model, &short)? * 1e3);
         if !a.json {
             eprintln!("rep {}/{}: pp {pp_s:.3} s, tg {tg_s:.3} s", r + 1, a.reps);
         }
     }
     let (pp, tg, first) = (Summary::of(pp), Summary::of(tg), Summary::of(first));
+    let train = match a.train {
+        true => {
+            let mut m = throughput::trainable(model.clone())?;
+            let (rates, phases) = throughput::train_steps(&mut m, a.train_batch, &prompt, a.reps)?;
+            Some((Summary::of(rates), phases))
+        }
+        false => None,
+    };
+    let (train, phases) = match train {
+        Some((s, p)) => (Some(s), Some(p)),
+        None => (None, None),
+    };
+    let op_us = throughput::op_overhead_us(model.device(), model.dtype())?;
+    // Model TFLOP/s and MFU of prefill and training.
+    let tflops = |rate: f64, training: bool| {
+        rate * throughput::flops_per_token(model, a.n_prompt, training) / 1e12
+    };
+    let pp_tflops = tflops(pp.mean, false);
+    let train_tflops = train.as_ref().map(|s| tflops(s.mean, true));
+    let device = llama3::device::name(model.device());
+    let peak = a
+        .peak_tflops
+        .or((!model.device().is_cpu()).then_some(989.0));
     let rss = peak_rss();
     let info = &loaded.info;
     let name = info
@@ -183,12 +250,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "model_bytes": info.file_bytes,
             "parameters": info.parameters,
             "threads": threads,
+            "device": device,
+            "dtype": format!("{:?}", model.dtype()),
+            "batch": a.batch,
             "n_prompt": a.n_prompt,
             "n_gen": a.n_gen,
             "repetitions": a.reps,
             "load_seconds": load_seconds,
             "pp_tokens_per_second": (a.n_prompt > 0).then_some(&pp),
             "tg_tokens_per_second": (a.n_gen > 0).then_some(&tg),
+            "pp_model_tflops": pp_tflops,
+            "pp_mfu": peak.map(|p| pp_tflops / p),
+            "train_batch": a.train_batch,
+            "train_tokens_per_second": &train,
+            "train_model_tflops": train_tflops,
+            "train_mfu": train_tflops.zip(peak).map(|(t, p)| t / p),
+            "train_step_phases_seconds": phases,
+            "op_overhead_us": { "add_f32": op_us.0, "matmul_1x576x576": op_us.1 },
             "ttft_ms": first,
             "ttft_prompt_tokens": TTFT_PROMPT,
             "peak_rss_bytes": rss,
@@ -197,6 +275,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let threads = match model.device().is_cpu() {
+        true => threads.to_string(),
+        false => device.clone(),
+    };
     println!("| model | size | params | threads | test | t/s |");
     println!("| --- | ---: | ---: | ---: | --- | ---: |");
     let row = |test: String, s: &Summary| {
@@ -212,7 +294,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
         row(format!("pp{}", a.n_prompt), &pp);
     }
     if a.n_gen > 0 {
-        row(format!("tg{}", a.n_gen), &tg);
+        match a.batch {
+            1 => row(format!("tg{}", a.n_gen), &tg),
+            b => row(format!("tg{} b{b}", a.n_gen), &tg),
+        }
+    }
+    if let Some(t) = &train {
+        row(format!("train {}x{}", a.train_batch, a.n_prompt), t);
+    }
+    let mfu = |t: f64| match peak {
+        Some(p) => format!("{t:.2} TFLOP/s = {:.1}% MFU", 100.0 * t / p),
+        None => format!("{t:.3} TFLOP/s"),
+    };
+    if a.n_prompt > 0 {
+        println!("prefill: {}", mfu(pp_tflops));
+    }
+    if let Some(t) = train_tflops {
+        println!("training: {}", mfu(t));
     }
     println!(
         "load {load_seconds:.3} s | time to first token ({TTFT_PROMPT}-token prompt) {:.1} ± {:.1} ms | peak RSS {}",

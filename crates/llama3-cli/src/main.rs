@@ -8,6 +8,7 @@ mod info;
 mod perplexity;
 mod progress;
 mod quantize;
+mod throughput;
 mod train;
 
 use clap::{Parser, Subcommand};

@@ -93,9 +93,17 @@ pub struct TrainArgs {
     /// Seed of the initial weights and the data order. Default 1337.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// GPUs to use (this build: CPU only, so 0).
+    /// GPUs to use: 1 trains on the first CUDA GPU (builds with --features cuda); 0 follows
+    /// --device.
     #[arg(long = "num-gpus", visible_alias = "num_gpus", value_name = "N")]
     pub num_gpus: Option<usize>,
+    /// Where to train: cpu, cuda, cuda:N or auto (a GPU when built with CUDA and present).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Matmul precision: f32, or bf16 (mixed precision with f32 master weights and optimizer
+    /// state).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    pub precision: Option<String>,
     /// Continue the run in --model-path from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -142,7 +150,7 @@ fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
         save_every,
         seed
     );
-    set!(num_gpus);
+    set!(num_gpus, device, precision);
     if a.tokenizer.is_some() {
         c.tokenizer = a.tokenizer.clone();
     }

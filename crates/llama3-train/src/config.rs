@@ -59,8 +59,14 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Held-out share of the training blocks when no valid data is given. Default 0.05.
     pub valid_fraction: f64,
-    /// GPUs to use; this build trains on the CPU (0).
+    /// GPUs to use: 0 trains where `device` says, 1 on the first CUDA GPU (one GPU at most).
     pub num_gpus: usize,
+    /// `auto` (default: the first GPU when built with CUDA and one is present), `cpu`, `cuda`,
+    /// `cuda:N`.
+    pub device: String,
+    /// Matmul precision: `f32` (default) or `bf16` (mixed precision: f32 master weights,
+    /// gradients and optimizer state; bf16 matmuls with f32 accumulation).
+    pub precision: String,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +96,8 @@ impl Default for TrainConfig {
             seed: 1337,
             valid_fraction: 0.05,
             num_gpus: 0,
+            device: "auto".into(),
+            precision: "f32".into(),
         }
     }
 }
@@ -125,6 +133,7 @@ impl TrainConfig {
             eval_every: 0,
             eval_batches: 0,
             save_every: 0,
+            device: String::new(),
             ..c.clone()
         };
         strip(self) == strip(other)
@@ -155,11 +164,41 @@ impl TrainConfig {
             ));
         }
         if self.num_gpus > 0 {
+            let have = llama3::device::gpu_count();
+            if self.num_gpus > have {
+                return bad(format!(
+                    "--num-gpus {} asked, but {have} GPUs available{}",
+                    self.num_gpus,
+                    if cfg!(feature = "cuda") {
+                        ""
+                    } else {
+                        " (this build has no CUDA support)"
+                    }
+                ));
+            }
+            if self.num_gpus > 1 {
+                return bad(format!(
+                    "--num-gpus {}: training uses one GPU; multi-GPU data parallelism is not \
+                     supported",
+                    self.num_gpus
+                ));
+            }
+        }
+        if !matches!(self.precision.as_str(), "f32" | "bf16") {
             return bad(format!(
-                "--num-gpus {} asked, but this build trains on the CPU only (0 GPUs available)",
-                self.num_gpus
+                "precision {:?}: expected f32 or bf16",
+                self.precision
             ));
         }
+        self.device()?;
         Ok(())
+    }
+
+    /// The device to train on.
+    pub fn device(&self) -> crate::Result<candle_core::Device> {
+        Ok(match self.num_gpus {
+            0 => llama3::device::parse(&self.device)?,
+            _ => llama3::device::parse("cuda:0")?,
+        })
     }
 }

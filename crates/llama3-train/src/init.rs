@@ -9,6 +9,8 @@ use llama3::weights::{Weight, WeightSource};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::Result;
+
 /// HF `initializer_range` default.
 pub const INIT_STD: f64 = 0.02;
 
@@ -17,6 +19,9 @@ pub struct RandomInit {
     dtype: DType,
     device: Device,
     path: PathBuf,
+    /// Draw on the device with candle's generator (fast for billion-parameter benchmarks;
+    /// values depend on the device, so not for training runs that must reproduce).
+    device_rng: bool,
 }
 
 impl RandomInit {
@@ -26,13 +31,33 @@ impl RandomInit {
             dtype,
             device: device.clone(),
             path: PathBuf::from("<random init>"),
+            device_rng: false,
         }
+    }
+
+    /// Same distribution, drawn by the device's own generator seeded with `seed`.
+    pub fn on_device(seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        // candle's CPU generator cannot be seeded; CPU draws then differ run to run.
+        if !device.is_cpu() {
+            device.set_seed(seed)?;
+        }
+        Ok(Self {
+            device_rng: true,
+            ..Self::new(seed, dtype, device)
+        })
     }
 }
 
 impl WeightSource for RandomInit {
     fn get(&self, name: &str, shape: &[usize]) -> llama3::Result<Weight> {
         let n: usize = shape.iter().product();
+        if self.device_rng {
+            let t = match name.ends_with("norm.weight") {
+                true => Tensor::ones(shape, DType::F32, &self.device)?,
+                false => Tensor::randn(0f32, INIT_STD as f32, shape, &self.device)?,
+            };
+            return Ok(Weight::Dense(t.to_dtype(self.dtype)?));
+        }
         let values = if name.ends_with("norm.weight") {
             vec![1f32; n]
         } else {

@@ -38,8 +38,11 @@ pub fn prepare(
 ) -> Result<Setup> {
     cfg.validate()?;
     check_run_dir(cfg, resume)?;
-    let device = Device::Cpu;
-    let (model, tokenizer) = model_and_tokenizer(cfg, &device)?;
+    let device = cfg.device()?;
+    let (mut model, tokenizer) = model_and_tokenizer(cfg, &device)?;
+    if cfg.precision == "bf16" {
+        model.set_compute_dtype(Some(DType::BF16));
+    }
     if tokenizer.vocab_size() > model.config.vocab_size {
         return Err(Error::Input(format!(
             "the tokenizer has {} tokens, the model's vocabulary only {}",

@@ -7,6 +7,7 @@
 //! `G = H / Hkv`, `Dh` head dim, `V` vocab.
 
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod hub;

@@ -2,7 +2,7 @@
 //! optional LoRA adapter adds `scale * B(A x)` on top (PEFT's `lora.Linear.forward`).
 
 use candle_core::quantized::QMatMul;
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 
 use crate::weights::Weight;
 use crate::Result;
@@ -28,6 +28,10 @@ pub struct Lora {
 pub struct Linear {
     pub weight: LinearWeight,
     pub lora: Option<Lora>,
+    /// Mixed precision: dense matmuls run in this dtype (weight and input cast to it, the
+    /// product cast back; cuBLAS accumulates in f32). Casts are differentiable, so f32 master
+    /// weights get f32 gradients.
+    pub compute_dtype: Option<DType>,
     out_features: usize,
     in_features: usize,
 }
@@ -43,6 +47,7 @@ impl Linear {
         Self {
             weight,
             lora: None,
+            compute_dtype: None,
             out_features,
             in_features,
         }
@@ -64,9 +69,12 @@ impl Linear {
                 let mut out_dims = dims.to_vec();
                 let last = out_dims.len() - 1;
                 out_dims[last] = self.out_features;
-                let x2 = x.reshape(((), self.in_features))?.to_dtype(w.dtype())?;
+                let dt = self.compute_dtype.unwrap_or(w.dtype());
+                let x2 = x.reshape(((), self.in_features))?.to_dtype(dt)?;
                 // (N, in) x (in, out) -> (N, out)
-                x2.matmul(&w.t()?)?.to_dtype(x.dtype())?.reshape(out_dims)?
+                x2.matmul(&w.to_dtype(dt)?.t()?)?
+                    .to_dtype(x.dtype())?
+                    .reshape(out_dims)?
             }
             LinearWeight::Quantized(q) => {
                 let own = match q {

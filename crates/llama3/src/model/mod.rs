@@ -257,4 +257,25 @@ impl Llama {
     pub fn kv_dtype(&self) -> DType {
         self.kv_dtype
     }
+
+    /// Mixed precision: every dense matmul (projections and head) in `dtype`, or in its
+    /// weight's dtype with `None`.
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.lm_head.compute_dtype = dtype;
+        for l in &mut self.layers {
+            let a = &mut l.self_attn;
+            let m = &mut l.mlp;
+            for lin in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                lin.compute_dtype = dtype;
+            }
+        }
+    }
 }
