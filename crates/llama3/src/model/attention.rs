@@ -79,7 +79,13 @@ impl Attention {
                 .reshape((b, hkv, g * t, s))?,
             None => att,
         };
-        let att = round(softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?)?;
+        // Softmax in f32 (candle's fused kernel sums in f32 whatever the dtype, so inference
+        // skips the casts).
+        let att = match att.track_op() {
+            true => softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?,
+            false => softmax_last_dim(&att)?,
+        };
+        let att = round(att)?;
         let y = att.matmul(&v.contiguous()?)?; // (B, Hkv, G*T, Dh)
         let y = y
             .reshape((b, h, t, dh))?

@@ -201,7 +201,8 @@ impl Llama {
                 self.config.vocab_size
             )));
         }
-        let (cos, sin) = self.rope.tables(pos, t)?;
+        let (cos, sin) = self.rope.tables(pos, t)?; // (T, Dh/2), cast once for all layers
+        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
         let mask = match t {
             1 => None,
             _ => Some(attention::causal_mask(t, pos, &self.device)?),

@@ -19,9 +19,10 @@ impl RmsNorm {
 
     /// (.., D) -> (.., D)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.track_op() && !self.weight.track_op() && x.dtype() == DType::F32 {
-            // Inference: candle's fused kernel (no backward, none needed here).
-            let w = self.weight.to_dtype(DType::F32)?;
+        if !x.track_op() && !self.weight.track_op() {
+            // Inference: candle's fused kernel (sums in f32 for every dtype; no backward,
+            // none needed here).
+            let w = self.weight.to_dtype(x.dtype())?;
             return Ok(candle_nn::ops::rms_norm(
                 &x.contiguous()?,
                 &w,
