@@ -26,6 +26,10 @@ pub struct ModelArgs {
     /// present, else the CPU).
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) applied
+    /// without merging, optionally with a weight: PATH or PATH:SCALE. Repeat to stack several.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long, value_name = "N")]
     pub threads: Option<usize>,
@@ -69,6 +73,12 @@ impl ModelArgs {
         let mut loaded = loaded?;
         if let Some(t) = &self.tokenizer {
             loaded.tokenizer = Some(Tokenizer::from_file(t)?);
+        }
+        for spec in &self.lora {
+            let (dir, scale) = llama3::peft::parse_spec(spec)?;
+            let adapter = llama3::peft::Adapter::load(&dir, loaded.model.device())?;
+            let n = adapter.apply(&mut loaded.model, scale)?;
+            tracing::info!("LoRA {} (x{scale}) on {n} modules", dir.display());
         }
         tracing::info!(
             "loaded {} ({:.1} M parameters) on {} in {:.2} s",

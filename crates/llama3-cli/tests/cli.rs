@@ -305,3 +305,77 @@ fn unsupported_quant_type_is_named() {
     std::fs::write(&bad, bytes).unwrap();
     assert_one_line_error(&llama3(&["info", "-m", bad.to_str().unwrap()]), "IQ2_XXS");
 }
+
+/// `--lora` applies a PEFT adapter at inference: the next token's log-probability is PEFT's
+/// (from the golden logits), and a bad adapter path is a one-line error.
+#[test]
+fn lora_flag_applies_a_peft_adapter() {
+    let g = candle_core::safetensors::load(
+        shared().join("golden/hf/gqa/lora_golden.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let ids: Vec<i64> = g["input_ids"].get(0).unwrap().to_vec1().unwrap();
+    let logits: Vec<f32> = g["logits_lora"]
+        .get(0)
+        .unwrap()
+        .get(ids.len() - 1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (best, _) = logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap();
+    let max = logits[best];
+    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let prompt = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let model = shared().join("golden/hf/gqa/model");
+    let lora = shared().join("golden/hf/gqa/lora");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "-m", model.to_str().unwrap()];
+        args.extend(["--prompt-ids", &prompt, "-n", "1", "--greedy", "--json"]);
+        args.extend(extra);
+        let out = llama3(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let step = &j["steps"][0];
+        (
+            step["id"].as_u64().unwrap() as usize,
+            step["logprob"].as_f64().unwrap(),
+        )
+    };
+    let (id, lp) = run(&["--lora", lora.to_str().unwrap()]);
+    assert_eq!(id, best, "greedy token with the adapter");
+    assert!(
+        (lp - (max - lse) as f64).abs() < 1e-4,
+        "logprob {lp} vs {}",
+        max - lse
+    );
+    // Weight 0 is the base model.
+    let spec = format!("{}:0", lora.to_str().unwrap());
+    let (_, base_lp) = run(&["--lora", &spec]);
+    let (_, plain_lp) = run(&[]);
+    assert!((base_lp - plain_lp).abs() < 1e-6);
+    assert_one_line_error(
+        &llama3(&[
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "1",
+            "--lora",
+            "/no/adapter",
+        ]),
+        "adapter_config.json",
+    );
+}

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod hub;
 pub mod loader;
 pub mod model;
+pub mod peft;
 pub mod perplexity;
 pub mod quant;
 pub mod quantize;

@@ -86,7 +86,8 @@ impl Attention {
             false => softmax_last_dim(&att)?,
         };
         let att = round(att)?;
-        let y = att.matmul(&v.contiguous()?)?; // (B, Hkv, G*T, Dh)
+        // v: contiguous, or the cache's narrowed view whose rows are (matmul takes its strides).
+        let y = att.matmul(&v)?; // (B, Hkv, G*T, Dh)
         let y = y
             .reshape((b, h, t, dh))?
             .transpose(1, 2)?

@@ -16,7 +16,8 @@ pub enum LinearWeight {
     Quantized(QMatMul),
 }
 
-/// A low-rank adapter: `A` (r, in), `B` (out, r), `scale` = alpha / r (or alpha / sqrt(r)).
+/// A low-rank adapter: `A` (r, in), `B` (out, r), `scale` = alpha / r (or alpha / sqrt(r)
+/// with rsLoRA) times the user's weight for the adapter. See `crate::peft`.
 #[derive(Clone, Debug)]
 pub struct Lora {
     pub a: Tensor,
@@ -27,7 +28,8 @@ pub struct Lora {
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: LinearWeight,
-    pub lora: Option<Lora>,
+    /// Adapters added to the output, in order (several `--lora` stack).
+    pub lora: Vec<Lora>,
     /// Mixed precision: dense matmuls run in this dtype (weight and input cast to it, the
     /// product cast back; cuBLAS accumulates in f32). Casts are differentiable, so f32 master
     /// weights get f32 gradients.
@@ -46,7 +48,7 @@ impl Linear {
         };
         Self {
             weight,
-            lora: None,
+            lora: Vec::new(),
             compute_dtype: None,
             out_features,
             in_features,
@@ -87,14 +89,15 @@ impl Linear {
                 }
             }
         };
-        match &self.lora {
-            None => Ok(y),
-            Some(l) => {
-                let x2 = x.to_dtype(l.a.dtype())?;
-                let h = x2.broadcast_matmul(&l.a.t()?)?; // (.., r)
-                let d = h.broadcast_matmul(&l.b.t()?)?; // (.., out)
-                Ok((y + (d * l.scale)?.to_dtype(x.dtype())?)?)
-            }
+        let mut y = y;
+        for l in &self.lora {
+            // PEFT: lora_B(lora_A(dropout(x))) * scaling, in the adapter's dtype.
+            let x2 = x.to_dtype(l.a.dtype())?;
+            let h = x2.broadcast_matmul(&l.a.t()?)?; // (.., r)
+            let d = h.broadcast_matmul(&l.b.t()?)?; // (.., out)
+            let d = (d * l.scale)?.to_dtype(y.dtype())?;
+            y = (y + d)?;
         }
+        Ok(y)
     }
 }

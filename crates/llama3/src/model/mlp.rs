@@ -16,7 +16,7 @@ impl Mlp {
     /// (B, T, D) -> (B, T, D)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x)?; // (B, T, F)
-        // silu(x) = x * sigmoid(x) (candle's sigmoid is fused and has a backward).
+                                               // silu(x) = x * sigmoid(x) (candle's sigmoid is fused and has a backward).
         let silu = (&gate * candle_nn::ops::sigmoid(&gate)?)?;
         let h = (silu * self.up_proj.forward(x)?)?;
         self.down_proj.forward(&h)

@@ -262,21 +262,32 @@ impl Llama {
     /// Mixed precision: every dense matmul (projections and head) in `dtype`, or in its
     /// weight's dtype with `None`.
     pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
-        self.lm_head.compute_dtype = dtype;
-        for l in &mut self.layers {
-            let a = &mut l.self_attn;
-            let m = &mut l.mlp;
-            for lin in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
+        for (_, lin) in self.linears_mut() {
+            lin.compute_dtype = dtype;
+        }
+    }
+
+    /// Every `Linear` with its HF module name (`model.layers.0.self_attn.q_proj`, ...,
+    /// `lm_head`), in checkpoint order. A tied head is listed as `lm_head` too (it holds its
+    /// own `Linear` over the embedding's storage).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            let p = format!("model.layers.{i}");
+            for (n, lin) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
             ] {
-                lin.compute_dtype = dtype;
+                out.push((format!("{p}.{n}"), lin));
             }
         }
+        out.push(("lm_head".to_string(), &mut self.lm_head));
+        out
     }
 }

@@ -122,24 +122,20 @@ impl Llama {
         if let Embedding::Dense(t) = &m.embed_tokens {
             m.embed_tokens = Embedding::Dense(t.detach());
         }
-        let detach = |lin: &mut Linear| {
-            if let LinearWeight::Dense(t) = &lin.weight {
-                lin.weight = LinearWeight::Dense(t.detach());
-            }
-        };
         for layer in m.layers.iter_mut() {
             layer.input_layernorm.weight = layer.input_layernorm.weight.detach();
             layer.post_attention_layernorm.weight = layer.post_attention_layernorm.weight.detach();
-            let (a, f) = (&mut layer.self_attn, &mut layer.mlp);
-            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
-                detach(lin);
+        }
+        for (_, lin) in m.linears_mut() {
+            if let LinearWeight::Dense(t) = &lin.weight {
+                lin.weight = LinearWeight::Dense(t.detach());
             }
-            for lin in [&mut f.gate_proj, &mut f.up_proj, &mut f.down_proj] {
-                detach(lin);
+            for l in lin.lora.iter_mut() {
+                l.a = l.a.detach();
+                l.b = l.b.detach();
             }
         }
         m.norm.weight = m.norm.weight.detach();
-        detach(&mut m.lm_head);
         m
     }
 
@@ -149,16 +145,10 @@ impl Llama {
         if let Embedding::Quantized(q) = &self.embed_tokens {
             self.embed_tokens = Embedding::Dense(q.dequantize(&self.device)?);
         }
-        let mut linears: Vec<&mut Linear> = Vec::new();
-        for layer in self.layers.iter_mut() {
-            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
-            linears.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]);
-            linears.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
-        }
-        linears.push(&mut self.lm_head);
-        for lin in linears {
+        let device = self.device.clone();
+        for (_, lin) in self.linears_mut() {
             let w = match &lin.weight {
-                LinearWeight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&self.device)?,
+                LinearWeight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&device)?,
                 LinearWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                     t.to_dtype(DType::F32)?
                 }

@@ -1,0 +1,333 @@
+//! LoRA adapters in Hugging Face PEFT's layout: a directory with `adapter_config.json` and
+//! `adapter_model.safetensors`, tensors named `base_model.model.<module>.lora_A.weight` (r, in)
+//! and `...lora_B.weight` (out, r). Applied inside the model's `Linear`s (PEFT's
+//! `lora.Linear.forward`: `y = W x + scaling * B (A x)`), merged into the weights
+//! (`W += scaling * B A`), or saved back in the same layout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Linear, LinearWeight, Llama, Lora};
+use crate::{Error, Result};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// The modules LoRA can target here: every projection and the head.
+pub const TARGETS: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "lm_head",
+];
+const PREFIX: &str = "base_model.model.";
+
+/// The fields of PEFT's `LoraConfig` this crate reads and writes; others are kept when a
+/// loaded config is saved again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Module names (PEFT also accepts one regex string; kept as given).
+    #[serde(default)]
+    pub target_modules: serde_json::Value,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default = "none")]
+    pub bias: String,
+    #[serde(default)]
+    pub modules_to_save: Option<serde_json::Value>,
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub peft_type: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+impl LoraConfig {
+    /// A config for `r`, `alpha` and the given target module names.
+    pub fn new(r: usize, alpha: f64, targets: &[&str], use_rslora: bool) -> Self {
+        let mut other = BTreeMap::new();
+        other.insert("task_type".into(), "CAUSAL_LM".into());
+        other.insert("inference_mode".into(), true.into());
+        Self {
+            r,
+            lora_alpha: alpha,
+            lora_dropout: 0.0,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+            use_rslora,
+            use_dora: false,
+            fan_in_fan_out: false,
+            bias: none(),
+            modules_to_save: None,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            peft_type: Some("LORA".into()),
+            other,
+        }
+    }
+
+    /// PEFT's `scaling` of `module`: alpha / r, or alpha / sqrt(r) with rsLoRA; per-module
+    /// rank and alpha from `rank_pattern` / `alpha_pattern` (keys matched as name suffixes).
+    pub fn scaling(&self, module: &str) -> f64 {
+        let pick = |keys: Vec<&String>| {
+            keys.into_iter()
+                .filter(|k| module == k.as_str() || module.ends_with(&format!(".{k}")))
+                .max_by_key(|k| k.len())
+                .cloned()
+        };
+        let r = pick(self.rank_pattern.keys().collect()).map_or(self.r, |k| self.rank_pattern[&k])
+            as f64;
+        let alpha = pick(self.alpha_pattern.keys().collect())
+            .map_or(self.lora_alpha, |k| self.alpha_pattern[&k]);
+        match self.use_rslora {
+            true => alpha / r.sqrt(),
+            false => alpha / r,
+        }
+    }
+
+    /// Refuses what this crate would otherwise apply wrongly.
+    fn check(&self, file: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::Unsupported(format!("{}: {m}", file.display())));
+        if let Some(t) = &self.peft_type {
+            if t != "LORA" {
+                return bad(format!("peft_type {t}: only LORA adapters are supported"));
+            }
+        }
+        if self.use_dora {
+            return bad("DoRA adapters (use_dora) are not supported".into());
+        }
+        if self.fan_in_fan_out {
+            return bad("fan_in_fan_out adapters (GPT-2 Conv1D layout) do not fit Llama".into());
+        }
+        if self.bias != "none" {
+            return bad(format!("bias {:?}: only bias-free adapters", self.bias));
+        }
+        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_null()) {
+            return bad("modules_to_save (fully trained extra modules) is not supported".into());
+        }
+        if self.r == 0 {
+            return bad("r is 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// An adapter read from disk: its config and its A/B matrices by module name.
+pub struct Adapter {
+    pub config: LoraConfig,
+    /// module (`model.layers.0.self_attn.q_proj`) -> (A (r, in), B (out, r)).
+    pub weights: BTreeMap<String, (Tensor, Tensor)>,
+    pub path: PathBuf,
+}
+
+impl Adapter {
+    /// Reads `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let config: LoraConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&cfg_path, format!("not a PEFT LoRA config: {e}")))?;
+        config.check(&cfg_path)?;
+        let file = dir.join(WEIGHTS_FILE);
+        if !file.exists() {
+            return Err(Error::io(&file, std::io::ErrorKind::NotFound.into()));
+        }
+        let tensors = candle_core::safetensors::load(&file, device)
+            .map_err(|e| Error::format(&file, crate::error::candle_message(&e)))?;
+        let mut parts: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+        for (key, t) in tensors {
+            let name = key.strip_prefix(PREFIX).unwrap_or(&key);
+            let (module, which) = if let Some(m) = name.strip_suffix(".lora_A.weight") {
+                (m, 0)
+            } else if let Some(m) = name.strip_suffix(".lora_B.weight") {
+                (m, 1)
+            } else {
+                return Err(Error::Unsupported(format!(
+                    "{}: tensor {key} is not a LoRA A/B matrix (embedding adapters, DoRA \
+                     magnitudes and saved modules are not supported)",
+                    file.display()
+                )));
+            };
+            let leaf = module.rsplit('.').next().unwrap_or(module);
+            if !TARGETS.contains(&leaf) {
+                return Err(Error::Unsupported(format!(
+                    "{}: LoRA on {module}: only {} can be adapted",
+                    file.display(),
+                    TARGETS.join(", ")
+                )));
+            }
+            let slot = parts.entry(module.to_string()).or_default();
+            let t = t.to_dtype(DType::F32)?;
+            if which == 0 {
+                slot.0 = Some(t);
+            } else {
+                slot.1 = Some(t);
+            }
+        }
+        let mut weights = BTreeMap::new();
+        for (module, (a, b)) in parts {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    weights.insert(module, (a, b));
+                }
+                _ => {
+                    return Err(Error::format(
+                        &file,
+                        format!("{module} has only one of lora_A / lora_B"),
+                    ))
+                }
+            }
+        }
+        if weights.is_empty() {
+            return Err(Error::format(&file, "no LoRA tensors"));
+        }
+        Ok(Self {
+            config,
+            weights,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Adds this adapter to `model`'s `Linear`s with `weight` times its scaling (1.0 as
+    /// trained). Shapes are checked against each module; returns how many were adapted.
+    pub fn apply(&self, model: &mut Llama, weight: f64) -> Result<usize> {
+        let device = model.device().clone();
+        let mut linears: HashMap<String, &mut Linear> = model.linears_mut().into_iter().collect();
+        // Check every module first, so a mismatch leaves the model untouched.
+        for (module, (a, b)) in &self.weights {
+            let lin = linears.get(module).ok_or_else(|| {
+                Error::Input(format!(
+                    "{}: adapter module {module} does not exist in this model",
+                    self.path.display()
+                ))
+            })?;
+            let (r, inp) = a.dims2()?;
+            let (out, rb) = b.dims2()?;
+            if inp != lin.in_features() || out != lin.out_features() || rb != r {
+                return Err(Error::Shape {
+                    name: format!("{module} lora_A {:?} / lora_B {:?}", a.dims(), b.dims()),
+                    file: self.path.join(WEIGHTS_FILE),
+                    got: vec![out, rb, r, inp],
+                    expected: vec![lin.out_features(), r, r, lin.in_features()],
+                });
+            }
+        }
+        for (module, (a, b)) in &self.weights {
+            if let Some(lin) = linears.get_mut(module) {
+                lin.lora.push(Lora {
+                    a: a.to_device(&device)?,
+                    b: b.to_device(&device)?,
+                    scale: self.config.scaling(module) * weight,
+                });
+            }
+        }
+        Ok(self.weights.len())
+    }
+}
+
+/// Parses `PATH[:SCALE]` (the `--lora` flag): a trailing `:number` is the adapter's weight.
+pub fn parse_spec(spec: &str) -> Result<(PathBuf, f64)> {
+    if let Some((path, scale)) = spec.rsplit_once(':') {
+        if let Ok(s) = scale.parse::<f64>() {
+            if !s.is_finite() {
+                return Err(Error::Input(format!(
+                    "--lora {spec}: the scale must be finite"
+                )));
+            }
+            return Ok((PathBuf::from(path), s));
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
+}
+
+/// Folds every adapter into its weight (`W += scale * B A`, in f32, then back to the weight's
+/// dtype) and removes the adapters. Quantized weights are dequantized to f32 first.
+pub fn merge(model: &mut Llama) -> Result<()> {
+    let device = model.device().clone();
+    let tied = model.config.tie_word_embeddings;
+    for (name, lin) in model.linears_mut() {
+        if lin.lora.is_empty() {
+            continue;
+        }
+        if name == "lm_head" && tied {
+            return Err(Error::Unsupported(
+                "merging a LoRA on a tied lm_head would change the embedding too".into(),
+            ));
+        }
+        let (w, dtype) = match &lin.weight {
+            LinearWeight::Dense(t) => (t.to_dtype(DType::F32)?, t.dtype()),
+            LinearWeight::Quantized(q) => (dequantize(q, &device)?, DType::F32),
+        };
+        let mut w = w;
+        for l in lin.lora.drain(..) {
+            // (out, r) x (r, in) -> (out, in)
+            let delta =
+                l.b.to_dtype(DType::F32)?
+                    .matmul(&l.a.to_dtype(DType::F32)?)?;
+            w = (w + (delta * l.scale)?)?;
+        }
+        lin.weight = LinearWeight::Dense(w.to_dtype(dtype)?);
+    }
+    Ok(())
+}
+
+fn dequantize(q: &candle_core::quantized::QMatMul, device: &Device) -> Result<Tensor> {
+    use candle_core::quantized::QMatMul;
+    Ok(match q {
+        QMatMul::QTensor(t) => t.dequantize(device)?,
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+    })
+}
+
+/// Writes the model's first adapter on every module as a PEFT adapter directory: `config`
+/// as `adapter_config.json` and the A/B matrices under PEFT's key names. `scale` of each
+/// module must be `config.scaling(module)` (what loading gives back).
+pub fn save(model: &mut Llama, config: &LoraConfig, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (name, lin) in model.linears_mut() {
+        if let Some(l) = lin.lora.first() {
+            let a = l.a.detach().to_dtype(DType::F32)?.contiguous()?;
+            let b = l.b.detach().to_dtype(DType::F32)?.contiguous()?;
+            tensors.push((format!("{PREFIX}{name}.lora_A.weight"), a));
+            tensors.push((format!("{PREFIX}{name}.lora_B.weight"), b));
+        }
+    }
+    if tensors.is_empty() {
+        return Err(Error::Input("the model has no LoRA adapter to save".into()));
+    }
+    let file = dir.join(WEIGHTS_FILE);
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(meta),
+        tmp.path(),
+    )
+    .map_err(|e| Error::format(&file, e.to_string()))?;
+    tmp.persist(&file).map_err(|e| Error::io(&file, e.error))?;
+    let cfg_path = dir.join(CONFIG_FILE);
+    let json = serde_json::to_string_pretty(config)
+        .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    std::fs::write(&cfg_path, json).map_err(|e| Error::io(&cfg_path, e))
+}
