@@ -6,6 +6,7 @@
 //! (`hidden_size`), `F` MLP dim (`intermediate_size`), `H` query heads, `Hkv` key/value heads,
 //! `G = H / Hkv`, `Dh` head dim, `V` vocab.
 
+pub mod classify;
 pub mod config;
 pub mod device;
 pub mod error;

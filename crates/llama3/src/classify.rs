@@ -1,0 +1,151 @@
+//! Sequence classification as HF `LlamaForSequenceClassification`: the decoder's final hidden
+//! state at each row's last non-pad token, through a bias-free `score` head (labels, D).
+//! Loads and saves HF directories (`score.weight`, `id2label`/`label2id`, `pad_token_id`).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value as Json;
+
+use crate::loader::{load, LoadOptions};
+use crate::model::{Linear, Llama};
+use crate::tokenizer::Tokenizer;
+use crate::weights::safetensors::SafetensorsSource;
+use crate::weights::WeightSource;
+use crate::{Error, Result};
+
+pub const ARCHITECTURE: &str = "LlamaForSequenceClassification";
+
+pub struct Classifier {
+    pub model: Llama,
+    /// (L, D), no bias.
+    pub score: Linear,
+    /// Label names by index (`id2label`).
+    pub labels: Vec<String>,
+    /// Rows are right-padded with this id; the last other token is pooled.
+    pub pad_token_id: u32,
+}
+
+impl Classifier {
+    /// A new head of `labels.len()` rows over `model`, N(0, std) (HF's `initializer_range`
+    /// init) drawn on the model's device with `seed`.
+    pub fn new(model: Llama, labels: Vec<String>, pad_token_id: u32, seed: u64) -> Result<Self> {
+        if labels.len() < 2 {
+            return Err(Error::Input(format!(
+                "a classifier needs at least 2 labels, got {}",
+                labels.len()
+            )));
+        }
+        let d = model.config.hidden_size;
+        let dev = model.device().clone();
+        if !dev.is_cpu() {
+            dev.set_seed(seed)?;
+        }
+        let w = Tensor::randn(0f32, 0.02, (labels.len(), d), &dev)?.to_dtype(model.dtype())?;
+        Ok(Self {
+            model,
+            score: Linear::new(crate::weights::Weight::Dense(w)),
+            labels,
+            pad_token_id,
+        })
+    }
+
+    /// Loads an HF `LlamaForSequenceClassification` directory.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<(Self, Option<Tokenizer>)> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let j: Json =
+            serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+        let labels = labels_of(&j).map_err(|m| Error::format(&cfg_path, m))?;
+        let loaded = load(dir, opts)?;
+        let d = loaded.model.config.hidden_size;
+        let src = SafetensorsSource::open_dir(dir, opts.dtype, &opts.device)?;
+        if !src.contains("score.weight") {
+            return Err(Error::MissingTensor {
+                name: "score.weight".into(),
+                file: dir.to_path_buf(),
+            });
+        }
+        let score = Linear::new(src.get("score.weight", &[labels.len(), d])?);
+        let pad_token_id = match j.get("pad_token_id").and_then(Json::as_u64) {
+            Some(p) => p as u32,
+            None => default_pad(&loaded.model, loaded.tokenizer.as_ref()),
+        };
+        Ok((
+            Self {
+                model: loaded.model,
+                score,
+                labels,
+                pad_token_id,
+            },
+            loaded.tokenizer,
+        ))
+    }
+
+    /// (B, T) u32 right-padded ids -> (B, L) logits at each row's last non-pad token (HF:
+    /// `(arange(T) * (ids != pad)).argmax(-1)`; a row of pads pools position 0).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let rows: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let last: Vec<u32> = rows
+            .chunks(t)
+            .enumerate()
+            .map(|(r, row)| {
+                let l = row
+                    .iter()
+                    .rposition(|&i| i != self.pad_token_id)
+                    .unwrap_or(0);
+                (r * t + l) as u32
+            })
+            .collect();
+        let hidden = self.model.forward_hidden(ids, None)?; // (B, T, D)
+        let idx = Tensor::from_vec(last, b, hidden.device())?;
+        let pooled = hidden.reshape((b * t, ()))?.index_select(&idx, 0)?; // (B, D)
+        let logits = self.score.forward(&pooled)?; // (B, L)
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// Right-pads token id rows into a (B, T) batch on `device`.
+    pub fn batch(&self, rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let t = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut flat = Vec::with_capacity(rows.len() * t);
+        for r in rows {
+            flat.extend_from_slice(r);
+            flat.extend(std::iter::repeat_n(self.pad_token_id, t - r.len()));
+        }
+        Ok(Tensor::from_vec(flat, (rows.len(), t), device)?)
+    }
+}
+
+/// `id2label` as a list (indices 0..L), or `num_labels` generic names.
+fn labels_of(j: &Json) -> std::result::Result<Vec<String>, String> {
+    if let Some(map) = j.get("id2label").and_then(Json::as_object) {
+        let mut labels = vec![None; map.len()];
+        for (k, v) in map {
+            let i: usize = k
+                .parse()
+                .map_err(|_| format!("id2label key {k:?} is not an index"))?;
+            let slot = labels
+                .get_mut(i)
+                .ok_or_else(|| format!("id2label index {i} out of range"))?;
+            *slot = Some(v.as_str().unwrap_or_default().to_string());
+        }
+        return labels
+            .into_iter()
+            .map(|l| l.ok_or_else(|| "id2label has gaps".to_string()))
+            .collect();
+    }
+    match j.get("num_labels").and_then(Json::as_u64) {
+        Some(n) => Ok((0..n).map(|i| format!("LABEL_{i}")).collect()),
+        None => Err(format!(
+            "no id2label or num_labels: not a {ARCHITECTURE} config"
+        )),
+    }
+}
+
+/// The pad id when the config has none: the tokenizer's pad, else EOS (what HF users set).
+pub fn default_pad(model: &Llama, tok: Option<&Tokenizer>) -> u32 {
+    tok.and_then(|t| t.pad_id().or(t.eos_id()))
+        .or(model.config.eos_token_ids.first().copied())
+        .unwrap_or(0)
+}
