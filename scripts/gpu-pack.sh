@@ -20,7 +20,8 @@ strip -o .gpu/b/bin/gpu-tests target-cuda/gpu-tests
 xz -T0 -6 .gpu/b/bin/llama3 .gpu/b/bin/gpu-tests
 for c in gqa llama3 mha; do
   mkdir -p .gpu/b/shared/golden/hf/$c
-  cp -r "$SHARED"/golden/hf/$c/{model,golden.safetensors,train_golden.safetensors,meta.json} \
+  cp -r "$SHARED"/golden/hf/$c/{model,lora,cls,golden.safetensors,train_golden.safetensors} \
+    "$SHARED"/golden/hf/$c/{lora_golden.safetensors,cls_golden.safetensors,meta.json} \
     .gpu/b/shared/golden/hf/$c/
 done
 cp "$SHARED"/golden/llamacpp/golden.json .gpu/b/shared/golden/llamacpp/

@@ -123,6 +123,54 @@ fn hf_logits_on_gpu() {
     }
 }
 
+/// PEFT LoRA logits and classifier logits against HF's, f32 and bf16.
+#[test]
+fn hf_lora_and_classifier_on_gpu() {
+    use llama3::classify::Classifier;
+    use llama3::peft::Adapter;
+    for name in CONFIGS {
+        let g = tensors(&golden(&format!("hf/{name}/lora_golden.safetensors")));
+        let want = vec(&g["logits_lora"]);
+        let c = tensors(&golden(&format!("hf/{name}/cls_golden.safetensors")));
+        let want_cls = vec(&c["cls_logits"]);
+        for dtype in [DType::F32, DType::BF16] {
+            let (tol, tol_cls) = match dtype {
+                DType::F32 => (1e-4, 1e-4),
+                _ => (0.02 * max_abs(&want), 0.02 * max_abs(&want_cls)),
+            };
+            let mut m = load_on(&golden(&format!("hf/{name}/model")), &gpu(), dtype).model;
+            let adapter = Adapter::load(&golden(&format!("hf/{name}/lora")), &gpu()).unwrap();
+            adapter.apply(&mut m, 1.0).unwrap();
+            let ids = g["input_ids"]
+                .to_dtype(DType::U32)
+                .unwrap()
+                .to_device(&gpu())
+                .unwrap();
+            let d = max_abs_diff(&vec(&m.forward(&ids, None, Logits::All).unwrap()), &want);
+            eprintln!("{name} {dtype:?}: LoRA logits max |diff| {d:.2e} (tol {tol:.2e})");
+            assert!(d <= tol, "{name} {dtype:?}: LoRA logits differ by {d}");
+
+            let opts = LoadOptions {
+                dtype,
+                device: gpu(),
+                progress: None,
+            };
+            let (cls, _) = Classifier::load(&golden(&format!("hf/{name}/cls")), &opts).unwrap();
+            let ids = c["cls_input_ids"]
+                .to_dtype(DType::U32)
+                .unwrap()
+                .to_device(&gpu())
+                .unwrap();
+            let d = max_abs_diff(&vec(&cls.forward(&ids).unwrap()), &want_cls);
+            eprintln!("{name} {dtype:?}: classifier logits max |diff| {d:.2e} (tol {tol_cls:.2e})");
+            assert!(
+                d <= tol_cls,
+                "{name} {dtype:?}: classifier logits differ by {d}"
+            );
+        }
+    }
+}
+
 fn adamw_config(name: &str) -> AdamWConfig {
     let text = std::fs::read_to_string(golden(&format!("hf/{name}/meta.json"))).unwrap();
     let meta: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -57,17 +57,23 @@ impl Grads {
             .collect()
     }
 
-    /// The global L2 norm over all gradients (f32 per tensor, summed in f64).
+    /// The global L2 norm over all gradients (f32 per tensor, summed in f64). The per-tensor
+    /// sums stay on the device until one read-back (one GPU sync, not one per tensor).
     pub fn global_norm(&self) -> Result<f64> {
-        let mut sq = 0f64;
-        for g in self.grads.iter().flatten() {
-            let s = g
-                .to_dtype(DType::F32)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f32>()?;
-            sq += s as f64;
+        let sums = self
+            .grads
+            .iter()
+            .flatten()
+            .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if sums.is_empty() {
+            return Ok(0.0);
         }
+        let sq: f64 = Tensor::stack(&sums, 0)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .sum();
         Ok(sq.sqrt())
     }
 
