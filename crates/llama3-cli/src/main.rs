@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod generate;
 mod info;
+mod merge;
 mod perplexity;
 mod progress;
 mod quantize;
@@ -35,6 +36,8 @@ enum Command {
     Pull(info::PullArgs),
     /// Convert an HF directory or a GGUF file to a GGUF of one storage type (f16, q8_0, q4_k...).
     Quantize(quantize::QuantizeArgs),
+    /// Fold a PEFT LoRA adapter into a model's weights; write an HF directory or a GGUF.
+    Merge(merge::MergeArgs),
     /// Perplexity of a text file (llama.cpp's protocol, or HF's sliding window with --stride).
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt-processing and generation speed, like llama-bench (plus load time, TTFT, peak RSS).
@@ -66,6 +69,7 @@ fn main() {
         Command::Info(a) => info::info(a),
         Command::Pull(a) => info::pull(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),

@@ -379,3 +379,75 @@ fn lora_flag_applies_a_peft_adapter() {
         "adapter_config.json",
     );
 }
+
+/// `llama3 merge`: the merged HF directory and GGUF give PEFT's LoRA logits (checked through
+/// the next-token log-probability), and a second merge into a full directory is refused.
+#[test]
+fn merge_writes_hf_and_gguf_models_with_the_adapter_folded_in() {
+    let g = candle_core::safetensors::load(
+        shared().join("golden/hf/gqa/lora_golden.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let ids: Vec<i64> = g["input_ids"].get(0).unwrap().to_vec1().unwrap();
+    let logits: Vec<f32> = g["logits_lora"]
+        .get(0)
+        .unwrap()
+        .get(ids.len() - 1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let prompt = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let base = shared().join("golden/hf/gqa/model");
+    let lora = shared().join("golden/hf/gqa/lora");
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("merged");
+    let gguf = dir.path().join("merged.gguf");
+    for (out, extra) in [(&hf, vec![]), (&gguf, vec!["--type", "f32"])] {
+        let mut args = vec!["merge", base.to_str().unwrap(), lora.to_str().unwrap()];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        let o = llama3(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = llama3(&[
+            "generate",
+            "-m",
+            out.to_str().unwrap(),
+            "--prompt-ids",
+            &prompt,
+            "-n",
+            "1",
+            "--greedy",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let lp = j["steps"][0]["logprob"].as_f64().unwrap();
+        let id = j["steps"][0]["id"].as_u64().unwrap() as usize;
+        assert!(
+            (logits[id] - max).abs() < 1e-6,
+            "{}: not the argmax",
+            out.display()
+        );
+        assert!(
+            (lp - (max - lse) as f64).abs() < 1e-4,
+            "{}: logprob {lp}",
+            out.display()
+        );
+    }
+    assert_one_line_error(
+        &llama3(&[
+            "merge",
+            base.to_str().unwrap(),
+            lora.to_str().unwrap(),
+            hf.to_str().unwrap(),
+        ]),
+        "not an empty directory",
+    );
+}
