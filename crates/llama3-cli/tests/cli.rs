@@ -306,10 +306,9 @@ fn unsupported_quant_type_is_named() {
     assert_one_line_error(&llama3(&["info", "-m", bad.to_str().unwrap()]), "IQ2_XXS");
 }
 
-/// `--lora` applies a PEFT adapter at inference: the next token's log-probability is PEFT's
-/// (from the golden logits), and a bad adapter path is a one-line error.
-#[test]
-fn lora_flag_applies_a_peft_adapter() {
+/// PEFT's next token after the gqa golden prompt (row 0): the prompt as `--prompt-ids`, the
+/// argmax id and its log-probability, from `lora_golden.safetensors`.
+fn lora_golden_next() -> (String, usize, f64) {
     let g = candle_core::safetensors::load(
         shared().join("golden/hf/gqa/lora_golden.safetensors"),
         &candle_core::Device::Cpu,
@@ -323,54 +322,61 @@ fn lora_flag_applies_a_peft_adapter() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let (best, _) = logits
+    let (best, &max) = logits
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .unwrap();
-    let max = logits[best];
     let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
     let prompt = ids
         .iter()
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let model = shared().join("golden/hf/gqa/model");
-    let lora = shared().join("golden/hf/gqa/lora");
-    let run = |extra: &[&str]| {
-        let mut args = vec!["generate", "-m", model.to_str().unwrap()];
-        args.extend(["--prompt-ids", &prompt, "-n", "1", "--greedy", "--json"]);
-        args.extend(extra);
-        let out = llama3(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let step = &j["steps"][0];
-        (
-            step["id"].as_u64().unwrap() as usize,
-            step["logprob"].as_f64().unwrap(),
-        )
-    };
-    let (id, lp) = run(&["--lora", lora.to_str().unwrap()]);
-    assert_eq!(id, best, "greedy token with the adapter");
+    (prompt, best, (max - lse) as f64)
+}
+
+/// The first generated step of `generate -m MODEL --prompt-ids PROMPT --greedy --json`:
+/// (id, logprob).
+fn first_step(model: &str, prompt: &str, extra: &[&str]) -> (usize, f64) {
+    let mut args = vec!["generate", "-m", model, "--prompt-ids", prompt];
+    args.extend(["-n", "1", "--greedy", "--json"]);
+    args.extend(extra);
+    let out = llama3(&args);
     assert!(
-        (lp - (max - lse) as f64).abs() < 1e-4,
-        "logprob {lp} vs {}",
-        max - lse
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = &j["steps"][0];
+    (
+        step["id"].as_u64().unwrap() as usize,
+        step["logprob"].as_f64().unwrap(),
+    )
+}
+
+/// `--lora` applies a PEFT adapter at inference: the next token and its log-probability are
+/// PEFT's (from the golden logits), and a bad adapter path is a one-line error.
+#[test]
+fn lora_flag_applies_a_peft_adapter() {
+    let (prompt, best, best_lp) = lora_golden_next();
+    let model = shared().join("golden/hf/gqa/model");
+    let m = model.to_str().unwrap();
+    let lora = shared().join("golden/hf/gqa/lora");
+    let (id, lp) = first_step(m, &prompt, &["--lora", lora.to_str().unwrap()]);
+    assert_eq!(id, best, "greedy token with the adapter");
+    assert!((lp - best_lp).abs() < 1e-4, "logprob {lp} vs {best_lp}");
     // Weight 0 is the base model.
     let spec = format!("{}:0", lora.to_str().unwrap());
-    let (_, base_lp) = run(&["--lora", &spec]);
-    let (_, plain_lp) = run(&[]);
+    let (_, base_lp) = first_step(m, &prompt, &["--lora", &spec]);
+    let (_, plain_lp) = first_step(m, &prompt, &[]);
     assert!((base_lp - plain_lp).abs() < 1e-6);
     assert_one_line_error(
         &llama3(&[
             "generate",
             "-m",
-            model.to_str().unwrap(),
+            m,
             "--prompt-ids",
             "1",
             "--lora",
@@ -381,29 +387,10 @@ fn lora_flag_applies_a_peft_adapter() {
 }
 
 /// `llama3 merge`: the merged HF directory and GGUF give PEFT's LoRA logits (checked through
-/// the next-token log-probability), and a second merge into a full directory is refused.
+/// the next token and its log-probability), and merging into a full directory is refused.
 #[test]
 fn merge_writes_hf_and_gguf_models_with_the_adapter_folded_in() {
-    let g = candle_core::safetensors::load(
-        shared().join("golden/hf/gqa/lora_golden.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let ids: Vec<i64> = g["input_ids"].get(0).unwrap().to_vec1().unwrap();
-    let logits: Vec<f32> = g["logits_lora"]
-        .get(0)
-        .unwrap()
-        .get(ids.len() - 1)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let max = logits.iter().cloned().fold(f32::MIN, f32::max);
-    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
-    let prompt = ids
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let (prompt, best, best_lp) = lora_golden_next();
     let base = shared().join("golden/hf/gqa/model");
     let lora = shared().join("golden/hf/gqa/lora");
     let dir = tempfile::tempdir().unwrap();
@@ -415,28 +402,10 @@ fn merge_writes_hf_and_gguf_models_with_the_adapter_folded_in() {
         args.extend(extra);
         let o = llama3(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = llama3(&[
-            "generate",
-            "-m",
-            out.to_str().unwrap(),
-            "--prompt-ids",
-            &prompt,
-            "-n",
-            "1",
-            "--greedy",
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let lp = j["steps"][0]["logprob"].as_f64().unwrap();
-        let id = j["steps"][0]["id"].as_u64().unwrap() as usize;
+        let (id, lp) = first_step(out.to_str().unwrap(), &prompt, &[]);
+        assert_eq!(id, best, "{}", out.display());
         assert!(
-            (logits[id] - max).abs() < 1e-6,
-            "{}: not the argmax",
-            out.display()
-        );
-        assert!(
-            (lp - (max - lse) as f64).abs() < 1e-4,
+            (lp - best_lp).abs() < 1e-4,
             "{}: logprob {lp}",
             out.display()
         );
