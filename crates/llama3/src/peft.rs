@@ -245,6 +245,71 @@ impl Adapter {
     }
 }
 
+/// Adds a fresh adapter to every `targets` module (leaf names such as `q_proj`), initialized
+/// as PEFT does: `A ~ U(-1/sqrt(in), 1/sqrt(in))` (kaiming_uniform with a = sqrt(5)), `B = 0`,
+/// so training starts from the base model. Returns how many modules got one.
+pub fn add_adapters(
+    model: &mut Llama,
+    config: &LoraConfig,
+    targets: &[&str],
+    seed: u64,
+) -> Result<usize> {
+    use rand::{Rng, SeedableRng};
+    if let Some(bad) = targets.iter().find(|t| !TARGETS.contains(t)) {
+        return Err(Error::Input(format!(
+            "LoRA target {bad:?}: expected some of {}",
+            TARGETS.join(", ")
+        )));
+    }
+    if config.r == 0 {
+        return Err(Error::Input("LoRA rank r must be at least 1".into()));
+    }
+    let device = model.device().clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut n = 0;
+    for (name, lin) in model.linears_mut() {
+        let leaf = name.rsplit('.').next().unwrap_or(&name);
+        if !targets.contains(&leaf) {
+            continue;
+        }
+        let (inp, out) = (lin.in_features(), lin.out_features());
+        let bound = 1.0 / (inp as f64).sqrt();
+        let a: Vec<f32> = (0..config.r * inp)
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        lin.lora.push(Lora {
+            a: Tensor::from_vec(a, (config.r, inp), &device)?,
+            b: Tensor::zeros((out, config.r), DType::F32, &device)?,
+            scale: config.scaling(&name),
+        });
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The adapters' matrices as trainable `Var`s under PEFT's names
+/// (`base_model.model.<module>.lora_A.weight`); the base weights stay frozen. With a quantized
+/// base (QLoRA) gradients reach these through the quantized matmuls (`quant::grad`).
+pub fn trainable(model: &mut Llama) -> Result<Vec<(String, candle_core::Var)>> {
+    let mut out = Vec::new();
+    for (name, lin) in model.linears_mut() {
+        if let Some(l) = lin.lora.first_mut() {
+            let a = candle_core::Var::from_tensor(&l.a)?;
+            let b = candle_core::Var::from_tensor(&l.b)?;
+            l.a = a.as_tensor().clone();
+            l.b = b.as_tensor().clone();
+            out.push((format!("{PREFIX}{name}.lora_A.weight"), a));
+            out.push((format!("{PREFIX}{name}.lora_B.weight"), b));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Input(
+            "the model has no LoRA adapter to train".into(),
+        ));
+    }
+    Ok(out)
+}
+
 /// Parses `PATH[:SCALE]` (the `--lora` flag): a trailing `:number` is the adapter's weight.
 pub fn parse_spec(spec: &str) -> Result<(PathBuf, f64)> {
     if let Some((path, scale)) = spec.rsplit_once(':') {

@@ -78,6 +78,10 @@ impl Linear {
                     .to_dtype(x.dtype())?
                     .reshape(out_dims)?
             }
+            // QLoRA: an input that carries gradients (LoRA upstream) needs the backward to x.
+            LinearWeight::Quantized(QMatMul::QTensor(w)) if x.track_op() => {
+                crate::quant::grad::matmul(x, w)?
+            }
             LinearWeight::Quantized(q) => {
                 let own = match q {
                     QMatMul::QTensor(w) => crate::quant::matmul(x, w)?,

@@ -9,6 +9,7 @@
 //! block is loaded and unpacked once for four rows. Types not handled here return `None` and
 //! go through candle.
 
+pub mod grad;
 mod q4_1;
 mod q8;
 mod q8_0;
