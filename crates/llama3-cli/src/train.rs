@@ -104,6 +104,28 @@ pub struct TrainArgs {
     /// state).
     #[arg(long, value_parser = ["f32", "bf16"])]
     pub precision: Option<String>,
+    /// What to train: full (every weight), lora (adapters on a dense or dequantized base), or
+    /// qlora (adapters on a quantized GGUF base that stays quantized). LoRA runs write a PEFT
+    /// adapter (adapter_config.json + adapter_model.safetensors) instead of a model.
+    #[arg(long, value_parser = ["full", "lora", "qlora"])]
+    pub method: Option<String>,
+    /// LoRA rank. Default 8.
+    #[arg(long = "lora-r", visible_alias = "lora_r", value_name = "R")]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha. Default 16.
+    #[arg(
+        long = "lora-alpha",
+        visible_alias = "lora_alpha",
+        value_name = "ALPHA"
+    )]
+    pub lora_alpha: Option<f64>,
+    /// Modules that get adapters, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,
+    /// up_proj,down_proj,lm_head). Default: the seven projections.
+    #[arg(long = "lora-targets", value_name = "LIST", value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// rsLoRA scaling (alpha / sqrt(r)).
+    #[arg(long)]
+    pub rslora: bool,
     /// Continue the run in --model-path from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -150,7 +172,18 @@ fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
         save_every,
         seed
     );
-    set!(num_gpus, device, precision);
+    set!(
+        num_gpus,
+        device,
+        precision,
+        method,
+        lora_r,
+        lora_alpha,
+        lora_targets
+    );
+    if a.rslora {
+        c.use_rslora = true;
+    }
     if a.tokenizer.is_some() {
         c.tokenizer = a.tokenizer.clone();
     }

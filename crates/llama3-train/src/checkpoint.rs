@@ -33,6 +33,9 @@ pub struct TrainState {
     pub rng: String,
 }
 
+const WEIGHTS: &str = "model.safetensors";
+const ADAPTER_WEIGHTS: &str = llama3::peft::WEIGHTS_FILE;
+
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
 }
@@ -48,11 +51,24 @@ pub fn save(run: &Path, state: &TrainState, model: &Llama, opt: &AdamW) -> Resul
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     fsio::create_dir_all(&tmp)?;
-    hf_dir::save_weights(model, &tmp.join("model.safetensors"))?;
-    hf_dir::write_json(
-        &tmp.join("config.json"),
-        &hf_dir::config_json(&model.config),
-    )?;
+    if state.config.method == "full" {
+        hf_dir::save_weights(model, &tmp.join(WEIGHTS))?;
+        hf_dir::write_json(
+            &tmp.join("config.json"),
+            &hf_dir::config_json(&model.config),
+        )?;
+    } else {
+        // LoRA / QLoRA: the adapters (the only parameters), as a PEFT adapter directory.
+        let tensors: Vec<(String, Tensor)> = opt
+            .params()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect();
+        hf_dir::save_tensors(&tensors, &tmp.join(ADAPTER_WEIGHTS))?;
+        let cfg = serde_json::to_value(state.config.lora_config())
+            .map_err(|e| Error::format(tmp.join(llama3::peft::CONFIG_FILE), e.to_string()))?;
+        hf_dir::write_json(&tmp.join(llama3::peft::CONFIG_FILE), &cfg)?;
+    }
     hf_dir::save_tensors(&opt.state_tensors()?, &tmp.join("optimizer.safetensors"))?;
     let json = serde_json::to_string_pretty(state)
         .map_err(|e| Error::format(tmp.join("state.json"), e.to_string()))?;
@@ -114,14 +130,18 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut AdamW) -> Result<
     let device = params
         .first()
         .map_or(Device::Cpu, |(_, v)| v.device().clone());
-    let weights = load_tensors(&dir.join("model.safetensors"), &device)?;
+    let file = match state.config.method.as_str() {
+        "full" => dir.join(WEIGHTS),
+        _ => dir.join(ADAPTER_WEIGHTS),
+    };
+    let weights = load_tensors(&file, &device)?;
     for (name, var) in params {
-        let t = weights.get(name).ok_or_else(|| {
-            Error::format(dir.join("model.safetensors"), format!("missing {name}"))
-        })?;
+        let t = weights
+            .get(name)
+            .ok_or_else(|| Error::format(&file, format!("missing {name}")))?;
         if t.dims() != var.dims() {
             return Err(Error::format(
-                dir.join("model.safetensors"),
+                &file,
                 format!(
                     "{name} has shape {:?}, the model {:?}",
                     t.dims(),

@@ -67,6 +67,17 @@ pub struct TrainConfig {
     /// Matmul precision: `f32` (default) or `bf16` (mixed precision: f32 master weights,
     /// gradients and optimizer state; bf16 matmuls with f32 accumulation).
     pub precision: String,
+    /// What to train: `full` (every weight, default), `lora` (adapters on a dense base, the
+    /// base frozen) or `qlora` (adapters on a quantized GGUF base that stays quantized).
+    pub method: String,
+    /// LoRA rank. Default 8.
+    pub lora_r: usize,
+    /// LoRA alpha (scaling alpha / r, or alpha / sqrt(r) with `use_rslora`). Default 16.
+    pub lora_alpha: f64,
+    /// Modules that get adapters. Default: all seven projections.
+    pub lora_targets: Vec<String>,
+    /// rsLoRA scaling.
+    pub use_rslora: bool,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +109,14 @@ impl Default for TrainConfig {
             num_gpus: 0,
             device: "auto".into(),
             precision: "f32".into(),
+            method: "full".into(),
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_targets: llama3::peft::TARGETS[..7]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            use_rslora: false,
         }
     }
 }
@@ -190,8 +209,38 @@ impl TrainConfig {
                 self.precision
             ));
         }
+        if !matches!(self.method.as_str(), "full" | "lora" | "qlora") {
+            return bad(format!(
+                "method {:?}: expected full, lora or qlora",
+                self.method
+            ));
+        }
+        if self.method != "full" {
+            if self.lora_r == 0 {
+                return bad("lora_r must be at least 1".into());
+            }
+            if let Some(t) = self
+                .lora_targets
+                .iter()
+                .find(|t| !llama3::peft::TARGETS.contains(&t.as_str()))
+            {
+                return bad(format!(
+                    "LoRA target {t:?}: expected some of {}",
+                    llama3::peft::TARGETS.join(", ")
+                ));
+            }
+            if self.lora_targets.is_empty() {
+                return bad("no LoRA targets".into());
+            }
+        }
         self.device()?;
         Ok(())
+    }
+
+    /// The PEFT config of a LoRA / QLoRA run.
+    pub fn lora_config(&self) -> llama3::peft::LoraConfig {
+        let targets: Vec<&str> = self.lora_targets.iter().map(String::as_str).collect();
+        llama3::peft::LoraConfig::new(self.lora_r, self.lora_alpha, &targets, self.use_rslora)
     }
 
     /// The device to train on.

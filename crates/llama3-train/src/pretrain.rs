@@ -51,7 +51,12 @@ pub fn train(
     } = setup;
     let run = cfg.model_path.as_path();
     let device = model.device().clone();
-    let mut opt = AdamW::new(model.trainable_params()?, cfg.adamw())?;
+    let lora = cfg.method != "full";
+    let params = match lora {
+        true => llama3::peft::trainable(&mut model)?,
+        false => model.trainable_params()?,
+    };
+    let mut opt = AdamW::new(params, cfg.adamw())?;
     let schedule = cfg.schedule(total_steps);
     let mut state = TrainState {
         step: 0,
@@ -161,8 +166,15 @@ pub fn train(
             )));
         }
     }
-    // The final model, next to the run's files.
-    hf_dir::write_model_dir(run, &model, Some(&tokenizer))?;
+    // The final model, next to the run's files: an HF directory, or a PEFT adapter (with the
+    // tokenizer, as PEFT's save_pretrained with a tokenizer does).
+    match lora {
+        true => {
+            llama3::peft::save(&mut model, &cfg.lora_config(), run)?;
+            hf_dir::write_tokenizer(run, &tokenizer, model.config.max_position_embeddings)?;
+        }
+        false => hf_dir::write_model_dir(run, &model, Some(&tokenizer))?,
+    }
     Ok(Summary {
         steps: state.step,
         final_eval,

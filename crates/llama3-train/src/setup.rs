@@ -146,6 +146,13 @@ fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tok
         )));
     }
     if PRESETS.contains(&cfg.init.as_str()) {
+        if cfg.method != "full" {
+            return Err(Error::Input(format!(
+                "--method {} adapts a trained model: give --init a model directory or GGUF, \
+                 not the preset {:?}",
+                cfg.method, cfg.init
+            )));
+        }
         let tok = given_tok.ok_or_else(|| {
             Error::Input(format!(
                 "training the preset {:?} from scratch needs --tokenizer (a tokenizer.json, \
@@ -175,7 +182,25 @@ fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tok
         }
     };
     let mut model = loaded.model;
-    // Full fine-tuning of a GGUF model trains its f32 dequantization.
-    model.dequantize()?;
+    let quantized = model
+        .linears_mut()
+        .iter()
+        .any(|(_, l)| matches!(l.weight, llama3::model::LinearWeight::Quantized(_)));
+    match cfg.method.as_str() {
+        // QLoRA keeps the GGUF blocks; the adapters are the only parameters.
+        "qlora" if !quantized => {
+            return Err(Error::Input(format!(
+                "--method qlora needs a quantized base (a GGUF with quantized weights); {} is                  dense: use --method lora",
+                init.display()
+            )))
+        }
+        "qlora" => {}
+        // Full fine-tuning and LoRA on a GGUF model use its f32 dequantization.
+        _ => model.dequantize()?,
+    }
+    if cfg.method != "full" {
+        let targets: Vec<&str> = cfg.lora_targets.iter().map(String::as_str).collect();
+        llama3::peft::add_adapters(&mut model, &cfg.lora_config(), &targets, cfg.seed)?;
+    }
     Ok((model, tok))
 }
