@@ -208,11 +208,23 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "tokenize",
         "{prefix} [{bar:30}] {bytes}/{total_bytes} eta {eta}",
     );
-    let setup = prepare(&cfg, a.resume, &|Phase::Tokenizing(what, done, total)| {
-        if let Some(b) = &tok_bar {
-            b.set_prefix(format!("tokenize {what}"));
-            b.set_length(total);
-            b.set_position(done);
+    let setup = prepare(&cfg, a.resume, &|phase| match phase {
+        Phase::Tokenizing(what, done, total) => {
+            if let Some(b) = &tok_bar {
+                b.set_prefix(format!("tokenize {what}"));
+                b.set_length(total);
+                b.set_position(done);
+            }
+        }
+        Phase::Examples(what, kept, dropped) => {
+            eprintln!("{what}: {kept} fine-tuning examples");
+            if dropped > 0 {
+                eprintln!(
+                    "{what}: {dropped} examples dropped: no assistant turn, or nothing to learn \
+                     left within --seq-len {}",
+                    cfg.seq_len
+                );
+            }
         }
     })?;
     if let Some(b) = tok_bar {

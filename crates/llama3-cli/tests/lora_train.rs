@@ -12,6 +12,10 @@ use common::{default_model, llama3, shared};
 
 fn train_cmd(model: &Path, out: &Path, extra: &[&str]) -> Command {
     let data = shared().join("data/sotu/data/1790_george_washington_n.txt");
+    train_on(model, &data, out, extra)
+}
+
+fn train_on(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
     c.arg("train")
         .arg("--init")
@@ -163,4 +167,47 @@ fn impossible_lora_settings_are_clear_errors() {
         "LoRA target",
     );
     assert_error(train_cmd(&model, &out, &["--lora-r", "0"]), "lora_r");
+}
+
+/// Supervised fine-tuning with QLoRA on alpaca-eval instructions, as chats (assistant-only
+/// loss through the chat template) and as prompt/completion pairs: the held-out loss falls.
+#[test]
+fn qlora_fine_tuning_on_chats_and_pairs_lowers_heldout_loss() {
+    let model = default_model();
+    let text = std::fs::read_to_string(shared().join("data/alpaca-eval/outputs.json")).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let chats = dir.path().join("chats.jsonl");
+    let pairs = dir.path().join("pairs.jsonl");
+    let (mut c, mut p) = (String::new(), String::new());
+    for r in rows.iter().take(40) {
+        let (q, a) = (
+            r["instruction"].as_str().unwrap(),
+            r["output"].as_str().unwrap(),
+        );
+        let chat = serde_json::json!({"messages": [
+            {"role": "user", "content": q}, {"role": "assistant", "content": a}]});
+        c.push_str(&format!("{chat}\n"));
+        let pair = serde_json::json!({"prompt": format!("{q}\n"), "completion": a});
+        p.push_str(&format!("{pair}\n"));
+    }
+    std::fs::write(&chats, c).unwrap();
+    std::fs::write(&pairs, p).unwrap();
+    for data in [&chats, &pairs] {
+        let out = dir.path().join(data.file_stem().unwrap());
+        let o = ok(train_on(
+            &model,
+            data,
+            &out,
+            &["--seq-len", "128", "--max-steps", "4", "--eval-every", "4"],
+        ));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("fine-tuning examples"), "{err}");
+        let (eval, _) = metrics(&out);
+        assert!(
+            eval[1].1 < eval[0].1,
+            "{}: held-out loss did not fall: {eval:?}",
+            data.display()
+        );
+    }
 }

@@ -12,6 +12,18 @@ use rand::SeedableRng;
 use crate::corpus::TokenFile;
 use crate::{Error, Result};
 
+/// Training data addressed by index: rows `idx` as (B, T) u32 ids and (B, T) i64 labels
+/// (-100 where no loss is counted; the loss shifts labels by one).
+pub trait Dataset: Send {
+    fn len(&self) -> usize;
+    fn batch(&self, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)>;
+    /// What one row is, for messages ("blocks of 256 tokens", "examples").
+    fn unit(&self) -> String;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Blocks `first..first + count` of `seq_len` tokens of a token file (the tail that does
 /// not fill a block is dropped, as HF `run_clm.py group_texts`).
 #[derive(Clone)]
@@ -51,14 +63,6 @@ impl Blocks {
         (train, Some(valid))
     }
 
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     pub fn seq_len(&self) -> usize {
         self.seq_len
     }
@@ -67,21 +71,31 @@ impl Blocks {
         self.file
             .slice((self.first + i) * self.seq_len, self.seq_len)
     }
+}
+
+impl Dataset for Blocks {
+    fn len(&self) -> usize {
+        self.count
+    }
 
     /// Blocks `idx` as (B, T) u32 ids and (B, T) i64 labels (the ids: the loss shifts them).
-    pub fn batch(&self, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+    fn batch(&self, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
         let ids: Vec<u32> = idx.iter().flat_map(|&i| self.block(i)).collect();
         let ids = Tensor::from_vec(ids, (idx.len(), self.seq_len), device)?;
         let labels = ids.to_dtype(DType::I64)?;
         Ok((ids, labels))
     }
+
+    fn unit(&self) -> String {
+        format!("blocks of {} tokens", self.seq_len)
+    }
 }
 
-/// Micro-batches of `batch_size` blocks, each epoch a fresh permutation seeded by
-/// (seed, epoch). An epoch uses `batches_per_epoch * batch_size` blocks; the rest of the
+/// Micro-batches of `batch_size` rows, each epoch a fresh permutation seeded by
+/// (seed, epoch). An epoch uses `batches_per_epoch * batch_size` rows; the rest of the
 /// permutation is skipped.
 pub struct Shuffled {
-    blocks: Blocks,
+    blocks: Box<dyn Dataset>,
     batch_size: usize,
     seed: u64,
     /// The permutation of epoch `perm_epoch`; empty before the first batch.
@@ -90,13 +104,13 @@ pub struct Shuffled {
 }
 
 impl Shuffled {
-    pub fn new(blocks: Blocks, batch_size: usize, seed: u64) -> Result<Self> {
+    pub fn new(blocks: Box<dyn Dataset>, batch_size: usize, seed: u64) -> Result<Self> {
         if blocks.len() < batch_size {
             return Err(Error::Input(format!(
-                "the training text gives {} blocks of {} tokens, fewer than one batch of {}: \
-                 add text or lower --seq-len / --batch-size",
+                "the training data gives {} {}, fewer than one batch of {}: add data or \
+                 lower --seq-len / --batch-size",
                 blocks.len(),
-                blocks.seq_len(),
+                blocks.unit(),
                 batch_size
             )));
         }

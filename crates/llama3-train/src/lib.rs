@@ -22,6 +22,7 @@ pub mod presets;
 pub mod pretrain;
 pub mod schedule;
 pub mod setup;
+pub mod sft;
 
 pub use config::TrainConfig;
 pub use error::{Error, Result};

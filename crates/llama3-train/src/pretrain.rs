@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::Device;
 use llama3::Llama;
 
-use crate::batches::Blocks;
+use crate::batches::Dataset;
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::hf_dir;
@@ -94,7 +94,7 @@ pub fn train(
         let resumed_here = step == start && start > 0;
         let eval_due = cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || last);
         if let (Some(v), true, false) = (&valid, eval_due, resumed_here) {
-            let loss = evaluate(&model, v, cfg, &device)?;
+            let loss = evaluate(&model, v.as_ref(), cfg, &device)?;
             let log = EvalLog {
                 step,
                 loss,
@@ -182,7 +182,12 @@ pub fn train(
 }
 
 /// Mean loss over the first `eval_batches` batches of the held-out blocks, in order.
-pub fn evaluate(model: &Llama, valid: &Blocks, cfg: &TrainConfig, device: &Device) -> Result<f64> {
+pub fn evaluate(
+    model: &Llama,
+    valid: &dyn Dataset,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<f64> {
     // No gradient graph for evaluation: fused kernels, less memory.
     let model = &model.detached();
     let (mut sum, mut count) = (0f64, 0usize);

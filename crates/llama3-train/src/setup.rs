@@ -8,11 +8,12 @@ use candle_core::{DType, Device};
 use llama3::tokenizer::Tokenizer;
 use llama3::Llama;
 
-use crate::batches::{Blocks, Shuffled};
+use crate::batches::{Blocks, Dataset, Shuffled};
 use crate::config::TrainConfig;
 use crate::corpus::{collect_files, tokenize_cached};
 use crate::init::RandomInit;
 use crate::presets::{preset, PRESETS};
+use crate::sft::{self, Examples};
 use crate::{fsio, hf_dir};
 use crate::{Error, Result};
 
@@ -20,7 +21,7 @@ pub struct Setup {
     pub model: Llama,
     pub tokenizer: Tokenizer,
     pub train: Shuffled,
-    pub valid: Option<Blocks>,
+    pub valid: Option<Box<dyn Dataset>>,
     pub total_steps: usize,
 }
 
@@ -28,6 +29,9 @@ pub struct Setup {
 pub enum Phase<'a> {
     /// Tokenizing `what` (`train` or `valid`): bytes done, bytes total.
     Tokenizing(&'a str, u64, u64),
+    /// Fine-tuning examples of `what` read: kept, dropped (nothing left to learn after
+    /// truncation to --seq-len).
+    Examples(&'a str, usize, usize),
 }
 
 /// Checks the output directory, loads or builds the model, tokenizes the data.
@@ -51,22 +55,56 @@ pub fn prepare(
         )));
     }
     let cache = cfg.model_path.join("cache");
-    let tokens = |paths: &[std::path::PathBuf], what: &str| -> Result<Blocks> {
-        let files = collect_files(paths)?;
-        let report = |done, total| progress(Phase::Tokenizing(what, done, total));
-        let file = tokenize_cached(&files, &tokenizer, &cache, &report)?;
-        Ok(Blocks::all(Arc::new(file), cfg.seq_len))
+    let files = collect_files(&cfg.data_path)?;
+    let valid_files = match cfg.valid_data_path.is_empty() {
+        true => Vec::new(),
+        false => collect_files(&cfg.valid_data_path)?,
     };
-    let all = tokens(&cfg.data_path, "train")?;
-    let (train, valid) = if cfg.valid_data_path.is_empty() {
-        all.split(cfg.valid_fraction)
+    // Fine-tuning JSONL (chats, prompt/completion pairs) or text for pretraining.
+    let n_sft = files.iter().filter(|f| sft::is_sft_file(f)).count();
+    let (train, valid): (Box<dyn Dataset>, Option<Box<dyn Dataset>>) = if n_sft > 0 {
+        if n_sft < files.len() || valid_files.iter().any(|f| !sft::is_sft_file(f)) {
+            return Err(Error::Input(
+                "the data mixes fine-tuning JSONL (messages, or prompt/completion) with \
+                 plain text; train on one kind at a time"
+                    .into(),
+            ));
+        }
+        let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
+        let examples = |files: &[std::path::PathBuf], what: &str| -> Result<Examples> {
+            let (examples, dropped) = sft::load(files, &tokenizer, cfg.seq_len)?;
+            progress(Phase::Examples(what, examples.len(), dropped));
+            Ok(Examples { examples, pad })
+        };
+        let all = examples(&files, "train")?;
+        let (train, valid) = match valid_files.is_empty() {
+            true => all.split(cfg.valid_fraction),
+            false => (all, Some(examples(&valid_files, "valid")?)),
+        };
+        (
+            Box::new(train),
+            valid.map(|v| Box::new(v) as Box<dyn Dataset>),
+        )
     } else {
-        (all, Some(tokens(&cfg.valid_data_path, "valid")?))
+        let tokens = |files: &[std::path::PathBuf], what: &str| -> Result<Blocks> {
+            let report = |done, total| progress(Phase::Tokenizing(what, done, total));
+            let file = tokenize_cached(files, &tokenizer, &cache, &report)?;
+            Ok(Blocks::all(Arc::new(file), cfg.seq_len))
+        };
+        let all = tokens(&files, "train")?;
+        let (train, valid) = match valid_files.is_empty() {
+            true => all.split(cfg.valid_fraction),
+            false => (all, Some(tokens(&valid_files, "valid")?)),
+        };
+        (
+            Box::new(train),
+            valid.map(|v| Box::new(v) as Box<dyn Dataset>),
+        )
     };
-    if valid.as_ref().is_some_and(|v| v.is_empty()) {
+    if let Some(v) = valid.as_ref().filter(|v| v.is_empty()) {
         return Err(Error::Input(format!(
-            "the validation text is shorter than one block of {} tokens",
-            cfg.seq_len
+            "the validation data gives no {}",
+            v.unit()
         )));
     }
     let train = Shuffled::new(train, cfg.batch_size, cfg.seed)?;
