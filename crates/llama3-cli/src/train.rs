@@ -87,6 +87,13 @@ pub struct TrainArgs {
     /// Evaluate every N steps (0 = off). Default 100.
     #[arg(long = "eval-every", visible_alias = "eval_every", value_name = "N")]
     pub eval_every: Option<usize>,
+    /// Validation batches per evaluation. Default 20.
+    #[arg(
+        long = "eval-batches",
+        visible_alias = "eval_batches",
+        value_name = "N"
+    )]
+    pub eval_batches: Option<usize>,
     /// Checkpoint every N steps. Default 100.
     #[arg(long = "save-every", visible_alias = "save_every", value_name = "N")]
     pub save_every: Option<usize>,
@@ -126,6 +133,13 @@ pub struct TrainArgs {
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
     pub rslora: bool,
+    /// Recompute activations layer by layer during backward: memory of one layer's graph
+    /// instead of all of them, for about one extra forward of compute.
+    #[arg(
+        long = "gradient-checkpointing",
+        visible_alias = "gradient_checkpointing"
+    )]
+    pub gradient_checkpointing: bool,
     /// Continue the run in --model-path from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -183,6 +197,9 @@ fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
     );
     if a.rslora {
         c.use_rslora = true;
+    }
+    if a.gradient_checkpointing {
+        c.gradient_checkpointing = true;
     }
     if a.tokenizer.is_some() {
         c.tokenizer = a.tokenizer.clone();

@@ -78,6 +78,9 @@ pub struct TrainConfig {
     pub lora_targets: Vec<String>,
     /// rsLoRA scaling.
     pub use_rslora: bool,
+    /// Recompute each layer's activations during backward instead of keeping them: memory of
+    /// one layer's graph instead of all, for one extra forward (see `recompute`).
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -117,6 +120,7 @@ impl Default for TrainConfig {
                 .map(|s| s.to_string())
                 .collect(),
             use_rslora: false,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -153,6 +157,7 @@ impl TrainConfig {
             eval_batches: 0,
             save_every: 0,
             device: String::new(),
+            gradient_checkpointing: false,
             ..c.clone()
         };
         strip(self) == strip(other)

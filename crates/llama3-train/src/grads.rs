@@ -41,6 +41,20 @@ impl Grads {
         Ok(())
     }
 
+    /// Adds `g` to parameter `i`'s running sum (gradients computed piecewise, as with
+    /// recomputation).
+    pub fn add(&mut self, i: usize, g: &Tensor) -> Result<()> {
+        let slot = self
+            .grads
+            .get_mut(i)
+            .ok_or_else(|| Error::Input(format!("no gradient slot {i}")))?;
+        *slot = Some(match slot.take() {
+            None => g.detach().copy()?,
+            Some(acc) => (acc + g.detach())?,
+        });
+        Ok(())
+    }
+
     /// The gradient of parameter `i`, None when no backward pass reached it.
     pub fn get(&self, i: usize) -> Option<&Tensor> {
         self.grads.get(i).and_then(|g| g.as_ref())

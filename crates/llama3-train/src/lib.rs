@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod optim;
 pub mod presets;
 pub mod pretrain;
+pub mod recompute;
 pub mod schedule;
 pub mod setup;
 pub mod sft;

@@ -68,7 +68,7 @@ pub fn counted_labels(labels: &Tensor) -> Result<usize> {
 
 /// For labels (B*T) row-major: the flat rows `b*T + t` whose next label `t + 1` is counted,
 /// and those labels. Checks labels are ids or -100.
-fn shifted_targets(labels: &[i64], b: usize, t: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+pub fn shifted_targets(labels: &[i64], b: usize, t: usize) -> Result<(Vec<u32>, Vec<u32>)> {
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for bi in 0..b {

@@ -15,7 +15,7 @@ use crate::loss::{causal_lm_loss_sum, counted_labels};
 use crate::metrics::{EvalLog, Metrics, Record, StepLog};
 use crate::optim::AdamW;
 use crate::setup::Setup;
-use crate::{Error, Grads, Result};
+use crate::{recompute, Error, Grads, Result};
 
 /// What the loop reports as it goes (the CLI draws a progress bar from these).
 pub enum Event<'a> {
@@ -125,6 +125,12 @@ pub fn train(
         }
         let mut loss = 0f64;
         for (ids, labels) in &batches {
+            if cfg.gradient_checkpointing {
+                let params = opt.params();
+                loss +=
+                    recompute::loss_and_grads(&model, ids, labels, counted, params, &mut grads)?;
+                continue;
+            }
             let (sum, _) = causal_lm_loss_sum(&model, ids, labels)?;
             let part = (sum / counted.max(1) as f64)?;
             loss += part.to_scalar::<f32>()? as f64;

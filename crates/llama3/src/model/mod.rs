@@ -63,7 +63,7 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     /// (B, T, D) -> (B, T, D)
-    fn forward(
+    pub fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
@@ -201,12 +201,7 @@ impl Llama {
                 self.config.vocab_size
             )));
         }
-        let (cos, sin) = self.rope.tables(pos, t)?; // (T, Dh/2), cast once for all layers
-        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
-        let mask = match t {
-            1 => None,
-            _ => Some(attention::causal_mask(t, pos, &self.device)?),
-        };
+        let (cos, sin, mask) = self.positions(pos, t)?;
         let mut x = self.embed_tokens.forward(ids)?; // (B, T, D)
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (c, i));
@@ -216,6 +211,18 @@ impl Llama {
             c.advance(t);
         }
         self.norm.forward(&x)
+    }
+
+    /// RoPE tables (T, Dh/2) in the activation dtype and the causal mask (None for one token)
+    /// of `t` positions after `pos` cached ones: what every layer's forward takes.
+    pub fn positions(&self, pos: usize, t: usize) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (cos, sin) = self.rope.tables(pos, t)?;
+        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
+        let mask = match t {
+            1 => None,
+            _ => Some(attention::causal_mask(t, pos, &self.device)?),
+        };
+        Ok((cos, sin, mask))
     }
 
     /// (B, T) u32 ids -> (B, T, V) logits, or (B, 1, V) with `Logits::Last`.
