@@ -44,7 +44,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train every weight of a model: from scratch (a preset) or from a checkpoint, on text
     /// files or JSONL; checkpoints, --resume, metrics, and a final HF model directory.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
 }
 
 fn main() {
@@ -72,7 +72,7 @@ fn main() {
         Command::Merge(a) => merge::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
