@@ -193,7 +193,8 @@ fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
         method,
         lora_r,
         lora_alpha,
-        lora_targets
+        lora_targets,
+        eval_batches
     );
     if a.rslora {
         c.use_rslora = true;

@@ -200,6 +200,12 @@ fn toml_config_and_flags_override_it() {
         "2",
         "--eval-every",
         "0",
+        "--eval-batches",
+        "3",
+        "--method",
+        "full",
+        "--lora-r",
+        "4",
         "-t",
         "2",
         "--model-path",
@@ -213,6 +219,10 @@ fn toml_config_and_flags_override_it() {
     assert_eq!(saved["max_steps"], 2, "the flag overrides the file");
     assert_eq!(saved["betas"], serde_json::json!([0.9, 0.99]));
     assert_eq!(saved["lr_schedule"], "linear");
+    // Every flag reaches the config.
+    assert_eq!(saved["eval_batches"], 3);
+    assert_eq!(saved["method"], "full");
+    assert_eq!(saved["lora_r"], 4);
     assert_eq!(losses(&out).len(), 2);
 
     std::fs::write(&toml, "data_path = [\"x\"]\nlearning_rte = 1.0\n").unwrap();

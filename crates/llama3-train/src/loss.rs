@@ -7,6 +7,9 @@ use llama3::Llama;
 
 use crate::{Error, Result};
 
+/// Rows of (rows, V) logits alive at once in the loss (49152 x 256 f32 = 50 MB for SmolLM2).
+pub const HEAD_ROWS: usize = 256;
+
 /// Label value that is not counted (PyTorch `cross_entropy(ignore_index=-100)`).
 pub const IGNORE_INDEX: i64 = -100;
 
@@ -47,12 +50,24 @@ pub fn causal_lm_loss_sum(model: &Llama, ids: &Tensor, labels: &Tensor) -> Resul
         return Ok((hidden.zeros_like()?.sum_all()?.to_dtype(DType::F32)?, 0));
     }
     let n = rows.len();
-    let dev = hidden.device();
-    let rows = Tensor::from_vec(rows, n, dev)?;
-    let hidden = hidden.reshape((b * t, ()))?.index_select(&rows, 0)?; // (N, D)
-    let logits = model.lm_head.forward(&hidden)?; // (N, V)
-    let targets = Tensor::from_vec(targets, n, dev)?;
-    Ok((cross_entropy_sum(&logits, &targets)?, n))
+    let dev = hidden.device().clone();
+    let hidden = hidden.reshape((b * t, ()))?; // (B*T, D)
+                                               // The head and the loss HEAD_ROWS rows at a time: without a graph (evaluation) the (N, V)
+                                               // logits never exist at once.
+    let mut total: Option<Tensor> = None;
+    for (r, tg) in rows.chunks(HEAD_ROWS).zip(targets.chunks(HEAD_ROWS)) {
+        let h = hidden.index_select(&Tensor::new(r, &dev)?, 0)?; // (n, D)
+        let logits = model.lm_head.forward(&h)?; // (n, V)
+        let part = cross_entropy_sum(&logits, &Tensor::new(tg, &dev)?)?;
+        total = Some(match total {
+            None => part,
+            Some(acc) => (acc + part)?,
+        });
+    }
+    match total {
+        Some(sum) => Ok((sum, n)),
+        None => Err(Error::Input("no counted labels".into())),
+    }
 }
 
 /// How many positions of labels (B, T) are counted after the shift: the divisor of a step's

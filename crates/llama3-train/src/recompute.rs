@@ -8,11 +8,8 @@
 use candle_core::{DType, Tensor, Var};
 use llama3::Llama;
 
-use crate::loss::{cross_entropy_sum, shifted_targets};
+use crate::loss::{cross_entropy_sum, shifted_targets, HEAD_ROWS};
 use crate::{Error, Grads, Result};
-
-/// Rows of the head's (N, V) logits alive at once.
-const HEAD_ROWS: usize = 256;
 
 /// Adds the gradients `store` holds for `params` (by tensor identity) into `grads`.
 fn collect(

@@ -138,10 +138,10 @@ pub fn gemm(kind: Kind, x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Ve
     let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(|r| kind.quantize(r)).collect();
     let row_bytes = kb * kind.block_bytes();
     let avx2 = q8::has_avx2();
-    // Each task owns a range of W rows and computes them against every x row, written (N, M)
-    // and transposed at the end when M > 1.
-    let mut yt = vec![0f32; n * m];
-    let out = SyncPtr(yt.as_mut_ptr());
+    // Each task owns a range of W rows (output columns) and computes them against every x
+    // row, writing y (M, N) directly: a task's 16 columns fill one cache line per x row.
+    let mut y = vec![0f32; m * n];
+    let out = SyncPtr(y.as_mut_ptr());
     let task = |tasks: std::ops::Range<usize>| {
         for r in tasks.start * ROWS_PER_TASK..(tasks.end * ROWS_PER_TASK).min(n) {
             let wrow = &w[r * row_bytes..(r + 1) * row_bytes];
@@ -151,15 +151,15 @@ pub fn gemm(kind: Kind, x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Ve
                 let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[(j + i) * kb..][..kb]);
                 kind.dot(wrow, xs, &mut acc4, avx2);
                 for (i, v) in acc4.iter().enumerate() {
-                    // SAFETY: rows r are disjoint between tasks and r * m + j + i < n * m.
-                    unsafe { *out.get().add(r * m + j + i) = *v };
+                    // SAFETY: columns r are disjoint between tasks and (j + i) * n + r < m * n.
+                    unsafe { *out.get().add((j + i) * n + r) = *v };
                 }
                 j += 4;
             }
             for j in j..m {
                 let v = kind.dot1(wrow, &xq[j * kb..][..kb], avx2);
                 // SAFETY: as above.
-                unsafe { *out.get().add(r * m + j) = v };
+                unsafe { *out.get().add(j * n + r) = v };
             }
         }
     };
@@ -170,15 +170,6 @@ pub fn gemm(kind: Kind, x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Ve
         .into_par_iter()
         .with_min_len(4)
         .for_each(|t| task(t..t + 1));
-    if m == 1 {
-        return yt;
-    }
-    let mut y = vec![0f32; m * n];
-    for c in 0..n {
-        for r in 0..m {
-            y[r * n + c] = yt[c * m + r];
-        }
-    }
     y
 }
 
