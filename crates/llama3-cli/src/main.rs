@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod chat;
+mod export;
 mod generate;
 mod info;
 mod merge;
@@ -38,6 +39,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Fold a PEFT LoRA adapter into a model's weights; write an HF directory or a GGUF.
     Merge(merge::MergeArgs),
+    /// Write a model directory (e.g. a training run) as a GGUF for llama.cpp.
+    Export(export::ExportArgs),
     /// Perplexity of a text file (llama.cpp's protocol, or HF's sliding window with --stride).
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt-processing and generation speed, like llama-bench (plus load time, TTFT, peak RSS).
@@ -70,6 +73,7 @@ fn main() {
         Command::Pull(a) => info::pull(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Export(a) => export::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(*a),

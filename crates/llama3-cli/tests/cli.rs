@@ -420,3 +420,26 @@ fn merge_writes_hf_and_gguf_models_with_the_adapter_folded_in() {
         "not an empty directory",
     );
 }
+
+/// `llama3 export DIR --gguf OUT`: the GGUF gives the HF directory's next token and
+/// log-probability.
+#[test]
+fn export_writes_a_gguf_with_the_same_outputs() {
+    let (prompt, _, _) = lora_golden_next();
+    let dir = shared().join("golden/hf/gqa/model");
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("gqa.gguf");
+    let o = llama3(&[
+        "export",
+        dir.to_str().unwrap(),
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--type",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (id_hf, lp_hf) = first_step(dir.to_str().unwrap(), &prompt, &[]);
+    let (id_gguf, lp_gguf) = first_step(gguf.to_str().unwrap(), &prompt, &[]);
+    assert_eq!(id_hf, id_gguf);
+    assert!((lp_hf - lp_gguf).abs() < 1e-4, "{lp_hf} vs {lp_gguf}");
+}
