@@ -231,3 +231,43 @@ fn toml_config_and_flags_override_it() {
     let err = String::from_utf8_lossy(&c.output().unwrap().stderr).into_owned();
     assert!(err.contains("learning_rte"), "{err}");
 }
+
+/// A trained model (byte-level BPE vocabulary: Llama 3's, from llama.cpp's vocab GGUF) exports
+/// to a GGUF that generates the same greedy text as the run directory.
+#[test]
+fn trained_model_exports_to_gguf_with_the_same_greedy_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let out = dir.path().join("run");
+    let bpe = shared().join("data/llama-vocab-gguf/ggml-vocab-llama-bpe.gguf");
+    let mut c = train_cmd(&data, &out, &["--max-steps", "3", "--seq-len", "16"]);
+    c.arg("--tokenizer").arg(&bpe);
+    run(c);
+    let exe = env!("CARGO_BIN_EXE_llama3");
+    let gguf = dir.path().join("run.gguf");
+    let mut export = Command::new(exe);
+    export.args([
+        "export",
+        out.to_str().unwrap(),
+        "--gguf",
+        gguf.to_str().unwrap(),
+    ]);
+    export.args(["--type", "f32"]);
+    run(export);
+    let gen = |m: &Path| {
+        let o = Command::new(exe)
+            .args([
+                "generate",
+                "-m",
+                m.to_str().unwrap(),
+                "-p",
+                "Fellow citizens",
+            ])
+            .args(["-n", "16", "--greedy"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(gen(&out), gen(&gguf));
+}
