@@ -58,7 +58,7 @@ pub struct TrainArgs {
     /// Peak learning rate. Default 1e-3.
     #[arg(long = "learning-rate", visible_aliases = ["learning_rate", "lr"], value_name = "LR")]
     pub learning_rate: Option<f64>,
-    /// Learning rate at the end of the decay. Default 1e-4.
+    /// Learning rate at the end of the decay (at most --learning-rate). Default 1e-4.
     #[arg(long = "min-lr", visible_alias = "min_lr", value_name = "LR")]
     pub min_lr: Option<f64>,
     /// Linear warmup steps. Default 100.

@@ -35,7 +35,7 @@ pub struct TrainConfig {
     pub max_steps: Option<usize>,
     /// Peak learning rate. Default 1e-3.
     pub learning_rate: f64,
-    /// Learning rate at the end of the decay. Default 1e-4.
+    /// Learning rate at the end of the decay (at most `learning_rate`). Default 1e-4.
     pub min_lr: f64,
     /// Linear warmup steps. Default 100.
     pub warmup: usize,
@@ -139,7 +139,9 @@ impl TrainConfig {
     pub fn schedule(&self, total_steps: usize) -> LrSchedule {
         LrSchedule {
             lr: self.learning_rate,
-            min_lr: self.min_lr,
+            // A floor above the peak would make the "decay" climb (default min_lr 1e-4 with a
+            // fine-tuning --learning-rate 5e-5): never above the peak.
+            min_lr: self.min_lr.min(self.learning_rate),
             warmup: self.warmup,
             total: total_steps,
             decay: self.lr_schedule,
@@ -254,5 +256,25 @@ impl TrainConfig {
             0 => llama3::device::parse(&self.device)?,
             _ => llama3::device::parse("cuda:0")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fine-tuning learning rate below the default floor decays from the peak, never up.
+    #[test]
+    fn schedule_never_climbs_above_the_peak() {
+        let c = TrainConfig {
+            learning_rate: 5e-5,
+            warmup: 2,
+            ..TrainConfig::default()
+        };
+        assert!(c.min_lr > c.learning_rate);
+        let s = c.schedule(24);
+        let lrs: Vec<f64> = (0..=24).map(|i| s.lr_at(i)).collect();
+        assert!(lrs.iter().all(|&l| l <= 5e-5 + 1e-18), "{lrs:?}");
+        assert!(lrs[2..].windows(2).all(|w| w[1] <= w[0] + 1e-18), "{lrs:?}");
     }
 }
