@@ -36,6 +36,16 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// `--device` and `--dtype` resolved (auto: the GPU if any, bf16 there, f32 on the CPU).
+    pub fn device_and_dtype(&self) -> Result<(candle_core::Device, candle_core::DType)> {
+        let device = llama3::device::parse(&self.device)?;
+        let dtype = match self.dtype.as_str() {
+            "auto" => llama3::device::default_dtype(&device),
+            d => parse_dtype(d)?,
+        };
+        Ok((device, dtype))
+    }
+
     /// Resolves, fetches if needed, and loads the model; a line on stderr says what and how long.
     pub fn load(&self) -> Result<Loaded> {
         if let Some(t) = self.threads {
@@ -46,11 +56,7 @@ impl ModelArgs {
             std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         }
         let path = llama3::hub::resolve_model(self.model.as_deref(), |m| eprintln!("{m}"))?;
-        let device = llama3::device::parse(&self.device)?;
-        let dtype = match self.dtype.as_str() {
-            "auto" => llama3::device::default_dtype(&device),
-            d => parse_dtype(d)?,
-        };
+        let (device, dtype) = self.device_and_dtype()?;
         let start = Instant::now();
         let bar = crate::progress::bar("loading", "tensors");
         let progress = bar.clone().map(|b| {

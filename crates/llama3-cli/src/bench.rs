@@ -165,11 +165,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if a.model.model.is_some() {
                 bail!("give either --model or --preset, not both");
             }
-            let device = llama3::device::parse(&a.model.device)?;
-            let dtype = match a.model.dtype.as_str() {
-                "auto" => llama3::device::default_dtype(&device),
-                d => crate::args::parse_dtype(d)?,
-            };
+            let (device, dtype) = a.model.device_and_dtype()?;
             throughput::random_model(p, dtype, &device)?
         }
         None => a.model.load()?,

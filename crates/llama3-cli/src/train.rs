@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llama3_train::pretrain::{train, Event};
 use llama3_train::setup::{prepare, Phase};
-use llama3_train::{Decay, TrainConfig};
+use llama3_train::{Decay, Method, Precision, TrainConfig};
 
 #[derive(Args, Debug)]
 // A flag given twice takes the last value (shell aliases, scripts that append flags).
@@ -109,13 +109,13 @@ pub struct TrainArgs {
     pub device: Option<String>,
     /// Matmul precision: f32, or bf16 (mixed precision with f32 master weights and optimizer
     /// state).
-    #[arg(long, value_parser = ["f32", "bf16"])]
-    pub precision: Option<String>,
+    #[arg(long, value_name = "f32|bf16")]
+    pub precision: Option<Precision>,
     /// What to train: full (every weight), lora (adapters on a dense or dequantized base), or
     /// qlora (adapters on a quantized GGUF base that stays quantized). LoRA runs write a PEFT
     /// adapter (adapter_config.json + adapter_model.safetensors) instead of a model.
-    #[arg(long, value_parser = ["full", "lora", "qlora"])]
-    pub method: Option<String>,
+    #[arg(long, value_name = "full|lora|qlora")]
+    pub method: Option<Method>,
     /// LoRA rank. Default 8.
     #[arg(long = "lora-r", visible_alias = "lora_r", value_name = "R")]
     pub lora_r: Option<usize>,

@@ -51,7 +51,7 @@ pub fn save(run: &Path, state: &TrainState, model: &Llama, opt: &AdamW) -> Resul
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     fsio::create_dir_all(&tmp)?;
-    if state.config.method == "full" {
+    if !state.config.method.is_lora() {
         hf_dir::save_weights(model, &tmp.join(WEIGHTS))?;
         hf_dir::write_json(
             &tmp.join("config.json"),
@@ -130,9 +130,9 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut AdamW) -> Result<
     let device = params
         .first()
         .map_or(Device::Cpu, |(_, v)| v.device().clone());
-    let file = match state.config.method.as_str() {
-        "full" => dir.join(WEIGHTS),
-        _ => dir.join(ADAPTER_WEIGHTS),
+    let file = match state.config.method.is_lora() {
+        false => dir.join(WEIGHTS),
+        true => dir.join(ADAPTER_WEIGHTS),
     };
     let weights = load_tensors(&file, &device)?;
     for (name, var) in params {

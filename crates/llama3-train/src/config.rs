@@ -8,6 +8,71 @@ use serde::{Deserialize, Serialize};
 use crate::optim::AdamWConfig;
 use crate::schedule::{Decay, LrSchedule};
 
+/// What a run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Every weight.
+    #[default]
+    Full,
+    /// LoRA adapters on a dense (or dequantized) base, the base frozen.
+    Lora,
+    /// LoRA adapters on a quantized GGUF base that stays quantized.
+    Qlora,
+}
+
+impl Method {
+    /// Whether the run trains adapters (and writes a PEFT adapter) rather than the weights.
+    pub fn is_lora(self) -> bool {
+        self != Method::Full
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Method::Full),
+            "lora" => Ok(Method::Lora),
+            "qlora" => Ok(Method::Qlora),
+            _ => Err(format!(
+                "unknown method {s:?} (expected full, lora or qlora)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Full => "full",
+            Method::Lora => "lora",
+            Method::Qlora => "qlora",
+        })
+    }
+}
+
+/// Matmul precision of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bf16 matmuls; f32 master weights, gradients and AdamW state.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision {s:?} (expected f32 or bf16)")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -66,10 +131,10 @@ pub struct TrainConfig {
     pub device: String,
     /// Matmul precision: `f32` (default) or `bf16` (mixed precision: f32 master weights,
     /// gradients and optimizer state; bf16 matmuls with f32 accumulation).
-    pub precision: String,
+    pub precision: Precision,
     /// What to train: `full` (every weight, default), `lora` (adapters on a dense base, the
     /// base frozen) or `qlora` (adapters on a quantized GGUF base that stays quantized).
-    pub method: String,
+    pub method: Method,
     /// LoRA rank. Default 8.
     pub lora_r: usize,
     /// LoRA alpha (scaling alpha / r, or alpha / sqrt(r) with `use_rslora`). Default 16.
@@ -111,8 +176,8 @@ impl Default for TrainConfig {
             valid_fraction: 0.05,
             num_gpus: 0,
             device: "auto".into(),
-            precision: "f32".into(),
-            method: "full".into(),
+            precision: Precision::F32,
+            method: Method::Full,
             lora_r: 8,
             lora_alpha: 16.0,
             lora_targets: llama3::peft::TARGETS[..7]
@@ -210,19 +275,7 @@ impl TrainConfig {
                 ));
             }
         }
-        if !matches!(self.precision.as_str(), "f32" | "bf16") {
-            return bad(format!(
-                "precision {:?}: expected f32 or bf16",
-                self.precision
-            ));
-        }
-        if !matches!(self.method.as_str(), "full" | "lora" | "qlora") {
-            return bad(format!(
-                "method {:?}: expected full, lora or qlora",
-                self.method
-            ));
-        }
-        if self.method != "full" {
+        if self.method != Method::Full {
             if self.lora_r == 0 {
                 return bad("lora_r must be at least 1".into());
             }

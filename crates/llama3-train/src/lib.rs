@@ -25,7 +25,7 @@ pub mod schedule;
 pub mod setup;
 pub mod sft;
 
-pub use config::TrainConfig;
+pub use config::{Method, Precision, TrainConfig};
 pub use error::{Error, Result};
 pub use grads::Grads;
 pub use loss::{

@@ -50,15 +50,11 @@ pub fn causal_lm_loss_sum(model: &Llama, ids: &Tensor, labels: &Tensor) -> Resul
         return Ok((hidden.zeros_like()?.sum_all()?.to_dtype(DType::F32)?, 0));
     }
     let n = rows.len();
-    let dev = hidden.device().clone();
-    let hidden = hidden.reshape((b * t, ()))?; // (B*T, D)
-                                               // The head and the loss HEAD_ROWS rows at a time: without a graph (evaluation) the (N, V)
-                                               // logits never exist at once.
+    // The head and the loss HEAD_ROWS rows at a time: without a graph (evaluation) the (N, V)
+    // logits never exist at once.
     let mut total: Option<Tensor> = None;
-    for (r, tg) in rows.chunks(HEAD_ROWS).zip(targets.chunks(HEAD_ROWS)) {
-        let h = hidden.index_select(&Tensor::new(r, &dev)?, 0)?; // (n, D)
-        let logits = model.lm_head.forward(&h)?; // (n, V)
-        let part = cross_entropy_sum(&logits, &Tensor::new(tg, &dev)?)?;
+    for part in head_chunks(model, &hidden.reshape((b * t, ()))?, &rows, &targets) {
+        let part = part?;
         total = Some(match total {
             None => part,
             Some(acc) => (acc + part)?,
@@ -68,6 +64,24 @@ pub fn causal_lm_loss_sum(model: &Llama, ids: &Tensor, labels: &Tensor) -> Resul
         Some(sum) => Ok((sum, n)),
         None => Err(Error::Input("no counted labels".into())),
     }
+}
+
+/// Summed cross-entropy of `rows` of `hidden` (B*T, D) through the head against `targets`,
+/// HEAD_ROWS rows per item; `hidden` is after the final norm.
+pub fn head_chunks<'a>(
+    model: &'a Llama,
+    hidden: &'a Tensor,
+    rows: &'a [u32],
+    targets: &'a [u32],
+) -> impl Iterator<Item = Result<Tensor>> + 'a {
+    rows.chunks(HEAD_ROWS)
+        .zip(targets.chunks(HEAD_ROWS))
+        .map(move |(r, tg)| {
+            let dev = hidden.device();
+            let h = hidden.index_select(&Tensor::new(r, dev)?, 0)?; // (n, D)
+            let logits = model.lm_head.forward(&h)?; // (n, V)
+            cross_entropy_sum(&logits, &Tensor::new(tg, dev)?)
+        })
 }
 
 /// How many positions of labels (B, T) are counted after the shift: the divisor of a step's

@@ -51,7 +51,7 @@ pub fn train(
     } = setup;
     let run = cfg.model_path.as_path();
     let device = model.device().clone();
-    let lora = cfg.method != "full";
+    let lora = cfg.method.is_lora();
     let params = match lora {
         true => llama3::peft::trainable(&mut model)?,
         false => model.trainable_params()?,

@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor, Var};
 use llama3::Llama;
 
-use crate::loss::{cross_entropy_sum, shifted_targets, HEAD_ROWS};
+use crate::loss::{head_chunks, shifted_targets};
 use crate::{Error, Grads, Result};
 
 /// Adds the gradients `store` holds for `params` (by tensor identity) into `grads`.
@@ -54,16 +54,13 @@ pub fn loss_and_grads(
         x = layer.forward(&x, &cos, &sin, mask.as_ref(), None)?;
     }
 
-    // 2. Final norm, head and loss, HEAD_ROWS counted rows at a time.
+    // 2. Final norm, head and loss, HEAD_ROWS counted rows at a time, each backwarded alone.
     let h = Var::from_tensor(&x)?;
+    let normed = model.norm.forward(&h.as_tensor().reshape((b * t, ()))?)?; // (B*T, D)
     let mut upstream = h.as_tensor().zeros_like()?;
     let mut loss = 0f64;
-    let dev = x.device().clone();
-    for (r, tg) in rows.chunks(HEAD_ROWS).zip(targets.chunks(HEAD_ROWS)) {
-        let idx = Tensor::new(r, &dev)?;
-        let sel = h.as_tensor().reshape((b * t, ()))?.index_select(&idx, 0)?; // (n, D)
-        let logits = model.lm_head.forward(&model.norm.forward(&sel)?)?; // (n, V)
-        let part = (cross_entropy_sum(&logits, &Tensor::new(tg, &dev)?)? / div)?;
+    for part in head_chunks(model, &normed, &rows, &targets) {
+        let part = (part? / div)?;
         loss += part.to_scalar::<f32>()? as f64;
         let store = part.backward()?;
         collect(&store, params, grads)?;

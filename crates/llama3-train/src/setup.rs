@@ -9,7 +9,7 @@ use llama3::tokenizer::Tokenizer;
 use llama3::Llama;
 
 use crate::batches::{Blocks, Dataset, Shuffled};
-use crate::config::TrainConfig;
+use crate::config::{Method, Precision, TrainConfig};
 use crate::corpus::{collect_files, tokenize_cached};
 use crate::init::RandomInit;
 use crate::presets::{preset, PRESETS};
@@ -44,7 +44,7 @@ pub fn prepare(
     check_run_dir(cfg, resume)?;
     let device = cfg.device()?;
     let (mut model, tokenizer) = model_and_tokenizer(cfg, &device)?;
-    if cfg.precision == "bf16" {
+    if cfg.precision == Precision::Bf16 {
         model.set_compute_dtype(Some(DType::BF16));
     }
     if tokenizer.vocab_size() > model.config.vocab_size {
@@ -184,7 +184,7 @@ fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tok
         )));
     }
     if PRESETS.contains(&cfg.init.as_str()) {
-        if cfg.method != "full" {
+        if cfg.method.is_lora() {
             return Err(Error::Input(format!(
                 "--method {} adapts a trained model: give --init a model directory or GGUF, \
                  not the preset {:?}",
@@ -224,19 +224,19 @@ fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tok
         .linears_mut()
         .iter()
         .any(|(_, l)| matches!(l.weight, llama3::model::LinearWeight::Quantized(_)));
-    match cfg.method.as_str() {
+    match cfg.method {
         // QLoRA keeps the GGUF blocks; the adapters are the only parameters.
-        "qlora" if !quantized => {
+        Method::Qlora if !quantized => {
             return Err(Error::Input(format!(
                 "--method qlora needs a quantized base (a GGUF with quantized weights); {} is                  dense: use --method lora",
                 init.display()
             )))
         }
-        "qlora" => {}
+        Method::Qlora => {}
         // Full fine-tuning and LoRA on a GGUF model use its f32 dequantization.
         _ => model.dequantize()?,
     }
-    if cfg.method != "full" {
+    if cfg.method.is_lora() {
         let targets: Vec<&str> = cfg.lora_targets.iter().map(String::as_str).collect();
         llama3::peft::add_adapters(&mut model, &cfg.lora_config(), &targets, cfg.seed)?;
     }

@@ -27,29 +27,6 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A new head of `labels.len()` rows over `model`, N(0, std) (HF's `initializer_range`
-    /// init) drawn on the model's device with `seed`.
-    pub fn new(model: Llama, labels: Vec<String>, pad_token_id: u32, seed: u64) -> Result<Self> {
-        if labels.len() < 2 {
-            return Err(Error::Input(format!(
-                "a classifier needs at least 2 labels, got {}",
-                labels.len()
-            )));
-        }
-        let d = model.config.hidden_size;
-        let dev = model.device().clone();
-        if !dev.is_cpu() {
-            dev.set_seed(seed)?;
-        }
-        let w = Tensor::randn(0f32, 0.02, (labels.len(), d), &dev)?.to_dtype(model.dtype())?;
-        Ok(Self {
-            model,
-            score: Linear::new(crate::weights::Weight::Dense(w)),
-            labels,
-            pad_token_id,
-        })
-    }
-
     /// Loads an HF `LlamaForSequenceClassification` directory.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<(Self, Option<Tokenizer>)> {
         let cfg_path = dir.join("config.json");

@@ -326,24 +326,33 @@ pub fn parse_spec(spec: &str) -> Result<(PathBuf, f64)> {
 }
 
 /// Folds every adapter into its weight (`W += scale * B A`, in f32, then back to the weight's
-/// dtype) and removes the adapters. Quantized weights are dequantized to f32 first.
+/// dtype) and removes the adapters. A model with quantized weights is dequantized to f32 first
+/// (`Llama::dequantize`).
 pub fn merge(model: &mut Llama) -> Result<()> {
-    let device = model.device().clone();
+    // Checked first, so a refused merge leaves the model as it was.
     let tied = model.config.tie_word_embeddings;
+    if tied && !model.lm_head.lora.is_empty() {
+        return Err(Error::Unsupported(
+            "merging a LoRA on a tied lm_head would change the embedding too".into(),
+        ));
+    }
+    let quantized = model
+        .linears_mut()
+        .iter()
+        .any(|(_, l)| !l.lora.is_empty() && matches!(l.weight, LinearWeight::Quantized(_)));
+    if quantized {
+        model.dequantize()?;
+    }
     for (name, lin) in model.linears_mut() {
         if lin.lora.is_empty() {
             continue;
         }
-        if name == "lm_head" && tied {
-            return Err(Error::Unsupported(
-                "merging a LoRA on a tied lm_head would change the embedding too".into(),
-            ));
-        }
-        let (w, dtype) = match &lin.weight {
-            LinearWeight::Dense(t) => (t.to_dtype(DType::F32)?, t.dtype()),
-            LinearWeight::Quantized(q) => (dequantize(q, &device)?, DType::F32),
+        let LinearWeight::Dense(t) = &lin.weight else {
+            return Err(Error::Unsupported(format!(
+                "{name}: weight still quantized"
+            )));
         };
-        let mut w = w;
+        let (mut w, dtype) = (t.to_dtype(DType::F32)?, t.dtype());
         for l in lin.lora.drain(..) {
             // (out, r) x (r, in) -> (out, in)
             let delta =
@@ -354,14 +363,6 @@ pub fn merge(model: &mut Llama) -> Result<()> {
         lin.weight = LinearWeight::Dense(w.to_dtype(dtype)?);
     }
     Ok(())
-}
-
-fn dequantize(q: &candle_core::quantized::QMatMul, device: &Device) -> Result<Tensor> {
-    use candle_core::quantized::QMatMul;
-    Ok(match q {
-        QMatMul::QTensor(t) => t.dequantize(device)?,
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
-    })
 }
 
 /// Writes the model's first adapter on every module as a PEFT adapter directory: `config`
