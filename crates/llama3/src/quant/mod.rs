@@ -10,9 +10,11 @@
 //! go through candle.
 
 pub mod grad;
+mod packed;
 mod q4_1;
 mod q8;
 mod q8_0;
+mod x8;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -20,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 
+pub use packed::Packed;
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, BlockQ8};
 
 /// The weight types with kernels here.

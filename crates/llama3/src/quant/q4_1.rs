@@ -15,6 +15,15 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// Appends the f32 values of Q4_1 blocks (`d * q + m`) to `out`.
+pub fn dequantize(w: &[u8], out: &mut Vec<f32>) {
+    for wb in w.chunks_exact(BYTES) {
+        let (d, m) = (f16_at(wb, 0), f16_at(wb, 2));
+        out.extend(wb[4..20].iter().map(|b| d * (b & 0x0f) as f32 + m));
+        out.extend(wb[4..20].iter().map(|b| d * (b >> 4) as f32 + m));
+    }
+}
+
 /// ggml `ggml_vec_dot_q4_1_q8_1_generic`.
 pub fn dot_scalar(w: &[u8], x: &[BlockQ8]) -> f32 {
     let mut sum = 0f32;

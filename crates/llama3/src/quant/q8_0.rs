@@ -9,6 +9,14 @@ use super::q8::BlockQ8;
 /// Bytes per Q8_0 block of 32 weights.
 pub const BYTES: usize = 34;
 
+/// Appends the f32 values of Q8_0 blocks (`d * q`) to `out`.
+pub fn dequantize(w: &[u8], out: &mut Vec<f32>) {
+    for wb in w.chunks_exact(BYTES) {
+        let d = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
+        out.extend(wb[2..].iter().map(|&q| d * q as i8 as f32));
+    }
+}
+
 /// ggml `ggml_vec_dot_q8_0_q8_0_generic`.
 pub fn dot_scalar(w: &[u8], x: &[BlockQ8]) -> f32 {
     let mut sum = 0f32;

@@ -1,0 +1,419 @@
+//! GGUF weights repacked eight rows at a time, for the kernels in `x8.rs`.
+//!
+//! A (N, K) weight of Q4_1 or Q8_0 blocks becomes N/8 groups; a group is K/32 "blocks of 8",
+//! each holding block `b` of the group's 8 rows (c = 0..8 below):
+//!
+//! ```text
+//! Q4_1 (160 bytes): d[c] f16 x 8 | m[c] f16 x 8 | 4 x 32 bytes: byte 4c+j of vector v is
+//!                   byte 4v+j of row c's nibbles (low nibble: element 4v+j, high: 16+4v+j)
+//! Q8_0 (272 bytes): d[c] f16 x 8 | 8 x 32 bytes: byte 4c+j of vector s is element 4s+j of row c
+//! ```
+//!
+//! It is a permutation of the GGUF bytes (the same size, lossless: `to_qtensor` gives the
+//! original back), done once at load. Weight rows of a group are then read as one stream and
+//! every load feeds 8 output columns.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::q8::{has_avx2, BlockQ8};
+use super::{q4_1, q8_0, x8, Kind, SyncPtr};
+use crate::{Error, Result};
+
+#[derive(Debug)]
+pub struct Packed {
+    kind: Kind,
+    /// (out, in)
+    n: usize,
+    k: usize,
+    data: Vec<u8>,
+}
+
+/// Activation rows per tile: the tile's quantized rows stay in L2 while a task's weight
+/// groups stream past them.
+const X_TILE: usize = 64;
+/// Groups of 8 weight rows per parallel task.
+const GROUPS_PER_TASK: usize = 4;
+
+impl Kind {
+    fn group_bytes(self) -> usize {
+        match self {
+            Kind::Q4_1 => x8::Q4_1_GROUP,
+            Kind::Q8_0 => x8::Q8_0_GROUP,
+        }
+    }
+}
+
+impl Packed {
+    /// Whether `q` can be packed: a CPU weight of a type with kernels here, rows a multiple
+    /// of 8.
+    pub fn supports(q: &QTensor) -> bool {
+        Kind::of(q.dtype()).is_some()
+            && matches!(q.device(), Device::Cpu)
+            && matches!(q.shape().dims(), [n, k] if n % 8 == 0 && k % 32 == 0)
+    }
+
+    /// Repacks `q` (see the module docs); `None` when [`Packed::supports`] says no.
+    pub fn new(q: &QTensor) -> Result<Option<Self>> {
+        if !Self::supports(q) {
+            return Ok(None);
+        }
+        let Some(kind) = Kind::of(q.dtype()) else {
+            return Ok(None);
+        };
+        let (n, k) = q.shape().dims2()?;
+        let raw = q.data()?;
+        let kb = k / 32;
+        let (bb, gb) = (kind.block_bytes(), kind.group_bytes());
+        if raw.len() != n * kb * bb {
+            return Err(Error::Input(format!(
+                "quantized weight ({n}, {k}): {} bytes of data, expected {}",
+                raw.len(),
+                n * kb * bb
+            )));
+        }
+        let mut data = vec![0u8; n / 8 * kb * gb];
+        data.par_chunks_mut(kb * gb)
+            .enumerate()
+            .for_each(|(g, dst)| {
+                for (b, dst) in dst.chunks_exact_mut(gb).enumerate() {
+                    for c in 0..8 {
+                        let src = &raw[((g * 8 + c) * kb + b) * bb..][..bb];
+                        pack_block(kind, src, dst, c);
+                    }
+                }
+            });
+        Ok(Some(Self { kind, n, k, data }))
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        match self.kind {
+            Kind::Q4_1 => GgmlDType::Q4_1,
+            Kind::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+
+    /// (out, in)
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Row `r` in GGUF's block layout.
+    fn row_blocks(&self, r: usize, out: &mut Vec<u8>) {
+        let kb = self.k / 32;
+        let (bb, gb) = (self.kind.block_bytes(), self.kind.group_bytes());
+        let group = &self.data[r / 8 * kb * gb..][..kb * gb];
+        let start = out.len();
+        out.resize(start + kb * bb, 0);
+        for (b, src) in group.chunks_exact(gb).enumerate() {
+            unpack_block(self.kind, src, &mut out[start + b * bb..][..bb], r % 8);
+        }
+    }
+
+    /// The original GGUF tensor (the inverse of the packing, bit for bit).
+    pub fn to_qtensor(&self) -> Result<QTensor> {
+        let mut raw = Vec::with_capacity(self.data.len());
+        for r in 0..self.n {
+            self.row_blocks(r, &mut raw);
+        }
+        let storage = candle_core::quantized::QStorage::from_data(
+            std::borrow::Cow::Owned(raw),
+            &Device::Cpu,
+            self.dtype(),
+        )?;
+        Ok(QTensor::new(storage, (self.n, self.k))?)
+    }
+
+    /// (N, K) f32.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        Ok(self.to_qtensor()?.dequantize(&Device::Cpu)?)
+    }
+
+    /// Rows `ids` as f32, (ids.len(), K): an embedding lookup.
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let mut out = Vec::with_capacity(ids.len() * self.k);
+        let mut blocks = Vec::new();
+        for &id in ids {
+            let r = id as usize;
+            if r >= self.n {
+                return Err(Error::Input(format!(
+                    "token id {r} outside the embedding table ({} rows)",
+                    self.n
+                )));
+            }
+            blocks.clear();
+            self.row_blocks(r, &mut blocks);
+            match self.kind {
+                Kind::Q4_1 => q4_1::dequantize(&blocks, &mut out),
+                Kind::Q8_0 => q8_0::dequantize(&blocks, &mut out),
+            }
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), self.k), &Device::Cpu)?)
+    }
+
+    /// `y (M, N) = x (M, K) @ W^T`.
+    pub fn gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k, kind) = (self.n, self.k, self.kind);
+        let kb = k / 32;
+        let gb = kind.group_bytes();
+        let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(|r| kind.quantize(r)).collect();
+        let avx2 = has_avx2();
+        let mut y = vec![0f32; m * n];
+        let out = SyncPtr(y.as_mut_ptr());
+        let groups = n / 8;
+        let task = |t: usize| {
+            let gs = t * GROUPS_PER_TASK..((t + 1) * GROUPS_PER_TASK).min(groups);
+            for j0 in (0..m).step_by(X_TILE) {
+                let j1 = (j0 + X_TILE).min(m);
+                for g in gs.clone() {
+                    let w = &self.data[g * kb * gb..][..kb * gb];
+                    let mut j = j0;
+                    while j + 4 <= j1 {
+                        let xs: [&[BlockQ8]; 4] =
+                            std::array::from_fn(|i| &xq[(j + i) * kb..][..kb]);
+                        let mut tile = [[0f32; 8]; 4];
+                        kernel(kind, w, xs, &mut tile, avx2);
+                        for (i, row) in tile.iter().enumerate() {
+                            // SAFETY: tasks own disjoint column groups; (j + i) < m, 8g + 8 <= n.
+                            unsafe { store(out, (j + i) * n + 8 * g, row) };
+                        }
+                        j += 4;
+                    }
+                    for j in j..j1 {
+                        let mut tile = [[0f32; 8]; 1];
+                        kernel(kind, w, [&xq[j * kb..][..kb]], &mut tile, avx2);
+                        // SAFETY: as above.
+                        unsafe { store(out, j * n + 8 * g, &tile[0]) };
+                    }
+                }
+            }
+        };
+        (0..groups.div_ceil(GROUPS_PER_TASK))
+            .into_par_iter()
+            .with_min_len(if m < 4 { 4 } else { 1 })
+            .for_each(task);
+        y
+    }
+
+    /// `x @ W^T` for (.., K) f32 `x` on the CPU -> (.., N).
+    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        if dims.last() != Some(&self.k) {
+            return Err(Error::Input(format!(
+                "matmul of {:?} with a ({}, {}) weight",
+                dims, self.n, self.k
+            )));
+        }
+        let m = x.elem_count() / self.k;
+        let xs = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let y = self.gemm(&xs, m);
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.n;
+        }
+        Ok(Tensor::from_vec(y, out_dims, &Device::Cpu)?)
+    }
+}
+
+/// # Safety
+/// `at + 8` elements from `out` must be in bounds and written by no one else.
+unsafe fn store(out: SyncPtr, at: usize, row: &[f32; 8]) {
+    std::ptr::copy_nonoverlapping(row.as_ptr(), out.get().add(at), 8);
+}
+
+fn kernel<const R: usize>(
+    kind: Kind,
+    w: &[u8],
+    x: [&[BlockQ8]; R],
+    out: &mut [[f32; 8]; R],
+    avx2: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2/FMA/F16C were detected; the kernels check the slice lengths.
+        unsafe {
+            match kind {
+                Kind::Q4_1 => x8::q4_1_avx2(w, x, out),
+                Kind::Q8_0 => x8::q8_0_avx2(w, x, out),
+            }
+        }
+        return;
+    }
+    let _ = avx2;
+    match kind {
+        Kind::Q4_1 => x8::q4_1_scalar(w, x, out),
+        Kind::Q8_0 => x8::q8_0_scalar(w, x, out),
+    }
+}
+
+/// Row `c`'s GGUF block `src` into the block of 8 `dst`.
+fn pack_block(kind: Kind, src: &[u8], dst: &mut [u8], c: usize) {
+    match kind {
+        Kind::Q4_1 => {
+            dst[2 * c..2 * c + 2].copy_from_slice(&src[0..2]);
+            dst[16 + 2 * c..16 + 2 * c + 2].copy_from_slice(&src[2..4]);
+            for v in 0..4 {
+                dst[32 + 32 * v + 4 * c..][..4].copy_from_slice(&src[4 + 4 * v..][..4]);
+            }
+        }
+        Kind::Q8_0 => {
+            dst[2 * c..2 * c + 2].copy_from_slice(&src[0..2]);
+            for s in 0..8 {
+                dst[16 + 32 * s + 4 * c..][..4].copy_from_slice(&src[2 + 4 * s..][..4]);
+            }
+        }
+    }
+}
+
+/// The inverse of `pack_block`.
+fn unpack_block(kind: Kind, src: &[u8], dst: &mut [u8], c: usize) {
+    match kind {
+        Kind::Q4_1 => {
+            dst[0..2].copy_from_slice(&src[2 * c..2 * c + 2]);
+            dst[2..4].copy_from_slice(&src[16 + 2 * c..16 + 2 * c + 2]);
+            for v in 0..4 {
+                dst[4 + 4 * v..][..4].copy_from_slice(&src[32 + 32 * v + 4 * c..][..4]);
+            }
+        }
+        Kind::Q8_0 => {
+            dst[0..2].copy_from_slice(&src[2 * c..2 * c + 2]);
+            for s in 0..8 {
+                dst[2 + 4 * s..][..4].copy_from_slice(&src[16 + 32 * s + 4 * c..][..4]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn weight(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> QTensor {
+        let w = Tensor::from_vec(data(n * k, seed), (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&w, dtype).unwrap()
+    }
+
+    #[test]
+    fn packing_is_lossless_and_rows_dequantize() {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = weight(dtype, 24, 96, 1);
+            let p = Packed::new(&q).unwrap().unwrap();
+            assert_eq!(p.to_qtensor().unwrap().data().unwrap(), q.data().unwrap());
+            let deq = q.dequantize(&Device::Cpu).unwrap();
+            let rows = p.rows(&[5, 0, 23]).unwrap();
+            let want = deq
+                .index_select(&Tensor::new(&[5u32, 0, 23], &Device::Cpu).unwrap(), 0)
+                .unwrap();
+            let diff = (rows - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{dtype:?}");
+            assert!(p.rows(&[24]).is_err());
+        }
+        // Rows not a multiple of 8: not packed (the row kernels take them).
+        assert!(Packed::new(&weight(GgmlDType::Q4_1, 20, 64, 2))
+            .unwrap()
+            .is_none());
+    }
+
+    /// Against the f32 product of the dequantized weight and against the row-dot kernels.
+    #[test]
+    fn gemm_matches_references() {
+        let (n, k) = (48, 320);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = weight(dtype, n, k, 3);
+            let p = Packed::new(&q).unwrap().unwrap();
+            let kind = p.kind();
+            for m in [1, 3, 4, 70] {
+                let x = data(m * k, 4 + m as u64);
+                let got = p.gemm(&x, m);
+                let rows = super::super::gemm(kind, &x, &q.data().unwrap(), m, k, n);
+                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+                let deq = q.dequantize(&Device::Cpu).unwrap();
+                let dense = xt.matmul(&deq.t().unwrap()).unwrap();
+                let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for i in 0..m * n {
+                    // Same integer sums, floats added in another order.
+                    assert!((got[i] - rows[i]).abs() < 1e-4, "{dtype:?} m={m} {i}");
+                    // 8-bit activations: relative error ~1e-2 of |y| ~ sqrt(k)/3.
+                    assert!((got[i] - dense[i]).abs() < 0.1, "{dtype:?} m={m} {i}");
+                }
+            }
+        }
+    }
+
+    /// A row's result is bit-identical alone, in a batch, and on the portable path.
+    #[test]
+    fn rows_do_not_depend_on_the_batch_or_the_path() {
+        let (n, k, m) = (16, 256, 9);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let p = Packed::new(&weight(dtype, n, k, 5)).unwrap().unwrap();
+            let x = data(m * k, 6);
+            let all = p.gemm(&x, m);
+            for j in 0..m {
+                let one = p.gemm(&x[j * k..(j + 1) * k], 1);
+                assert!(one == all[j * n..(j + 1) * n], "{dtype:?} row {j}");
+            }
+            let kb = k / 32;
+            let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(|r| p.kind.quantize(r)).collect();
+            let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * kb..][..kb]);
+            let w = &p.data[..kb * p.kind.group_bytes()];
+            let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
+            kernel(p.kind, w, xs, &mut simd, has_avx2());
+            kernel(p.kind, w, xs, &mut scalar, false);
+            assert_eq!(simd, scalar, "{dtype:?}");
+        }
+    }
+
+    /// Timing against the row-dot kernels (not an assertion): `cargo test --release -p llama3
+    /// packed::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn speed() {
+        let (n, k) = (1536, 576);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = weight(dtype, n, k, 7);
+            let p = Packed::new(&q).unwrap().unwrap();
+            let raw = q.data().unwrap().to_vec();
+            for m in [1, 16, 512] {
+                let x = data(m * k, 8);
+                let reps = 4096 / m;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(p.gemm(&x, m));
+                }
+                let packed = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(super::super::gemm(p.kind, &x, &raw, m, k, n));
+                }
+                let rows = t.elapsed().as_secs_f64();
+                let gops = (reps * m * n * k) as f64 * 2e-9;
+                println!(
+                    "{dtype:?} m={m}: packed {:.1} GOP/s, rows {:.1} GOP/s, x{:.2}",
+                    gops / packed,
+                    gops / rows,
+                    rows / packed
+                );
+            }
+        }
+    }
+}

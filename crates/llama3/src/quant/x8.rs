@@ -1,0 +1,154 @@
+//! Kernels over weights repacked eight rows at a time (see `packed.rs` for the layout).
+//!
+//! One call computes 8 output columns for `R` activation rows. For each k-step of 4 elements
+//! a 256-bit register holds 4 weight bytes of each of the 8 columns; the activation row's 4
+//! bytes are broadcast to all 8 lanes; `maddubs` + `madd` leave one int32 per column. So a
+//! block of 32 elements ends with the 8 columns' integer sums in one register, scaled by the
+//! 8 columns' `d` (one vector multiply) and added to an accumulator that is stored as is: no
+//! horizontal sums, each weight byte unpacked once for all `R` rows, each activation byte
+//! loaded once for 8 columns.
+//!
+//! Order of the float work, the same for every `R` and in the scalar code (which uses
+//! `mul_add`, so results are bit-identical across paths and batch sizes):
+//! `acc = fma(isum as f32, d_w * d_x, acc)`, then for Q4_1 `acc = fma(m_w, s_x, acc)`.
+
+use half::f16;
+
+use super::q8::BlockQ8;
+
+/// Bytes of one block of 8 rows: Q4_1 8 x (d, m) f16 + 8 x 16 nibble bytes.
+pub const Q4_1_GROUP: usize = 32 + 128;
+/// Q8_0: 8 x d f16 + 8 x 32 i8.
+pub const Q8_0_GROUP: usize = 16 + 256;
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Q4_1 x Q8_1, portable: 8 columns of `R` rows.
+pub fn q4_1_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+    let mut acc = [[0f32; 8]; R];
+    for (b, g) in w.chunks_exact(Q4_1_GROUP).enumerate() {
+        for c in 0..8 {
+            let (d, m) = (f16_at(g, 2 * c), f16_at(g, 16 + 2 * c));
+            for r in 0..R {
+                let xb = &x[r][b];
+                let mut isum = 0i32;
+                for v in 0..4 {
+                    for j in 0..4 {
+                        let byte = g[32 + 32 * v + 4 * c + j];
+                        isum += (byte & 0x0f) as i32 * xb.qs[4 * v + j] as i32
+                            + (byte >> 4) as i32 * xb.qs[16 + 4 * v + j] as i32;
+                    }
+                }
+                acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
+                acc[r][c] = m.mul_add(xb.s, acc[r][c]);
+            }
+        }
+    }
+    *out = acc;
+}
+
+/// Q8_0 x Q8_0, portable (see `q4_1_scalar`).
+pub fn q8_0_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+    let mut acc = [[0f32; 8]; R];
+    for (b, g) in w.chunks_exact(Q8_0_GROUP).enumerate() {
+        for c in 0..8 {
+            let d = f16_at(g, 2 * c);
+            for r in 0..R {
+                let xb = &x[r][b];
+                let mut isum = 0i32;
+                for s in 0..8 {
+                    for j in 0..4 {
+                        isum += g[16 + 32 * s + 4 * c + j] as i8 as i32 * xb.qs[4 * s + j] as i32;
+                    }
+                }
+                acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
+            }
+        }
+    }
+    *out = acc;
+}
+
+/// Broadcast of the 4 activation bytes at `qs[i..i + 4]` to all 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bcast4(qs: &[i8; 32], i: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_set1_epi32(std::ptr::read_unaligned(qs.as_ptr().add(i) as *const i32))
+}
+
+/// Q4_1 x Q8_1 with AVX2. The int16 sums of a whole block cannot saturate: each `maddubs`
+/// lane is at most 2 * 15 * 127 = 3810 in magnitude, and 8 of them add to 30480 < 32767.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+    use std::arch::x86_64::*;
+    let nb = w.len() / Q4_1_GROUP;
+    assert!(x.iter().all(|r| r.len() >= nb));
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let g = w.as_ptr().add(b * Q4_1_GROUP);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+        let mw = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16) as *const __m128i));
+        let mut isum = [_mm256_setzero_si256(); R];
+        for v in 0..4 {
+            let raw = _mm256_loadu_si256(g.add(32 + 32 * v) as *const __m256i);
+            let lo = _mm256_and_si256(raw, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            for r in 0..R {
+                let qs = &x[r].get_unchecked(b).qs;
+                let p = _mm256_maddubs_epi16(lo, bcast4(qs, 4 * v));
+                let q = _mm256_maddubs_epi16(hi, bcast4(qs, 16 + 4 * v));
+                isum[r] = _mm256_add_epi16(isum[r], _mm256_add_epi16(p, q));
+            }
+        }
+        for r in 0..R {
+            let xb = x[r].get_unchecked(b);
+            let sumf = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum[r], ones));
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+            acc[r] = _mm256_fmadd_ps(sumf, scale, acc[r]);
+            acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), acc[r]);
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// Q8_0 x Q8_0 with AVX2: `maddubs` wants one unsigned operand, so |w| and x with w's sign
+/// (ggml's `mul_sum_i8_pairs`); pairs reach 2 * 128 * 127 and are widened to int32 each step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+    use std::arch::x86_64::*;
+    let nb = w.len() / Q8_0_GROUP;
+    assert!(x.iter().all(|r| r.len() >= nb));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let g = w.as_ptr().add(b * Q8_0_GROUP);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+        let mut isum = [_mm256_setzero_si256(); R];
+        for s in 0..8 {
+            let qw = _mm256_loadu_si256(g.add(16 + 32 * s) as *const __m256i);
+            let aw = _mm256_sign_epi8(qw, qw);
+            for r in 0..R {
+                let qs = &x[r].get_unchecked(b).qs;
+                let sx = _mm256_sign_epi8(bcast4(qs, 4 * s), qw);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+                isum[r] = _mm256_add_epi32(isum[r], p);
+            }
+        }
+        for r in 0..R {
+            let xb = x[r].get_unchecked(b);
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale, acc[r]);
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
