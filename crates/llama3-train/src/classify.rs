@@ -284,7 +284,7 @@ pub fn save(dir: &Path, cls: &mut Classifier, tok: Option<&Tokenizer>) -> Result
     let mut tensors = cls.model.named_tensors()?;
     let score = match &cls.score.weight {
         llama3::model::LinearWeight::Dense(t) => t.to_dtype(DType::F32)?,
-        llama3::model::LinearWeight::Quantized(_) => {
+        llama3::model::LinearWeight::Quantized(_) | llama3::model::LinearWeight::Packed(_) => {
             return Err(Error::Input(
                 "a quantized score head cannot be saved".into(),
             ))

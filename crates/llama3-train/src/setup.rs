@@ -223,7 +223,7 @@ fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tok
     let quantized = model
         .linears_mut()
         .iter()
-        .any(|(_, l)| matches!(l.weight, llama3::model::LinearWeight::Quantized(_)));
+        .any(|(_, l)| l.weight.is_quantized());
     match cfg.method {
         // QLoRA keeps the GGUF blocks; the adapters are the only parameters.
         Method::Qlora if !quantized => {

@@ -339,7 +339,7 @@ pub fn merge(model: &mut Llama) -> Result<()> {
     let quantized = model
         .linears_mut()
         .iter()
-        .any(|(_, l)| !l.lora.is_empty() && matches!(l.weight, LinearWeight::Quantized(_)));
+        .any(|(_, l)| !l.lora.is_empty() && l.weight.is_quantized());
     if quantized {
         model.dequantize()?;
     }

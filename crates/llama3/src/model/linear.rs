@@ -1,9 +1,12 @@
 //! `Linear`: the only weight matmul of the model. The weight is dense or GGUF blocks; an
 //! optional LoRA adapter adds `scale * B(A x)` on top (PEFT's `lora.Linear.forward`).
 
+use std::sync::Arc;
+
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
 
+use crate::quant::Packed;
 use crate::weights::Weight;
 use crate::Result;
 
@@ -14,6 +17,36 @@ pub enum LinearWeight {
     /// (out, in) GGUF blocks; the input is f32 (candle quantizes it to Q8 blocks per row, as
     /// llama.cpp does).
     Quantized(QMatMul),
+    /// (out, in) Q4_1 or Q8_0 blocks on the CPU, repacked 8 rows at a time for our kernels
+    /// (`quant::Packed`); the usual form of a GGUF model's weights on the CPU.
+    Packed(Arc<Packed>),
+}
+
+impl LinearWeight {
+    /// GGUF blocks, in either form.
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self, LinearWeight::Dense(_))
+    }
+
+    /// A quantized weight in its packed form where our kernels take it.
+    pub fn from_qtensor(q: Arc<candle_core::quantized::QTensor>) -> Self {
+        match Packed::new(&q) {
+            Ok(Some(p)) => LinearWeight::Packed(Arc::new(p)),
+            _ => LinearWeight::Quantized(QMatMul::QTensor(q)),
+        }
+    }
+
+    /// The weight as a tensor: dense as is, quantized dequantized to f32.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        Ok(match self {
+            LinearWeight::Dense(t) => t.clone(),
+            LinearWeight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
+            LinearWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.to_dtype(DType::F32)?
+            }
+            LinearWeight::Packed(p) => p.dequantize()?,
+        })
+    }
 }
 
 /// A low-rank adapter: `A` (r, in), `B` (out, r), `scale` = alpha / r (or alpha / sqrt(r)
@@ -39,12 +72,24 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A linear layer over an already packed weight (a tied head sharing the embedding's).
+    pub fn packed(p: Arc<Packed>) -> Self {
+        let (out_features, in_features) = p.dims();
+        Self {
+            weight: LinearWeight::Packed(p),
+            lora: Vec::new(),
+            compute_dtype: None,
+            out_features,
+            in_features,
+        }
+    }
+
     pub fn new(weight: Weight) -> Self {
         let dims = weight.dims().to_vec();
         let (out_features, in_features) = (dims[0], dims.get(1).copied().unwrap_or(1));
         let weight = match weight {
             Weight::Dense(t) => LinearWeight::Dense(t),
-            Weight::Quantized(q) => LinearWeight::Quantized(QMatMul::QTensor(q)),
+            Weight::Quantized(q) => LinearWeight::from_qtensor(q),
         };
         Self {
             weight,
@@ -80,8 +125,12 @@ impl Linear {
             }
             // QLoRA: an input that carries gradients (LoRA upstream) needs the backward to x.
             LinearWeight::Quantized(QMatMul::QTensor(w)) if x.track_op() => {
-                crate::quant::grad::matmul(x, w)?
+                crate::quant::grad::matmul(x, crate::quant::grad::QWeight::Blocks(w.clone()))?
             }
+            LinearWeight::Packed(p) if x.track_op() => {
+                crate::quant::grad::matmul(x, crate::quant::grad::QWeight::Packed(p.clone()))?
+            }
+            LinearWeight::Packed(p) => p.matmul(x)?,
             LinearWeight::Quantized(q) => {
                 let own = match q {
                     QMatMul::QTensor(w) => crate::quant::matmul(x, w)?,

@@ -23,6 +23,7 @@ pub use norm::RmsNorm;
 pub use rope::Rope;
 
 use crate::config::LlamaConfig;
+use crate::quant::Packed;
 use crate::weights::{Weight, WeightSource};
 use crate::{Error, Result};
 
@@ -31,6 +32,8 @@ use crate::{Error, Result};
 pub enum Embedding {
     Dense(Tensor),
     Quantized(Arc<QTensor>),
+    /// Q4_1/Q8_0 on the CPU, packed as the head's weight (a tied head shares it).
+    Packed(Arc<Packed>),
 }
 
 impl Embedding {
@@ -43,13 +46,20 @@ impl Embedding {
                     .reshape((b, t, ()))?
             }
             Embedding::Quantized(q) => q.embedding(ids)?,
+            Embedding::Packed(p) => {
+                let (b, t) = ids.dims2()?;
+                let rows = p.rows(&ids.flatten_all()?.to_vec1::<u32>()?)?;
+                rows.reshape((b, t, ()))?.to_device(ids.device())?
+            }
         })
     }
 
-    fn weight(&self) -> Weight {
+    /// A head over the same storage (tied embeddings).
+    fn tied_head(&self) -> Linear {
         match self {
-            Embedding::Dense(t) => Weight::Dense(t.clone()),
-            Embedding::Quantized(q) => Weight::Quantized(q.clone()),
+            Embedding::Dense(t) => Linear::new(Weight::Dense(t.clone())),
+            Embedding::Quantized(q) => Linear::new(Weight::Quantized(q.clone())),
+            Embedding::Packed(p) => Linear::packed(p.clone()),
         }
     }
 }
@@ -139,7 +149,10 @@ impl Llama {
         };
         let embed_tokens = match src.get("model.embed_tokens.weight", &[v, d])? {
             Weight::Dense(t) => Embedding::Dense(t),
-            Weight::Quantized(q) => Embedding::Quantized(q),
+            Weight::Quantized(q) => match Packed::new(&q)? {
+                Some(p) => Embedding::Packed(Arc::new(p)),
+                None => Embedding::Quantized(q),
+            },
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -167,13 +180,13 @@ impl Llama {
         // writes no `output.weight` for tied models).
         let tied = c.tie_word_embeddings || !src.contains("lm_head.weight");
         let lm_head = if tied {
-            Linear::new(embed_tokens.weight())
+            embed_tokens.tied_head()
         } else {
             linear("lm_head.weight", &[v, d])?
         };
         let (dtype, kv_dtype) = match &embed_tokens {
             Embedding::Dense(t) => (t.dtype(), t.dtype()),
-            Embedding::Quantized(_) => (DType::F32, DType::F16),
+            Embedding::Quantized(_) | Embedding::Packed(_) => (DType::F32, DType::F16),
         };
         let mut config = c.clone();
         config.tie_word_embeddings = tied;

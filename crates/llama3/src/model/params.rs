@@ -2,7 +2,6 @@
 //! Training uses the one model definition: the weights are swapped for variables in place, so
 //! `forward` records the graph that `backward` walks. Names are HF checkpoint names.
 
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Tensor, Var};
 
 use super::{Embedding, Linear, LinearWeight, Llama};
@@ -23,7 +22,7 @@ impl Llama {
         let mut params = Vec::new();
         let embed = match &self.embed_tokens {
             Embedding::Dense(t) => Var::from_tensor(t)?,
-            Embedding::Quantized(_) => return Err(quantized(EMBED)),
+            Embedding::Quantized(_) | Embedding::Packed(_) => return Err(quantized(EMBED)),
         };
         self.embed_tokens = Embedding::Dense(embed.as_tensor().clone());
         params.push((EMBED.to_string(), embed.clone()));
@@ -78,13 +77,13 @@ impl Llama {
         let mut out = Vec::new();
         let embed = match &self.embed_tokens {
             Embedding::Dense(t) => t.detach(),
-            Embedding::Quantized(_) => return Err(quantized(EMBED)),
+            Embedding::Quantized(_) | Embedding::Packed(_) => return Err(quantized(EMBED)),
         };
         out.push((EMBED.to_string(), embed));
         let dense = |lin: &Linear, name: String| -> Result<(String, Tensor)> {
             match &lin.weight {
                 LinearWeight::Dense(t) => Ok((name, t.detach())),
-                LinearWeight::Quantized(_) => Err(quantized(&name)),
+                LinearWeight::Quantized(_) | LinearWeight::Packed(_) => Err(quantized(&name)),
             }
         };
         for (i, layer) in self.layers.iter().enumerate() {
@@ -142,18 +141,19 @@ impl Llama {
     /// Replaces every quantized weight by its dense f32 dequantization (fine-tuning a GGUF
     /// model in f32). The activation dtype becomes f32; a tied head follows the embedding.
     pub fn dequantize(&mut self) -> Result<()> {
-        if let Embedding::Quantized(q) = &self.embed_tokens {
-            self.embed_tokens = Embedding::Dense(q.dequantize(&self.device)?);
+        match &self.embed_tokens {
+            Embedding::Quantized(q) => {
+                self.embed_tokens = Embedding::Dense(q.dequantize(&self.device)?)
+            }
+            Embedding::Packed(p) => self.embed_tokens = Embedding::Dense(p.dequantize()?),
+            Embedding::Dense(_) => {}
         }
         let device = self.device.clone();
         for (_, lin) in self.linears_mut() {
-            let w = match &lin.weight {
-                LinearWeight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&device)?,
-                LinearWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
-                    t.to_dtype(DType::F32)?
-                }
-                LinearWeight::Dense(_) => continue,
-            };
+            if !lin.weight.is_quantized() {
+                continue;
+            }
+            let w = lin.weight.dequantize()?.to_device(&device)?;
             lin.weight = LinearWeight::Dense(w);
         }
         if self.config.tie_word_embeddings {
@@ -170,7 +170,7 @@ impl Llama {
 fn linear_var(lin: &mut Linear, name: String) -> Result<(String, Var)> {
     let v = match &lin.weight {
         LinearWeight::Dense(t) => Var::from_tensor(t)?,
-        LinearWeight::Quantized(_) => return Err(quantized(&name)),
+        LinearWeight::Quantized(_) | LinearWeight::Packed(_) => return Err(quantized(&name)),
     };
     lin.weight = LinearWeight::Dense(v.as_tensor().clone());
     Ok((name, v))

@@ -12,14 +12,39 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, 
 
 use crate::Result;
 
-struct QLinear(Arc<QTensor>);
+/// A frozen quantized weight in either form.
+#[derive(Clone)]
+pub enum QWeight {
+    Blocks(Arc<QTensor>),
+    Packed(Arc<super::Packed>),
+}
+
+impl QWeight {
+    fn dequantize(&self, device: &candle_core::Device) -> candle_core::Result<Tensor> {
+        match self {
+            QWeight::Blocks(q) => q.dequantize(device),
+            QWeight::Packed(p) => p.dequantize().map_err(msg)?.to_device(device),
+        }
+    }
+}
+
+fn msg(e: crate::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+struct QLinear(QWeight);
 
 /// The product without gradient tracking.
-fn forward(x: &Tensor, w: &Arc<QTensor>) -> candle_core::Result<Tensor> {
-    if let Some(y) = super::matmul(x, w).map_err(|e| candle_core::Error::Msg(e.to_string()))? {
-        return Ok(y);
+fn forward(x: &Tensor, w: &QWeight) -> candle_core::Result<Tensor> {
+    match w {
+        QWeight::Packed(p) => p.matmul(x).map_err(msg),
+        QWeight::Blocks(w) => {
+            if let Some(y) = super::matmul(x, w).map_err(msg)? {
+                return Ok(y);
+            }
+            QMatMul::QTensor(w.clone()).forward(x)
+        }
     }
-    QMatMul::QTensor(w.clone()).forward(x)
 }
 
 /// A tensor over the part of `storage` that `layout` (contiguous) covers.
@@ -71,6 +96,6 @@ impl CustomOp1 for QLinear {
 }
 
 /// (.., K) f32 `x` times (N, K) quantized `w` transposed -> (.., N), differentiable in `x`.
-pub fn matmul(x: &Tensor, w: &Arc<QTensor>) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(QLinear(w.clone()))?)
+pub fn matmul(x: &Tensor, w: QWeight) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(QLinear(w))?)
 }
