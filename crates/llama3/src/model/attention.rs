@@ -33,12 +33,21 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let fused = b == 1 && t == 1 && decode::applies(x);
+        let fused = b == 1 && self.fuses(x);
         let cache = match cache {
-            Some((cache, layer)) if fused => {
+            Some((cache, layer)) if fused && t == 1 => {
                 // One token, one sequence: the fused CPU loop (the same one batches use).
                 let rope = [(cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?)];
                 return self.forward_fused(x, &rope, &mut [cache], layer);
+            }
+            Some((cache, layer)) if fused => {
+                // A prompt (chunk) of one sequence: causal attention over the cache in the
+                // fused CPU loop; `mask` is the causal one, which it applies itself.
+                let (q, k, v) = self.project_rows(x)?;
+                let (cos, sin) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
+                let heads = self.heads();
+                let y = decode::prefill(heads, &q, &k, &v, &cos, &sin, cache, layer)?;
+                return self.o_proj.forward(&y);
             }
             c => c,
         };
@@ -57,7 +66,7 @@ impl Attention {
         caches: &mut [&mut KvCache],
         layer: usize,
     ) -> Result<Tensor> {
-        if decode::applies(x) {
+        if self.fuses(x) {
             return self.forward_fused(x, rope, caches, layer);
         }
         let (q, k, v) = self.project(x)?;
@@ -81,16 +90,31 @@ impl Attention {
         caches: &mut [&mut KvCache],
         layer: usize,
     ) -> Result<Tensor> {
-        let heads = decode::Heads {
+        let (q, k, v) = self.project_rows(x)?;
+        let y = decode::attend(self.heads(), &q, &k, &v, rope, caches, layer)?; // (N, 1, H*Dh)
+        self.o_proj.forward(&y)
+    }
+
+    /// Whether the fused CPU loops (`decode.rs`) take `x`.
+    fn fuses(&self, x: &Tensor) -> bool {
+        decode::applies(x) && self.head_dim % 8 == 0
+    }
+
+    fn heads(&self) -> decode::Heads {
+        decode::Heads {
             h: self.n_head,
             hkv: self.n_head_kv,
             dh: self.head_dim,
-        };
-        let q = self.q_proj.forward(x)?; // (N, 1, H*Dh)
-        let k = self.k_proj.forward(x)?; // (N, 1, Hkv*Dh)
-        let v = self.v_proj.forward(x)?; // (N, 1, Hkv*Dh)
-        let y = decode::attend(heads, &q, &k, &v, rope, caches, layer)?; // (N, 1, H*Dh)
-        self.o_proj.forward(&y)
+        }
+    }
+
+    /// (B, T, D) -> q (B, T, H*Dh), k and v (B, T, Hkv*Dh), rows as the projections give them.
+    fn project_rows(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        ))
     }
 
     /// (B, T, D) -> q (B, H, T, Dh), k and v (B, Hkv, T, Dh), before RoPE.

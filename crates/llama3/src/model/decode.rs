@@ -1,8 +1,10 @@
-//! One-token attention on the CPU as one fused loop: RoPE on q and k, K/V written into the
-//! cache (rounded to f16 when the cache keeps f16), `softmax(q·Kᵀ/√Dh)·V` per head, for N
-//! sequences that each have their own cache. It replaces ~15 candle ops per sequence and
-//! layer (each with its own dispatch and allocation) on the decode path, alone or batched;
-//! both use this same code, so a sequence's result does not depend on the batch.
+//! Attention with a KV cache on the CPU as one fused loop: RoPE on q and k, K/V written into
+//! the cache (rounded to f16 when the cache keeps f16), causal `softmax(q·Kᵀ/√Dh)·V` per head
+//! (`sdpa.rs`). Two shapes: one new position for each of N sequences that have their own
+//! caches (decode, alone or batched), and T new positions of one sequence (a prompt or a
+//! chunk of one). It replaces ~15 candle ops per layer (each with its own dispatch and
+//! allocation) and the masked square of scores; every row goes through the same code, so a
+//! sequence's result does not depend on the batch.
 //!
 //! Numerics follow the candle path it replaces: HF half-rotation RoPE, f32 dot products,
 //! softmax with the max subtracted, and with an f16 cache the query and the probabilities
@@ -13,6 +15,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::cache::KvCache;
+use super::sdpa;
 use crate::{Error, Result};
 
 /// Shapes of one layer's attention.
@@ -48,42 +51,18 @@ pub fn attend(
     if q.len() != n * h * dh || k.len() != n * hkv * dh || v.len() != k.len() || rope.len() != n {
         return Err(Error::Input("fused attention: shapes do not match".into()));
     }
-    for i in 0..n {
-        let (cos, sin) = &rope[i];
-        // With an f16 cache the query is rounded too (after RoPE), once per row.
-        let round = caches[i].rounds_to_f16();
-        q[i * h * dh..(i + 1) * h * dh]
-            .chunks_exact_mut(dh)
-            .for_each(|x| {
-                rotate(x, cos, sin);
-                if round {
-                    x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
-                }
-            });
-        k[i * hkv * dh..(i + 1) * hkv * dh]
-            .chunks_exact_mut(dh)
-            .for_each(|x| rotate(x, cos, sin));
-    }
     // Write every sequence's new K/V row, then attend over each cache.
     let mut lens = Vec::with_capacity(n);
     for (i, c) in caches.iter_mut().enumerate() {
-        c.reserve(1)?;
+        let (cos, sin) = &rope[i];
+        let qi = &mut q[i * h * dh..(i + 1) * h * dh];
+        let ki = &mut k[i * hkv * dh..(i + 1) * hkv * dh];
         let pos = c.len();
-        let round = c.rounds_to_f16();
-        let (kc, vc) = c.layer(layer)?;
-        let row = |x: &[f32]| Tensor::from_slice(x, (1, hkv, 1, dh), &Device::Cpu);
-        kc.inplace_op2(
-            &row(&k[i * hkv * dh..(i + 1) * hkv * dh])?,
-            &WriteRow { pos, round },
-        )?;
-        vc.inplace_op2(
-            &row(&v[i * hkv * dh..(i + 1) * hkv * dh])?,
-            &WriteRow { pos, round },
-        )?;
+        prepare(heads, qi, ki, cos, sin, c.rounds_to_f16());
+        write_rows(c, layer, ki, &v[i * hkv * dh..(i + 1) * hkv * dh])?;
         lens.push(pos + 1);
     }
     let mut out = vec![0f32; n * h * dh];
-    let scale = 1.0 / (dh as f32).sqrt();
     let g = h / hkv;
     // One task per sequence: its heads read its own cache.
     let tasks: Vec<(usize, &mut [f32])> = out.chunks_exact_mut(h * dh).enumerate().collect();
@@ -92,48 +71,141 @@ pub fn attend(
         .into_par_iter()
         .try_for_each(|(i, out)| -> Result<()> {
             let c = caches[i];
-            let (kc, vc) = c.layer(layer)?;
-            let cap = c.capacity();
-            let (ks, kl) = kc.storage_and_layout();
-            let (vs, vl) = vc.storage_and_layout();
-            let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
-                return Err(Error::Input("fused attention needs CPU caches".into()));
-            };
-            let kd = &ks.as_slice::<f32>()?[kl.start_offset()..];
-            let vd = &vs.as_slice::<f32>()?[vl.start_offset()..];
-            let s = lens[i];
-            let round = c.rounds_to_f16();
-            let mut p = vec![0f32; s];
-            for hh in 0..h {
-                let kvh = hh / g;
-                let qh = &q[(i * h + hh) * dh..][..dh];
-                let kb = &kd[kvh * cap * dh..];
-                let vb = &vd[kvh * cap * dh..];
-                let mut max = f32::NEG_INFINITY;
-                for (j, pj) in p.iter_mut().enumerate() {
-                    *pj = dot(qh, &kb[j * dh..][..dh]) * scale;
-                    max = max.max(*pj);
+            let (cap, s, round) = (c.capacity(), lens[i], c.rounds_to_f16());
+            with_cache(c, layer, |kd, vd| {
+                let mut scratch = Vec::new();
+                for (hh, o) in out.chunks_exact_mut(dh).enumerate() {
+                    let (kb, vb) = (&kd[hh / g * cap * dh..], &vd[hh / g * cap * dh..]);
+                    let qh = &q[(i * h + hh) * dh..][..dh];
+                    sdpa::attend(qh, s - 1, kb, vb, dh, round, o, &mut scratch);
                 }
-                let mut sum = 0f32;
-                for pj in p.iter_mut() {
-                    *pj = (*pj - max).exp();
-                    sum += *pj;
-                }
-                let o = &mut out[hh * dh..][..dh];
-                o.iter_mut().for_each(|x| *x = 0.0);
-                for (j, pj) in p.iter().enumerate() {
-                    let mut w = pj / sum;
-                    if round {
-                        w = f16::from_f32(w).to_f32();
-                    }
-                    for (x, vv) in o.iter_mut().zip(&vb[j * dh..][..dh]) {
-                        *x += w * vv;
-                    }
-                }
-            }
-            Ok(())
+                Ok(())
+            })
         })?;
     Ok(Tensor::from_vec(out, (n, 1, h * dh), &Device::Cpu)?)
+}
+
+/// Rows of a prompt chunk per attention task (tasks are (head, chunk) pairs).
+const PREFILL_ROWS: usize = 16;
+
+/// T new positions of one sequence (a prompt or a chunk of one): q (T, H*Dh), k and v
+/// (T, Hkv*Dh), `cos`/`sin` (T, Dh/2) row-major. Appends k, v to `cache` at `layer` and returns
+/// the causal attention output (1, T, H*Dh). The caller advances the cache.
+#[allow(clippy::too_many_arguments)]
+pub fn prefill(
+    heads: Heads,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &[f32],
+    sin: &[f32],
+    cache: &mut KvCache,
+    layer: usize,
+) -> Result<Tensor> {
+    let Heads { h, hkv, dh } = heads;
+    let mut q = q.flatten_all()?.to_vec1::<f32>()?; // (T, H, Dh)
+    let mut k = k.flatten_all()?.to_vec1::<f32>()?; // (T, Hkv, Dh)
+    let v = v.flatten_all()?.to_vec1::<f32>()?; // (T, Hkv, Dh)
+    let t = q.len() / (h * dh);
+    let half = dh / 2;
+    if q.len() != t * h * dh || k.len() != t * hkv * dh || v.len() != k.len() {
+        return Err(Error::Input("fused attention: shapes do not match".into()));
+    }
+    if cos.len() != t * half || sin.len() != cos.len() {
+        return Err(Error::Input(
+            "fused attention: RoPE tables do not match".into(),
+        ));
+    }
+    let round = cache.rounds_to_f16();
+    for i in 0..t {
+        let (c, s) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+        let (qi, ki) = (
+            &mut q[i * h * dh..][..h * dh],
+            &mut k[i * hkv * dh..][..hkv * dh],
+        );
+        prepare(heads, qi, ki, c, s, round);
+    }
+    let pos = cache.len();
+    write_rows(cache, layer, &k, &v)?;
+    // (T, H, Dh) -> (H, T, Dh): each head's rows contiguous for the kernel.
+    let mut qh = vec![0f32; q.len()];
+    for (i, row) in q.chunks_exact(h * dh).enumerate() {
+        for (hh, x) in row.chunks_exact(dh).enumerate() {
+            qh[(hh * t + i) * dh..][..dh].copy_from_slice(x);
+        }
+    }
+    let cap = cache.capacity();
+    let g = h / hkv;
+    let mut out = vec![0f32; q.len()]; // (H, T, Dh)
+    with_cache(cache, layer, |kd, vd| {
+        out.par_chunks_mut(t * dh)
+            .enumerate()
+            .flat_map(|(hh, o)| {
+                o.par_chunks_mut(PREFILL_ROWS * dh)
+                    .enumerate()
+                    .map(move |(c, o)| (hh, c * PREFILL_ROWS, o))
+            })
+            .for_each_init(Vec::new, |scratch, (hh, r0, o)| {
+                let rows = o.len() / dh;
+                let qr = &qh[(hh * t + r0) * dh..][..rows * dh];
+                let (kb, vb) = (&kd[hh / g * cap * dh..], &vd[hh / g * cap * dh..]);
+                sdpa::attend(qr, pos + r0, kb, vb, dh, round, o, scratch);
+            });
+        Ok(())
+    })?;
+    // (H, T, Dh) -> (T, H*Dh)
+    for (hh, oh) in out.chunks_exact(t * dh).enumerate() {
+        for (i, x) in oh.chunks_exact(dh).enumerate() {
+            q[(i * h + hh) * dh..][..dh].copy_from_slice(x);
+        }
+    }
+    Ok(Tensor::from_vec(q, (1, t, h * dh), &Device::Cpu)?)
+}
+
+/// RoPE on one position's q (H*Dh) and k (Hkv*Dh); with an f16 cache the query is rounded
+/// too (after RoPE).
+fn prepare(heads: Heads, q: &mut [f32], k: &mut [f32], cos: &[f32], sin: &[f32], round: bool) {
+    q.chunks_exact_mut(heads.dh).for_each(|x| {
+        rotate(x, cos, sin);
+        if round {
+            x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+        }
+    });
+    k.chunks_exact_mut(heads.dh)
+        .for_each(|x| rotate(x, cos, sin));
+}
+
+/// Writes T rows of k and v (T, Hkv*Dh) at the cache's position in `layer`.
+fn write_rows(c: &mut KvCache, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
+    let (kc, vc) = c.layer(layer)?;
+    let (_, hkv, _, dh) = kc.dims4()?;
+    let t = k.len() / (hkv * dh);
+    c.reserve(t)?;
+    let op = WriteRows {
+        pos: c.len(),
+        round: c.rounds_to_f16(),
+    };
+    let rows = |x: &[f32]| Tensor::from_slice(x, (t, hkv * dh), &Device::Cpu);
+    kc.inplace_op2(&rows(k)?, &op)?;
+    vc.inplace_op2(&rows(v)?, &op)?;
+    Ok(())
+}
+
+/// Runs `f` on the K and V buffers of `layer`, (Hkv, capacity, Dh) each, as slices.
+fn with_cache<T>(
+    c: &KvCache,
+    layer: usize,
+    f: impl FnOnce(&[f32], &[f32]) -> Result<T>,
+) -> Result<T> {
+    let (kc, vc) = c.layer(layer)?;
+    let (ks, kl) = kc.storage_and_layout();
+    let (vs, vl) = vc.storage_and_layout();
+    let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
+        return Err(Error::Input("fused attention needs CPU caches".into()));
+    };
+    let kd = &ks.as_slice::<f32>()?[kl.start_offset()..];
+    let vd = &vs.as_slice::<f32>()?[vl.start_offset()..];
+    f(kd, vd)
 }
 
 /// HF half rotation in place: pairs (i, i + Dh/2).
@@ -146,32 +218,15 @@ fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums: vectorises, and the order is fixed whatever the batch.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-/// Writes a (1, Hkv, 1, Dh) row into a (1, Hkv, capacity, Dh) cache buffer at `pos`.
-struct WriteRow {
+/// Writes (T, Hkv*Dh) rows into a (1, Hkv, capacity, Dh) cache buffer from `pos` on.
+struct WriteRows {
     pos: usize,
     round: bool,
 }
 
-impl InplaceOp2 for WriteRow {
+impl InplaceOp2 for WriteRows {
     fn name(&self) -> &'static str {
-        "kv-write-row"
+        "kv-write-rows"
     }
 
     fn cpu_fwd(
@@ -182,22 +237,28 @@ impl InplaceOp2 for WriteRow {
         sl: &Layout,
     ) -> candle_core::Result<()> {
         let (CpuStorage::F32(d), CpuStorage::F32(s)) = (dst, src) else {
-            candle_core::bail!("kv-write-row: f32 only");
+            candle_core::bail!("kv-write-rows: f32 only");
         };
         let (&[_, hkv, cap, dh], true, true) = (dl.dims(), dl.is_contiguous(), sl.is_contiguous())
         else {
-            candle_core::bail!("kv-write-row: contiguous (1, Hkv, S, Dh) buffers only");
+            candle_core::bail!("kv-write-rows: contiguous (1, Hkv, S, Dh) buffers only");
         };
-        let s = &s[sl.start_offset()..][..hkv * dh];
+        let t = sl.shape().elem_count() / (hkv * dh);
+        if self.pos + t > cap {
+            candle_core::bail!("kv-write-rows: {t} rows at {} overflow {cap}", self.pos);
+        }
+        let s = &s[sl.start_offset()..][..t * hkv * dh];
         let d = &mut d[dl.start_offset()..];
-        for hh in 0..hkv {
-            let row = &mut d[(hh * cap + self.pos) * dh..][..dh];
-            for (x, y) in row.iter_mut().zip(&s[hh * dh..][..dh]) {
-                *x = if self.round {
-                    f16::from_f32(*y).to_f32()
-                } else {
-                    *y
-                };
+        for (i, src) in s.chunks_exact(hkv * dh).enumerate() {
+            for hh in 0..hkv {
+                let row = &mut d[(hh * cap + self.pos + i) * dh..][..dh];
+                for (x, y) in row.iter_mut().zip(&src[hh * dh..][..dh]) {
+                    *x = if self.round {
+                        f16::from_f32(*y).to_f32()
+                    } else {
+                        *y
+                    };
+                }
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ pub mod mlp;
 pub mod norm;
 pub mod params;
 pub mod rope;
+mod sdpa;
 
 use std::sync::Arc;
 

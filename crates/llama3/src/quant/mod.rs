@@ -23,6 +23,9 @@ use rayon::prelude::*;
 use crate::Result;
 
 pub use packed::Packed;
+pub(crate) use q8::has_avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use q8::hsum;
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, BlockQ8};
 
 /// The weight types with kernels here.

@@ -1,0 +1,291 @@
+//! Causal scaled dot-product attention of query rows against one KV head of a cache, on the
+//! CPU: the inner loops of the fused decode and prefill paths (`decode.rs`).
+//!
+//! Row `r` of a call sits at position `first + r` and sees keys `0..=first + r` (only those
+//! are computed: half the work of a masked square). Per row: scores `q·k * scale` in f32,
+//! softmax with the max subtracted, probabilities optionally rounded to f16 (llama.cpp's f16
+//! K/V matmuls do), then `Σ w_j v_j` in key order.
+//!
+//! Every (row, key) dot and every row's sum is computed with the same arithmetic whatever the
+//! tile it falls in, and the portable code does exactly what the AVX2 code does (`mul_add`,
+//! the same horizontal-sum order), so a row's result is the same alone or in a prompt, and on
+//! either path.
+
+use half::f16;
+
+/// Query rows per score tile.
+const QR: usize = 4;
+
+/// Heads of one KV group: `q` (R, Dh) rows at positions `first..first + R`; `k`, `v` the
+/// cache head's first `first + R` rows (S, Dh); `out` (R, Dh). `dh` must be a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    first: usize,
+    k: &[f32],
+    v: &[f32],
+    dh: usize,
+    round: bool,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let r = q.len() / dh;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let avx2 = crate::quant::has_avx2();
+    for r0 in (0..r).step_by(QR) {
+        let n = QR.min(r - r0);
+        let s = first + r0 + n; // keys of the tile's last row
+        scratch.clear();
+        scratch.resize(n * s, 0.0);
+        let qt = &q[r0 * dh..(r0 + n) * dh];
+        if n == QR {
+            scores::<QR>(qt, &k[..s * dh], dh, scale, scratch, avx2);
+        } else {
+            for (i, row) in qt.chunks_exact(dh).enumerate() {
+                scores::<1>(
+                    row,
+                    &k[..s * dh],
+                    dh,
+                    scale,
+                    &mut scratch[i * s..][..s],
+                    avx2,
+                );
+            }
+        }
+        for i in 0..n {
+            let len = first + r0 + i + 1;
+            let p = &mut scratch[i * s..][..s];
+            softmax(&mut p[..len], round);
+            let o = &mut out[(r0 + i) * dh..][..dh];
+            weighted_sum(&p[..len], &v[..len * dh], dh, o, avx2);
+        }
+    }
+}
+
+/// `out[r * S + j] = q_r · k_j * scale` for R rows of `q` and all S rows of `k`.
+fn scores<const R: usize>(
+    q: &[f32],
+    k: &[f32],
+    dh: usize,
+    scale: f32,
+    out: &mut [f32],
+    avx2: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2/FMA detected; slices are sized by the caller (R * dh, S * dh, R * S).
+        unsafe { scores_avx2::<R>(q, k, dh, scale, out) };
+        return;
+    }
+    let _ = avx2;
+    let s = k.len() / dh;
+    for r in 0..R {
+        for j in 0..s {
+            out[r * s + j] = dot(&q[r * dh..][..dh], &k[j * dh..][..dh]) * scale;
+        }
+    }
+}
+
+/// What `scores_avx2` computes for one pair: 8 lanes of fma over chunks of 8, summed as
+/// `hsum` sums (lanes i and i+4, then 0+2 and 1+3, then the two).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let s: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
+    let (e, o) = (s[0] + s[2], s[1] + s[3]);
+    e + o
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_avx2<const R: usize>(
+    q: &[f32],
+    k: &[f32],
+    dh: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let s = k.len() / dh;
+    assert!(q.len() >= R * dh && out.len() >= R * s && dh % 8 == 0);
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    let mut j = 0;
+    // Two keys at a time: 2R independent accumulators hide the fma latency.
+    while j + 2 <= s {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for c in (0..dh).step_by(8) {
+            let k0 = _mm256_loadu_ps(kp.add(j * dh + c));
+            let k1 = _mm256_loadu_ps(kp.add((j + 1) * dh + c));
+            for r in 0..R {
+                let qv = _mm256_loadu_ps(qp.add(r * dh + c));
+                acc[r][0] = _mm256_fmadd_ps(qv, k0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(qv, k1, acc[r][1]);
+            }
+        }
+        for r in 0..R {
+            out[r * s + j] = crate::quant::hsum(acc[r][0]) * scale;
+            out[r * s + j + 1] = crate::quant::hsum(acc[r][1]) * scale;
+        }
+        j += 2;
+    }
+    if j < s {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for c in (0..dh).step_by(8) {
+            let k0 = _mm256_loadu_ps(kp.add(j * dh + c));
+            for r in 0..R {
+                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(r * dh + c)), k0, acc[r]);
+            }
+        }
+        for r in 0..R {
+            out[r * s + j] = crate::quant::hsum(acc[r]) * scale;
+        }
+    }
+}
+
+/// In place: `p = exp(x - max) / Σ`, rounded to f16 precision when `round`.
+fn softmax(p: &mut [f32], round: bool) {
+    let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f32;
+    for x in p.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in p.iter_mut() {
+        *x /= sum;
+        if round {
+            *x = f16::from_f32(*x).to_f32();
+        }
+    }
+}
+
+/// `out = Σ_j w_j v_j` (in key order, one fma per element and key).
+fn weighted_sum(w: &[f32], v: &[f32], dh: usize, out: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2/FMA detected; v has w.len() rows of dh, out has dh.
+        unsafe {
+            let mut c = 0;
+            while c + 64 <= dh {
+                weighted_sum_avx2::<8>(w, v, dh, c, out);
+                c += 64;
+            }
+            while c + 8 <= dh {
+                weighted_sum_avx2::<1>(w, v, dh, c, out);
+                c += 8;
+            }
+        }
+        return;
+    }
+    let _ = avx2;
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (j, &wj) in w.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[j * dh..][..dh]) {
+            *o = wj.mul_add(x, *o);
+        }
+    }
+}
+
+/// Columns `c..c + 8C` of the weighted sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_sum_avx2<const C: usize>(
+    w: &[f32],
+    v: &[f32],
+    dh: usize,
+    c: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(v.len() >= w.len() * dh && c + 8 * C <= dh && out.len() >= dh);
+    let mut acc = [_mm256_setzero_ps(); C];
+    let vp = v.as_ptr().add(c);
+    for (j, &wj) in w.iter().enumerate() {
+        let wv = _mm256_set1_ps(wj);
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vp.add(j * dh + 8 * i)), *a);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Plain f64 causal attention.
+    fn reference(q: &[f32], first: usize, k: &[f32], v: &[f32], dh: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        for (r, qr) in q.chunks_exact(dh).enumerate() {
+            let len = first + r + 1;
+            let s: Vec<f64> = (0..len)
+                .map(|j| {
+                    let d: f64 = (0..dh).map(|i| qr[i] as f64 * k[j * dh + i] as f64).sum();
+                    d / (dh as f64).sqrt()
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for i in 0..dh {
+                let o: f64 = (0..len).map(|j| e[j] / sum * v[j * dh + i] as f64).sum();
+                out.push(o as f32);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_f64_attention_and_rows_do_not_depend_on_the_tile() {
+        for (dh, r, first) in [(64, 7, 5), (128, 4, 0), (24, 9, 3), (64, 1, 30)] {
+            let s = first + r;
+            let (q, k, v) = (data(r * dh, 1), data(s * dh, 2), data(s * dh, 3));
+            let mut out = vec![0f32; r * dh];
+            attend(&q, first, &k, &v, dh, false, &mut out, &mut Vec::new());
+            let want = reference(&q, first, &k, &v, dh);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "dh={dh} r={r}: {a} vs {b}");
+            }
+            // Each row alone (as decode computes it) gives the same bits.
+            for i in 0..r {
+                let mut one = vec![0f32; dh];
+                let qi = &q[i * dh..][..dh];
+                attend(qi, first + i, &k, &v, dh, false, &mut one, &mut Vec::new());
+                assert!(one == out[i * dh..][..dh], "dh={dh} row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn portable_code_gives_the_same_bits() {
+        let (dh, s) = (72, 11);
+        let (q, k, v) = (data(4 * dh, 4), data(s * dh, 5), data(s * dh, 6));
+        let mut a = vec![0f32; 4 * s];
+        let mut b = vec![0f32; 4 * s];
+        scores::<4>(&q, &k, dh, 0.3, &mut a, crate::quant::has_avx2());
+        scores::<4>(&q, &k, dh, 0.3, &mut b, false);
+        assert_eq!(a, b);
+        let w = data(s, 7);
+        let (mut a, mut b) = (vec![0f32; dh], vec![0f32; dh]);
+        weighted_sum(&w, &v, dh, &mut a, crate::quant::has_avx2());
+        weighted_sum(&w, &v, dh, &mut b, false);
+        assert_eq!(a, b);
+    }
+}
