@@ -97,7 +97,7 @@ impl Attention {
 
     /// Whether the fused CPU loops (`decode.rs`) take `x`.
     fn fuses(&self, x: &Tensor) -> bool {
-        decode::applies(x) && self.head_dim % 8 == 0
+        decode::applies(x) && self.head_dim.is_multiple_of(8)
     }
 
     fn heads(&self) -> decode::Heads {

@@ -102,6 +102,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // r indexes the accumulators and the query rows
 unsafe fn scores_avx2<const R: usize>(
     q: &[f32],
     k: &[f32],
@@ -111,7 +112,7 @@ unsafe fn scores_avx2<const R: usize>(
 ) {
     use std::arch::x86_64::*;
     let s = k.len() / dh;
-    assert!(q.len() >= R * dh && out.len() >= R * s && dh % 8 == 0);
+    assert!(q.len() >= R * dh && out.len() >= R * s && dh.is_multiple_of(8));
     let (qp, kp) = (q.as_ptr(), k.as_ptr());
     let mut j = 0;
     // Two keys at a time: 2R independent accumulators hide the fma latency.
