@@ -11,7 +11,6 @@
 //! rounded to f16 (as llama.cpp's f16 K/V matmuls do).
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor};
-use half::f16;
 use rayon::prelude::*;
 
 use super::cache::KvCache;
@@ -64,24 +63,22 @@ pub fn attend(
     }
     let mut out = vec![0f32; n * h * dh];
     let g = h / hkv;
-    // One task per sequence: its heads read its own cache.
-    let tasks: Vec<(usize, &mut [f32])> = out.chunks_exact_mut(h * dh).enumerate().collect();
+    // One task per (sequence, head): a lone sequence's heads share the cores too.
     let caches: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
-    tasks
-        .into_par_iter()
-        .try_for_each(|(i, out)| -> Result<()> {
+    out.par_chunks_mut(dh).enumerate().try_for_each_init(
+        Vec::new,
+        |scratch, (ih, o)| -> Result<()> {
+            let (i, hh) = (ih / h, ih % h);
             let c = caches[i];
             let (cap, s, round) = (c.capacity(), lens[i], c.rounds_to_f16());
             with_cache(c, layer, |kd, vd| {
-                let mut scratch = Vec::new();
-                for (hh, o) in out.chunks_exact_mut(dh).enumerate() {
-                    let (kb, vb) = (&kd[hh / g * cap * dh..], &vd[hh / g * cap * dh..]);
-                    let qh = &q[(i * h + hh) * dh..][..dh];
-                    sdpa::attend(qh, s - 1, kb, vb, dh, round, o, &mut scratch);
-                }
+                let (kb, vb) = (&kd[hh / g * cap * dh..], &vd[hh / g * cap * dh..]);
+                let qh = &q[ih * dh..][..dh];
+                sdpa::attend(qh, s - 1, kb, vb, dh, round, o, scratch);
                 Ok(())
             })
-        })?;
+        },
+    )?;
     Ok(Tensor::from_vec(out, (n, 1, h * dh), &Device::Cpu)?)
 }
 
@@ -165,12 +162,11 @@ pub fn prefill(
 /// RoPE on one position's q (H*Dh) and k (Hkv*Dh); with an f16 cache the query is rounded
 /// too (after RoPE).
 fn prepare(heads: Heads, q: &mut [f32], k: &mut [f32], cos: &[f32], sin: &[f32], round: bool) {
-    q.chunks_exact_mut(heads.dh).for_each(|x| {
-        rotate(x, cos, sin);
-        if round {
-            x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
-        }
-    });
+    q.chunks_exact_mut(heads.dh)
+        .for_each(|x| rotate(x, cos, sin));
+    if round {
+        sdpa::round_f16(q);
+    }
     k.chunks_exact_mut(heads.dh)
         .for_each(|x| rotate(x, cos, sin));
 }
@@ -252,12 +248,9 @@ impl InplaceOp2 for WriteRows {
         for (i, src) in s.chunks_exact(hkv * dh).enumerate() {
             for hh in 0..hkv {
                 let row = &mut d[(hh * cap + self.pos + i) * dh..][..dh];
-                for (x, y) in row.iter_mut().zip(&src[hh * dh..][..dh]) {
-                    *x = if self.round {
-                        f16::from_f32(*y).to_f32()
-                    } else {
-                        *y
-                    };
+                row.copy_from_slice(&src[hh * dh..][..dh]);
+                if self.round {
+                    sdpa::round_f16(row);
                 }
             }
         }

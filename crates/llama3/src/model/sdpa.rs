@@ -157,9 +157,33 @@ fn softmax(p: &mut [f32], round: bool) {
     }
     for x in p.iter_mut() {
         *x /= sum;
-        if round {
-            *x = f16::from_f32(*x).to_f32();
-        }
+    }
+    if round {
+        round_f16(p);
+    }
+}
+
+/// Rounds to the nearest f16 value (ties to even), in place.
+pub fn round_f16(x: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::has_avx2() {
+        // SAFETY: F16C detected (has_avx2 checks it); chunks of exactly 8.
+        unsafe { round_f16_f16c(x) };
+        done = x.len() / 8 * 8;
+    }
+    for v in &mut x[done..] {
+        *v = f16::from_f32(*v).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn round_f16_f16c(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for c in x.chunks_exact_mut(8) {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr()));
+        _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
     }
 }
 
@@ -272,6 +296,25 @@ mod tests {
                 assert!(one == out[i * dh..][..dh], "dh={dh} row {i}");
             }
         }
+    }
+
+    #[test]
+    fn f16_rounding_matches_half() {
+        let mut x = data(37, 9);
+        x.extend([
+            65519.0,
+            65520.0,
+            1e-8,
+            -0.0,
+            2.0f32.powi(-24) * 1.5,
+            f32::INFINITY,
+        ]);
+        let want: Vec<f32> = x.iter().map(|v| f16::from_f32(*v).to_f32()).collect();
+        round_f16(&mut x);
+        assert_eq!(
+            x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
