@@ -214,7 +214,11 @@ impl Llama {
 
     /// (B, T) u32 ids -> (B, T, D) hidden states after the final norm. Positions start at the
     /// cache length (0 without a cache).
-    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        in_pool(|| self.forward_hidden_here(ids, cache))
+    }
+
+    fn forward_hidden_here(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let pos = cache.as_ref().map_or(0, |c| c.len());
         if let Some(c) = cache.as_ref() {
@@ -262,15 +266,17 @@ impl Llama {
         cache: Option<&mut KvCache>,
         which: Logits,
     ) -> Result<Tensor> {
-        let x = self.forward_hidden(ids, cache)?;
-        let x = match which {
-            Logits::All => x,
-            Logits::Last => {
-                let t = x.dim(1)?;
-                x.narrow(1, t - 1, 1)?
-            }
-        };
-        self.lm_head.forward(&x)
+        in_pool(|| {
+            let x = self.forward_hidden_here(ids, cache)?;
+            let x = match which {
+                Logits::All => x,
+                Logits::Last => {
+                    let t = x.dim(1)?;
+                    x.narrow(1, t - 1, 1)?
+                }
+            };
+            self.lm_head.forward(&x)
+        })
     }
 
     /// One decode step for N independent sequences (continuous batching): `tokens[i]` is
@@ -279,6 +285,10 @@ impl Llama {
     /// compute every row exactly as they would alone, so a sequence's logits do not depend on
     /// what else is in the batch.
     pub fn forward_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        in_pool(|| self.forward_step_here(tokens, caches))
+    }
+
+    fn forward_step_here(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let n = tokens.len();
         if n == 0 || n != caches.len() {
             return Err(Error::Input(format!(
@@ -366,4 +376,12 @@ impl Llama {
         out.push(("lm_head".to_string(), &mut self.lm_head));
         out
     }
+}
+
+/// Runs `f` on a worker of rayon's pool (at once when already on one). A forward is hundreds
+/// of parallel matmuls and attention loops; started from a thread outside the pool, each one
+/// would be injected into the pool and end by waking the caller (a futex round trip, ~10 µs,
+/// 240 times per decoded token); from inside, they are plain joins.
+fn in_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::scope(|_| f())
 }
