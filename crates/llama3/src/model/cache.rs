@@ -10,9 +10,11 @@ use crate::{Error, Result};
 pub struct KvCache {
     /// Per layer (K, V), each (B, Hkv, capacity, Dh).
     layers: Vec<(Tensor, Tensor)>,
-    /// Keys and values are rounded to f16 precision on append (llama.cpp's default f16 cache),
-    /// but kept in the activation dtype so reading them converts nothing.
+    /// Keys and values are stored as f16 though activations are wider (llama.cpp's default
+    /// f16 cache): half the memory and half the bytes the attention loop reads per token.
     round_f16: bool,
+    /// Activation dtype: what `append` returns.
+    dtype: DType,
     len: usize,
     capacity: usize,
 }
@@ -29,29 +31,33 @@ impl KvCache {
         device: &Device,
     ) -> Result<Self> {
         let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim);
+        let round_f16 = precision == DType::F16 && dtype != DType::F16;
+        let stored = if round_f16 { DType::F16 } else { dtype };
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| {
                 Ok((
-                    Tensor::zeros(shape, dtype, device)?,
-                    Tensor::zeros(shape, dtype, device)?,
+                    Tensor::zeros(shape, stored, device)?,
+                    Tensor::zeros(shape, stored, device)?,
                 ))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
-            round_f16: precision == DType::F16 && dtype != DType::F16,
+            round_f16,
+            dtype,
             len: 0,
             capacity,
         })
     }
 
-    /// True when K/V are stored in a narrower type than the activations, whose rounding the
-    /// attention then applies to queries and probabilities too (as llama.cpp does with f16).
+    /// True when K/V are stored as f16 under wider activations; the attention then rounds
+    /// queries and probabilities to f16 too (as llama.cpp does with an f16 cache).
     pub fn rounds_to_f16(&self) -> bool {
         self.round_f16
     }
 
-    /// The K and V buffers of `layer`, each (B, Hkv, capacity, Dh).
+    /// The K and V buffers of `layer`, each (B, Hkv, capacity, Dh), f16 when
+    /// [`KvCache::rounds_to_f16`].
     pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         self.layers
             .get(layer)
@@ -89,21 +95,16 @@ impl KvCache {
     }
 
     /// Writes k, v (B, Hkv, T, Dh) at the current position of `layer` and returns the cached
-    /// keys and values so far, (B, Hkv, S, Dh) with S = len + T.
+    /// keys and values so far, (B, Hkv, S, Dh) with S = len + T, in the activation dtype.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(2)?;
         self.reserve(t)?;
         let (kc, vc) = &self.layers[layer];
-        let round = |x: &Tensor| -> Result<Tensor> {
-            Ok(match self.round_f16 {
-                true => x.to_dtype(DType::F16)?.to_dtype(x.dtype())?,
-                false => x.contiguous()?,
-            })
-        };
-        kc.slice_set(&round(k)?, 2, self.len)?;
-        vc.slice_set(&round(v)?, 2, self.len)?;
+        kc.slice_set(&k.to_dtype(kc.dtype())?.contiguous()?, 2, self.len)?;
+        vc.slice_set(&v.to_dtype(vc.dtype())?.contiguous()?, 2, self.len)?;
         let s = self.len + t;
-        Ok((kc.narrow(2, 0, s)?, vc.narrow(2, 0, s)?))
+        let read = |c: &Tensor| -> Result<Tensor> { Ok(c.narrow(2, 0, s)?.to_dtype(self.dtype)?) };
+        Ok((read(kc)?, read(vc)?))
     }
 
     /// Called once per forward, after every layer appended its `t` positions.

@@ -11,6 +11,8 @@
 //! rounded to f16 (as llama.cpp's f16 K/V matmuls do).
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::cache::KvCache;
@@ -62,7 +64,6 @@ pub fn attend(
         lens.push(pos + 1);
     }
     let mut out = vec![0f32; n * h * dh];
-    let g = h / hkv;
     // One task per (sequence, head): a lone sequence's heads share the cores too.
     let caches: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
     out.par_chunks_mut(dh).enumerate().try_for_each_init(
@@ -71,10 +72,9 @@ pub fn attend(
             let (i, hh) = (ih / h, ih % h);
             let c = caches[i];
             let (cap, s, round) = (c.capacity(), lens[i], c.rounds_to_f16());
-            with_cache(c, layer, |kd, vd| {
-                let (kb, vb) = (&kd[hh / g * cap * dh..], &vd[hh / g * cap * dh..]);
+            with_cache(c, layer, |kv| {
                 let qh = &q[ih * dh..][..dh];
-                sdpa::attend(qh, s - 1, kb, vb, dh, round, o, scratch);
+                attend_head(&kv, heads, hh, cap, qh, s - 1, round, o, scratch);
                 Ok(())
             })
         },
@@ -132,9 +132,8 @@ pub fn prefill(
         }
     }
     let cap = cache.capacity();
-    let g = h / hkv;
     let mut out = vec![0f32; q.len()]; // (H, T, Dh)
-    with_cache(cache, layer, |kd, vd| {
+    with_cache(cache, layer, |kv| {
         out.par_chunks_mut(t * dh)
             .enumerate()
             .flat_map(|(hh, o)| {
@@ -145,8 +144,7 @@ pub fn prefill(
             .for_each_init(Vec::new, |scratch, (hh, r0, o)| {
                 let rows = o.len() / dh;
                 let qr = &qh[(hh * t + r0) * dh..][..rows * dh];
-                let (kb, vb) = (&kd[hh / g * cap * dh..], &vd[hh / g * cap * dh..]);
-                sdpa::attend(qr, pos + r0, kb, vb, dh, round, o, scratch);
+                attend_head(&kv, heads, hh, cap, qr, pos + r0, round, o, scratch);
             });
         Ok(())
     })?;
@@ -187,21 +185,51 @@ fn write_rows(c: &mut KvCache, layer: usize, k: &[f32], v: &[f32]) -> Result<()>
     Ok(())
 }
 
-/// Runs `f` on the K and V buffers of `layer`, (Hkv, capacity, Dh) each, as slices.
-fn with_cache<T>(
-    c: &KvCache,
-    layer: usize,
-    f: impl FnOnce(&[f32], &[f32]) -> Result<T>,
-) -> Result<T> {
+/// The K and V buffers of one layer, (Hkv, capacity, Dh) each.
+enum KvSlices<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [f16], &'a [f16]),
+}
+
+/// Runs `f` on the K and V buffers of `layer` (see [`KvSlices`]).
+fn with_cache<T>(c: &KvCache, layer: usize, f: impl FnOnce(KvSlices) -> Result<T>) -> Result<T> {
     let (kc, vc) = c.layer(layer)?;
     let (ks, kl) = kc.storage_and_layout();
     let (vs, vl) = vc.storage_and_layout();
-    let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
-        return Err(Error::Input("fused attention needs CPU caches".into()));
-    };
-    let kd = &ks.as_slice::<f32>()?[kl.start_offset()..];
-    let vd = &vs.as_slice::<f32>()?[vl.start_offset()..];
-    f(kd, vd)
+    let (ko, vo) = (kl.start_offset(), vl.start_offset());
+    match (&*ks, &*vs) {
+        (Storage::Cpu(CpuStorage::F32(k)), Storage::Cpu(CpuStorage::F32(v))) => {
+            f(KvSlices::F32(&k[ko..], &v[vo..]))
+        }
+        (Storage::Cpu(CpuStorage::F16(k)), Storage::Cpu(CpuStorage::F16(v))) => {
+            f(KvSlices::F16(&k[ko..], &v[vo..]))
+        }
+        _ => Err(Error::Input(
+            "fused attention needs an f32 or f16 cache on the CPU".into(),
+        )),
+    }
+}
+
+/// `sdpa::attend` for the rows `q` of query head `hh` (KV head `hh / g`), from whichever
+/// element type the cache holds.
+#[allow(clippy::too_many_arguments)]
+fn attend_head(
+    kv: &KvSlices,
+    heads: Heads,
+    hh: usize,
+    cap: usize,
+    q: &[f32],
+    first: usize,
+    round: bool,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let dh = heads.dh;
+    let at = hh / (heads.h / heads.hkv) * cap * dh;
+    match kv {
+        KvSlices::F32(k, v) => sdpa::attend(q, first, &k[at..], &v[at..], dh, round, out, scratch),
+        KvSlices::F16(k, v) => sdpa::attend(q, first, &k[at..], &v[at..], dh, round, out, scratch),
+    }
 }
 
 /// HF half rotation in place: pairs (i, i + Dh/2).
@@ -232,8 +260,8 @@ impl InplaceOp2 for WriteRows {
         src: &CpuStorage,
         sl: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(d), CpuStorage::F32(s)) = (dst, src) else {
-            candle_core::bail!("kv-write-rows: f32 only");
+        let CpuStorage::F32(s) = src else {
+            candle_core::bail!("kv-write-rows: f32 rows only");
         };
         let (&[_, hkv, cap, dh], true, true) = (dl.dims(), dl.is_contiguous(), sl.is_contiguous())
         else {
@@ -244,13 +272,21 @@ impl InplaceOp2 for WriteRows {
             candle_core::bail!("kv-write-rows: {t} rows at {} overflow {cap}", self.pos);
         }
         let s = &s[sl.start_offset()..][..t * hkv * dh];
-        let d = &mut d[dl.start_offset()..];
+        let at = |i: usize, hh: usize| dl.start_offset() + (hh * cap + self.pos + i) * dh;
         for (i, src) in s.chunks_exact(hkv * dh).enumerate() {
-            for hh in 0..hkv {
-                let row = &mut d[(hh * cap + self.pos + i) * dh..][..dh];
-                row.copy_from_slice(&src[hh * dh..][..dh]);
-                if self.round {
-                    sdpa::round_f16(row);
+            for (hh, x) in src.chunks_exact(dh).enumerate() {
+                match dst {
+                    CpuStorage::F32(d) => {
+                        let row = &mut d[at(i, hh)..][..dh];
+                        row.copy_from_slice(x);
+                        if self.round {
+                            sdpa::round_f16(row);
+                        }
+                    }
+                    CpuStorage::F16(d) => {
+                        d[at(i, hh)..][..dh].convert_from_f32_slice(x);
+                    }
+                    _ => candle_core::bail!("kv-write-rows: f32 or f16 caches only"),
                 }
             }
         }

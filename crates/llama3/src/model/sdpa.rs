@@ -13,17 +13,50 @@
 
 use half::f16;
 
+/// An element of the K/V cache: f32, or f16 (llama.cpp's default cache type).
+pub trait Elem: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    /// Eight elements from `p` as f32 lanes.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
 /// Query rows per score tile.
 const QR: usize = 4;
 
 /// Heads of one KV group: `q` (R, Dh) rows at positions `first..first + R`; `k`, `v` the
 /// cache head's first `first + R` rows (S, Dh); `out` (R, Dh). `dh` must be a multiple of 8.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(
+pub fn attend<E: Elem>(
     q: &[f32],
     first: usize,
-    k: &[f32],
-    v: &[f32],
+    k: &[E],
+    v: &[E],
     dh: usize,
     round: bool,
     out: &mut [f32],
@@ -39,10 +72,10 @@ pub fn attend(
         scratch.resize(n * s, 0.0);
         let qt = &q[r0 * dh..(r0 + n) * dh];
         if n == QR {
-            scores::<QR>(qt, &k[..s * dh], dh, scale, scratch, avx2);
+            scores::<QR, E>(qt, &k[..s * dh], dh, scale, scratch, avx2);
         } else {
             for (i, row) in qt.chunks_exact(dh).enumerate() {
-                scores::<1>(
+                scores::<1, E>(
                     row,
                     &k[..s * dh],
                     dh,
@@ -63,9 +96,9 @@ pub fn attend(
 }
 
 /// `out[r * S + j] = q_r · k_j * scale` for R rows of `q` and all S rows of `k`.
-fn scores<const R: usize>(
+fn scores<const R: usize, E: Elem>(
     q: &[f32],
-    k: &[f32],
+    k: &[E],
     dh: usize,
     scale: f32,
     out: &mut [f32],
@@ -74,7 +107,7 @@ fn scores<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: AVX2/FMA detected; slices are sized by the caller (R * dh, S * dh, R * S).
-        unsafe { scores_avx2::<R>(q, k, dh, scale, out) };
+        unsafe { scores_avx2::<R, E>(q, k, dh, scale, out) };
         return;
     }
     let _ = avx2;
@@ -88,11 +121,11 @@ fn scores<const R: usize>(
 
 /// What `scores_avx2` computes for one pair: 8 lanes of fma over chunks of 8, summed as
 /// `hsum` sums (lanes i and i+4, then 0+2 and 1+3, then the two).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<E: Elem>(a: &[f32], b: &[E]) -> f32 {
     let mut acc = [0f32; 8];
     for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
         for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+            acc[l] = x[l].mul_add(y[l].to_f32(), acc[l]);
         }
     }
     let s: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
@@ -101,11 +134,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // r indexes the accumulators and the query rows
-unsafe fn scores_avx2<const R: usize>(
+unsafe fn scores_avx2<const R: usize, E: Elem>(
     q: &[f32],
-    k: &[f32],
+    k: &[E],
     dh: usize,
     scale: f32,
     out: &mut [f32],
@@ -119,8 +152,8 @@ unsafe fn scores_avx2<const R: usize>(
     while j + 2 <= s {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for c in (0..dh).step_by(8) {
-            let k0 = _mm256_loadu_ps(kp.add(j * dh + c));
-            let k1 = _mm256_loadu_ps(kp.add((j + 1) * dh + c));
+            let k0 = E::load8(kp.add(j * dh + c));
+            let k1 = E::load8(kp.add((j + 1) * dh + c));
             for r in 0..R {
                 let qv = _mm256_loadu_ps(qp.add(r * dh + c));
                 acc[r][0] = _mm256_fmadd_ps(qv, k0, acc[r][0]);
@@ -136,7 +169,7 @@ unsafe fn scores_avx2<const R: usize>(
     if j < s {
         let mut acc = [_mm256_setzero_ps(); R];
         for c in (0..dh).step_by(8) {
-            let k0 = _mm256_loadu_ps(kp.add(j * dh + c));
+            let k0 = E::load8(kp.add(j * dh + c));
             for r in 0..R {
                 acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(r * dh + c)), k0, acc[r]);
             }
@@ -188,18 +221,18 @@ unsafe fn round_f16_f16c(x: &mut [f32]) {
 }
 
 /// `out = Σ_j w_j v_j` (in key order, one fma per element and key).
-fn weighted_sum(w: &[f32], v: &[f32], dh: usize, out: &mut [f32], avx2: bool) {
+fn weighted_sum<E: Elem>(w: &[f32], v: &[E], dh: usize, out: &mut [f32], avx2: bool) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: AVX2/FMA detected; v has w.len() rows of dh, out has dh.
         unsafe {
             let mut c = 0;
             while c + 64 <= dh {
-                weighted_sum_avx2::<8>(w, v, dh, c, out);
+                weighted_sum_avx2::<8, E>(w, v, dh, c, out);
                 c += 64;
             }
             while c + 8 <= dh {
-                weighted_sum_avx2::<1>(w, v, dh, c, out);
+                weighted_sum_avx2::<1, E>(w, v, dh, c, out);
                 c += 8;
             }
         }
@@ -209,17 +242,17 @@ fn weighted_sum(w: &[f32], v: &[f32], dh: usize, out: &mut [f32], avx2: bool) {
     out.iter_mut().for_each(|o| *o = 0.0);
     for (j, &wj) in w.iter().enumerate() {
         for (o, &x) in out.iter_mut().zip(&v[j * dh..][..dh]) {
-            *o = wj.mul_add(x, *o);
+            *o = wj.mul_add(x.to_f32(), *o);
         }
     }
 }
 
 /// Columns `c..c + 8C` of the weighted sum.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_sum_avx2<const C: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_sum_avx2<const C: usize, E: Elem>(
     w: &[f32],
-    v: &[f32],
+    v: &[E],
     dh: usize,
     c: usize,
     out: &mut [f32],
@@ -231,7 +264,7 @@ unsafe fn weighted_sum_avx2<const C: usize>(
     for (j, &wj) in w.iter().enumerate() {
         let wv = _mm256_set1_ps(wj);
         for (i, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vp.add(j * dh + 8 * i)), *a);
+            *a = _mm256_fmadd_ps(wv, E::load8(vp.add(j * dh + 8 * i)), *a);
         }
     }
     for (i, a) in acc.iter().enumerate() {
@@ -323,13 +356,30 @@ mod tests {
         let (q, k, v) = (data(4 * dh, 4), data(s * dh, 5), data(s * dh, 6));
         let mut a = vec![0f32; 4 * s];
         let mut b = vec![0f32; 4 * s];
-        scores::<4>(&q, &k, dh, 0.3, &mut a, crate::quant::has_avx2());
-        scores::<4>(&q, &k, dh, 0.3, &mut b, false);
+        scores::<4, f32>(&q, &k, dh, 0.3, &mut a, crate::quant::has_avx2());
+        scores::<4, f32>(&q, &k, dh, 0.3, &mut b, false);
         assert_eq!(a, b);
         let w = data(s, 7);
         let (mut a, mut b) = (vec![0f32; dh], vec![0f32; dh]);
         weighted_sum(&w, &v, dh, &mut a, crate::quant::has_avx2());
         weighted_sum(&w, &v, dh, &mut b, false);
+        assert_eq!(a, b);
+    }
+
+    /// An f16 cache gives what an f32 cache holding the same (rounded) values gives.
+    #[test]
+    fn f16_cache_reads_as_its_f32_values() {
+        let (dh, r, first) = (64, 6, 9);
+        let s = first + r;
+        let q = data(r * dh, 8);
+        let (mut k, mut v) = (data(s * dh, 9), data(s * dh, 10));
+        round_f16(&mut k);
+        round_f16(&mut v);
+        let h = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
+        let (kh, vh) = (h(&k), h(&v));
+        let (mut a, mut b) = (vec![0f32; r * dh], vec![0f32; r * dh]);
+        attend(&q, first, &k, &v, dh, true, &mut a, &mut Vec::new());
+        attend(&q, first, &kh, &vh, dh, true, &mut b, &mut Vec::new());
         assert_eq!(a, b);
     }
 }
