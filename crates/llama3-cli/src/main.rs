@@ -84,6 +84,7 @@ fn main() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    tune_malloc();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
@@ -105,5 +106,26 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// glibc's malloc serves blocks above a (moving) threshold with mmap and returns freed heap
+/// tops above another to the OS; a forward allocates and frees activations of 0.4-3 MB per op,
+/// so with the defaults every op faulted fresh zeroed pages in (measured: 10x the page faults,
+/// prompt processing ~15% slower). Fixed thresholds keep such blocks in the heap for reuse
+/// while still handing back large frees. `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`
+/// in the environment take precedence.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets allocator parameters; called before any other thread.
+        unsafe {
+            if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+            }
+            if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+            }
+        }
     }
 }

@@ -90,6 +90,7 @@ impl Linear {
         let weight = match weight {
             Weight::Dense(t) => LinearWeight::Dense(t),
             Weight::Quantized(q) => LinearWeight::from_qtensor(q),
+            Weight::Packed(p) => LinearWeight::Packed(p),
         };
         Self {
             weight,

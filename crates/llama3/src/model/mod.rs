@@ -154,6 +154,7 @@ impl Llama {
                 Some(p) => Embedding::Packed(Arc::new(p)),
                 None => Embedding::Quantized(q),
             },
+            Weight::Packed(p) => Embedding::Packed(p),
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {

@@ -24,6 +24,8 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct Packed {
     kind: Kind,
+    /// [n, k]
+    shape: [usize; 2],
     /// (out, in)
     n: usize,
     k: usize,
@@ -46,24 +48,28 @@ impl Kind {
 }
 
 impl Packed {
-    /// Whether `q` can be packed: a CPU weight of a type with kernels here, rows a multiple
-    /// of 8.
-    pub fn supports(q: &QTensor) -> bool {
-        Kind::of(q.dtype()).is_some()
-            && matches!(q.device(), Device::Cpu)
-            && matches!(q.shape().dims(), [n, k] if n % 8 == 0 && k % 32 == 0)
+    /// Whether a weight of `dtype` and `dims` can be packed: a type with kernels here, rows a
+    /// multiple of 8.
+    pub fn supports(dtype: GgmlDType, dims: &[usize]) -> bool {
+        Kind::of(dtype).is_some() && matches!(dims, [n, k] if n % 8 == 0 && k % 32 == 0)
     }
 
-    /// Repacks `q` (see the module docs); `None` when [`Packed::supports`] says no.
+    /// Repacks CPU tensor `q` (see the module docs); `None` when [`Packed::supports`] says no.
     pub fn new(q: &QTensor) -> Result<Option<Self>> {
-        if !Self::supports(q) {
+        if !matches!(q.device(), Device::Cpu) {
             return Ok(None);
         }
-        let Some(kind) = Kind::of(q.dtype()) else {
+        Self::from_raw(q.dtype(), q.shape().dims(), &q.data()?)
+    }
+
+    /// Repacks GGUF bytes `raw` of a (N, K) tensor of `dtype`.
+    pub fn from_raw(dtype: GgmlDType, dims: &[usize], raw: &[u8]) -> Result<Option<Self>> {
+        let (Some(kind), &[n, k]) = (Kind::of(dtype), dims) else {
             return Ok(None);
         };
-        let (n, k) = q.shape().dims2()?;
-        let raw = q.data()?;
+        if !Self::supports(dtype, dims) {
+            return Ok(None);
+        }
         let kb = k / 32;
         let (bb, gb) = (kind.block_bytes(), kind.group_bytes());
         if raw.len() != n * kb * bb {
@@ -84,7 +90,13 @@ impl Packed {
                     }
                 }
             });
-        Ok(Some(Self { kind, n, k, data }))
+        Ok(Some(Self {
+            kind,
+            shape: [n, k],
+            n,
+            k,
+            data,
+        }))
     }
 
     pub fn kind(&self) -> Kind {
@@ -101,6 +113,16 @@ impl Packed {
     /// (out, in)
     pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
+    }
+
+    /// [out, in]
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Bytes held.
+    pub fn size_in_bytes(&self) -> usize {
+        self.data.len()
     }
 
     /// Row `r` in GGUF's block layout.

@@ -14,6 +14,7 @@ use memmap2::Mmap;
 
 use super::names::{gguf_rows_for_hf, hf_to_gguf, rope_permuted_heads, GGUF_ROPE_FREQS};
 use super::{Weight, WeightSource};
+use crate::quant::Packed;
 use crate::{Error, Result};
 
 /// ggml's type name (`ggml_type_name`): `Q4_K`, `F16`...
@@ -133,6 +134,38 @@ impl GgufFile {
         Ok((start, size))
     }
 
+    /// Drops the mapped pages of `bytes` (a slice of this file's mapping, already copied)
+    /// from memory: they are read once at load, and would otherwise stay resident next to
+    /// the copy, doubling the load's peak memory. They are read again from the file if needed.
+    pub fn release(&self, bytes: &[u8]) {
+        #[cfg(unix)]
+        {
+            let base = self.mmap.as_ptr() as usize;
+            let start = bytes.as_ptr() as usize;
+            if start < base || start + bytes.len() > base + self.mmap.len() {
+                return;
+            }
+            // Whole pages inside the range only.
+            let page = 4096;
+            let first = (start - base).div_ceil(page) * page;
+            let end = (start - base + bytes.len()) / page * page;
+            if end > first {
+                // SAFETY: a read-only private file mapping: dropped pages are re-read from the
+                // file on the next access, and no reference into them outlives this call's
+                // callers (they copied the bytes).
+                let _ = unsafe {
+                    self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        first,
+                        end - first,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = bytes;
+    }
+
     /// The raw bytes of tensor `name` (GGUF name).
     pub fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         let info = self.tensor_info(name).ok_or_else(|| Error::MissingTensor {
@@ -197,7 +230,7 @@ impl WeightSource for GgufSource {
             name: name.to_string(),
             file: self.file.path.clone(),
         })?;
-        let (info, bytes) = self.file.raw(&gname)?;
+        let (info, mapped) = self.file.raw(&gname)?;
         let dims = info.shape.dims().to_vec();
         if dims != shape {
             return Err(Error::Shape {
@@ -211,24 +244,34 @@ impl WeightSource for GgufSource {
         let owned;
         let bytes = match permuted {
             Some(heads) => {
-                owned = unpermute_rows(bytes, dims[0], heads);
+                owned = unpermute_rows(mapped, dims[0], heads);
                 &owned[..]
             }
-            None => bytes,
+            None => mapped,
         };
+        if matches!(self.device, Device::Cpu) && Packed::supports(info.ggml_dtype, &dims) {
+            let packed = Packed::from_raw(info.ggml_dtype, &dims, bytes)
+                .map_err(|e| Error::format(&self.file.path, format!("tensor {name}: {e}")))?;
+            if let Some(p) = packed {
+                self.file.release(mapped);
+                return Ok(Weight::Packed(Arc::new(p)));
+            }
+        }
         let q = qtensor_from_ggml(info.ggml_dtype, bytes, dims, &self.device).map_err(|e| {
             Error::format(
                 &self.file.path,
                 format!("tensor {name}: {}", crate::error::candle_message(&e)),
             )
         })?;
-        Ok(match info.ggml_dtype {
+        let w = match info.ggml_dtype {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 let t: Tensor = q.dequantize(&self.device)?;
                 Weight::Dense(t.to_dtype(self.dtype)?)
             }
             _ => Weight::Quantized(Arc::new(q)),
-        })
+        };
+        self.file.release(mapped);
+        Ok(w)
     }
 
     fn contains(&self, name: &str) -> bool {

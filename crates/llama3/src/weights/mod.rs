@@ -12,13 +12,16 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::Tensor;
 
+use crate::quant::Packed;
 use crate::Result;
 
-/// One weight as stored: dense (f32/f16/bf16, converted to the requested dtype) or GGUF blocks.
+/// One weight as stored: dense (f32/f16/bf16, converted to the requested dtype) or GGUF blocks,
+/// as candle holds them or (Q4_1/Q8_0 on the CPU) packed for our kernels straight from the file.
 #[derive(Clone, Debug)]
 pub enum Weight {
     Dense(Tensor),
     Quantized(Arc<QTensor>),
+    Packed(Arc<Packed>),
 }
 
 impl Weight {
@@ -26,6 +29,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.dims(),
             Weight::Quantized(q) => q.shape().dims(),
+            Weight::Packed(p) => p.shape(),
         }
     }
 
@@ -34,6 +38,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => format!("{:?}", t.dtype()).to_uppercase(),
             Weight::Quantized(q) => gguf::ggml_name(q.dtype()).to_string(),
+            Weight::Packed(p) => gguf::ggml_name(p.dtype()).to_string(),
         }
     }
 
@@ -42,6 +47,7 @@ impl Weight {
         Ok(match self {
             Weight::Dense(t) => t.to_dtype(candle_core::DType::F32)?,
             Weight::Quantized(q) => q.dequantize(&q.device())?,
+            Weight::Packed(p) => p.dequantize()?,
         })
     }
 }
