@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,7 +49,11 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let content = Content::read(&mut BufReader::new(&file)).map_err(|e| {
+        // SAFETY: read-only mapping of a file we do not modify.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // Parsed from the mapping: candle's reader seeks between values, and through a
+        // `BufReader` every seek was a syscall that dropped the buffer (~100k strings).
+        let content = Content::read(&mut std::io::Cursor::new(&mmap[..])).map_err(|e| {
             let msg = crate::error::candle_message(&e);
             match msg.strip_prefix("unknown dtype for tensor ").and_then(|n| n.parse::<u32>().ok()) {
                 Some(t) => Error::Unsupported(format!(
@@ -64,8 +67,6 @@ impl GgufFile {
                 ),
             }
         })?;
-        // SAFETY: read-only mapping of a file we do not modify.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let me = Self {
             path: path.to_path_buf(),
             content,
@@ -202,6 +203,11 @@ impl GgufSource {
             dtype,
             device: device.clone(),
         }
+    }
+
+    /// The file the weights come from.
+    pub fn file(&self) -> &GgufFile {
+        &self.file
     }
 
     /// Llama 3.1+ RoPE frequency divisors (`rope_freqs.weight`, Dh/2 values), if present.
