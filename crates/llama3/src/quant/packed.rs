@@ -23,7 +23,7 @@ use crate::{Error, Result};
 
 #[derive(Debug)]
 pub struct Packed {
-    kind: Kind,
+    kind: Format,
     /// [n, k]
     shape: [usize; 2],
     /// (out, in)
@@ -32,26 +32,68 @@ pub struct Packed {
     data: Vec<u8>,
 }
 
+/// What a packed weight holds: GGUF blocks with an 8-bit-activation kernel, or f16 values
+/// (f32 activations; a GGUF or `quantize --type f16` file's matrices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Blocks(Kind),
+    F16,
+}
+
+impl Format {
+    fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::F16 => Some(Format::F16),
+            d => Kind::of(d).map(Format::Blocks),
+        }
+    }
+
+    /// Elements of a row per block (the packing unit along K).
+    fn block_elems(self) -> usize {
+        match self {
+            Format::Blocks(_) => 32,
+            Format::F16 => 1,
+        }
+    }
+
+    fn block_bytes(self) -> usize {
+        match self {
+            Format::Blocks(k) => k.block_bytes(),
+            Format::F16 => 2,
+        }
+    }
+
+    /// Bytes of one block of 8 rows.
+    fn group_bytes(self) -> usize {
+        match self {
+            Format::Blocks(Kind::Q4_1) => x8::Q4_1_GROUP,
+            Format::Blocks(Kind::Q8_0) => x8::Q8_0_GROUP,
+            Format::F16 => x8::F16_GROUP,
+        }
+    }
+
+    fn dtype(self) -> GgmlDType {
+        match self {
+            Format::Blocks(Kind::Q4_1) => GgmlDType::Q4_1,
+            Format::Blocks(Kind::Q8_0) => GgmlDType::Q8_0,
+            Format::F16 => GgmlDType::F16,
+        }
+    }
+}
+
 /// Activation rows per tile: the tile's quantized rows stay in L2 while a task's weight
 /// groups stream past them.
 const X_TILE: usize = 64;
 /// Groups of 8 weight rows per parallel task.
 const GROUPS_PER_TASK: usize = 4;
 
-impl Kind {
-    fn group_bytes(self) -> usize {
-        match self {
-            Kind::Q4_1 => x8::Q4_1_GROUP,
-            Kind::Q8_0 => x8::Q8_0_GROUP,
-        }
-    }
-}
-
 impl Packed {
     /// Whether a weight of `dtype` and `dims` can be packed: a type with kernels here, rows a
     /// multiple of 8.
     pub fn supports(dtype: GgmlDType, dims: &[usize]) -> bool {
-        Kind::of(dtype).is_some() && matches!(dims, [n, k] if n % 8 == 0 && k % 32 == 0)
+        Format::of(dtype).is_some_and(
+            |f| matches!(dims, [n, k] if n % 8 == 0 && k % f.block_elems() == 0 && *k > 0),
+        )
     }
 
     /// Repacks CPU tensor `q` (see the module docs); `None` when [`Packed::supports`] says no.
@@ -64,13 +106,13 @@ impl Packed {
 
     /// Repacks GGUF bytes `raw` of a (N, K) tensor of `dtype`.
     pub fn from_raw(dtype: GgmlDType, dims: &[usize], raw: &[u8]) -> Result<Option<Self>> {
-        let (Some(kind), &[n, k]) = (Kind::of(dtype), dims) else {
+        let (Some(kind), &[n, k]) = (Format::of(dtype), dims) else {
             return Ok(None);
         };
         if !Self::supports(dtype, dims) {
             return Ok(None);
         }
-        let kb = k / 32;
+        let kb = k / kind.block_elems();
         let (bb, gb) = (kind.block_bytes(), kind.group_bytes());
         if raw.len() != n * kb * bb {
             return Err(Error::Input(format!(
@@ -99,15 +141,12 @@ impl Packed {
         }))
     }
 
-    pub fn kind(&self) -> Kind {
+    pub fn format(&self) -> Format {
         self.kind
     }
 
     pub fn dtype(&self) -> GgmlDType {
-        match self.kind {
-            Kind::Q4_1 => GgmlDType::Q4_1,
-            Kind::Q8_0 => GgmlDType::Q8_0,
-        }
+        self.kind.dtype()
     }
 
     /// (out, in)
@@ -127,7 +166,7 @@ impl Packed {
 
     /// Row `r` in GGUF's block layout.
     fn row_blocks(&self, r: usize, out: &mut Vec<u8>) {
-        let kb = self.k / 32;
+        let kb = self.k / self.kind.block_elems();
         let (bb, gb) = (self.kind.block_bytes(), self.kind.group_bytes());
         let group = &self.data[r / 8 * kb * gb..][..kb * gb];
         let start = out.len();
@@ -171,8 +210,13 @@ impl Packed {
             blocks.clear();
             self.row_blocks(r, &mut blocks);
             match self.kind {
-                Kind::Q4_1 => q4_1::dequantize(&blocks, &mut out),
-                Kind::Q8_0 => q8_0::dequantize(&blocks, &mut out),
+                Format::Blocks(Kind::Q4_1) => q4_1::dequantize(&blocks, &mut out),
+                Format::Blocks(Kind::Q8_0) => q8_0::dequantize(&blocks, &mut out),
+                Format::F16 => out.extend(
+                    blocks
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
             }
         }
         Ok(Tensor::from_vec(out, (ids.len(), self.k), &Device::Cpu)?)
@@ -180,11 +224,43 @@ impl Packed {
 
     /// `y (M, N) = x (M, K) @ W^T`.
     pub fn gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (n, k, kind) = (self.n, self.k, self.kind);
-        let kb = k / 32;
-        let gb = kind.group_bytes();
-        let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(|r| kind.quantize(r)).collect();
         let avx2 = has_avx2();
+        match self.kind {
+            Format::Blocks(kind) => {
+                let xq: Vec<BlockQ8> = x
+                    .chunks_exact(self.k)
+                    .flat_map(|r| kind.quantize(r))
+                    .collect();
+                self.drive(
+                    &xq,
+                    self.k / 32,
+                    m,
+                    |w, xs, out| kernel(kind, w, xs, out, avx2),
+                    |w, xs, out| kernel(kind, w, xs, out, avx2),
+                )
+            }
+            Format::F16 => self.drive(
+                x,
+                self.k,
+                m,
+                |w, xs, out| kernel_f16(w, xs, out, avx2),
+                |w, xs, out| kernel_f16(w, xs, out, avx2),
+            ),
+        }
+    }
+
+    /// The tiling shared by every format: rows `xs` of `stride` activations (quantized blocks
+    /// or f32), 4 rows per kernel call (`k4`) and the rest one by one (`k1`).
+    fn drive<A: Sync>(
+        &self,
+        xs: &[A],
+        stride: usize,
+        m: usize,
+        k4: impl Fn(&[u8], [&[A]; 4], &mut [[f32; 8]; 4]) + Sync,
+        k1: impl Fn(&[u8], [&[A]; 1], &mut [[f32; 8]; 1]) + Sync,
+    ) -> Vec<f32> {
+        let n = self.n;
+        let gsize = self.k / self.kind.block_elems() * self.kind.group_bytes();
         let mut y = vec![0f32; m * n];
         let out = SyncPtr(y.as_mut_ptr());
         let groups = n / 8;
@@ -193,13 +269,13 @@ impl Packed {
             for j0 in (0..m).step_by(X_TILE) {
                 let j1 = (j0 + X_TILE).min(m);
                 for g in gs.clone() {
-                    let w = &self.data[g * kb * gb..][..kb * gb];
+                    let w = &self.data[g * gsize..][..gsize];
                     let mut j = j0;
                     while j + 4 <= j1 {
-                        let xs: [&[BlockQ8]; 4] =
-                            std::array::from_fn(|i| &xq[(j + i) * kb..][..kb]);
+                        let rows: [&[A]; 4] =
+                            std::array::from_fn(|i| &xs[(j + i) * stride..][..stride]);
                         let mut tile = [[0f32; 8]; 4];
-                        kernel(kind, w, xs, &mut tile, avx2);
+                        k4(w, rows, &mut tile);
                         for (i, row) in tile.iter().enumerate() {
                             // SAFETY: tasks own disjoint column groups; (j + i) < m, 8g + 8 <= n.
                             unsafe { store(out, (j + i) * n + 8 * g, row) };
@@ -208,7 +284,7 @@ impl Packed {
                     }
                     for j in j..j1 {
                         let mut tile = [[0f32; 8]; 1];
-                        kernel(kind, w, [&xq[j * kb..][..kb]], &mut tile, avx2);
+                        k1(w, [&xs[j * stride..][..stride]], &mut tile);
                         // SAFETY: as above.
                         unsafe { store(out, j * n + 8 * g, &tile[0]) };
                     }
@@ -251,6 +327,17 @@ unsafe fn store(out: SyncPtr, at: usize, row: &[f32; 8]) {
     std::ptr::copy_nonoverlapping(row.as_ptr(), out.get().add(at), 8);
 }
 
+fn kernel_f16<const R: usize>(w: &[u8], x: [&[f32]; R], out: &mut [[f32; 8]; R], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2/FMA/F16C were detected; the kernel checks the slice lengths.
+        unsafe { x8::f16_avx2(w, x, out) };
+        return;
+    }
+    let _ = avx2;
+    x8::f16_scalar(w, x, out)
+}
+
 fn kernel<const R: usize>(
     kind: Kind,
     w: &[u8],
@@ -277,16 +364,17 @@ fn kernel<const R: usize>(
 }
 
 /// Row `c`'s GGUF block `src` into the block of 8 `dst`.
-fn pack_block(kind: Kind, src: &[u8], dst: &mut [u8], c: usize) {
+fn pack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
     match kind {
-        Kind::Q4_1 => {
+        Format::F16 => dst[2 * c..2 * c + 2].copy_from_slice(src),
+        Format::Blocks(Kind::Q4_1) => {
             dst[2 * c..2 * c + 2].copy_from_slice(&src[0..2]);
             dst[16 + 2 * c..16 + 2 * c + 2].copy_from_slice(&src[2..4]);
             for v in 0..4 {
                 dst[32 + 32 * v + 4 * c..][..4].copy_from_slice(&src[4 + 4 * v..][..4]);
             }
         }
-        Kind::Q8_0 => {
+        Format::Blocks(Kind::Q8_0) => {
             dst[2 * c..2 * c + 2].copy_from_slice(&src[0..2]);
             for s in 0..8 {
                 dst[16 + 32 * s + 4 * c..][..4].copy_from_slice(&src[2 + 4 * s..][..4]);
@@ -296,16 +384,17 @@ fn pack_block(kind: Kind, src: &[u8], dst: &mut [u8], c: usize) {
 }
 
 /// The inverse of `pack_block`.
-fn unpack_block(kind: Kind, src: &[u8], dst: &mut [u8], c: usize) {
+fn unpack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
     match kind {
-        Kind::Q4_1 => {
+        Format::F16 => dst.copy_from_slice(&src[2 * c..2 * c + 2]),
+        Format::Blocks(Kind::Q4_1) => {
             dst[0..2].copy_from_slice(&src[2 * c..2 * c + 2]);
             dst[2..4].copy_from_slice(&src[16 + 2 * c..16 + 2 * c + 2]);
             for v in 0..4 {
                 dst[4 + 4 * v..][..4].copy_from_slice(&src[32 + 32 * v + 4 * c..][..4]);
             }
         }
-        Kind::Q8_0 => {
+        Format::Blocks(Kind::Q8_0) => {
             dst[0..2].copy_from_slice(&src[2 * c..2 * c + 2]);
             for s in 0..8 {
                 dst[2 + 4 * s..][..4].copy_from_slice(&src[16 + 32 * s + 4 * c..][..4]);
@@ -330,6 +419,13 @@ mod tests {
             .collect()
     }
 
+    fn blocks(p: &Packed) -> Kind {
+        match p.format() {
+            Format::Blocks(k) => k,
+            Format::F16 => panic!("not a block format"),
+        }
+    }
+
     fn weight(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> QTensor {
         let w = Tensor::from_vec(data(n * k, seed), (n, k), &Device::Cpu).unwrap();
         QTensor::quantize(&w, dtype).unwrap()
@@ -337,7 +433,7 @@ mod tests {
 
     #[test]
     fn packing_is_lossless_and_rows_dequantize() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F16] {
             let q = weight(dtype, 24, 96, 1);
             let p = Packed::new(&q).unwrap().unwrap();
             assert_eq!(p.to_qtensor().unwrap().data().unwrap(), q.data().unwrap());
@@ -363,7 +459,7 @@ mod tests {
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let q = weight(dtype, n, k, 3);
             let p = Packed::new(&q).unwrap().unwrap();
-            let kind = p.kind();
+            let kind = blocks(&p);
             for m in [1, 3, 4, 70] {
                 let x = data(m * k, 4 + m as u64);
                 let got = p.gemm(&x, m);
@@ -382,6 +478,39 @@ mod tests {
         }
     }
 
+    /// F16: against the f32 product of the same values; rows alone = in a batch = portable.
+    #[test]
+    fn f16_gemm_matches_dense_and_is_batch_invariant() {
+        let (n, k) = (24, 77);
+        let q = weight(GgmlDType::F16, n, k, 11);
+        let p = Packed::new(&q).unwrap().unwrap();
+        assert_eq!(p.format(), Format::F16);
+        let deq = q.dequantize(&Device::Cpu).unwrap();
+        let m = 9;
+        let x = data(m * k, 12);
+        let got = p.gemm(&x, m);
+        let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+        let dense = xt.matmul(&deq.t().unwrap()).unwrap();
+        let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for i in 0..m * n {
+            assert!(
+                (got[i] - dense[i]).abs() < 1e-4,
+                "{i}: {} vs {}",
+                got[i],
+                dense[i]
+            );
+        }
+        for j in 0..m {
+            let one = p.gemm(&x[j * k..(j + 1) * k], 1);
+            assert!(one == got[j * n..(j + 1) * n], "row {j}");
+        }
+        let xs: [&[f32]; 4] = std::array::from_fn(|i| &x[i * k..][..k]);
+        let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
+        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut simd, has_avx2());
+        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut scalar, false);
+        assert_eq!(simd, scalar);
+    }
+
     /// A row's result is bit-identical alone, in a batch, and on the portable path.
     #[test]
     fn rows_do_not_depend_on_the_batch_or_the_path() {
@@ -395,12 +524,15 @@ mod tests {
                 assert!(one == all[j * n..(j + 1) * n], "{dtype:?} row {j}");
             }
             let kb = k / 32;
-            let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(|r| p.kind.quantize(r)).collect();
+            let xq: Vec<BlockQ8> = x
+                .chunks_exact(k)
+                .flat_map(|r| blocks(&p).quantize(r))
+                .collect();
             let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * kb..][..kb]);
             let w = &p.data[..kb * p.kind.group_bytes()];
             let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-            kernel(p.kind, w, xs, &mut simd, has_avx2());
-            kernel(p.kind, w, xs, &mut scalar, false);
+            kernel(blocks(&p), w, xs, &mut simd, has_avx2());
+            kernel(blocks(&p), w, xs, &mut scalar, false);
             assert_eq!(simd, scalar, "{dtype:?}");
         }
     }
@@ -425,7 +557,7 @@ mod tests {
                 let packed = t.elapsed().as_secs_f64();
                 let t = std::time::Instant::now();
                 for _ in 0..reps {
-                    std::hint::black_box(super::super::gemm(p.kind, &x, &raw, m, k, n));
+                    std::hint::black_box(super::super::gemm(blocks(&p), &x, &raw, m, k, n));
                 }
                 let rows = t.elapsed().as_secs_f64();
                 let gops = (reps * m * n * k) as f64 * 2e-9;

@@ -20,6 +20,8 @@ use super::q8::BlockQ8;
 pub const Q4_1_GROUP: usize = 32 + 128;
 /// Q8_0: 8 x d f16 + 8 x 32 i8.
 pub const Q8_0_GROUP: usize = 16 + 256;
+/// F16: one element of each of the 8 rows.
+pub const F16_GROUP: usize = 16;
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
@@ -150,5 +152,57 @@ pub unsafe fn q8_0_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut 
     }
     for r in 0..R {
         _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// F16 weights x f32 activations, portable: per row and column two accumulators (even and
+/// odd k) added at the end, as the AVX2 code does.
+#[allow(clippy::needless_range_loop)] // c and r index weights, activations and accumulators
+pub fn f16_scalar<const R: usize>(w: &[u8], x: [&[f32]; R], out: &mut [[f32; 8]; R]) {
+    let mut acc = [[[0f32; 8]; 2]; R];
+    for (kk, g) in w.chunks_exact(F16_GROUP).enumerate() {
+        for c in 0..8 {
+            let wv = f16_at(g, 2 * c);
+            for r in 0..R {
+                acc[r][kk & 1][c] = wv.mul_add(x[r][kk], acc[r][kk & 1][c]);
+            }
+        }
+    }
+    for r in 0..R {
+        out[r] = std::array::from_fn(|c| acc[r][0][c] + acc[r][1][c]);
+    }
+}
+
+/// F16 x f32 with AVX2: 8 columns' weights at k converted in one `cvtph`, times x[k]
+/// broadcast; two accumulators per row hide the fma latency.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_avx2<const R: usize>(w: &[u8], x: [&[f32]; R], out: &mut [[f32; 8]; R]) {
+    use std::arch::x86_64::*;
+    let k = w.len() / F16_GROUP;
+    assert!(x.iter().all(|r| r.len() >= k));
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let wp = w.as_ptr();
+    let mut kk = 0;
+    while kk + 2 <= k {
+        let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(kk * F16_GROUP) as *const __m128i));
+        let w1 = _mm256_cvtph_ps(_mm_loadu_si128(
+            wp.add((kk + 1) * F16_GROUP) as *const __m128i
+        ));
+        for r in 0..R {
+            let xr = x[r].as_ptr().add(kk);
+            acc[r][0] = _mm256_fmadd_ps(w0, _mm256_broadcast_ss(&*xr), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(w1, _mm256_broadcast_ss(&*xr.add(1)), acc[r][1]);
+        }
+        kk += 2;
+    }
+    if kk < k {
+        let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(kk * F16_GROUP) as *const __m128i));
+        for r in 0..R {
+            acc[r][0] = _mm256_fmadd_ps(w0, _mm256_set1_ps(x[r][kk]), acc[r][0]);
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r][0], acc[r][1]));
     }
 }
