@@ -110,11 +110,8 @@ impl Attention {
 
     /// (B, T, D) -> q (B, T, H*Dh), k and v (B, T, Hkv*Dh), rows as the projections give them.
     fn project_rows(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        Ok((
-            self.q_proj.forward(x)?,
-            self.k_proj.forward(x)?,
-            self.v_proj.forward(x)?,
-        ))
+        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        Ok((q, k, v))
     }
 
     /// (B, T, D) -> q (B, H, T, Dh), k and v (B, Hkv, T, Dh), before RoPE.

@@ -143,6 +143,41 @@ impl Linear {
                 }
             }
         };
+        self.add_lora(x, y)
+    }
+
+    /// Several layers applied to the same input (q/k/v, gate/up): with packed weights of one
+    /// format the input is quantized once and the products run as one parallel pass
+    /// (`quant::matmul_many`); otherwise each layer's own forward.
+    pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let packed: Vec<&Packed> = ls
+            .iter()
+            .filter_map(|l| match (&l.weight, l.compute_dtype) {
+                (LinearWeight::Packed(p), None) => Some(&**p),
+                _ => None,
+            })
+            .collect();
+        if packed.len() == N && !x.track_op() && x.device().is_cpu() {
+            if let Some(ys) = crate::quant::matmul_many(&packed, x)? {
+                let mut out = Vec::with_capacity(N);
+                for (l, y) in ls.iter().zip(ys) {
+                    out.push(l.add_lora(x, y)?);
+                }
+                if let Ok(out) = out.try_into() {
+                    return Ok(out);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(N);
+        for l in ls {
+            out.push(l.forward(x)?);
+        }
+        out.try_into()
+            .map_err(|_| crate::Error::Input("forward_many: wrong number of outputs".into()))
+    }
+
+    /// `y` plus the adapters' `scale * B(A x)`.
+    fn add_lora(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
         let mut y = y;
         for l in &self.lora {
             // PEFT: lora_B(lora_A(dropout(x))) * scaling, in the adapter's dtype.

@@ -15,10 +15,11 @@ pub struct Mlp {
 impl Mlp {
     /// (B, T, D) -> (B, T, D)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?; // (B, T, F)
-                                               // silu(x) = x * sigmoid(x) (candle's sigmoid is fused and has a backward).
+        // (B, T, F) each; one pass over both weights when they are packed alike.
+        let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
+        // silu(x) = x * sigmoid(x) (candle's sigmoid is fused and has a backward).
         let silu = (&gate * candle_nn::ops::sigmoid(&gate)?)?;
-        let h = (silu * self.up_proj.forward(x)?)?;
+        let h = (silu * up)?;
         self.down_proj.forward(&h)
     }
 }

@@ -276,17 +276,7 @@ unsafe fn weighted_sum_avx2<const C: usize, E: Elem>(
 mod tests {
     use super::*;
 
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::quant::test_data as data;
 
     /// Plain f64 causal attention.
     fn reference(q: &[f32], first: usize, k: &[f32], v: &[f32], dh: usize) -> Vec<f32> {

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 
-pub use packed::Packed;
+pub use packed::{gemm_many, matmul_many, Format, Packed};
 pub(crate) use q8::has_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use q8::hsum;
@@ -188,23 +188,27 @@ pub fn gemm(kind: Kind, x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Ve
     y
 }
 
+/// Deterministic values in [-1, 1) for kernel tests (an LCG).
+#[cfg(test)]
+pub(crate) fn test_data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::quantized::QMatMul;
     use candle_core::Module;
 
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use super::test_data as data;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a - b)

@@ -224,78 +224,7 @@ impl Packed {
 
     /// `y (M, N) = x (M, K) @ W^T`.
     pub fn gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let avx2 = has_avx2();
-        match self.kind {
-            Format::Blocks(kind) => {
-                let xq: Vec<BlockQ8> = x
-                    .chunks_exact(self.k)
-                    .flat_map(|r| kind.quantize(r))
-                    .collect();
-                self.drive(
-                    &xq,
-                    self.k / 32,
-                    m,
-                    |w, xs, out| kernel(kind, w, xs, out, avx2),
-                    |w, xs, out| kernel(kind, w, xs, out, avx2),
-                )
-            }
-            Format::F16 => self.drive(
-                x,
-                self.k,
-                m,
-                |w, xs, out| kernel_f16(w, xs, out, avx2),
-                |w, xs, out| kernel_f16(w, xs, out, avx2),
-            ),
-        }
-    }
-
-    /// The tiling shared by every format: rows `xs` of `stride` activations (quantized blocks
-    /// or f32), 4 rows per kernel call (`k4`) and the rest one by one (`k1`).
-    fn drive<A: Sync>(
-        &self,
-        xs: &[A],
-        stride: usize,
-        m: usize,
-        k4: impl Fn(&[u8], [&[A]; 4], &mut [[f32; 8]; 4]) + Sync,
-        k1: impl Fn(&[u8], [&[A]; 1], &mut [[f32; 8]; 1]) + Sync,
-    ) -> Vec<f32> {
-        let n = self.n;
-        let gsize = self.k / self.kind.block_elems() * self.kind.group_bytes();
-        let mut y = vec![0f32; m * n];
-        let out = SyncPtr(y.as_mut_ptr());
-        let groups = n / 8;
-        let task = |t: usize| {
-            let gs = t * GROUPS_PER_TASK..((t + 1) * GROUPS_PER_TASK).min(groups);
-            for j0 in (0..m).step_by(X_TILE) {
-                let j1 = (j0 + X_TILE).min(m);
-                for g in gs.clone() {
-                    let w = &self.data[g * gsize..][..gsize];
-                    let mut j = j0;
-                    while j + 4 <= j1 {
-                        let rows: [&[A]; 4] =
-                            std::array::from_fn(|i| &xs[(j + i) * stride..][..stride]);
-                        let mut tile = [[0f32; 8]; 4];
-                        k4(w, rows, &mut tile);
-                        for (i, row) in tile.iter().enumerate() {
-                            // SAFETY: tasks own disjoint column groups; (j + i) < m, 8g + 8 <= n.
-                            unsafe { store(out, (j + i) * n + 8 * g, row) };
-                        }
-                        j += 4;
-                    }
-                    for j in j..j1 {
-                        let mut tile = [[0f32; 8]; 1];
-                        k1(w, [&xs[j * stride..][..stride]], &mut tile);
-                        // SAFETY: as above.
-                        unsafe { store(out, j * n + 8 * g, &tile[0]) };
-                    }
-                }
-            }
-        };
-        (0..groups.div_ceil(GROUPS_PER_TASK))
-            .into_par_iter()
-            .with_min_len(if m < 4 { 4 } else { 1 })
-            .for_each(task);
-        y
+        gemm_many(&[self], x, m).pop().unwrap_or_default()
     }
 
     /// `x @ W^T` for (.., K) f32 `x` on the CPU -> (.., N).
@@ -319,6 +248,131 @@ impl Packed {
         }
         Ok(Tensor::from_vec(y, out_dims, &Device::Cpu)?)
     }
+}
+
+/// `y_i (M, N_i) = x (M, K) @ W_i^T` for weights of one format and K (q/k/v, gate/up): the
+/// activations are quantized once and all products run in one parallel pass. Weights that
+/// differ in format or K are refused (empty result).
+pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = ws.first() else {
+        return Vec::new();
+    };
+    let (format, k) = (first.kind, first.k);
+    if ws.iter().any(|w| w.kind != format || w.k != k) {
+        return Vec::new();
+    }
+    let avx2 = has_avx2();
+    match format {
+        Format::Blocks(kind) => {
+            let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(|r| kind.quantize(r)).collect();
+            drive(
+                ws,
+                &xq,
+                k / 32,
+                m,
+                |w, xs, out| kernel(kind, w, xs, out, avx2),
+                |w, xs, out| kernel(kind, w, xs, out, avx2),
+            )
+        }
+        Format::F16 => drive(
+            ws,
+            x,
+            k,
+            m,
+            |w, xs, out| kernel_f16(w, xs, out, avx2),
+            |w, xs, out| kernel_f16(w, xs, out, avx2),
+        ),
+    }
+}
+
+/// `x @ W_i^T` for (.., K) f32 `x` on the CPU and packed weights of one format and K (see
+/// [`gemm_many`]); `None` when they differ.
+pub fn matmul_many(ws: &[&Packed], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    let Some(first) = ws.first() else {
+        return Ok(Some(Vec::new()));
+    };
+    let k = first.k;
+    let dims = x.dims().to_vec();
+    if dims.last() != Some(&k) {
+        return Err(Error::Input(format!(
+            "matmul of {:?} with a ({}, {}) weight",
+            dims, first.n, k
+        )));
+    }
+    let m = x.elem_count() / k;
+    let xs = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let ys = gemm_many(ws, &xs, m);
+    if ys.len() != ws.len() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(ys.len());
+    for (y, w) in ys.into_iter().zip(ws) {
+        let mut out_dims = dims.clone();
+        if let Some(last) = out_dims.last_mut() {
+            *last = w.n;
+        }
+        out.push(Tensor::from_vec(y, out_dims, &Device::Cpu)?);
+    }
+    Ok(Some(out))
+}
+
+/// The tiling shared by every format: rows `xs` of `stride` activations (quantized blocks or
+/// f32) against each weight of `ws`, 4 rows per kernel call (`k4`) and the rest one by one
+/// (`k1`). Tasks are runs of a weight's groups of 8 rows, all weights' in one parallel pass.
+fn drive<A: Sync>(
+    ws: &[&Packed],
+    xs: &[A],
+    stride: usize,
+    m: usize,
+    k4: impl Fn(&[u8], [&[A]; 4], &mut [[f32; 8]; 4]) + Sync,
+    k1: impl Fn(&[u8], [&[A]; 1], &mut [[f32; 8]; 1]) + Sync,
+) -> Vec<Vec<f32>> {
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
+    let outs: Vec<SyncPtr> = ys.iter_mut().map(|y| SyncPtr(y.as_mut_ptr())).collect();
+    // (weight, first group) of every task
+    let tasks: Vec<(usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| (0..w.n / 8).step_by(GROUPS_PER_TASK).map(move |g| (i, g)))
+        .collect();
+    let task = |&(i, g0): &(usize, usize)| {
+        let (wt, out) = (ws[i], outs[i]);
+        let n = wt.n;
+        let gsize = wt.k / wt.kind.block_elems() * wt.kind.group_bytes();
+        let gs = g0..(g0 + GROUPS_PER_TASK).min(n / 8);
+        for j0 in (0..m).step_by(X_TILE) {
+            let j1 = (j0 + X_TILE).min(m);
+            for g in gs.clone() {
+                let w = &wt.data[g * gsize..][..gsize];
+                let mut j = j0;
+                while j + 4 <= j1 {
+                    let rows: [&[A]; 4] =
+                        std::array::from_fn(|i| &xs[(j + i) * stride..][..stride]);
+                    let mut tile = [[0f32; 8]; 4];
+                    k4(w, rows, &mut tile);
+                    for (i, row) in tile.iter().enumerate() {
+                        // SAFETY: tasks own disjoint column groups; (j + i) < m, 8g + 8 <= n.
+                        unsafe { store(out, (j + i) * n + 8 * g, row) };
+                    }
+                    j += 4;
+                }
+                for j in j..j1 {
+                    let mut tile = [[0f32; 8]; 1];
+                    k1(w, [&xs[j * stride..][..stride]], &mut tile);
+                    // SAFETY: as above.
+                    unsafe { store(out, j * n + 8 * g, &tile[0]) };
+                }
+            }
+        }
+    };
+    tasks
+        .par_iter()
+        .with_min_len(if m < 4 { 4 } else { 1 })
+        .for_each(task);
+    ys
 }
 
 /// # Safety
@@ -404,221 +458,5 @@ fn unpack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn blocks(p: &Packed) -> Kind {
-        match p.format() {
-            Format::Blocks(k) => k,
-            Format::F16 => panic!("not a block format"),
-        }
-    }
-
-    fn weight(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> QTensor {
-        let w = Tensor::from_vec(data(n * k, seed), (n, k), &Device::Cpu).unwrap();
-        QTensor::quantize(&w, dtype).unwrap()
-    }
-
-    #[test]
-    fn packing_is_lossless_and_rows_dequantize() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F16] {
-            let q = weight(dtype, 24, 96, 1);
-            let p = Packed::new(&q).unwrap().unwrap();
-            assert_eq!(p.to_qtensor().unwrap().data().unwrap(), q.data().unwrap());
-            let deq = q.dequantize(&Device::Cpu).unwrap();
-            let rows = p.rows(&[5, 0, 23]).unwrap();
-            let want = deq
-                .index_select(&Tensor::new(&[5u32, 0, 23], &Device::Cpu).unwrap(), 0)
-                .unwrap();
-            let diff = (rows - want).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{dtype:?}");
-            assert!(p.rows(&[24]).is_err());
-        }
-        // Rows not a multiple of 8: not packed (the row kernels take them).
-        assert!(Packed::new(&weight(GgmlDType::Q4_1, 20, 64, 2))
-            .unwrap()
-            .is_none());
-    }
-
-    /// Against the f32 product of the dequantized weight and against the row-dot kernels.
-    #[test]
-    fn gemm_matches_references() {
-        let (n, k) = (48, 320);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let q = weight(dtype, n, k, 3);
-            let p = Packed::new(&q).unwrap().unwrap();
-            let kind = blocks(&p);
-            for m in [1, 3, 4, 70] {
-                let x = data(m * k, 4 + m as u64);
-                let got = p.gemm(&x, m);
-                let rows = super::super::gemm(kind, &x, &q.data().unwrap(), m, k, n);
-                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-                let deq = q.dequantize(&Device::Cpu).unwrap();
-                let dense = xt.matmul(&deq.t().unwrap()).unwrap();
-                let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                for i in 0..m * n {
-                    // Same integer sums, floats added in another order.
-                    assert!((got[i] - rows[i]).abs() < 1e-4, "{dtype:?} m={m} {i}");
-                    // 8-bit activations: relative error ~1e-2 of |y| ~ sqrt(k)/3.
-                    assert!((got[i] - dense[i]).abs() < 0.1, "{dtype:?} m={m} {i}");
-                }
-            }
-        }
-    }
-
-    /// F16: against the f32 product of the same values; rows alone = in a batch = portable.
-    #[test]
-    fn f16_gemm_matches_dense_and_is_batch_invariant() {
-        let (n, k) = (24, 77);
-        let q = weight(GgmlDType::F16, n, k, 11);
-        let p = Packed::new(&q).unwrap().unwrap();
-        assert_eq!(p.format(), Format::F16);
-        let deq = q.dequantize(&Device::Cpu).unwrap();
-        let m = 9;
-        let x = data(m * k, 12);
-        let got = p.gemm(&x, m);
-        let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-        let dense = xt.matmul(&deq.t().unwrap()).unwrap();
-        let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for i in 0..m * n {
-            assert!(
-                (got[i] - dense[i]).abs() < 1e-4,
-                "{i}: {} vs {}",
-                got[i],
-                dense[i]
-            );
-        }
-        for j in 0..m {
-            let one = p.gemm(&x[j * k..(j + 1) * k], 1);
-            assert!(one == got[j * n..(j + 1) * n], "row {j}");
-        }
-        let xs: [&[f32]; 4] = std::array::from_fn(|i| &x[i * k..][..k]);
-        let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut simd, has_avx2());
-        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut scalar, false);
-        assert_eq!(simd, scalar);
-    }
-
-    /// A row's result is bit-identical alone, in a batch, and on the portable path.
-    #[test]
-    fn rows_do_not_depend_on_the_batch_or_the_path() {
-        let (n, k, m) = (16, 256, 9);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let p = Packed::new(&weight(dtype, n, k, 5)).unwrap().unwrap();
-            let x = data(m * k, 6);
-            let all = p.gemm(&x, m);
-            for j in 0..m {
-                let one = p.gemm(&x[j * k..(j + 1) * k], 1);
-                assert!(one == all[j * n..(j + 1) * n], "{dtype:?} row {j}");
-            }
-            let kb = k / 32;
-            let xq: Vec<BlockQ8> = x
-                .chunks_exact(k)
-                .flat_map(|r| blocks(&p).quantize(r))
-                .collect();
-            let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * kb..][..kb]);
-            let w = &p.data[..kb * p.kind.group_bytes()];
-            let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-            kernel(blocks(&p), w, xs, &mut simd, has_avx2());
-            kernel(blocks(&p), w, xs, &mut scalar, false);
-            assert_eq!(simd, scalar, "{dtype:?}");
-        }
-    }
-
-    /// Timing against the row-dot kernels (not an assertion): `cargo test --release -p llama3
-    /// packed::tests::speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn speed() {
-        let (n, k) = (1536, 576);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let q = weight(dtype, n, k, 7);
-            let p = Packed::new(&q).unwrap().unwrap();
-            let raw = q.data().unwrap().to_vec();
-            for m in [1, 16, 512] {
-                let x = data(m * k, 8);
-                let reps = 4096 / m;
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    std::hint::black_box(p.gemm(&x, m));
-                }
-                let packed = t.elapsed().as_secs_f64();
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    std::hint::black_box(super::super::gemm(blocks(&p), &x, &raw, m, k, n));
-                }
-                let rows = t.elapsed().as_secs_f64();
-                let gops = (reps * m * n * k) as f64 * 2e-9;
-                println!(
-                    "{dtype:?} m={m}: packed {:.1} GOP/s, rows {:.1} GOP/s, x{:.2}",
-                    gops / packed,
-                    gops / rows,
-                    rows / packed
-                );
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod bw {
-    use super::*;
-
-    /// GEMV over ~100 MB of Q4_1 weights against plain reading bandwidth (not an assertion).
-    #[test]
-    #[ignore]
-    fn gemv_bandwidth() {
-        let (n, k) = (8192, 2048); // 9.4 MB Q4_1 each
-        let ws: Vec<Packed> = (0..10)
-            .map(|i| {
-                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-                let _ = i;
-                Packed::new(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap())
-                    .unwrap()
-                    .unwrap()
-            })
-            .collect();
-        let bytes: usize = ws.iter().map(|w| w.data.len()).sum();
-        let x = vec![0.5f32; k];
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            for _ in 0..5 {
-                for w in &ws {
-                    std::hint::black_box(w.gemm(&x, 1));
-                }
-            }
-            let s = t.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            let mut total = 0u64;
-            for _ in 0..5 {
-                for w in &ws {
-                    total += w
-                        .data
-                        .par_chunks(1 << 16)
-                        .map(|c| {
-                            c.chunks_exact(8)
-                                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-                                .fold(0u64, |a, b| a ^ b)
-                        })
-                        .reduce(|| 0, |a, b| a ^ b);
-                }
-            }
-            std::hint::black_box(total);
-            let r = t.elapsed().as_secs_f64();
-            let gb = 5.0 * bytes as f64 * 1e-9;
-            println!("gemv {:.1} GB/s, read {:.1} GB/s", gb / s, gb / r);
-        }
-    }
-}
+#[path = "packed_tests.rs"]
+mod tests;

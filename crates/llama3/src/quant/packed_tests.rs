@@ -1,0 +1,232 @@
+//! Tests of the packed kernels (`packed.rs`).
+
+mod unit {
+    use super::super::*;
+
+    use crate::quant::test_data as data;
+
+    fn blocks(p: &Packed) -> Kind {
+        match p.format() {
+            Format::Blocks(k) => k,
+            Format::F16 => panic!("not a block format"),
+        }
+    }
+
+    fn weight(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> QTensor {
+        let w = Tensor::from_vec(data(n * k, seed), (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&w, dtype).unwrap()
+    }
+
+    #[test]
+    fn packing_is_lossless_and_rows_dequantize() {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F16] {
+            let q = weight(dtype, 24, 96, 1);
+            let p = Packed::new(&q).unwrap().unwrap();
+            assert_eq!(p.to_qtensor().unwrap().data().unwrap(), q.data().unwrap());
+            let deq = q.dequantize(&Device::Cpu).unwrap();
+            let rows = p.rows(&[5, 0, 23]).unwrap();
+            let want = deq
+                .index_select(&Tensor::new(&[5u32, 0, 23], &Device::Cpu).unwrap(), 0)
+                .unwrap();
+            let diff = (rows - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{dtype:?}");
+            assert!(p.rows(&[24]).is_err());
+        }
+        // Rows not a multiple of 8: not packed (the row kernels take them).
+        assert!(Packed::new(&weight(GgmlDType::Q4_1, 20, 64, 2))
+            .unwrap()
+            .is_none());
+    }
+
+    /// Against the f32 product of the dequantized weight and against the row-dot kernels.
+    #[test]
+    fn gemm_matches_references() {
+        let (n, k) = (48, 320);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = weight(dtype, n, k, 3);
+            let p = Packed::new(&q).unwrap().unwrap();
+            let kind = blocks(&p);
+            for m in [1, 3, 4, 70] {
+                let x = data(m * k, 4 + m as u64);
+                let got = p.gemm(&x, m);
+                let rows = crate::quant::gemm(kind, &x, &q.data().unwrap(), m, k, n);
+                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+                let deq = q.dequantize(&Device::Cpu).unwrap();
+                let dense = xt.matmul(&deq.t().unwrap()).unwrap();
+                let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for i in 0..m * n {
+                    // Same integer sums, floats added in another order.
+                    assert!((got[i] - rows[i]).abs() < 1e-4, "{dtype:?} m={m} {i}");
+                    // 8-bit activations: relative error ~1e-2 of |y| ~ sqrt(k)/3.
+                    assert!((got[i] - dense[i]).abs() < 0.1, "{dtype:?} m={m} {i}");
+                }
+            }
+        }
+    }
+
+    /// Several weights in one pass give each weight's own product, bit for bit.
+    #[test]
+    fn gemm_many_equals_each_gemm() {
+        let k = 96;
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F16] {
+            let ws: Vec<Packed> = [(16, 1), (40, 2), (8, 3)]
+                .iter()
+                .map(|&(n, seed)| Packed::new(&weight(dtype, n, k, seed)).unwrap().unwrap())
+                .collect();
+            let refs: Vec<&Packed> = ws.iter().collect();
+            for m in [1, 6] {
+                let x = data(m * k, 9);
+                let many = gemm_many(&refs, &x, m);
+                for (w, y) in ws.iter().zip(&many) {
+                    assert!(*y == w.gemm(&x, m), "{dtype:?} m={m}");
+                }
+            }
+            // Different K: refused.
+            let other = Packed::new(&weight(dtype, 8, 64, 4)).unwrap().unwrap();
+            assert!(gemm_many(&[&ws[0], &other], &data(k, 1), 1).is_empty());
+        }
+    }
+
+    /// F16: against the f32 product of the same values; rows alone = in a batch = portable.
+    #[test]
+    fn f16_gemm_matches_dense_and_is_batch_invariant() {
+        let (n, k) = (24, 77);
+        let q = weight(GgmlDType::F16, n, k, 11);
+        let p = Packed::new(&q).unwrap().unwrap();
+        assert_eq!(p.format(), Format::F16);
+        let deq = q.dequantize(&Device::Cpu).unwrap();
+        let m = 9;
+        let x = data(m * k, 12);
+        let got = p.gemm(&x, m);
+        let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+        let dense = xt.matmul(&deq.t().unwrap()).unwrap();
+        let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for i in 0..m * n {
+            assert!(
+                (got[i] - dense[i]).abs() < 1e-4,
+                "{i}: {} vs {}",
+                got[i],
+                dense[i]
+            );
+        }
+        for j in 0..m {
+            let one = p.gemm(&x[j * k..(j + 1) * k], 1);
+            assert!(one == got[j * n..(j + 1) * n], "row {j}");
+        }
+        let xs: [&[f32]; 4] = std::array::from_fn(|i| &x[i * k..][..k]);
+        let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
+        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut simd, has_avx2());
+        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut scalar, false);
+        assert_eq!(simd, scalar);
+    }
+
+    /// A row's result is bit-identical alone, in a batch, and on the portable path.
+    #[test]
+    fn rows_do_not_depend_on_the_batch_or_the_path() {
+        let (n, k, m) = (16, 256, 9);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let p = Packed::new(&weight(dtype, n, k, 5)).unwrap().unwrap();
+            let x = data(m * k, 6);
+            let all = p.gemm(&x, m);
+            for j in 0..m {
+                let one = p.gemm(&x[j * k..(j + 1) * k], 1);
+                assert!(one == all[j * n..(j + 1) * n], "{dtype:?} row {j}");
+            }
+            let kb = k / 32;
+            let xq: Vec<BlockQ8> = x
+                .chunks_exact(k)
+                .flat_map(|r| blocks(&p).quantize(r))
+                .collect();
+            let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * kb..][..kb]);
+            let w = &p.data[..kb * p.kind.group_bytes()];
+            let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
+            kernel(blocks(&p), w, xs, &mut simd, has_avx2());
+            kernel(blocks(&p), w, xs, &mut scalar, false);
+            assert_eq!(simd, scalar, "{dtype:?}");
+        }
+    }
+
+    /// Timing against the row-dot kernels (not an assertion): `cargo test --release -p llama3
+    /// packed::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn speed() {
+        let (n, k) = (1536, 576);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = weight(dtype, n, k, 7);
+            let p = Packed::new(&q).unwrap().unwrap();
+            let raw = q.data().unwrap().to_vec();
+            for m in [1, 16, 512] {
+                let x = data(m * k, 8);
+                let reps = 4096 / m;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(p.gemm(&x, m));
+                }
+                let packed = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(crate::quant::gemm(blocks(&p), &x, &raw, m, k, n));
+                }
+                let rows = t.elapsed().as_secs_f64();
+                let gops = (reps * m * n * k) as f64 * 2e-9;
+                println!(
+                    "{dtype:?} m={m}: packed {:.1} GOP/s, rows {:.1} GOP/s, x{:.2}",
+                    gops / packed,
+                    gops / rows,
+                    rows / packed
+                );
+            }
+        }
+    }
+}
+
+mod bw {
+    use super::super::*;
+
+    /// GEMV over ~100 MB of Q4_1 weights against plain reading bandwidth (not an assertion).
+    #[test]
+    #[ignore]
+    fn gemv_bandwidth() {
+        let (n, k) = (8192, 2048); // 9.4 MB Q4_1 each
+        let ws: Vec<Packed> = (0..10)
+            .map(|i| {
+                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+                let _ = i;
+                Packed::new(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap())
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        let bytes: usize = ws.iter().map(|w| w.data.len()).sum();
+        let x = vec![0.5f32; k];
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                for w in &ws {
+                    std::hint::black_box(w.gemm(&x, 1));
+                }
+            }
+            let s = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            let mut total = 0u64;
+            for _ in 0..5 {
+                for w in &ws {
+                    total += w
+                        .data
+                        .par_chunks(1 << 16)
+                        .map(|c| {
+                            c.chunks_exact(8)
+                                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                                .fold(0u64, |a, b| a ^ b)
+                        })
+                        .reduce(|| 0, |a, b| a ^ b);
+                }
+            }
+            std::hint::black_box(total);
+            let r = t.elapsed().as_secs_f64();
+            let gb = 5.0 * bytes as f64 * 1e-9;
+            println!("gemv {:.1} GB/s, read {:.1} GB/s", gb / s, gb / r);
+        }
+    }
+}
