@@ -74,3 +74,35 @@ fn batched_step_equals_lone_decode_on_the_default_model() {
     assert!(model.forward_step(&[u32::MAX], &mut one).is_err());
     assert!(model.forward_step(&[1, 2], &mut one).is_err());
 }
+
+/// Timing of a 16-sequence step against a lone one (not an assertion): `cargo test --release
+/// -p llama3 --test batch_step step_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn step_timing() {
+    let loaded = load(&common::default_model(), &LoadOptions::default()).unwrap();
+    let model = &loaded.model;
+    for n in [1usize, 16] {
+        let mut caches: Vec<_> = (0..n)
+            .map(|i| {
+                let mut c = model.new_cache(1, 512).unwrap();
+                let p: Vec<u32> = (0..(20 + 7 * i) as u32).map(|t| 100 + t).collect();
+                prefill(model, &mut c, &p, 512).unwrap();
+                c
+            })
+            .collect();
+        let steps = 40;
+        let t = std::time::Instant::now();
+        for s in 0..steps {
+            let mut refs: Vec<_> = caches.iter_mut().collect();
+            let toks: Vec<u32> = (0..n as u32).map(|i| 200 + i + s).collect();
+            model.forward_step(&toks, &mut refs).unwrap();
+        }
+        let dt = t.elapsed().as_secs_f64() / steps as f64;
+        println!(
+            "{n} sequences: {:.1} ms/step, {:.1} tok/s",
+            dt * 1e3,
+            n as f64 / dt
+        );
+    }
+}
