@@ -229,24 +229,10 @@ impl Packed {
 
     /// `x @ W^T` for (.., K) f32 `x` on the CPU -> (.., N).
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        if dims.last() != Some(&self.k) {
-            return Err(Error::Input(format!(
-                "matmul of {:?} with a ({}, {}) weight",
-                dims, self.n, self.k
-            )));
+        match matmul_many(&[self], x)?.and_then(|mut ys| ys.pop()) {
+            Some(y) => Ok(y),
+            None => Err(Error::Input("packed matmul: no product".into())),
         }
-        let m = x.elem_count() / self.k;
-        let xs = x
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let y = self.gemm(&xs, m);
-        let mut out_dims = dims;
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.n;
-        }
-        Ok(Tensor::from_vec(y, out_dims, &Device::Cpu)?)
     }
 }
 
@@ -300,11 +286,17 @@ pub fn matmul_many(ws: &[&Packed], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         )));
     }
     let m = x.elem_count() / k;
-    let xs = x
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let ys = gemm_many(ws, &xs, m);
+    // Read in place (no copy of the activations) when f32 and contiguous, as they are.
+    let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let ys = {
+        let (st, l) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*st else {
+            return Err(Error::Input(
+                "packed matmul: the input is not on the CPU".into(),
+            ));
+        };
+        gemm_many(ws, &v[l.start_offset()..][..m * k], m)
+    };
     if ys.len() != ws.len() {
         return Ok(None);
     }
