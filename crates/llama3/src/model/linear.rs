@@ -157,21 +157,18 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        if packed.len() == N && !x.track_op() && x.device().is_cpu() {
-            if let Some(ys) = crate::quant::matmul_many(&packed, x)? {
-                let mut out = Vec::with_capacity(N);
-                for (l, y) in ls.iter().zip(ys) {
-                    out.push(l.add_lora(x, y)?);
-                }
-                if let Ok(out) = out.try_into() {
-                    return Ok(out);
-                }
-            }
-        }
-        let mut out = Vec::with_capacity(N);
-        for l in ls {
-            out.push(l.forward(x)?);
-        }
+        let fused = match packed.len() == N && !x.track_op() && x.device().is_cpu() {
+            true => crate::quant::matmul_many(&packed, x)?,
+            false => None,
+        };
+        let out: Vec<Tensor> = match fused {
+            Some(ys) => ls
+                .iter()
+                .zip(ys)
+                .map(|(l, y)| l.add_lora(x, y))
+                .collect::<Result<_>>()?,
+            None => ls.iter().map(|l| l.forward(x)).collect::<Result<_>>()?,
+        };
         out.try_into()
             .map_err(|_| crate::Error::Input("forward_many: wrong number of outputs".into()))
     }

@@ -1,12 +1,14 @@
 //! GGUF weights repacked eight rows at a time, for the kernels in `x8.rs`.
 //!
 //! A (N, K) weight of Q4_1 or Q8_0 blocks becomes N/8 groups; a group is K/32 "blocks of 8",
-//! each holding block `b` of the group's 8 rows (c = 0..8 below):
+//! each holding block `b` of the group's 8 rows (c = 0..8 below); F16 is the same with blocks
+//! of one element:
 //!
 //! ```text
 //! Q4_1 (160 bytes): d[c] f16 x 8 | m[c] f16 x 8 | 4 x 32 bytes: byte 4c+j of vector v is
 //!                   byte 4v+j of row c's nibbles (low nibble: element 4v+j, high: 16+4v+j)
 //! Q8_0 (272 bytes): d[c] f16 x 8 | 8 x 32 bytes: byte 4c+j of vector s is element 4s+j of row c
+//! F16  (16 bytes):  element k of row c at 2c
 //! ```
 //!
 //! It is a permutation of the GGUF bytes (the same size, lossless: `to_qtensor` gives the
@@ -24,11 +26,8 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct Packed {
     kind: Format,
-    /// [n, k]
+    /// [out, in] = [n, k]
     shape: [usize; 2],
-    /// (out, in)
-    n: usize,
-    k: usize,
     data: Vec<u8>,
 }
 
@@ -135,8 +134,6 @@ impl Packed {
         Ok(Some(Self {
             kind,
             shape: [n, k],
-            n,
-            k,
             data,
         }))
     }
@@ -151,7 +148,15 @@ impl Packed {
 
     /// (out, in)
     pub fn dims(&self) -> (usize, usize) {
-        (self.n, self.k)
+        (self.shape[0], self.shape[1])
+    }
+
+    fn n(&self) -> usize {
+        self.shape[0]
+    }
+
+    fn k(&self) -> usize {
+        self.shape[1]
     }
 
     /// [out, in]
@@ -159,14 +164,9 @@ impl Packed {
         &self.shape
     }
 
-    /// Bytes held.
-    pub fn size_in_bytes(&self) -> usize {
-        self.data.len()
-    }
-
     /// Row `r` in GGUF's block layout.
     fn row_blocks(&self, r: usize, out: &mut Vec<u8>) {
-        let kb = self.k / self.kind.block_elems();
+        let kb = self.k() / self.kind.block_elems();
         let (bb, gb) = (self.kind.block_bytes(), self.kind.group_bytes());
         let group = &self.data[r / 8 * kb * gb..][..kb * gb];
         let start = out.len();
@@ -179,7 +179,7 @@ impl Packed {
     /// The original GGUF tensor (the inverse of the packing, bit for bit).
     pub fn to_qtensor(&self) -> Result<QTensor> {
         let mut raw = Vec::with_capacity(self.data.len());
-        for r in 0..self.n {
+        for r in 0..self.n() {
             self.row_blocks(r, &mut raw);
         }
         let storage = candle_core::quantized::QStorage::from_data(
@@ -187,7 +187,7 @@ impl Packed {
             &Device::Cpu,
             self.dtype(),
         )?;
-        Ok(QTensor::new(storage, (self.n, self.k))?)
+        Ok(QTensor::new(storage, (self.n(), self.k()))?)
     }
 
     /// (N, K) f32.
@@ -197,14 +197,14 @@ impl Packed {
 
     /// Rows `ids` as f32, (ids.len(), K): an embedding lookup.
     pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
-        let mut out = Vec::with_capacity(ids.len() * self.k);
+        let mut out = Vec::with_capacity(ids.len() * self.k());
         let mut blocks = Vec::new();
         for &id in ids {
             let r = id as usize;
-            if r >= self.n {
+            if r >= self.n() {
                 return Err(Error::Input(format!(
                     "token id {r} outside the embedding table ({} rows)",
-                    self.n
+                    self.n()
                 )));
             }
             blocks.clear();
@@ -219,7 +219,7 @@ impl Packed {
                 ),
             }
         }
-        Ok(Tensor::from_vec(out, (ids.len(), self.k), &Device::Cpu)?)
+        Ok(Tensor::from_vec(out, (ids.len(), self.k()), &Device::Cpu)?)
     }
 
     /// `y (M, N) = x (M, K) @ W^T`.
@@ -243,8 +243,8 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     let Some(first) = ws.first() else {
         return Vec::new();
     };
-    let (format, k) = (first.kind, first.k);
-    if ws.iter().any(|w| w.kind != format || w.k != k) {
+    let (format, k) = (first.kind, first.k());
+    if ws.iter().any(|w| w.kind != format || w.k() != k) {
         return Vec::new();
     }
     let avx2 = has_avx2();
@@ -277,12 +277,14 @@ pub fn matmul_many(ws: &[&Packed], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
     let Some(first) = ws.first() else {
         return Ok(Some(Vec::new()));
     };
-    let k = first.k;
+    let k = first.k();
     let dims = x.dims().to_vec();
     if dims.last() != Some(&k) {
         return Err(Error::Input(format!(
             "matmul of {:?} with a ({}, {}) weight",
-            dims, first.n, k
+            dims,
+            first.n(),
+            k
         )));
     }
     let m = x.elem_count() / k;
@@ -304,7 +306,7 @@ pub fn matmul_many(ws: &[&Packed], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
     for (y, w) in ys.into_iter().zip(ws) {
         let mut out_dims = dims.clone();
         if let Some(last) = out_dims.last_mut() {
-            *last = w.n;
+            *last = w.n();
         }
         out.push(Tensor::from_vec(y, out_dims, &Device::Cpu)?);
     }
@@ -322,18 +324,18 @@ fn drive<A: Sync>(
     k4: impl Fn(&[u8], [&[A]; 4], &mut [[f32; 8]; 4]) + Sync,
     k1: impl Fn(&[u8], [&[A]; 1], &mut [[f32; 8]; 1]) + Sync,
 ) -> Vec<Vec<f32>> {
-    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n()]).collect();
     let outs: Vec<SyncPtr> = ys.iter_mut().map(|y| SyncPtr(y.as_mut_ptr())).collect();
     // (weight, first group) of every task
     let tasks: Vec<(usize, usize)> = ws
         .iter()
         .enumerate()
-        .flat_map(|(i, w)| (0..w.n / 8).step_by(GROUPS_PER_TASK).map(move |g| (i, g)))
+        .flat_map(|(i, w)| (0..w.n() / 8).step_by(GROUPS_PER_TASK).map(move |g| (i, g)))
         .collect();
     let task = |&(i, g0): &(usize, usize)| {
         let (wt, out) = (ws[i], outs[i]);
-        let n = wt.n;
-        let gsize = wt.k / wt.kind.block_elems() * wt.kind.group_bytes();
+        let n = wt.n();
+        let gsize = wt.k() / wt.kind.block_elems() * wt.kind.group_bytes();
         let gs = g0..(g0 + GROUPS_PER_TASK).min(n / 8);
         for j0 in (0..m).step_by(X_TILE) {
             let j1 = (j0 + X_TILE).min(m);

@@ -255,7 +255,8 @@ impl WeightSource for GgufSource {
             }
             None => mapped,
         };
-        if matches!(self.device, Device::Cpu) && Packed::supports(info.ggml_dtype, &dims) {
+        if matches!(self.device, Device::Cpu) {
+            // Q4_1/Q8_0/F16 matrices come out packed for the CPU kernels; others go to candle.
             let packed = Packed::from_raw(info.ggml_dtype, &dims, bytes)
                 .map_err(|e| Error::format(&self.file.path, format!("tensor {name}: {e}")))?;
             if let Some(p) = packed {
