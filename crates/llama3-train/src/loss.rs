@@ -66,22 +66,40 @@ pub fn causal_lm_loss_sum(model: &Llama, ids: &Tensor, labels: &Tensor) -> Resul
     }
 }
 
-/// Summed cross-entropy of `rows` of `hidden` (B*T, D) through the head against `targets`,
-/// HEAD_ROWS rows per item; `hidden` is after the final norm.
+/// Summed cross-entropy of `rows` of `hidden` (B*T, D) through the head against `targets`;
+/// `hidden` is after the final norm. A plain f32 CPU head gives one item from the fused op
+/// (`llama3::fused::linear_cross_entropy_sum`: logits never held whole, gradients in the same
+/// pass); any other head HEAD_ROWS rows per item through candle's ops.
 pub fn head_chunks<'a>(
     model: &'a Llama,
     hidden: &'a Tensor,
     rows: &'a [u32],
     targets: &'a [u32],
-) -> impl Iterator<Item = Result<Tensor>> + 'a {
-    rows.chunks(HEAD_ROWS)
-        .zip(targets.chunks(HEAD_ROWS))
-        .map(move |(r, tg)| {
-            let dev = hidden.device();
-            let h = hidden.index_select(&Tensor::new(r, dev)?, 0)?; // (n, D)
-            let logits = model.lm_head.forward(&h)?; // (n, V)
-            cross_entropy_sum(&logits, &Tensor::new(tg, dev)?)
-        })
+) -> Box<dyn Iterator<Item = Result<Tensor>> + 'a> {
+    let select = move |r: &[u32]| -> Result<Tensor> {
+        Ok(hidden.index_select(&Tensor::new(r, hidden.device())?, 0)?) // (n, D)
+    };
+    let fused = || -> Result<Option<Tensor>> {
+        let h = select(rows)?;
+        Ok(llama3::fused::linear_cross_entropy_sum(
+            &model.lm_head,
+            &h,
+            targets,
+        )?)
+    };
+    match fused() {
+        Ok(None) => {}
+        Ok(Some(sum)) => return Box::new(std::iter::once(Ok(sum))),
+        Err(e) => return Box::new(std::iter::once(Err(e))),
+    }
+    Box::new(
+        rows.chunks(HEAD_ROWS)
+            .zip(targets.chunks(HEAD_ROWS))
+            .map(move |(r, tg)| {
+                let logits = model.lm_head.forward(&select(r)?)?; // (n, V)
+                cross_entropy_sum(&logits, &Tensor::new(tg, hidden.device())?)
+            }),
+    )
 }
 
 /// How many positions of labels (B, T) are counted after the shift: the divisor of a step's

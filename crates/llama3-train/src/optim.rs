@@ -9,6 +9,106 @@ use serde::{Deserialize, Serialize};
 use crate::grads::Grads;
 use crate::{Error, Result};
 
+/// The scalars of one parameter's update at its step `t`.
+struct Coefs {
+    /// 1 - lr * weight_decay
+    decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    /// sqrt(1 - beta2^t)
+    bc2_sqrt: f64,
+    /// lr / (1 - beta1^t)
+    step_size: f64,
+}
+
+impl Coefs {
+    fn new(c: &AdamWConfig, lr: f64, t: u64) -> Self {
+        Self {
+            decay: 1.0 - lr * c.weight_decay,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            bc2_sqrt: (1.0 - c.beta2.powi(t as i32)).sqrt(),
+            step_size: lr / (1.0 - c.beta1.powi(t as i32)),
+        }
+    }
+}
+
+/// The update with candle ops (any device and dtype).
+fn update_tensors(p: &Var, g: &Tensor, s: &mut State, k: &Coefs) -> Result<()> {
+    let g = g.to_dtype(DType::F32)?;
+    let dtype = p.dtype();
+    let theta = p.as_tensor().detach().to_dtype(DType::F32)?;
+    // param.mul_(1 - lr * weight_decay)
+    let theta = (theta * k.decay)?;
+    // exp_avg.lerp_(grad, 1 - beta1)
+    s.m = ((&g - &s.m)? * (1.0 - k.beta1) + &s.m)?;
+    // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    s.v = ((&s.v * k.beta2)? + (g.sqr()? * (1.0 - k.beta2))?)?;
+    // denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    let denom = ((s.v.sqrt()? / k.bc2_sqrt)? + k.eps)?;
+    // param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+    let theta = (theta - (s.m.div(&denom)? * k.step_size)?)?;
+    p.set(&theta.to_dtype(dtype)?)?;
+    Ok(())
+}
+
+/// The same update as one parallel pass over f32 CPU tensors (a dozen candle ops, each a
+/// new buffer, become one loop). False when it does not apply.
+fn update_cpu(p: &Var, g: &Tensor, s: &mut State, k: &Coefs) -> Result<bool> {
+    use candle_core::{CpuStorage, Storage};
+    use rayon::prelude::*;
+    let all = [p.as_tensor(), g, &s.m, &s.v];
+    let applies = all.iter().all(|t| {
+        t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous() && t.dims() == p.dims()
+    });
+    if !applies {
+        return Ok(false);
+    }
+    let n = p.elem_count();
+    let mut theta = vec![0f32; n];
+    let mut m = vec![0f32; n];
+    let mut v = vec![0f32; n];
+    {
+        let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
+        let mut slices = Vec::with_capacity(4);
+        for (st, l) in &guards {
+            let Storage::Cpu(CpuStorage::F32(d)) = &**st else {
+                return Ok(false);
+            };
+            slices.push(&d[l.start_offset()..][..n]);
+        }
+        let (p0, g, m0, v0) = (slices[0], slices[1], slices[2], slices[3]);
+        let f = |x: f64| x as f32;
+        let (decay, b1, b2, eps) = (f(k.decay), f(1.0 - k.beta1), f(k.beta2), f(k.eps));
+        let (nb2, bc2, step) = (f(1.0 - k.beta2), f(k.bc2_sqrt), f(k.step_size));
+        const CHUNK: usize = 1 << 14;
+        theta
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, ((th, mm), vv))| {
+                let o = c * CHUNK;
+                for i in 0..th.len() {
+                    let (gi, mi, vi) = (g[o + i], m0[o + i], v0[o + i]);
+                    let mi = (gi - mi) * b1 + mi;
+                    let vi = vi * b2 + gi * gi * nb2;
+                    let denom = vi.sqrt() / bc2 + eps;
+                    th[i] = p0[o + i] * decay - mi / denom * step;
+                    mm[i] = mi;
+                    vv[i] = vi;
+                }
+            });
+    }
+    let dev = p.device();
+    s.m = Tensor::from_vec(m, p.shape(), dev)?;
+    s.v = Tensor::from_vec(v, p.shape(), dev)?;
+    p.set(&Tensor::from_vec(theta, p.shape(), dev)?)?;
+    Ok(true)
+}
+
 /// Hyper-parameters; defaults are PyTorch's.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -79,23 +179,11 @@ impl AdamW {
         let c = self.config;
         for (i, ((_, p), s)) in self.params.iter().zip(self.state.iter_mut()).enumerate() {
             let Some(g) = grads.get(i) else { continue };
-            let g = g.to_dtype(DType::F32)?;
-            let dtype = p.dtype();
-            let theta = p.as_tensor().detach().to_dtype(DType::F32)?;
             s.step += 1;
-            // param.mul_(1 - lr * weight_decay)
-            let theta = (theta * (1.0 - lr * c.weight_decay))?;
-            // exp_avg.lerp_(grad, 1 - beta1)
-            s.m = ((&g - &s.m)? * (1.0 - c.beta1) + &s.m)?;
-            // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let bc1 = 1.0 - c.beta1.powi(s.step as i32);
-            let bc2_sqrt = (1.0 - c.beta2.powi(s.step as i32)).sqrt();
-            // denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
-            let denom = ((s.v.sqrt()? / bc2_sqrt)? + c.eps)?;
-            // param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-            let theta = (theta - (s.m.div(&denom)? * (lr / bc1))?)?;
-            p.set(&theta.to_dtype(dtype)?)?;
+            let k = Coefs::new(&c, lr, s.step);
+            if !update_cpu(p, g, s, &k)? {
+                update_tensors(p, g, s, &k)?;
+            }
         }
         Ok(())
     }
@@ -143,6 +231,48 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The one-pass CPU update and the candle-ops update agree.
+    #[test]
+    fn fused_pass_equals_tensor_ops() {
+        let dev = Device::Cpu;
+        let shape = (37, 1000);
+        let p0 = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let c = AdamWConfig::default();
+        let gs: Vec<Tensor> = (1..=3)
+            .map(|t| (Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * t as f64).unwrap())
+            .collect();
+        let mut states = Vec::new();
+        for fused in [true, false] {
+            let p = Var::from_tensor(&p0).unwrap();
+            let z = p0.zeros_like().unwrap();
+            let mut s = State {
+                m: z.clone(),
+                v: z,
+                step: 0,
+            };
+            for (t, g) in (1..=3u64).zip(&gs) {
+                let k = Coefs::new(&c, 1e-2, t);
+                match fused {
+                    true => assert!(update_cpu(&p, g, &mut s, &k).unwrap()),
+                    false => update_tensors(&p, g, &mut s, &k).unwrap(),
+                }
+            }
+            states.push((p.as_tensor().clone(), s.m, s.v));
+        }
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let ((p1, m1, v1), (p2, m2, v2)) = (&states[0], &states[1]);
+        assert!(diff(p1, p2) < 1e-6 && diff(m1, m2) < 1e-6 && diff(v1, v2) < 1e-5);
+    }
 
     /// Two steps of torch.optim.AdamW(lr=0.1, betas=(0.9, 0.99), eps=1e-8,
     /// weight_decay=0.5) on p = [1, -2] with grads [0.5, -1] then [0.25, 2] (values computed

@@ -98,7 +98,9 @@ fn check(name: &str) {
             if g_ref[j].abs() >= WELL_CONDITIONED {
                 assert!(
                     d <= ADAMW_TOL,
-                    "{name}: after AdamW {pname}[{j}] differs by {d}"
+                    "{name}: after AdamW {pname}[{j}] differs by {d}; grads {} vs {}",
+                    g_ours[j],
+                    g_ref[j]
                 );
                 worst = worst.max(d);
             } else {
@@ -125,10 +127,14 @@ fn check(name: &str) {
 ///
 /// The first step moves a weight by `lr * g / (|g| + eps)` (bias correction makes
 /// `m_hat = g`, `sqrt(v_hat) = |g|`), whose derivative `lr * eps / (|g| + eps)^2` reaches
-/// `lr / eps = 1e6` at `g = 0`. Our gradients match PyTorch's to ~1e-10 absolute (float32
-/// summation order), so weights whose gradient is ~1e-8 may move 1e-4 apart after one step;
-/// no float32 implementation can do better without PyTorch's exact summation order.
-const WELL_CONDITIONED: f32 = 1e-6;
+/// `lr / eps = 1e6` at `g = 0`. Our gradients match PyTorch's to about one float32 ulp of
+/// the tensor's largest gradient (summation order: ~1e-8 absolute when that is 0.15), so a
+/// weight whose gradient is ~1e-6 may move 1e-6 apart after one step (seen: 1.2e-6 at
+/// |g| = 1.17e-6, gradients -1.156e-6 vs -1.173e-6), and one at ~1e-8 by 1e-4; no float32
+/// implementation can do better without PyTorch's exact summation order. At |g| >= 1e-5
+/// the amplification is below 1 and the plain 1e-6 bound applies; below, the bound adds
+/// what the gradient difference explains (`first_step_sensitivity`).
+const WELL_CONDITIONED: f32 = 1e-5;
 
 /// Bound on `|step(g_ours) - step(g_ref)|` from the mean value theorem on the first-step
 /// update: `lr * eps * |dg| / (min|g| + eps)^2`, with `min|g| = 0` when the signs differ.

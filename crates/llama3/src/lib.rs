@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod fused;
 pub mod generate;
 pub mod hub;
 pub mod loader;

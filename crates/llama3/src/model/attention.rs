@@ -51,7 +51,20 @@ impl Attention {
             }
             c => c,
         };
-        let (q, k, v) = self.project(x)?;
+        let (q, k, v) = self.project_rows(x)?;
+        if cache.is_none() && trains_on_cpu(&[&q, &k, &v]) && self.head_dim.is_multiple_of(2) {
+            // Training: RoPE, causal softmax and both products in one op with its own
+            // backward (`fused::attn`). Without a cache the positions start at 0.
+            let (cos, sin) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
+            let heads = crate::fused::attn::Heads {
+                h: self.n_head,
+                hkv: self.n_head_kv,
+                dh: self.head_dim,
+            };
+            let y = crate::fused::attn::causal_attention(&q, &k, &v, heads, &cos, &sin)?;
+            return self.o_proj.forward(&y);
+        }
+        let (q, k, v) = self.split_heads(q, k, v)?;
         let y = self.attend(q, k, v, cos, sin, mask, cache)?;
         self.o_proj.forward(&y)
     }
@@ -69,7 +82,8 @@ impl Attention {
         if self.fuses(x) {
             return self.forward_fused(x, rope, caches, layer);
         }
-        let (q, k, v) = self.project(x)?;
+        let (q, k, v) = self.project_rows(x)?;
+        let (q, k, v) = self.split_heads(q, k, v)?;
         let mut ys = Vec::with_capacity(caches.len());
         for (i, (cache, (cos, sin))) in caches.iter_mut().zip(rope).enumerate() {
             let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
@@ -114,25 +128,13 @@ impl Attention {
         Ok((q, k, v))
     }
 
-    /// (B, T, D) -> q (B, H, T, Dh), k and v (B, Hkv, T, Dh), before RoPE.
-    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, _) = x.dims3()?;
+    /// q (B, T, H*Dh), k and v (B, T, Hkv*Dh) -> q (B, H, T, Dh), k and v (B, Hkv, T, Dh).
+    fn split_heads(&self, q: Tensor, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = q.dims3()?;
         let (h, hkv, dh) = (self.n_head, self.n_head_kv, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x)?
-            .reshape((b, t, h, dh))?
-            .transpose(1, 2)?; // (B, H, T, Dh)
-        let k = self
-            .k_proj
-            .forward(x)?
-            .reshape((b, t, hkv, dh))?
-            .transpose(1, 2)?; // (B, Hkv, T, Dh)
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape((b, t, hkv, dh))?
-            .transpose(1, 2)?; // (B, Hkv, T, Dh)
+        let q = q.reshape((b, t, h, dh))?.transpose(1, 2)?; // (B, H, T, Dh)
+        let k = k.reshape((b, t, hkv, dh))?.transpose(1, 2)?; // (B, Hkv, T, Dh)
+        let v = v.reshape((b, t, hkv, dh))?.transpose(1, 2)?; // (B, Hkv, T, Dh)
         Ok((q, k, v))
     }
 
@@ -197,6 +199,15 @@ impl Attention {
             .reshape((b, t, h * dh))?; // (B, T, H*Dh)
         Ok(y)
     }
+}
+
+/// Whether these activations carry gradients as f32 on the CPU: the fused training ops
+/// (`crate::fused`) take them.
+pub fn trains_on_cpu(xs: &[&Tensor]) -> bool {
+    xs.iter().any(|x| x.track_op())
+        && xs
+            .iter()
+            .all(|x| x.dtype() == DType::F32 && x.device().is_cpu())
 }
 
 /// Softmax over the last dim. With gradients tracked it is built from differentiable ops, the
@@ -279,7 +290,8 @@ mod tests {
                     let cos = Tensor::from_slice(cos, (1, dh / 2), &dev).unwrap();
                     let sin = Tensor::from_slice(sin, (1, dh / 2), &dev).unwrap();
                     let xi = x.narrow(0, i, 1).unwrap();
-                    let (q, k, v) = attn.project(&xi).unwrap();
+                    let (q, k, v) = attn.project_rows(&xi).unwrap();
+                    let (q, k, v) = attn.split_heads(q, k, v).unwrap();
                     let c = &mut plain[i];
                     let y = attn
                         .attend(q, k, v, &cos, &sin, None, Some((c, 0)))

@@ -119,10 +119,14 @@ impl Linear {
                 out_dims[last] = self.out_features;
                 let dt = self.compute_dtype.unwrap_or(w.dtype());
                 let x2 = x.reshape(((), self.in_features))?.to_dtype(dt)?;
-                // (N, in) x (in, out) -> (N, out)
-                x2.matmul(&w.to_dtype(dt)?.t()?)?
-                    .to_dtype(x.dtype())?
-                    .reshape(out_dims)?
+                let w = w.to_dtype(dt)?;
+                // (N, in) x (in, out) -> (N, out); training on the CPU: `fused::linear`.
+                match super::attention::trains_on_cpu(&[&x2, &w]) {
+                    true => crate::fused::linear::linear(&x2, &w)?,
+                    false => x2.matmul(&w.t()?)?,
+                }
+                .to_dtype(x.dtype())?
+                .reshape(out_dims)?
             }
             // QLoRA: an input that carries gradients (LoRA upstream) needs the backward to x.
             LinearWeight::Quantized(QMatMul::QTensor(w)) if x.track_op() => {

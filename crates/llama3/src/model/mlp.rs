@@ -20,6 +20,10 @@ impl Mlp {
         let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
         let h = match swiglu_cpu(&gate, &up)? {
             Some(h) => h,
+            // Training on the CPU: one op with its own backward.
+            None if super::attention::trains_on_cpu(&[&gate, &up]) => {
+                crate::fused::swiglu::swiglu(&gate, &up)?
+            }
             // silu(x) = x * sigmoid(x) (candle's sigmoid is fused and has a backward).
             None => ((&gate * candle_nn::ops::sigmoid(&gate)?)? * up)?,
         };

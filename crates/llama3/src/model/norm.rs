@@ -29,6 +29,10 @@ impl RmsNorm {
                 self.eps as f32,
             )?);
         }
+        if super::attention::trains_on_cpu(&[x, &self.weight]) {
+            // Training on the CPU: one op with its own backward (`fused::norm`).
+            return crate::fused::norm::rms_norm(x, &self.weight, self.eps);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;

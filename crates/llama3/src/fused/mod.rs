@@ -1,0 +1,48 @@
+//! Training ops fused on the CPU, each a candle custom op with a hand-written backward, so a
+//! training step's graph has a few large nodes instead of many element-wise ones (each of
+//! which costs candle an allocation, a pass over memory and, in backward, a zeroed gradient
+//! buffer plus an add). Results equal the differentiable reference ops within float rounding;
+//! the tests here and the HF training goldens check both values and gradients.
+//!
+//! Dim legend: `N` rows, `D` model dim, `V` vocab.
+
+pub mod attn;
+pub mod ce;
+pub mod exp;
+pub mod gemm;
+pub mod linear;
+pub mod norm;
+pub mod swiglu;
+
+pub use ce::linear_cross_entropy_sum;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+
+/// The f32 elements `layout` (contiguous) covers in `storage`.
+pub(crate) fn f32_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{what}: expected f32, got {:?}", storage.dtype());
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// Runs `f` on the f32 elements of `t` (a contiguous CPU tensor; others are copied first).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("fused ops run on the CPU");
+    };
+    Ok(f(f32_slice(cpu, layout, "fused op")?))
+}
+
+/// Elements per parallel task of the element-wise passes.
+pub(crate) const CHUNK: usize = 1 << 13;
