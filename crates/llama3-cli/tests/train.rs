@@ -248,42 +248,43 @@ fn toml_config_and_flags_override_it() {
     assert!(err.contains("learning_rte"), "{err}");
 }
 
-/// A trained model (byte-level BPE vocabulary: Llama 3's, from llama.cpp's vocab GGUF) exports
-/// to a GGUF that generates the same greedy text as the run directory.
+/// A trained model exports to a GGUF that generates the same greedy text as the run directory,
+/// with a byte-level BPE vocabulary (Llama 3's) and a SentencePiece one with byte fallback
+/// (Llama 2's), both from llama.cpp's vocab GGUFs; the prompt has bytes no token covers.
 #[test]
 fn trained_model_exports_to_gguf_with_the_same_greedy_text() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
-    let out = dir.path().join("run");
-    let bpe = shared().join("data/llama-vocab-gguf/ggml-vocab-llama-bpe.gguf");
-    let mut c = train_cmd(&data, &out, &["--max-steps", "3", "--seq-len", "16"]);
-    c.arg("--tokenizer").arg(&bpe);
-    run(c);
-    let exe = env!("CARGO_BIN_EXE_llama3");
-    let gguf = dir.path().join("run.gguf");
-    let mut export = Command::new(exe);
-    export.args([
-        "export",
-        out.to_str().unwrap(),
-        "--gguf",
-        gguf.to_str().unwrap(),
-    ]);
-    export.args(["--type", "f32"]);
-    run(export);
-    let gen = |m: &Path| {
-        let o = Command::new(exe)
-            .args([
-                "generate",
-                "-m",
-                m.to_str().unwrap(),
-                "-p",
-                "Fellow citizens",
-            ])
-            .args(["-n", "16", "--greedy"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
-    };
-    assert_eq!(gen(&out), gen(&gguf));
+    for vocab in ["ggml-vocab-llama-bpe.gguf", "ggml-vocab-llama-spm.gguf"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = corpus(dir.path());
+        let out = dir.path().join("run");
+        let tok = shared().join("data/llama-vocab-gguf").join(vocab);
+        let mut c = train_cmd(&data, &out, &["--max-steps", "3", "--seq-len", "16"]);
+        c.arg("--tokenizer").arg(&tok);
+        run(c);
+        let exe = env!("CARGO_BIN_EXE_llama3");
+        let gguf = dir.path().join("run.gguf");
+        let mut export = Command::new(exe);
+        export.args([
+            "export",
+            out.to_str().unwrap(),
+            "--gguf",
+            gguf.to_str().unwrap(),
+        ]);
+        export.args(["--type", "f32"]);
+        run(export);
+        let text = "Fellow citizens \u{1F680}  of 1913, na\u{ef}ve\tstate";
+        let gen = |m: &Path, cmd: &[&str]| {
+            let o = Command::new(exe)
+                .args([cmd[0], "-m", m.to_str().unwrap(), "-p", text])
+                .args(&cmd[1..])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8(o.stdout).unwrap()
+        };
+        let tokenize = ["tokenize", "--json"];
+        assert_eq!(gen(&out, &tokenize), gen(&gguf, &tokenize), "{vocab}");
+        let greedy = ["generate", "-n", "16", "--greedy"];
+        assert_eq!(gen(&out, &greedy), gen(&gguf, &greedy), "{vocab}");
+    }
 }

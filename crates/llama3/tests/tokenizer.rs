@@ -154,7 +154,12 @@ fn llama32_tiktoken_model_matches_tokenizer_json() {
 /// `.out` one line of ids per string (add_special = false, parse_special = false).
 fn check_vocab_gguf(name: &str) {
     let dir = shared().join("data/llama-vocab-gguf");
-    let tok = gguf_tokenizer(dir.join(name));
+    check_vocab_vectors(&gguf_tokenizer(dir.join(name)), name, "");
+}
+
+/// The vectors of vocabulary `name` against `tok` (`what` says which copy it is).
+fn check_vocab_vectors(tok: &Tokenizer, name: &str, what: &str) {
+    let dir = shared().join("data/llama-vocab-gguf");
     let inp = std::fs::read_to_string(require(dir.join(format!("{name}.inp")))).unwrap();
     let out = std::fs::read_to_string(require(dir.join(format!("{name}.out")))).unwrap();
     let texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
@@ -173,7 +178,7 @@ fn check_vocab_gguf(name: &str) {
     }
     assert!(
         failures.is_empty(),
-        "{name}: {} of 46 differ:\n{}",
+        "{name}{what}: {} of 46 differ:\n{}",
         failures.len(),
         failures.join("\n")
     );
@@ -187,6 +192,49 @@ fn llama_spm_gguf_matches_llamacpp() {
 #[test]
 fn llama_bpe_gguf_matches_llamacpp() {
     check_vocab_gguf("ggml-vocab-llama-bpe.gguf");
+}
+
+/// Both vocabularies written as tokenizer.json (as `llama3 train` saves them), exported back
+/// to GGUF metadata (`llama3 export`), and rebuilt from it: llama.cpp's vectors still match,
+/// and the SentencePiece metadata has what llama.cpp's loader needs (scores, byte tokens).
+#[test]
+fn vocab_ggufs_survive_tokenizer_json_and_export() {
+    use candle_core::quantized::gguf_file::Value;
+    for name in ["ggml-vocab-llama-spm.gguf", "ggml-vocab-llama-bpe.gguf"] {
+        let tok = gguf_tokenizer(shared().join("data/llama-vocab-gguf").join(name));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            tok.inner().to_string(false).unwrap(),
+        )
+        .unwrap();
+        let cfg = serde_json::json!({
+            "add_bos_token": tok.adds_bos(),
+            "bos_token": tok.bos_token(),
+            "eos_token": tok.eos_token(),
+        });
+        std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+        let n = tok.vocab_size();
+        let md: std::collections::HashMap<String, Value> =
+            llama3::tokenizer::gguf_metadata_from_hf_dir(dir.path(), n)
+                .unwrap()
+                .into_iter()
+                .collect();
+        let back = Tokenizer::from_gguf(&md).unwrap();
+        check_vocab_vectors(&back, name, "exported");
+        assert_eq!((back.bos_id(), back.eos_id()), (tok.bos_id(), tok.eos_id()));
+        if name.contains("spm") {
+            assert_eq!(md["tokenizer.ggml.model"].to_string().unwrap(), "llama");
+            let Value::Array(types) = &md["tokenizer.ggml.token_type"] else {
+                panic!("no token types")
+            };
+            let ty = |i: usize| format!("{:?}", types[i]);
+            // <unk>, <s>, </s>, <0x00>, then a normal token.
+            let want = ["I32(2)", "I32(3)", "I32(3)", "I32(6)"];
+            assert_eq!((0..4).map(ty).collect::<Vec<_>>(), want);
+            assert_eq!(ty(300), "I32(1)");
+        }
+    }
 }
 
 #[test]

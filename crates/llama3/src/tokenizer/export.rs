@@ -14,9 +14,11 @@ use crate::{Error, Result};
 
 /// GGUF `tokenizer.ggml.token_type` values (gguf-py `TokenType`).
 const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
+const BYTE: i32 = 6;
 
 /// convert_hf_to_gguf.py `get_vocab_base_pre`'s `chktxt`: the sha256 of
 /// `str(tokenizer.encode(chktxt))` names the pre-tokenizer.
@@ -182,8 +184,9 @@ fn pre_name(ids: &[u32], source: &Path) -> Result<&'static str> {
 
 /// `tokenizer.*` GGUF metadata for the tokenizer of HF directory `dir`, with `vocab_size`
 /// entries (the model's; missing ids become `[PAD{i}]`, unused, as convert_hf_to_gguf.py does).
-/// Only byte-level BPE tokenizers (`tokenizer.ggml.model = gpt2`: Llama 3, SmolLM, ...) are
-/// supported; SentencePiece ones are refused.
+/// Byte-level BPE tokenizers (`tokenizer.ggml.model = gpt2`: Llama 3, SmolLM, ...) and
+/// SentencePiece BPE ones with byte fallback (`llama`: Llama 1/2, HF's `LlamaConverter`
+/// layout) are supported; others are refused.
 pub fn gguf_metadata_from_hf_dir(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>> {
     let (tok, meta) = hf::load_dir(dir)?;
     let json: Json = serde_json::from_str(&tok.to_string(false).map_err(tok_err)?)
@@ -191,6 +194,9 @@ pub fn gguf_metadata_from_hf_dir(dir: &Path, vocab_size: usize) -> Result<Vec<(S
     let model = &json["model"];
     let byte_level = json["decoder"]["type"] == "ByteLevel"
         || json["pre_tokenizer"].to_string().contains("\"ByteLevel\"");
+    if model["type"] == "BPE" && !byte_level && model["byte_fallback"] == true {
+        return spm_metadata(dir, &tok, &json, &meta, vocab_size);
+    }
     if model["type"] != "BPE" || !byte_level {
         return Err(Error::Unsupported(format!(
             "{}: only byte-level BPE tokenizers can be written to GGUF (this one is {} {})",
@@ -284,6 +290,100 @@ pub fn gguf_metadata_from_hf_dir(dir: &Path, vocab_size: usize) -> Result<Vec<(S
     }
     if let Some(t) = meta.chat_template {
         md.push(("tokenizer.chat_template", Value::String(t)));
+    }
+    Ok(md.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// `tokenizer.*` metadata (`tokenizer.ggml.model = llama`) for a SentencePiece-style BPE
+/// tokenizer.json (byte fallback, `▁` for spaces). GGUF wants a score per token, where
+/// llama.cpp merges the adjacent pair whose concatenation scores highest; tokenizer.json has
+/// ranked merges instead. A token scores minus the rank of the first merge that makes it, so
+/// the best-ranked applicable merge wins in both, and [`super::gguf`] re-derives the same
+/// merge list from the scores (merges that make one token are adjacent in such files, as
+/// HF's `generate_merges` writes them). Tokens no merge makes score below all others.
+fn spm_metadata(
+    dir: &Path,
+    tok: &tokenizers::Tokenizer,
+    json: &Json,
+    meta: &super::Meta,
+    vocab_size: usize,
+) -> Result<Vec<(String, Value)>> {
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    for (text, id) in tok.get_vocab(true) {
+        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "{}: token {text:?} has id {id}, outside the model's vocab_size {vocab_size}",
+                dir.display()
+            ))
+        })?;
+        *slot = Some(text);
+    }
+    let mut first_rank: std::collections::HashMap<String, usize> = Default::default();
+    let merges = json["model"]["merges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (rank, m) in merges.iter().enumerate() {
+        let joined = match m {
+            Json::String(s) => s.replacen(' ', "", 1),
+            Json::Array(p) => p.iter().filter_map(Json::as_str).collect(),
+            _ => continue,
+        };
+        first_rank.entry(joined).or_insert(rank);
+    }
+    let unk = json["model"]["unk_token"].as_str();
+    let added = tok.get_added_tokens_decoder();
+    let (mut texts, mut scores, mut types) = (vec![], vec![], vec![]);
+    for (i, t) in tokens.into_iter().enumerate() {
+        let Some(t) = t else {
+            texts.push(Value::String(format!("[PAD{i}]")));
+            scores.push(Value::F32(-1e9));
+            types.push(Value::I32(UNUSED));
+            continue;
+        };
+        let is_byte = t.len() == 6 && t.starts_with("<0x") && t.ends_with('>');
+        let ty = match added.get(&(i as u32)) {
+            _ if Some(t.as_str()) == unk => UNKNOWN,
+            _ if is_byte => BYTE,
+            Some(a) if a.special => CONTROL,
+            Some(_) => USER_DEFINED,
+            None => NORMAL,
+        };
+        let score = match first_rank.get(&t) {
+            Some(&r) => -(r as f32),
+            None if t.chars().count() > 1 && ty == NORMAL => -1e9,
+            None => 0.0,
+        };
+        texts.push(Value::String(t));
+        scores.push(Value::F32(score));
+        types.push(Value::I32(ty));
+    }
+    let space_prefix = json["normalizer"].to_string().contains("\"Prepend\"")
+        || json["pre_tokenizer"]
+            .to_string()
+            .contains("\"prepend_scheme\":\"first\"");
+    let mut md: Vec<(&str, Value)> = vec![
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        ("tokenizer.ggml.tokens", Value::Array(texts)),
+        ("tokenizer.ggml.scores", Value::Array(scores)),
+        ("tokenizer.ggml.token_type", Value::Array(types)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(meta.add_bos)),
+        ("tokenizer.ggml.add_eos_token", Value::Bool(meta.add_eos)),
+        ("tokenizer.ggml.add_space_prefix", Value::Bool(space_prefix)),
+    ];
+    let unk_id = unk.and_then(|u| tok.token_to_id(u));
+    for (key, id) in [
+        ("tokenizer.ggml.bos_token_id", meta.bos_id),
+        ("tokenizer.ggml.eos_token_id", meta.eos_id),
+        ("tokenizer.ggml.unknown_token_id", unk_id),
+        ("tokenizer.ggml.padding_token_id", meta.pad_id),
+    ] {
+        if let Some(id) = id.filter(|&i| (i as usize) < vocab_size) {
+            md.push((key, Value::U32(id)));
+        }
+    }
+    if let Some(t) = &meta.chat_template {
+        md.push(("tokenizer.chat_template", Value::String(t.clone())));
     }
     Ok(md.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
