@@ -48,6 +48,12 @@ impl ModelArgs {
 
     /// Resolves, fetches if needed, and loads the model; a line on stderr says what and how long.
     pub fn load(&self) -> Result<Loaded> {
+        self.load_with(true)
+    }
+
+    /// [`Self::load`] without building the tokenizer (`tokenizer` false): for commands that
+    /// work on token ids alone.
+    pub fn load_with(&self, tokenizer: bool) -> Result<Loaded> {
         if let Some(t) = self.threads {
             if t == 0 {
                 bail!("--threads must be at least 1");
@@ -70,6 +76,7 @@ impl ModelArgs {
             dtype,
             device,
             progress,
+            tokenizer,
         };
         // Library errors name the file, tensor and shape already.
         let loaded = llama3::loader::load(&path, &opts);
@@ -77,7 +84,7 @@ impl ModelArgs {
             b.finish_and_clear();
         }
         let mut loaded = loaded?;
-        if let Some(t) = &self.tokenizer {
+        if let Some(t) = self.tokenizer.as_ref().filter(|_| tokenizer) {
             loaded.tokenizer = Some(Tokenizer::from_file(t)?);
         }
         for spec in &self.lora {

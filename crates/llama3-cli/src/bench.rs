@@ -168,7 +168,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let (device, dtype) = a.model.device_and_dtype()?;
             throughput::random_model(p, dtype, &device)?
         }
-        None => a.model.load()?,
+        // Token ids are drawn at random: no tokenizer (its memory is not the model's).
+        None => a.model.load_with(false)?,
     };
     let load_seconds = t0.elapsed().as_secs_f64();
     let model = &loaded.model;

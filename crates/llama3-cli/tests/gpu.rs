@@ -61,6 +61,7 @@ fn load_on(path: &Path, device: &Device, dtype: DType) -> Loaded {
         dtype,
         device: device.clone(),
         progress: None,
+        tokenizer: true,
     };
     load(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -150,6 +151,7 @@ fn hf_lora_and_classifier_on_gpu() {
                 dtype,
                 device: gpu(),
                 progress: None,
+                tokenizer: true,
             };
             let (cls, _) = Classifier::load(&golden(&format!("hf/{name}/cls")), &opts).unwrap();
             let ids = c["cls_input_ids"]

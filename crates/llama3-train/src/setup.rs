@@ -208,6 +208,7 @@ fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tok
         dtype: DType::F32,
         device: device.clone(),
         progress: None,
+        tokenizer: true,
     };
     let loaded = llama3::loader::load(init, &opts)?;
     let tok = match (given_tok, loaded.tokenizer) {

@@ -22,6 +22,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// Called with (tensors loaded, tensors expected) while weights load.
     pub progress: Option<ProgressFn>,
+    /// Build the tokenizer too (false: `Loaded::tokenizer` is None; for work on token ids
+    /// alone, such as `llama3 bench`, it saves ~11 MiB for a 49k vocabulary).
+    pub tokenizer: bool,
 }
 
 impl Default for LoadOptions {
@@ -30,6 +33,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             progress: None,
+            tokenizer: true,
         }
     }
 }
@@ -158,6 +162,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         || -> Result<Option<Tokenizer>> {
             let md = src.file().metadata();
             let t = match md.get("tokenizer.ggml.model") {
+                _ if !opts.tokenizer => None,
                 None => None,
                 // convert_hf_to_gguf.py writes "none" for checkpoints without a tokenizer.
                 Some(Value::String(s)) if s == "none" || s == "no_vocab" => None,
@@ -195,7 +200,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let src = SafetensorsSource::open_dir(dir, opts.dtype, &opts.device)?;
     let model = build(&src, &config, None, opts)?;
     let has_tokenizer = dir.join("tokenizer.json").exists() || dir.join("tokenizer.model").exists();
-    let tokenizer = if has_tokenizer {
+    let tokenizer = if has_tokenizer && opts.tokenizer {
         Some(Tokenizer::from_hf_dir(dir)?)
     } else {
         None

@@ -158,3 +158,21 @@ fn batched_and_one_token_paths_agree_like_llamacpp() {
         "ours {ours_max} vs llama.cpp {theirs_max}"
     );
 }
+
+/// `LoadOptions::tokenizer = false` loads the same weights without building the tokenizer.
+#[test]
+fn weights_without_the_tokenizer() {
+    let opts = LoadOptions {
+        tokenizer: false,
+        ..LoadOptions::default()
+    };
+    let bare = load(&common::default_model(), &opts).unwrap();
+    assert!(bare.tokenizer.is_none());
+    let full = model();
+    assert!(full.tokenizer.is_some());
+    let ids = [1u32, 9690, 198, 2683, 314];
+    assert_eq!(
+        last_logits(&bare, &ids, false),
+        last_logits(&full, &ids, false)
+    );
+}
