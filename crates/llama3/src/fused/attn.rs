@@ -380,34 +380,8 @@ mod tests {
         let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let fused = causal_attention(&q, &k, &v, hd, &flat(&cos), &flat(&sin)).unwrap();
         let want = reference(&q, &k, &v, hd, &cos, &sin);
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(
-            diff(&fused, &want) < 1e-5,
-            "values differ by {}",
-            diff(&fused, &want)
-        );
-        // Gradients of a weighted sum (distinct upstream values per element).
         let w = Tensor::randn(0f32, 1.0, fused.shape(), &dev).unwrap();
-        let gf = (&fused * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gr = (&want * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        for x in [&q, &k, &v] {
-            let (a, b) = (gf.get(x).unwrap(), gr.get(x).unwrap());
-            assert!(diff(a, b) < 1e-4, "gradient differs by {}", diff(a, b));
-        }
+        crate::fused::testing::check(&fused, &want, &w, &[&q, &k, &v], 1e-4);
         let bad = causal_attention(&q, &k, &v, Heads { h: 5, ..hd }, &flat(&cos), &flat(&sin));
         assert!(bad.is_err());
     }

@@ -205,16 +205,7 @@ mod tests {
         (lse - picked).unwrap().sum_all().unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::fused::testing::max_diff;
 
     #[test]
     fn loss_and_gradients_match_the_unfused_ops() {

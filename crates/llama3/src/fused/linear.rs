@@ -105,28 +105,7 @@ mod tests {
         let up = Tensor::randn(0f32, 1.0, (37, 19), &dev).unwrap();
         let fused = linear(&x, &w).unwrap();
         let ops = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(diff(&fused, &ops) < 1e-5);
-        let gf = (&fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let go = (&ops * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&x, &w] {
-            let d = diff(gf.get(v).unwrap(), go.get(v).unwrap());
-            assert!(d < 1e-4, "gradient differs by {d}");
-        }
+        crate::fused::testing::check(&fused, &ops, &up, &[&x, &w], 1e-4);
         // A frozen weight gets no gradient.
         let frozen = linear(&x, &w.as_tensor().detach()).unwrap();
         let g = frozen.sum_all().unwrap().backward().unwrap();

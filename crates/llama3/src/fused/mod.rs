@@ -46,3 +46,35 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_cor
 
 /// Elements per parallel task of the element-wise passes.
 pub(crate) const CHUNK: usize = 1 << 13;
+
+/// What the fused ops' tests share: a fused result against the candle ops it replaces.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Tensor, Var};
+
+    /// Largest absolute difference of two tensors of one shape.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all());
+        d.and_then(|d| d.to_scalar()).unwrap()
+    }
+
+    /// `fused` and `reference` agree within `tol`, and so do the gradients of
+    /// `sum(output * upstream)` for each of `vars` (distinct upstream values per element).
+    pub fn check(fused: &Tensor, reference: &Tensor, upstream: &Tensor, vars: &[&Var], tol: f32) {
+        let d = max_diff(fused, reference);
+        assert!(d < tol, "values differ by {d}");
+        let grads = |y: &Tensor| {
+            (y * upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (gf, gr) = (grads(fused), grads(reference));
+        for v in vars {
+            let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
+            assert!(d < tol, "gradient differs by {d}");
+        }
+    }
+}

@@ -131,28 +131,7 @@ mod tests {
         let var = xs.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
         let r = (var + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
         let ops = xs.broadcast_mul(&r).unwrap().broadcast_mul(&w).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(diff(&fused, &ops) < 1e-5);
-        let gf = (&fused * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let go = (&ops * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&x, &w] {
-            let d = diff(gf.get(v).unwrap(), go.get(v).unwrap());
-            assert!(d < 1e-4, "gradient differs by {d}");
-        }
+        crate::fused::testing::check(&fused, &ops, &up, &[&x, &w], 1e-4);
         assert!(rms_norm(&x, &up, 1e-5).is_err());
     }
 }

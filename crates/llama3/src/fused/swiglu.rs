@@ -99,28 +99,7 @@ mod tests {
         let fused = swiglu(&g, &u).unwrap();
         let ops = ((g.as_tensor() * candle_nn::ops::sigmoid(&g).unwrap()).unwrap() * u.as_tensor())
             .unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(diff(&fused, &ops) < 1e-5);
-        let gf = (&fused * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let go = (&ops * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        for x in [&g, &u] {
-            let d = diff(gf.get(x).unwrap(), go.get(x).unwrap());
-            assert!(d < 1e-5, "gradient differs by {d}");
-        }
+        crate::fused::testing::check(&fused, &ops, &w, &[&g, &u], 1e-5);
         assert!(swiglu(&g, &w.narrow(1, 0, 10).unwrap()).is_err());
     }
 }

@@ -211,16 +211,7 @@ pub fn gguf_metadata_from_hf_dir(dir: &Path, vocab_size: usize) -> Result<Vec<(S
     }
 
     // Tokens in id order with their types (get_vocab_base).
-    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
-    for (text, id) in tok.get_vocab(true) {
-        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
-            Error::Tokenizer(format!(
-                "{}: token {text:?} has id {id}, outside the model's vocab_size {vocab_size}",
-                dir.display()
-            ))
-        })?;
-        *slot = Some(text);
-    }
+    let tokens = tokens_by_id(dir, &tok, vocab_size)?;
     let added = tok.get_added_tokens_decoder();
     let mut types = Vec::with_capacity(vocab_size);
     let mut texts = Vec::with_capacity(vocab_size);
@@ -308,16 +299,7 @@ fn spm_metadata(
     meta: &super::Meta,
     vocab_size: usize,
 ) -> Result<Vec<(String, Value)>> {
-    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
-    for (text, id) in tok.get_vocab(true) {
-        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
-            Error::Tokenizer(format!(
-                "{}: token {text:?} has id {id}, outside the model's vocab_size {vocab_size}",
-                dir.display()
-            ))
-        })?;
-        *slot = Some(text);
-    }
+    let tokens = tokens_by_id(dir, tok, vocab_size)?;
     let mut first_rank: std::collections::HashMap<String, usize> = Default::default();
     let merges = json["model"]["merges"]
         .as_array()
@@ -386,6 +368,26 @@ fn spm_metadata(
         md.push(("tokenizer.chat_template", Value::String(t.clone())));
     }
     Ok(md.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// The vocabulary in id order, `vocab_size` slots (the model's; None where no token has
+/// that id).
+fn tokens_by_id(
+    dir: &Path,
+    tok: &tokenizers::Tokenizer,
+    vocab_size: usize,
+) -> Result<Vec<Option<String>>> {
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    for (text, id) in tok.get_vocab(true) {
+        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "{}: token {text:?} has id {id}, outside the model's vocab_size {vocab_size}",
+                dir.display()
+            ))
+        })?;
+        *slot = Some(text);
+    }
+    Ok(tokens)
 }
 
 /// A `*_token` entry of `tokenizer_config.json` (a string or `{"content": ...}`).
