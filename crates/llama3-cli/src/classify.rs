@@ -97,10 +97,15 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this.
     #[arg(long, default_value_t = 1.0, value_name = "NORM")]
     pub clip: f64,
+    /// LoRA rank (`--method lora`).
     #[arg(long, default_value_t = 8, value_name = "R")]
     pub lora_r: usize,
+    /// LoRA alpha: the adapters are scaled by alpha / r (alpha / sqrt(r) with --rslora).
     #[arg(long, default_value_t = 16.0, value_name = "ALPHA")]
     pub lora_alpha: f64,
+    /// Dropout probability on the adapters' inputs while training (PEFT's lora_dropout).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub lora_dropout: f64,
     /// Modules that get adapters.
     #[arg(
         long,
@@ -242,7 +247,10 @@ fn train(a: TrainArgs) -> Result<()> {
         warmup_ratio: a.warmup_ratio,
         clip: a.clip,
         seed: d.seed,
-        lora: LoraConfig::new(a.lora_r, a.lora_alpha, &targets_str, a.rslora),
+        lora: LoraConfig {
+            lora_dropout: a.lora_dropout,
+            ..LoraConfig::new(a.lora_r, a.lora_alpha, &targets_str, a.rslora)
+        },
         targets: a.lora_targets.clone(),
         dense_base: !a.qlora,
     };

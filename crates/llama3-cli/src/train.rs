@@ -126,6 +126,14 @@ pub struct TrainArgs {
         value_name = "ALPHA"
     )]
     pub lora_alpha: Option<f64>,
+    /// Dropout probability on the adapters' inputs while training (PEFT's lora_dropout, e.g.
+    /// 0.05). Default 0.
+    #[arg(
+        long = "lora-dropout",
+        visible_alias = "lora_dropout",
+        value_name = "P"
+    )]
+    pub lora_dropout: Option<f64>,
     /// Modules that get adapters, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,
     /// up_proj,down_proj,lm_head). Default: the seven projections.
     #[arg(long = "lora-targets", value_name = "LIST", value_delimiter = ',')]
@@ -193,6 +201,7 @@ fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
         method,
         lora_r,
         lora_alpha,
+        lora_dropout,
         lora_targets,
         eval_batches
     );

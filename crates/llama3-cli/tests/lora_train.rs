@@ -64,11 +64,13 @@ fn metrics(run: &Path) -> (Vec<(u64, f64)>, Vec<f64>) {
 }
 
 #[test]
-fn qlora_trains_resumes_exactly_and_writes_a_peft_adapter() {
+fn qlora_with_dropout_trains_resumes_exactly_and_writes_a_peft_adapter() {
     let model = default_model();
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
-    ok(train_cmd(&model, &straight, &[]));
+    // With LoRA dropout: its masks must also repeat exactly after the resume.
+    let drop = ["--lora-dropout", "0.1"];
+    ok(train_cmd(&model, &straight, &drop));
     let (eval, train) = metrics(&straight);
     assert_eq!(train.len(), 6);
     assert_eq!(eval.len(), 2, "evaluations at steps 0 and 6");
@@ -88,10 +90,11 @@ fn qlora_trains_resumes_exactly_and_writes_a_peft_adapter() {
             .unwrap();
     assert_eq!(cfg["r"], 8);
     assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["lora_dropout"], 0.1);
 
     // Killed after the step-3 checkpoint, then resumed: the same losses and adapter bytes.
     let killed = dir.path().join("killed");
-    let mut child = train_cmd(&model, &killed, &[])
+    let mut child = train_cmd(&model, &killed, &drop)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -111,7 +114,7 @@ fn qlora_trains_resumes_exactly_and_writes_a_peft_adapter() {
         !killed.join("adapter_model.safetensors").exists(),
         "the run had finished"
     );
-    ok(train_cmd(&model, &killed, &["--resume"]));
+    ok(train_cmd(&model, &killed, &[drop[0], drop[1], "--resume"]));
     assert_eq!(
         metrics(&straight),
         metrics(&killed),
@@ -167,6 +170,10 @@ fn impossible_lora_settings_are_clear_errors() {
         "LoRA target",
     );
     assert_error(train_cmd(&model, &out, &["--lora-r", "0"]), "lora_r");
+    assert_error(
+        train_cmd(&model, &out, &["--lora-dropout", "1"]),
+        "lora_dropout",
+    );
 }
 
 /// Supervised fine-tuning with QLoRA on alpaca-eval instructions, as chats (assistant-only

@@ -143,6 +143,8 @@ pub struct TrainConfig {
     pub lora_targets: Vec<String>,
     /// rsLoRA scaling.
     pub use_rslora: bool,
+    /// Dropout on the adapters' inputs while training (PEFT `lora_dropout`). Default 0.
+    pub lora_dropout: f64,
     /// Recompute each layer's activations during backward instead of keeping them: memory of
     /// one layer's graph instead of all, for one extra forward (see `recompute`).
     pub gradient_checkpointing: bool,
@@ -185,6 +187,7 @@ impl Default for TrainConfig {
                 .map(|s| s.to_string())
                 .collect(),
             use_rslora: false,
+            lora_dropout: 0.0,
             gradient_checkpointing: false,
         }
     }
@@ -276,6 +279,12 @@ impl TrainConfig {
             }
         }
         if self.method != Method::Full {
+            if !(0.0..1.0).contains(&self.lora_dropout) {
+                return bad(format!(
+                    "lora_dropout {} is not in [0, 1)",
+                    self.lora_dropout
+                ));
+            }
             if self.lora_r == 0 {
                 return bad("lora_r must be at least 1".into());
             }
@@ -300,7 +309,10 @@ impl TrainConfig {
     /// The PEFT config of a LoRA / QLoRA run.
     pub fn lora_config(&self) -> llama3::peft::LoraConfig {
         let targets: Vec<&str> = self.lora_targets.iter().map(String::as_str).collect();
-        llama3::peft::LoraConfig::new(self.lora_r, self.lora_alpha, &targets, self.use_rslora)
+        let mut c =
+            llama3::peft::LoraConfig::new(self.lora_r, self.lora_alpha, &targets, self.use_rslora);
+        c.lora_dropout = self.lora_dropout;
+        c
     }
 
     /// The device to train on.

@@ -64,7 +64,9 @@ pub fn train(
         tokens_seen: 0,
         config: cfg.clone(),
         model_config: model.config.clone(),
-        rng: "none: no dropout; the data order derives from config.seed".into(),
+        rng: "none: the data order and LoRA dropout masks derive from config.seed and the \
+              micro-batch index"
+            .into(),
     };
     if let Some(dir) = checkpoint::latest(run)?.filter(|_| resume) {
         let params = opt.params().to_vec();
@@ -124,7 +126,10 @@ pub fn train(
             counted += counted_labels(labels)?;
         }
         let mut loss = 0f64;
-        for (ids, labels) in &batches {
+        for (m, (ids, labels)) in batches.iter().enumerate() {
+            // LoRA dropout masks: a function of the seed and the micro-batch (exact resume).
+            let micro = (state.micro_batches + m) as u64;
+            llama3::peft::set_dropout_seed(cfg.seed ^ micro.wrapping_mul(0x9e3779b97f4a7c15));
             if cfg.gradient_checkpointing {
                 let params = opt.params();
                 loss +=

@@ -40,7 +40,11 @@ fn config(method: ClsMethod, epochs: usize, lr: f64) -> ClsConfig {
         warmup_ratio: 0.1,
         clip: 1.0,
         seed: 3,
-        lora: LoraConfig::new(4, 8.0, &["q_proj", "v_proj"], false),
+        // With PEFT's usual dropout: training must learn through it.
+        lora: LoraConfig {
+            lora_dropout: 0.05,
+            ..LoraConfig::new(4, 8.0, &["q_proj", "v_proj"], false)
+        },
         targets: vec!["q_proj".into(), "v_proj".into()],
         dense_base: false,
     }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -238,11 +239,59 @@ impl Adapter {
                     a: a.to_device(&device)?,
                     b: b.to_device(&device)?,
                     scale: self.config.scaling(module) * weight,
+                    dropout: self.config.lora_dropout,
+                    id: module_id(module),
                 });
             }
         }
         Ok(self.weights.len())
     }
+}
+
+/// The seed of the current training micro-batch's dropout masks (see [`set_dropout_seed`]).
+static DROPOUT_SEED: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the seed of the LoRA dropout masks until the next call. A training loop sets it
+/// before each micro-batch from the run's seed and the micro-batch's index, so the masks are
+/// a function of where the run is (a resumed run draws the same ones, a recomputed forward
+/// under gradient checkpointing the same as the first).
+pub fn set_dropout_seed(seed: u64) {
+    DROPOUT_SEED.store(seed, Ordering::Relaxed);
+}
+
+/// A module's key in the dropout streams: FNV-1a of its name.
+fn module_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// SplitMix64: a counter-based generator (element `i` of a mask is `mix(key + i)`).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+/// Inverted dropout of `x` with drop probability `p` (`torch.nn.Dropout` in training: kept
+/// elements scaled by `1 / (1 - p)`), the mask drawn from the current dropout seed and the
+/// module `id`; differentiable in `x`.
+pub fn dropout(x: &Tensor, p: f64, id: u64) -> Result<Tensor> {
+    let key = mix(DROPOUT_SEED.load(Ordering::Relaxed) ^ id);
+    let keep = 1.0 / (1.0 - p) as f32;
+    // Drop when the top 24 bits, as a fraction of 2^24, fall below p.
+    let cut = (p * (1u64 << 24) as f64) as u64;
+    let mask: Vec<f32> = (0..x.elem_count() as u64)
+        .map(|i| match mix(key.wrapping_add(i)) >> 40 < cut {
+            true => 0.0,
+            false => keep,
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    Ok((x * mask)?)
 }
 
 /// Adds a fresh adapter to every `targets` module (leaf names such as `q_proj`), initialized
@@ -264,6 +313,12 @@ pub fn add_adapters(
     if config.r == 0 {
         return Err(Error::Input("LoRA rank r must be at least 1".into()));
     }
+    if !(0.0..1.0).contains(&config.lora_dropout) {
+        return Err(Error::Input(format!(
+            "LoRA dropout {} is not in [0, 1)",
+            config.lora_dropout
+        )));
+    }
     let device = model.device().clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut n = 0;
@@ -281,6 +336,8 @@ pub fn add_adapters(
             a: Tensor::from_vec(a, (config.r, inp), &device)?,
             b: Tensor::zeros((out, config.r), DType::F32, &device)?,
             scale: config.scaling(&name),
+            dropout: config.lora_dropout,
+            id: module_id(&name),
         });
         n += 1;
     }
@@ -396,4 +453,56 @@ pub fn save(model: &mut Llama, config: &LoraConfig, dir: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(config)
         .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
     std::fs::write(&cfg_path, json).map_err(|e| Error::io(&cfg_path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::Weight;
+
+    #[test]
+    fn dropout_masks_are_seeded_per_module_and_scaled() {
+        let x = Tensor::ones((64, 1000), DType::F32, &Device::Cpu).unwrap();
+        let vals = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        set_dropout_seed(7);
+        let a = vals(&dropout(&x, 0.1, module_id("q")).unwrap());
+        let kept = a.iter().filter(|&&v| v > 0.0).count() as f64 / a.len() as f64;
+        assert!((kept - 0.9).abs() < 0.01, "kept {kept}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+        // The same seed and module: the same mask; another module or seed: another.
+        assert_eq!(a, vals(&dropout(&x, 0.1, module_id("q")).unwrap()));
+        assert_ne!(a, vals(&dropout(&x, 0.1, module_id("k")).unwrap()));
+        set_dropout_seed(8);
+        assert_ne!(a, vals(&dropout(&x, 0.1, module_id("q")).unwrap()));
+    }
+
+    /// Dropout applies while the adapter trains (A a `Var`), never at inference.
+    #[test]
+    fn dropout_only_while_training() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (6, 32), &dev).unwrap();
+        let mut lin = Linear::new(Weight::Dense(w));
+        lin.lora.push(Lora {
+            a: Tensor::randn(0f32, 1.0, (4, 32), &dev).unwrap(),
+            b: Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap(),
+            scale: 2.0,
+            dropout: 0.5,
+            id: module_id("m"),
+        });
+        let x = Tensor::randn(0f32, 1.0, (3, 32), &dev).unwrap();
+        let frozen = lin.forward(&x).unwrap();
+        let mut plain = lin.clone();
+        plain.lora[0].dropout = 0.0;
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar().unwrap()
+        };
+        assert_eq!(diff(&frozen, &plain.forward(&x).unwrap()), 0.0);
+        let a = candle_core::Var::from_tensor(&lin.lora[0].a).unwrap();
+        lin.lora[0].a = a.as_tensor().clone();
+        let trained = lin.forward(&x).unwrap();
+        assert!(diff(&trained, &frozen) > 1e-3, "no dropout while training");
+        let g = trained.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&a).is_some());
+    }
 }

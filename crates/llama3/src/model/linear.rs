@@ -56,6 +56,10 @@ pub struct Lora {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f64,
+    /// PEFT's `lora_dropout` on the adapter's input, applied only while `A` is being trained
+    /// (a `Var`); masks come from [`crate::peft::dropout`], keyed by `id` (the module).
+    pub dropout: f64,
+    pub id: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -182,7 +186,10 @@ impl Linear {
         let mut y = y;
         for l in &self.lora {
             // PEFT: lora_B(lora_A(dropout(x))) * scaling, in the adapter's dtype.
-            let x2 = x.to_dtype(l.a.dtype())?;
+            let mut x2 = x.to_dtype(l.a.dtype())?;
+            if l.dropout > 0.0 && l.a.track_op() {
+                x2 = crate::peft::dropout(&x2, l.dropout, l.id)?;
+            }
             let h = x2.broadcast_matmul(&l.a.t()?)?; // (.., r)
             let d = h.broadcast_matmul(&l.b.t()?)?; // (.., out)
             let d = (d * l.scale)?.to_dtype(y.dtype())?;
