@@ -186,7 +186,7 @@ pub fn train(
                 }
                 None => {
                     let micro = (step as u64).wrapping_mul(0x9e3779b97f4a7c15);
-                    peft::set_dropout_seed(cfg.seed ^ micro); // LoRA dropout masks
+                    peft::set_dropout_seed(&mut cls.model, Some(cfg.seed ^ micro)); // LoRA dropout
                     let rows: Vec<Vec<u32>> = batch.iter().map(|&i| train[i].ids.clone()).collect();
                     let ids = cls.batch(&rows, &device)?;
                     cls.forward(&ids)?
@@ -194,6 +194,7 @@ pub fn train(
             }; // (B, L)
             let loss = (cross_entropy_sum(&logits, &targets)? / batch.len() as f64)?;
             let store = loss.backward()?;
+            peft::set_dropout_seed(&mut cls.model, None);
             grads.accumulate(&params, &store)?;
             grads.clip_global_norm(cfg.clip)?;
             let lr = schedule.lr_at(step);

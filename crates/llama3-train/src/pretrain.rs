@@ -129,7 +129,8 @@ pub fn train(
         for (m, (ids, labels)) in batches.iter().enumerate() {
             // LoRA dropout masks: a function of the seed and the micro-batch (exact resume).
             let micro = (state.micro_batches + m) as u64;
-            llama3::peft::set_dropout_seed(cfg.seed ^ micro.wrapping_mul(0x9e3779b97f4a7c15));
+            let seed = cfg.seed ^ micro.wrapping_mul(0x9e3779b97f4a7c15);
+            llama3::peft::set_dropout_seed(&mut model, Some(seed));
             if cfg.gradient_checkpointing {
                 let params = opt.params();
                 loss +=
@@ -141,6 +142,8 @@ pub fn train(
             loss += part.to_scalar::<f32>()? as f64;
             grads.accumulate(opt.params(), &part.backward()?)?;
         }
+
+        llama3::peft::set_dropout_seed(&mut model, None); // off for evaluation
 
         // Clip.
         let grad_norm = if cfg.clip > 0.0 {

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -240,6 +239,7 @@ impl Adapter {
                     b: b.to_device(&device)?,
                     scale: self.config.scaling(module) * weight,
                     dropout: self.config.lora_dropout,
+                    dropout_seed: None,
                     id: module_id(module),
                 });
             }
@@ -248,15 +248,17 @@ impl Adapter {
     }
 }
 
-/// The seed of the current training micro-batch's dropout masks (see [`set_dropout_seed`]).
-static DROPOUT_SEED: AtomicU64 = AtomicU64::new(0);
-
-/// Sets the seed of the LoRA dropout masks until the next call. A training loop sets it
-/// before each micro-batch from the run's seed and the micro-batch's index, so the masks are
-/// a function of where the run is (a resumed run draws the same ones, a recomputed forward
-/// under gradient checkpointing the same as the first).
-pub fn set_dropout_seed(seed: u64) {
-    DROPOUT_SEED.store(seed, Ordering::Relaxed);
+/// Turns LoRA dropout on for every adapter of `model` with the masks of `seed`, or off
+/// (`None`: evaluation, inference; the default). A training loop sets it before each
+/// micro-batch from the run's seed and the micro-batch's index, so the masks are a function
+/// of where the run is (a resumed run draws the same ones; under gradient checkpointing the
+/// detached forward and its recompute see the same), and turns it off before evaluating.
+pub fn set_dropout_seed(model: &mut Llama, seed: Option<u64>) {
+    for (_, lin) in model.linears_mut() {
+        for l in lin.lora.iter_mut() {
+            l.dropout_seed = seed;
+        }
+    }
 }
 
 /// A module's key in the dropout streams: FNV-1a of its name.
@@ -275,10 +277,10 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// Inverted dropout of `x` with drop probability `p` (`torch.nn.Dropout` in training: kept
-/// elements scaled by `1 / (1 - p)`), the mask drawn from the current dropout seed and the
-/// module `id`; differentiable in `x`.
-pub fn dropout(x: &Tensor, p: f64, id: u64) -> Result<Tensor> {
-    let key = mix(DROPOUT_SEED.load(Ordering::Relaxed) ^ id);
+/// elements scaled by `1 / (1 - p)`), the mask drawn from `seed` and the module `id`;
+/// differentiable in `x`.
+pub fn dropout(x: &Tensor, p: f64, seed: u64, id: u64) -> Result<Tensor> {
+    let key = mix(seed ^ id);
     let keep = 1.0 / (1.0 - p) as f32;
     // Drop when the top 24 bits, as a fraction of 2^24, fall below p.
     let cut = (p * (1u64 << 24) as f64) as u64;
@@ -337,6 +339,7 @@ pub fn add_adapters(
             b: Tensor::zeros((out, config.r), DType::F32, &device)?,
             scale: config.scaling(&name),
             dropout: config.lora_dropout,
+            dropout_seed: None,
             id: module_id(&name),
         });
         n += 1;
@@ -464,21 +467,20 @@ mod tests {
     fn dropout_masks_are_seeded_per_module_and_scaled() {
         let x = Tensor::ones((64, 1000), DType::F32, &Device::Cpu).unwrap();
         let vals = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        set_dropout_seed(7);
-        let a = vals(&dropout(&x, 0.1, module_id("q")).unwrap());
+        let a = vals(&dropout(&x, 0.1, 7, module_id("q")).unwrap());
         let kept = a.iter().filter(|&&v| v > 0.0).count() as f64 / a.len() as f64;
         assert!((kept - 0.9).abs() < 0.01, "kept {kept}");
         assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
         // The same seed and module: the same mask; another module or seed: another.
-        assert_eq!(a, vals(&dropout(&x, 0.1, module_id("q")).unwrap()));
-        assert_ne!(a, vals(&dropout(&x, 0.1, module_id("k")).unwrap()));
-        set_dropout_seed(8);
-        assert_ne!(a, vals(&dropout(&x, 0.1, module_id("q")).unwrap()));
+        assert_eq!(a, vals(&dropout(&x, 0.1, 7, module_id("q")).unwrap()));
+        assert_ne!(a, vals(&dropout(&x, 0.1, 7, module_id("k")).unwrap()));
+        assert_ne!(a, vals(&dropout(&x, 0.1, 8, module_id("q")).unwrap()));
     }
 
-    /// Dropout applies while the adapter trains (A a `Var`), never at inference.
+    /// Dropout applies while a training loop has it on, with or without a graph (the
+    /// recomputation's first forward has none), and never otherwise.
     #[test]
-    fn dropout_only_while_training() {
+    fn dropout_only_while_switched_on() {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (6, 32), &dev).unwrap();
         let mut lin = Linear::new(Weight::Dense(w));
@@ -487,22 +489,32 @@ mod tests {
             b: Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap(),
             scale: 2.0,
             dropout: 0.5,
+            dropout_seed: None,
             id: module_id("m"),
         });
         let x = Tensor::randn(0f32, 1.0, (3, 32), &dev).unwrap();
-        let frozen = lin.forward(&x).unwrap();
+        let off = lin.forward(&x).unwrap();
         let mut plain = lin.clone();
         plain.lora[0].dropout = 0.0;
         let diff = |a: &Tensor, b: &Tensor| -> f32 {
             let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
             d.to_scalar().unwrap()
         };
-        assert_eq!(diff(&frozen, &plain.forward(&x).unwrap()), 0.0);
+        assert_eq!(diff(&off, &plain.forward(&x).unwrap()), 0.0);
+        lin.lora[0].dropout_seed = Some(11);
+        let detached = lin.forward(&x).unwrap();
         let a = candle_core::Var::from_tensor(&lin.lora[0].a).unwrap();
         lin.lora[0].a = a.as_tensor().clone();
         let trained = lin.forward(&x).unwrap();
-        assert!(diff(&trained, &frozen) > 1e-3, "no dropout while training");
+        assert!(diff(&trained, &off) > 1e-3, "no dropout while training");
+        assert_eq!(
+            diff(&trained, &detached),
+            0.0,
+            "masks differ with and without a graph"
+        );
         let g = trained.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&a).is_some());
+        lin.lora[0].dropout_seed = None;
+        assert_eq!(diff(&lin.forward(&x).unwrap(), &off), 0.0);
     }
 }

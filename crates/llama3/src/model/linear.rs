@@ -56,9 +56,11 @@ pub struct Lora {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f64,
-    /// PEFT's `lora_dropout` on the adapter's input, applied only while `A` is being trained
-    /// (a `Var`); masks come from [`crate::peft::dropout`], keyed by `id` (the module).
+    /// PEFT's `lora_dropout` on the adapter's input, applied only while a training loop has
+    /// set `dropout_seed` ([`crate::peft::set_dropout_seed`]); masks keyed by the seed and
+    /// `id` (the module).
     pub dropout: f64,
+    pub dropout_seed: Option<u64>,
     pub id: u64,
 }
 
@@ -187,8 +189,8 @@ impl Linear {
         for l in &self.lora {
             // PEFT: lora_B(lora_A(dropout(x))) * scaling, in the adapter's dtype.
             let mut x2 = x.to_dtype(l.a.dtype())?;
-            if l.dropout > 0.0 && l.a.track_op() {
-                x2 = crate::peft::dropout(&x2, l.dropout, l.id)?;
+            if let Some(seed) = l.dropout_seed.filter(|_| l.dropout > 0.0) {
+                x2 = crate::peft::dropout(&x2, l.dropout, seed, l.id)?;
             }
             let h = x2.broadcast_matmul(&l.a.t()?)?; // (.., r)
             let d = h.broadcast_matmul(&l.b.t()?)?; // (.., out)
