@@ -52,8 +52,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Prompt-processing and generation speed, like llama-bench (plus load time, TTFT, peak RSS).
     Bench(bench::BenchArgs),
-    /// Train every weight of a model: from scratch (a preset) or from a checkpoint, on text
-    /// files or JSONL; checkpoints, --resume, metrics, and a final HF model directory.
+    /// Train or fine-tune: from scratch (a preset) or a checkpoint, every weight or LoRA/QLoRA
+    /// adapters (--method), on text or JSONL (chats, prompt/completion); checkpoints, --resume.
+    #[command(visible_alias = "finetune")]
     Train(Box<train::TrainArgs>),
     /// Sequence classification: train a head (alone, with LoRA, or full), evaluate, predict.
     Classify(classify::ClassifyArgs),

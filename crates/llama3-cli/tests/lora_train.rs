@@ -17,7 +17,12 @@ fn train_cmd(model: &Path, out: &Path, extra: &[&str]) -> Command {
 
 fn train_on(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
-    c.arg("train")
+    // Chat and prompt/completion data through `finetune`, the same command as `train`.
+    let sub = match data.extension().is_some_and(|e| e == "jsonl") {
+        true => "finetune",
+        false => "train",
+    };
+    c.arg(sub)
         .arg("--init")
         .arg(model)
         .arg("--data_path")
