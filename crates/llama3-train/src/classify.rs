@@ -185,8 +185,8 @@ pub fn train(
                     Tensor::stack(&rows, 0)?.matmul(&score.as_tensor().t()?)?
                 }
                 None => {
-                    let micro = (step as u64).wrapping_mul(0x9e3779b97f4a7c15);
-                    peft::set_dropout_seed(&mut cls.model, Some(cfg.seed ^ micro)); // LoRA dropout
+                    // LoRA dropout masks of this step.
+                    peft::set_dropout_seed(&mut cls.model, Some((cfg.seed, step as u64)));
                     let rows: Vec<Vec<u32>> = batch.iter().map(|&i| train[i].ids.clone()).collect();
                     let ids = cls.batch(&rows, &device)?;
                     cls.forward(&ids)?

@@ -129,8 +129,7 @@ pub fn train(
         for (m, (ids, labels)) in batches.iter().enumerate() {
             // LoRA dropout masks: a function of the seed and the micro-batch (exact resume).
             let micro = (state.micro_batches + m) as u64;
-            let seed = cfg.seed ^ micro.wrapping_mul(0x9e3779b97f4a7c15);
-            llama3::peft::set_dropout_seed(&mut model, Some(seed));
+            llama3::peft::set_dropout_seed(&mut model, Some((cfg.seed, micro)));
             if cfg.gradient_checkpointing {
                 let params = opt.params();
                 loss +=

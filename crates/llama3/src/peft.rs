@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::eval::splitmix;
 use crate::model::{Linear, LinearWeight, Llama, Lora};
 use crate::{Error, Result};
 
@@ -248,15 +249,16 @@ impl Adapter {
     }
 }
 
-/// Turns LoRA dropout on for every adapter of `model` with the masks of `seed`, or off
-/// (`None`: evaluation, inference; the default). A training loop sets it before each
-/// micro-batch from the run's seed and the micro-batch's index, so the masks are a function
-/// of where the run is (a resumed run draws the same ones; under gradient checkpointing the
-/// detached forward and its recompute see the same), and turns it off before evaluating.
-pub fn set_dropout_seed(model: &mut Llama, seed: Option<u64>) {
+/// Turns LoRA dropout on for every adapter of `model` with the masks of micro-batch `index`
+/// of a run seeded `seed`, or off (`None`: evaluation, inference; the default). A training
+/// loop sets it before each micro-batch, so the masks are a function of where the run is (a
+/// resumed run draws the same ones; under gradient checkpointing the detached forward and
+/// its recompute see the same), and turns it off before evaluating.
+pub fn set_dropout_seed(model: &mut Llama, seed_and_index: Option<(u64, u64)>) {
+    let key = seed_and_index.map(|(seed, index)| splitmix(seed ^ splitmix(index)));
     for (_, lin) in model.linears_mut() {
         for l in lin.lora.iter_mut() {
-            l.dropout_seed = seed;
+            l.dropout_seed = key;
         }
     }
 }
@@ -268,24 +270,16 @@ fn module_id(name: &str) -> u64 {
     })
 }
 
-/// SplitMix64: a counter-based generator (element `i` of a mask is `mix(key + i)`).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e3779b97f4a7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-    z ^ (z >> 31)
-}
-
 /// Inverted dropout of `x` with drop probability `p` (`torch.nn.Dropout` in training: kept
 /// elements scaled by `1 / (1 - p)`), the mask drawn from `seed` and the module `id`;
 /// differentiable in `x`.
 pub fn dropout(x: &Tensor, p: f64, seed: u64, id: u64) -> Result<Tensor> {
-    let key = mix(seed ^ id);
+    let key = splitmix(seed ^ id);
     let keep = 1.0 / (1.0 - p) as f32;
     // Drop when the top 24 bits, as a fraction of 2^24, fall below p.
     let cut = (p * (1u64 << 24) as f64) as u64;
     let mask: Vec<f32> = (0..x.elem_count() as u64)
-        .map(|i| match mix(key.wrapping_add(i)) >> 40 < cut {
+        .map(|i| match splitmix(key.wrapping_add(i)) >> 40 < cut {
             true => 0.0,
             false => keep,
         })

@@ -36,7 +36,8 @@ pub(crate) fn rng_for(seed: u64, index: u64, stream: u64) -> StdRng {
     StdRng::seed_from_u64(x)
 }
 
-fn splitmix(mut z: u64) -> u64 {
+/// SplitMix64's step: a well-mixed 64-bit value for each input (a counter-based generator).
+pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -11,11 +11,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
 use super::gemm::{gemm_with, Mat};
+use super::{f32_slice, with_f32};
 use crate::{Error, Result};
 
 /// Query heads, KV heads, head dim.
@@ -214,8 +214,6 @@ impl CustomOp3 for Attn {
         let Some(probs) = guard.as_ref() else {
             candle_core::bail!("causal attention: backward before forward");
         };
-        let vec = |x: &Tensor| x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
-        let (qv, kv, vv, dy) = (vec(q)?, vec(k)?, vec(v)?, vec(grad)?);
         let (b, t, _) = q.dims3()?;
         let Heads { h, hkv, dh } = self.heads;
         let g = h / hkv;
@@ -223,61 +221,63 @@ impl CustomOp3 for Attn {
         let (qw, kw) = (h * dh, hkv * dh);
         // Per (sequence, KV head): dQr of its G heads (G, T, Dh), dKr and dV (T, Dh).
         type Part = (Vec<f32>, Vec<f32>, Vec<f32>);
-        let parts: Vec<candle_core::Result<Part>> = probs
-            .par_chunks(g * t * t)
-            .enumerate()
-            .map(|(task, p)| {
-                let (bi, j) = (task / hkv, task % hkv);
-                let (qb, kb, vb, db) = (
-                    &qv[bi * t * qw..][..t * qw],
-                    &kv[bi * t * kw..][..t * kw],
-                    &vv[bi * t * kw..][..t * kw],
-                    &dy[bi * t * qw..][..t * qw],
-                );
-                let kr = gather(kb, kw, j, dh, Some((self, 1.0)));
-                let vh = gather(vb, kw, j, dh, None);
-                let mut dq = vec![0f32; g * t * dh];
-                let mut dk = vec![0f32; t * dh];
-                let mut dv = vec![0f32; t * dh];
-                let mut ds = vec![0f32; t * t];
-                for gi in 0..g {
-                    let hi = j * g + gi;
-                    let qr = gather(qb, qw, hi, dh, Some((self, 1.0)));
-                    let d_o = gather(db, qw, hi, dh, None);
-                    let p = Mat::rows(&p[gi * t * t..][..t * t], t, t);
-                    // dV += P^T dO; dP = dO V^T
-                    gemm1(&mut dv, p.t(), Mat::rows(&d_o, t, dh), gi > 0)?;
-                    gemm1(
-                        &mut ds,
-                        Mat::rows(&d_o, t, dh),
-                        Mat::rows(&vh, t, dh).t(),
-                        false,
-                    )?;
-                    let rows = ds.chunks_exact_mut(t).zip(p.data.chunks_exact(t));
-                    for (i, (dsr, pr)) in rows.enumerate() {
-                        let (seen, future) = dsr.split_at_mut(i + 1);
-                        let dot: f32 = seen.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        for (d, &pv) in seen.iter_mut().zip(pr) {
-                            *d = pv * (*d - dot) * scale;
+        let parts = with_f32([q, k, v, grad], |[qv, kv, vv, dy]| {
+            probs
+                .par_chunks(g * t * t)
+                .enumerate()
+                .map(|(task, p)| {
+                    let (bi, j) = (task / hkv, task % hkv);
+                    let (qb, kb, vb, db) = (
+                        &qv[bi * t * qw..][..t * qw],
+                        &kv[bi * t * kw..][..t * kw],
+                        &vv[bi * t * kw..][..t * kw],
+                        &dy[bi * t * qw..][..t * qw],
+                    );
+                    let kr = gather(kb, kw, j, dh, Some((self, 1.0)));
+                    let vh = gather(vb, kw, j, dh, None);
+                    let mut dq = vec![0f32; g * t * dh];
+                    let mut dk = vec![0f32; t * dh];
+                    let mut dv = vec![0f32; t * dh];
+                    let mut ds = vec![0f32; t * t];
+                    for gi in 0..g {
+                        let hi = j * g + gi;
+                        let qr = gather(qb, qw, hi, dh, Some((self, 1.0)));
+                        let d_o = gather(db, qw, hi, dh, None);
+                        let p = Mat::rows(&p[gi * t * t..][..t * t], t, t);
+                        // dV += P^T dO; dP = dO V^T
+                        gemm1(&mut dv, p.t(), Mat::rows(&d_o, t, dh), gi > 0)?;
+                        gemm1(
+                            &mut ds,
+                            Mat::rows(&d_o, t, dh),
+                            Mat::rows(&vh, t, dh).t(),
+                            false,
+                        )?;
+                        let rows = ds.chunks_exact_mut(t).zip(p.data.chunks_exact(t));
+                        for (i, (dsr, pr)) in rows.enumerate() {
+                            let (seen, future) = dsr.split_at_mut(i + 1);
+                            let dot: f32 = seen.iter().zip(pr).map(|(a, b)| a * b).sum();
+                            for (d, &pv) in seen.iter_mut().zip(pr) {
+                                *d = pv * (*d - dot) * scale;
+                            }
+                            future.fill(0.0);
                         }
-                        future.fill(0.0);
+                        gemm1(
+                            &mut dq[gi * t * dh..][..t * dh],
+                            Mat::rows(&ds, t, t),
+                            Mat::rows(&kr, t, dh),
+                            false,
+                        )?;
+                        gemm1(
+                            &mut dk,
+                            Mat::rows(&ds, t, t).t(),
+                            Mat::rows(&qr, t, dh),
+                            gi > 0,
+                        )?;
                     }
-                    gemm1(
-                        &mut dq[gi * t * dh..][..t * dh],
-                        Mat::rows(&ds, t, t),
-                        Mat::rows(&kr, t, dh),
-                        false,
-                    )?;
-                    gemm1(
-                        &mut dk,
-                        Mat::rows(&ds, t, t).t(),
-                        Mat::rows(&qr, t, dh),
-                        gi > 0,
-                    )?;
-                }
-                Ok((dq, dk, dv))
-            })
-            .collect();
+                    Ok((dq, dk, dv))
+                })
+                .collect::<Vec<candle_core::Result<Part>>>()
+        })?;
         let (mut dq, mut dk, mut dv) = (
             vec![0f32; b * t * qw],
             vec![0f32; b * t * kw],

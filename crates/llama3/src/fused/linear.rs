@@ -64,12 +64,10 @@ impl CustomOp2 for Linear {
             false => None,
             true => {
                 let mut dx = vec![0f32; n * k];
-                with_f32(grad, |dy| {
-                    with_f32(w, |w| {
-                        // (N, out) x (out, in) -> (N, in)
-                        gemm(&mut dx, Mat::rows(dy, n, m), Mat::rows(w, m, k), false)
-                    })
-                })??
+                with_f32([grad, w], |[dy, w]| {
+                    // (N, out) x (out, in) -> (N, in)
+                    gemm(&mut dx, Mat::rows(dy, n, m), Mat::rows(w, m, k), false)
+                })?
                 .map_err(msg)?;
                 Some(Tensor::from_vec(dx, (n, k), dev)?)
             }
@@ -78,12 +76,10 @@ impl CustomOp2 for Linear {
             false => None,
             true => {
                 let mut dw = vec![0f32; m * k];
-                with_f32(grad, |dy| {
-                    with_f32(x, |x| {
-                        // (out, N) x (N, in) -> (out, in)
-                        gemm(&mut dw, Mat::rows(dy, n, m).t(), Mat::rows(x, n, k), false)
-                    })
-                })??
+                with_f32([grad, x], |[dy, x]| {
+                    // (out, N) x (N, in) -> (out, in)
+                    gemm(&mut dw, Mat::rows(dy, n, m).t(), Mat::rows(x, n, k), false)
+                })?
                 .map_err(msg)?;
                 Some(Tensor::from_vec(dw, (m, k), dev)?)
             }

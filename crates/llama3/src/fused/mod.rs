@@ -34,14 +34,37 @@ pub(crate) fn f32_slice<'a>(
     }
 }
 
-/// Runs `f` on the f32 elements of `t` (a contiguous CPU tensor; others are copied first).
-pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.to_dtype(DType::F32)?.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("fused ops run on the CPU");
-    };
-    Ok(f(f32_slice(cpu, layout, "fused op")?))
+/// Whether these activations carry gradients as f32 on the CPU: the fused training ops take
+/// them (the model's layers check this before choosing them over candle's ops).
+pub fn trains_on_cpu(xs: &[&Tensor]) -> bool {
+    xs.iter().any(|x| x.track_op())
+        && xs
+            .iter()
+            .all(|x| x.dtype() == DType::F32 && x.device().is_cpu())
+}
+
+/// Runs `f` on the f32 elements of each of `ts` (contiguous CPU tensors are read in place,
+/// others copied first): how the backward passes read their inputs and upstream gradient.
+pub(crate) fn with_f32<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> candle_core::Result<R> {
+    let owned = ts
+        .iter()
+        .map(|t| t.to_dtype(DType::F32)?.contiguous())
+        .collect::<candle_core::Result<Vec<Tensor>>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(N);
+    for (storage, layout) in &guards {
+        let Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("fused ops run on the CPU");
+        };
+        slices.push(f32_slice(cpu, layout, "fused op")?);
+    }
+    match slices.try_into() {
+        Ok(slices) => Ok(f(slices)),
+        Err(_) => candle_core::bail!("fused op: {N} inputs expected"),
+    }
 }
 
 /// Elements per parallel task of the element-wise passes.

@@ -76,36 +76,32 @@ impl CustomOp2 for RmsNorm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let d = w.elem_count();
         let mut dx = vec![0f32; x.elem_count()];
-        let dw = with_f32(x, |x| {
-            with_f32(w, |w| {
-                with_f32(grad, |dy| {
-                    // Each task's share of dw, summed in task order (deterministic).
-                    let parts: Vec<Vec<f32>> = dx
-                        .par_chunks_mut(ROWS * d)
-                        .zip(x.par_chunks(ROWS * d).zip(dy.par_chunks(ROWS * d)))
-                        .map(|(dx, (x, dy))| {
-                            let mut dw = vec![0f32; d];
-                            let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d));
-                            for ((dx, x), dy) in rows.zip(dy.chunks_exact(d)) {
-                                let r = self.r(x);
-                                let dot: f32 = (0..d).map(|j| dy[j] * w[j] * x[j]).sum();
-                                let c = r * r * r * dot / d as f32;
-                                for j in 0..d {
-                                    dx[j] = r * dy[j] * w[j] - x[j] * c;
-                                    dw[j] += dy[j] * x[j] * r;
-                                }
-                            }
-                            dw
-                        })
-                        .collect();
+        let dw = with_f32([x, w, grad], |[x, w, dy]| {
+            // Each task's share of dw, summed in task order (deterministic).
+            let parts: Vec<Vec<f32>> = dx
+                .par_chunks_mut(ROWS * d)
+                .zip(x.par_chunks(ROWS * d).zip(dy.par_chunks(ROWS * d)))
+                .map(|(dx, (x, dy))| {
                     let mut dw = vec![0f32; d];
-                    for p in parts {
-                        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+                    let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d));
+                    for ((dx, x), dy) in rows.zip(dy.chunks_exact(d)) {
+                        let r = self.r(x);
+                        let dot: f32 = (0..d).map(|j| dy[j] * w[j] * x[j]).sum();
+                        let c = r * r * r * dot / d as f32;
+                        for j in 0..d {
+                            dx[j] = r * dy[j] * w[j] - x[j] * c;
+                            dw[j] += dy[j] * x[j] * r;
+                        }
                     }
                     dw
                 })
-            })
-        })???;
+                .collect();
+            let mut dw = vec![0f32; d];
+            for p in parts {
+                dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            }
+            dw
+        })?;
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), dev)?),

@@ -1,6 +1,7 @@
 //! `silu(gate) * up` with its backward: `dgate = dh * up * s * (1 + gate * (1 - s))` with
 //! `s = sigmoid(gate)`, `dup = dh * silu(gate)`. One pass each way instead of candle's
-//! sigmoid, two products and their six backward nodes.
+//! sigmoid, two products and their six backward nodes; the model's MLP uses it for inference
+//! too (one output buffer, the same bits as candle's ops).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -59,24 +60,20 @@ impl CustomOp2 for SwiGlu {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let n = gate.elem_count();
         let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
-        with_f32(gate, |g| {
-            with_f32(up, |u| {
-                with_f32(grad, |d| {
-                    dg.par_chunks_mut(CHUNK)
-                        .zip(du.par_chunks_mut(CHUNK))
-                        .enumerate()
-                        .for_each(|(c, (dg, du))| {
-                            let o = c * CHUNK;
-                            for i in 0..dg.len() {
-                                let (g, u, d) = (g[o + i], u[o + i], d[o + i]);
-                                let s = sigmoid(g);
-                                dg[i] = d * u * s * (1.0 + g * (1.0 - s));
-                                du[i] = d * g * s;
-                            }
-                        })
+        with_f32([gate, up, grad], |[g, u, d]| {
+            dg.par_chunks_mut(CHUNK)
+                .zip(du.par_chunks_mut(CHUNK))
+                .enumerate()
+                .for_each(|(c, (dg, du))| {
+                    let o = c * CHUNK;
+                    for i in 0..dg.len() {
+                        let (g, u, d) = (g[o + i], u[o + i], d[o + i]);
+                        let s = sigmoid(g);
+                        dg[i] = d * u * s * (1.0 + g * (1.0 - s));
+                        du[i] = d * g * s;
+                    }
                 })
-            })
-        })???;
+        })?;
         let dev = gate.device();
         Ok((
             Some(Tensor::from_vec(dg, gate.shape(), dev)?),
@@ -89,6 +86,24 @@ impl CustomOp2 for SwiGlu {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// Without gradients (inference) the pass gives the candle ops' bits, so the model's
+    /// logits do not depend on which path ran.
+    #[test]
+    fn same_bits_as_candle_ops() {
+        let gate = Tensor::randn(0f32, 3.0, (3, 5000), &Device::Cpu).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (3, 5000), &Device::Cpu).unwrap();
+        let fused = swiglu(&gate, &up).unwrap();
+        let ops = ((&gate * candle_nn::ops::sigmoid(&gate).unwrap()).unwrap() * &up).unwrap();
+        let bits = |t: &Tensor| {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&fused), bits(&ops));
+        // Not contiguous: copied first, same values.
+        let t = swiglu(&gate.t().unwrap(), &up.t().unwrap()).unwrap();
+        assert_eq!(bits(&t.t().unwrap().contiguous().unwrap()), bits(&ops));
+    }
 
     #[test]
     fn values_and_gradients_match_candle_ops() {

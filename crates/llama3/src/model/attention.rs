@@ -52,7 +52,10 @@ impl Attention {
             c => c,
         };
         let (q, k, v) = self.project_rows(x)?;
-        if cache.is_none() && trains_on_cpu(&[&q, &k, &v]) && self.head_dim.is_multiple_of(2) {
+        if cache.is_none()
+            && crate::fused::trains_on_cpu(&[&q, &k, &v])
+            && self.head_dim.is_multiple_of(2)
+        {
             // Training: RoPE, causal softmax and both products in one op with its own
             // backward (`fused::attn`). Without a cache the positions start at 0.
             let (cos, sin) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
@@ -199,15 +202,6 @@ impl Attention {
             .reshape((b, t, h * dh))?; // (B, T, H*Dh)
         Ok(y)
     }
-}
-
-/// Whether these activations carry gradients as f32 on the CPU: the fused training ops
-/// (`crate::fused`) take them.
-pub fn trains_on_cpu(xs: &[&Tensor]) -> bool {
-    xs.iter().any(|x| x.track_op())
-        && xs
-            .iter()
-            .all(|x| x.dtype() == DType::F32 && x.device().is_cpu())
 }
 
 /// Softmax over the last dim. With gradients tracked it is built from differentiable ops, the

@@ -127,7 +127,7 @@ impl Linear {
                 let x2 = x.reshape(((), self.in_features))?.to_dtype(dt)?;
                 let w = w.to_dtype(dt)?;
                 // (N, in) x (in, out) -> (N, out); training on the CPU: `fused::linear`.
-                match super::attention::trains_on_cpu(&[&x2, &w]) {
+                match crate::fused::trains_on_cpu(&[&x2, &w]) {
                     true => crate::fused::linear::linear(&x2, &w)?,
                     false => x2.matmul(&w.t()?)?,
                 }

@@ -29,7 +29,7 @@ impl RmsNorm {
                 self.eps as f32,
             )?);
         }
-        if super::attention::trains_on_cpu(&[x, &self.weight]) {
+        if crate::fused::trains_on_cpu(&[x, &self.weight]) {
             // Training on the CPU: one op with its own backward (`fused::norm`).
             return crate::fused::norm::rms_norm(x, &self.weight, self.eps);
         }
