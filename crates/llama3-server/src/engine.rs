@@ -4,11 +4,12 @@
 //! Each request gets a slot: its own batch-1 KV cache. Every turn of the loop
 //! 1. admits queued requests into free slots (requests join between decode steps),
 //! 2. drops sequences whose client went away (their slot frees at once),
-//! 3. prefills waiting prompts up to one chunk of tokens (a long prompt is split across turns,
-//!    so it does not stall the others),
-//! 4. runs one batched decode step for all sequences that have a token to feed
-//!    ([`Llama::forward_step`]: one matmul per weight for all rows, attention per sequence),
-//! 5. samples each sequence's next token with its own sampler chain and streams it out.
+//! 3. runs one forward for everything that has tokens to feed ([`Llama::forward_batch`]: one
+//!    matmul per weight for all rows, attention per sequence): a decode step for every
+//!    running sequence, and the prompts of new ones, up to one chunk of prompt tokens per turn
+//!    (a long prompt is split across turns, so it does not stall the others),
+//! 4. samples each sequence's next token with its own sampler chain and streams it out
+//!    (a sequence whose prompt just went in gets its first token).
 //!
 //! Rows are computed exactly as they would be alone, so greedy output does not depend on
 //! what else is running.
@@ -17,7 +18,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use llama3::generate::{prefill, FinishReason};
+use llama3::generate::FinishReason;
 use llama3::model::{KvCache, Llama};
 use llama3::sample::{logprob_of, top_logprobs, Sampler, SamplingParams, StopStrings};
 use llama3::tokenizer::{DecodeStream, Tokenizer};
@@ -213,59 +214,55 @@ fn run(
         // 2. Cancellation: a closed receiver means the client is gone.
         sweep(&mut seqs, &mut free, metrics);
 
-        // 3. Prefill waiting prompts, oldest first, about one chunk of tokens per turn: short
-        //    prompts start together, a long one is split across turns. Pieces always end at
-        //    multiples of the chunk size, so a prompt is cut the same way whatever else waits
-        //    (its results then do not depend on the load).
+        // 3. One forward for the turn: a decode step for every sequence with a token to feed,
+        //    and waiting prompts, oldest first, about one chunk of prompt tokens in all (short
+        //    prompts start together, a long one is split across turns). Pieces always end at
+        //    multiples of the chunk size, so a prompt is cut the same way whatever else waits.
         let chunk = cfg.prefill_chunk.max(1);
         let mut budget = chunk;
-        for s in seqs.iter_mut() {
-            if s.done || s.prefilled == s.job.prompt.len() {
-                continue;
-            }
-            let end = (s.prefilled + chunk).min(s.job.prompt.len());
-            if end - s.prefilled > budget && budget < chunk {
-                break;
-            }
-            let part = &s.job.prompt[s.prefilled..end];
-            budget = budget.saturating_sub(part.len());
-            let out = guarded(|| prefill(model, &mut s.cache, part, cfg.prefill_chunk));
-            match out {
-                Ok(mut logits) => {
-                    s.prefilled = end;
-                    if end == s.job.prompt.len() {
-                        next_token(s, &mut logits, tok, metrics);
+        let mut batch: Vec<(&mut Seq, Vec<u32>)> = Vec::new();
+        for s in seqs.iter_mut().filter(|s| !s.done) {
+            let part = match s.pending {
+                Some(t) => vec![t],
+                None if s.prefilled < s.job.prompt.len() && budget > 0 => {
+                    let end = (s.prefilled + chunk).min(s.job.prompt.len());
+                    if end - s.prefilled > budget && budget < chunk {
+                        budget = 0; // the next prompt waits for a turn of its own
+                        continue;
                     }
+                    budget = budget.saturating_sub(end - s.prefilled);
+                    s.job.prompt[s.prefilled..end].to_vec()
                 }
-                Err(e) => fail(s, &e),
-            }
-        }
-
-        // 4. One decode step for every sequence with a token to feed.
-        let mut batch: Vec<&mut Seq> = seqs.iter_mut().filter(|s| s.pending.is_some()).collect();
-        if !batch.is_empty() {
-            let tokens: Vec<u32> = batch.iter().filter_map(|s| s.pending).collect();
-            metrics.batch_size.observe(tokens.len() as f64);
-            let out = {
-                let mut caches: Vec<&mut KvCache> =
-                    batch.iter_mut().map(|s| &mut s.cache).collect();
-                guarded(|| {
-                    let logits = model.forward_step(&tokens, &mut caches)?;
-                    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
-                })
+                None => continue,
             };
-            match out {
+            batch.push((s, part));
+        }
+        if !batch.is_empty() {
+            metrics.batch_size.observe(batch.len() as f64);
+            match forward(model, &mut batch) {
                 Ok(rows) => {
-                    for (s, mut row) in batch.into_iter().zip(rows) {
-                        s.pending = None;
-                        next_token(s, &mut row, tok, metrics);
+                    for ((s, part), mut row) in batch.into_iter().zip(rows) {
+                        fed(s, part.len(), &mut row, tok, metrics);
                     }
                 }
-                Err(e) => batch.into_iter().for_each(|s| fail(s, &e)),
+                // Run alone, each sequence gets its own error and the others go on.
+                Err(_) if batch.len() > 1 => {
+                    for (s, part) in batch {
+                        let mut one = [(s, part)];
+                        let out = forward(model, &mut one);
+                        let [(s, part)] = one;
+                        match out.map(|mut rows| rows.pop()) {
+                            Ok(Some(mut row)) => fed(s, part.len(), &mut row, tok, metrics),
+                            Ok(None) => fail(s, "no logits"),
+                            Err(e) => fail(s, &e),
+                        }
+                    }
+                }
+                Err(e) => batch.into_iter().for_each(|(s, _)| fail(s, &e)),
             }
         }
 
-        // 5. Finished and cancelled sequences give their slot back.
+        // 4. Finished and cancelled sequences give their slot back.
         sweep(&mut seqs, &mut free, metrics);
     }
 }
@@ -289,6 +286,30 @@ fn sweep(seqs: &mut Vec<Seq>, free: &mut Vec<KvCache>, metrics: &Metrics) {
         }
     }
     metrics.slots_busy.set(seqs.len() as i64);
+}
+
+/// One [`Llama::forward_batch`] over the batch's parts: each sequence's logits after its part.
+fn forward(model: &Llama, batch: &mut [(&mut Seq, Vec<u32>)]) -> Result<Vec<Vec<f32>>, String> {
+    let (parts, mut caches): (Vec<&[u32]>, Vec<&mut KvCache>) = batch
+        .iter_mut()
+        .map(|(s, p)| (p.as_slice(), &mut s.cache))
+        .unzip();
+    guarded(|| {
+        let logits = model.forward_batch(&parts, &mut caches)?;
+        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+    })
+}
+
+/// After a forward that fed `n` tokens of `s` (its pending token, or a piece of its prompt):
+/// samples from `logits` once the whole prompt is in.
+fn fed(s: &mut Seq, n: usize, logits: &mut [f32], tok: &Tokenizer, metrics: &Metrics) {
+    if s.pending.take().is_none() {
+        s.prefilled += n;
+        if s.prefilled < s.job.prompt.len() {
+            return;
+        }
+    }
+    next_token(s, logits, tok, metrics);
 }
 
 /// Runs model code so that neither an error nor a panic takes the engine down.

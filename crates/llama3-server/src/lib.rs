@@ -3,7 +3,7 @@
 //! ```text
 //! serve(config, load) ── binds, answers /health with 503 ──┐
 //!        │                                                  │ load() on a blocking thread
-//!        └── routes (axum) ── Job ──> Engine thread ──> Llama::forward_step over the slots
+//!        └── routes (axum) ── Job ──> Engine thread ──> Llama::forward_batch over the slots
 //!                         <── Event (token, done) ──┘
 //! ```
 //!

@@ -75,6 +75,72 @@ fn batched_step_equals_lone_decode_on_the_default_model() {
     assert!(model.forward_step(&[1, 2], &mut one).is_err());
 }
 
+/// Mixed batches: prompts prefilled in the same forward as other sequences' decode steps (and
+/// one prompt cut into two chunks across two forwards) give every sequence, bit for bit, the
+/// logits it gets alone.
+#[test]
+fn prefill_mixed_with_decode_equals_lone_runs() {
+    let loaded = load(&common::default_model(), &LoadOptions::default()).unwrap();
+    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().unwrap());
+    let enc = |p: &str| tok.encode(p, true, false).unwrap();
+    let (a, b) = (enc("The capital of France is"), enc("1, 2, 3,"));
+    let (c, d) = (
+        enc("Once upon a time, in a land far away, there lived a"),
+        enc("def fibonacci(n):"),
+    );
+    let logits_of = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
+    // Alone: a and b prefilled then one decode step each; c and d prefilled.
+    let decode_alone = |p: &[u32], next: u32| {
+        let mut cache = model.new_cache(1, 128).unwrap();
+        prefill(model, &mut cache, p, 512).unwrap();
+        let x = Tensor::new(&[next], model.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        logits_of(model.forward(&x, Some(&mut cache), Logits::Last).unwrap())
+    };
+    let prefill_alone = |p: &[u32]| {
+        let mut cache = model.new_cache(1, 128).unwrap();
+        prefill(model, &mut cache, p, 512).unwrap()
+    };
+    let want = [
+        decode_alone(&a, 42),
+        prefill_alone(&c),
+        decode_alone(&b, 7),
+        prefill_alone(&d),
+    ];
+
+    // Together: c's first 5 tokens and all of d in the same forward as a's and b's steps,
+    // then the rest of c alone.
+    let mut caches: Vec<_> = (0..4).map(|_| model.new_cache(1, 128).unwrap()).collect();
+    prefill(model, &mut caches[0], &a, 512).unwrap();
+    prefill(model, &mut caches[2], &b, 512).unwrap();
+    let mut refs: Vec<_> = caches.iter_mut().collect();
+    let parts: [&[u32]; 4] = [&[42], &c[..5], &[7], &d];
+    let rows = model.forward_batch(&parts, &mut refs).unwrap();
+    assert_eq!(rows.dims(), &[4, model.config.vocab_size]);
+    let rows = rows.to_vec2::<f32>().unwrap();
+    let mut c_cache: Vec<_> = caches.iter_mut().skip(1).take(1).collect();
+    let c_rest = model.forward_batch(&[&c[5..]], &mut c_cache).unwrap();
+    let got = [
+        rows[0].clone(),
+        logits_of(c_rest),
+        rows[2].clone(),
+        rows[3].clone(),
+    ];
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert!(w == g, "sequence {i}: logits differ from its lone run");
+    }
+    let lens: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+    assert_eq!(lens, [a.len() + 1, c.len(), b.len() + 1, d.len()]);
+
+    // An empty part or a part without a cache is an error, not a panic.
+    let mut one: Vec<_> = caches.iter_mut().take(1).collect();
+    assert!(model.forward_batch(&[&[]], &mut one).is_err());
+    assert!(model.forward_batch(&[&[1], &[2]], &mut one).is_err());
+}
+
 /// Timing of a 16-sequence step against a lone one (not an assertion): `cargo test --release
 /// -p llama3 --test batch_step step_timing -- --ignored --nocapture`.
 #[test]
@@ -82,7 +148,13 @@ fn batched_step_equals_lone_decode_on_the_default_model() {
 fn step_timing() {
     let loaded = load(&common::default_model(), &LoadOptions::default()).unwrap();
     let model = &loaded.model;
-    for n in [1usize, 16] {
+    // STEP_TIMING_N=16 STEP_TIMING_STEPS=200 times one batch size (for a profiler).
+    let sizes: Vec<usize> = match std::env::var("STEP_TIMING_N") {
+        Ok(v) => v.split(',').map(|n| n.parse().unwrap()).collect(),
+        Err(_) => vec![1, 16],
+    };
+    let steps: u32 = std::env::var("STEP_TIMING_STEPS").map_or(40, |v| v.parse().unwrap());
+    for n in sizes {
         let mut caches: Vec<_> = (0..n)
             .map(|i| {
                 let mut c = model.new_cache(1, 512).unwrap();
@@ -91,7 +163,6 @@ fn step_timing() {
                 c
             })
             .collect();
-        let steps = 40;
         let t = std::time::Instant::now();
         for s in 0..steps {
             let mut refs: Vec<_> = caches.iter_mut().collect();

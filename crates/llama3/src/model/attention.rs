@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::cache::KvCache;
-use super::decode;
+use super::decode::{self, SeqRows};
 use super::linear::Linear;
 use super::rope;
 use crate::Result;
@@ -33,21 +33,18 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let fused = b == 1 && self.fuses(x);
         let cache = match cache {
-            Some((cache, layer)) if fused && t == 1 => {
-                // One token, one sequence: the fused CPU loop (the same one batches use).
-                let rope = [(cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?)];
-                return self.forward_fused(x, &rope, &mut [cache], layer);
-            }
-            Some((cache, layer)) if fused => {
-                // A prompt (chunk) of one sequence: causal attention over the cache in the
-                // fused CPU loop; `mask` is the causal one, which it applies itself.
+            Some((cache, layer)) if b == 1 && self.fuses(x) => {
+                // One sequence (a token or a prompt chunk): the fused CPU loop that batches
+                // use too; `mask` is the causal one, which it applies itself.
+                let rows = SeqRows {
+                    t,
+                    cos: cos.flatten_all()?.to_vec1()?,
+                    sin: sin.flatten_all()?.to_vec1()?,
+                };
                 let (q, k, v) = self.project_rows(x)?;
-                let (cos, sin) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
-                let heads = self.heads();
-                let y = decode::prefill(heads, &q, &k, &v, &cos, &sin, cache, layer)?;
-                return self.o_proj.forward(&y);
+                let y = decode::attend(self.heads(), &q, &k, &v, &[rows], &mut [cache], layer)?;
+                return self.o_proj.forward(&y.reshape((1, t, ()))?);
             }
             c => c,
         };
@@ -72,43 +69,41 @@ impl Attention {
         self.o_proj.forward(&y)
     }
 
-    /// One new position for each of N sequences that have their own caches (continuous
-    /// batching): the projections run as one (N, 1, D) batch, attention per sequence.
-    /// `rope[i]` = (cos, sin), Dh/2 each, at sequence i's position. (N, 1, D) -> (N, 1, D).
-    pub fn forward_step(
+    /// The new rows of N sequences that have their own caches (continuous batching): `seqs[i].t`
+    /// rows of sequence i, in order, as (M, 1, D) with M = Σ T_i — one row each for a decode
+    /// step, a prompt chunk for a sequence being prefilled. The projections run as one batch,
+    /// attention per sequence. (M, 1, D) -> (M, 1, D).
+    pub fn forward_batch(
         &self,
         x: &Tensor,
-        rope: &[(Vec<f32>, Vec<f32>)],
+        seqs: &[SeqRows],
         caches: &mut [&mut KvCache],
         layer: usize,
     ) -> Result<Tensor> {
+        let (q, k, v) = self.project_rows(x)?;
         if self.fuses(x) {
-            return self.forward_fused(x, rope, caches, layer);
+            let y = decode::attend(self.heads(), &q, &k, &v, seqs, caches, layer)?; // (M, H*Dh)
+            return self.o_proj.forward(&y.unsqueeze(1)?);
         }
-        let (q, k, v) = self.project_rows(x)?;
-        let (q, k, v) = self.split_heads(q, k, v)?;
         let mut ys = Vec::with_capacity(caches.len());
-        for (i, (cache, (cos, sin))) in caches.iter_mut().zip(rope).enumerate() {
-            let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
-            let half = cos.len();
-            let cos = Tensor::from_slice(cos, (1, half), x.device())?.to_dtype(x.dtype())?;
-            let sin = Tensor::from_slice(sin, (1, half), x.device())?.to_dtype(x.dtype())?;
-            ys.push(self.attend(q, k, v, &cos, &sin, None, Some((&mut **cache, layer)))?);
+        let mut r0 = 0;
+        for (cache, s) in caches.iter_mut().zip(seqs) {
+            // (T, 1, ..) rows of this sequence as a (1, T, ..) batch of one.
+            let rows = |a: &Tensor| a.narrow(0, r0, s.t)?.reshape((1, s.t, ()));
+            let (q, k, v) = self.split_heads(rows(&q)?, rows(&k)?, rows(&v)?)?;
+            let half = s.cos.len() / s.t;
+            let cos = Tensor::from_slice(&s.cos, (s.t, half), x.device())?.to_dtype(x.dtype())?;
+            let sin = Tensor::from_slice(&s.sin, (s.t, half), x.device())?.to_dtype(x.dtype())?;
+            let mask = match s.t {
+                1 => None,
+                t => Some(causal_mask(t, cache.len(), x.device())?),
+            };
+            let cache = Some((&mut **cache, layer));
+            let y = self.attend(q, k, v, &cos, &sin, mask.as_ref(), cache)?; // (1, T, H*Dh)
+            ys.push(y.reshape((s.t, 1, ()))?);
+            r0 += s.t;
         }
-        let y = Tensor::cat(&ys, 0)?; // (N, 1, H*Dh)
-        self.o_proj.forward(&y)
-    }
-
-    /// The fused CPU decode path (`decode.rs`): (N, 1, D) -> (N, 1, D).
-    fn forward_fused(
-        &self,
-        x: &Tensor,
-        rope: &[(Vec<f32>, Vec<f32>)],
-        caches: &mut [&mut KvCache],
-        layer: usize,
-    ) -> Result<Tensor> {
-        let (q, k, v) = self.project_rows(x)?;
-        let y = decode::attend(self.heads(), &q, &k, &v, rope, caches, layer)?; // (N, 1, H*Dh)
+        let y = Tensor::cat(&ys, 0)?; // (M, 1, H*Dh)
         self.o_proj.forward(&y)
     }
 
@@ -231,10 +226,9 @@ mod tests {
     use super::*;
     use candle_core::Var;
 
-    /// The differentiable path (taken when gradients are tracked) and candle's fused kernels
-    /// (inference) must agree: softmax, RMSNorm and RoPE.
-    /// The fused one-token CPU path (`decode.rs`) against the candle ops it replaces, with
-    /// GQA, sequences at different positions, and both cache precisions.
+    /// The fused CPU path (`decode.rs`) against the candle ops it replaces, with GQA,
+    /// sequences at different positions, prompt chunks mixed with decode rows, and both cache
+    /// precisions.
     #[test]
     fn fused_decode_matches_the_candle_path() {
         use crate::weights::Weight;
@@ -270,29 +264,42 @@ mod tests {
         for precision in [DType::F32, DType::F16] {
             let new = || KvCache::new(&cfg, 1, 16, DType::F32, precision, &dev).unwrap();
             let (mut fused, mut plain) = ([new(), new()], [new(), new()]);
-            // Sequence 0 gets 5 positions, sequence 1 gets 2, one token at a time.
-            for step in 0..5 {
-                let x = Tensor::randn(0f32, 1.0, (2, 1, d), &dev).unwrap();
-                let n = if step < 2 { 2 } else { 1 };
-                let x = x.narrow(0, 0, n).unwrap();
-                let rope: Vec<_> = (0..n).map(|i| rope_of(fused[i].len())).collect();
-                let mut refs: Vec<&mut KvCache> = fused.iter_mut().take(n).collect();
-                let got = attn.forward_step(&x, &rope, &mut refs, 0).unwrap();
-                refs.iter_mut().for_each(|c| c.advance(1));
-                for i in 0..n {
-                    let (cos, sin) = &rope[i];
-                    let cos = Tensor::from_slice(cos, (1, dh / 2), &dev).unwrap();
-                    let sin = Tensor::from_slice(sin, (1, dh / 2), &dev).unwrap();
-                    let xi = x.narrow(0, i, 1).unwrap();
+            // Rows per sequence and step: prompt chunks mixed with single decode rows, a
+            // sequence missing from some steps.
+            let steps: [&[usize]; 5] = [&[3, 1], &[1, 4], &[1], &[2], &[1, 1]];
+            for (step, ts) in steps.iter().enumerate() {
+                let m: usize = ts.iter().sum();
+                let x = Tensor::randn(0f32, 1.0, (m, 1, d), &dev).unwrap();
+                let seqs: Vec<SeqRows> = ts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| {
+                        let rows: Vec<_> = (0..t).map(|j| rope_of(fused[i].len() + j)).collect();
+                        SeqRows {
+                            t,
+                            cos: rows.iter().flat_map(|r| r.0.clone()).collect(),
+                            sin: rows.iter().flat_map(|r| r.1.clone()).collect(),
+                        }
+                    })
+                    .collect();
+                let mut refs: Vec<&mut KvCache> = fused.iter_mut().take(ts.len()).collect();
+                let got = attn.forward_batch(&x, &seqs, &mut refs, 0).unwrap();
+                refs.iter_mut().zip(*ts).for_each(|(c, &t)| c.advance(t));
+                let mut r0 = 0;
+                for (i, s) in seqs.iter().enumerate() {
+                    let cos = Tensor::from_slice(&s.cos, (s.t, dh / 2), &dev).unwrap();
+                    let sin = Tensor::from_slice(&s.sin, (s.t, dh / 2), &dev).unwrap();
+                    let xi = x.narrow(0, r0, s.t).unwrap().reshape((1, s.t, d)).unwrap();
                     let (q, k, v) = attn.project_rows(&xi).unwrap();
                     let (q, k, v) = attn.split_heads(q, k, v).unwrap();
                     let c = &mut plain[i];
+                    let mask = (s.t > 1).then(|| causal_mask(s.t, c.len(), &dev).unwrap());
                     let y = attn
-                        .attend(q, k, v, &cos, &sin, None, Some((c, 0)))
+                        .attend(q, k, v, &cos, &sin, mask.as_ref(), Some((c, 0)))
                         .unwrap();
-                    c.advance(1);
-                    let want = attn.o_proj.forward(&y).unwrap();
-                    let diff = (got.narrow(0, i, 1).unwrap() - want)
+                    c.advance(s.t);
+                    let want = attn.o_proj.forward(&y).unwrap().reshape((s.t, 1, d));
+                    let diff = (got.narrow(0, r0, s.t).unwrap() - want.unwrap())
                         .unwrap()
                         .abs()
                         .unwrap()
@@ -301,11 +308,15 @@ mod tests {
                         .to_scalar::<f32>()
                         .unwrap();
                     assert!(diff < 1e-5, "{precision:?} step {step} seq {i}: {diff}");
+                    r0 += s.t;
                 }
             }
+            assert_eq!((fused[0].len(), fused[1].len()), (8, 6));
         }
     }
 
+    /// The differentiable path (taken when gradients are tracked) and candle's fused kernels
+    /// (inference) must agree: softmax, RMSNorm and RoPE.
     #[test]
     fn differentiable_and_fused_ops_agree() {
         let dev = Device::Cpu;

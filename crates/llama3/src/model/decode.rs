@@ -1,10 +1,12 @@
 //! Attention with a KV cache on the CPU as one fused loop: RoPE on q and k, K/V written into
 //! the cache (rounded to f16 when the cache keeps f16), causal `softmax(q·Kᵀ/√Dh)·V` per head
-//! (`sdpa.rs`). Two shapes: one new position for each of N sequences that have their own
-//! caches (decode, alone or batched), and T new positions of one sequence (a prompt or a
-//! chunk of one). It replaces ~15 candle ops per layer (each with its own dispatch and
-//! allocation) and the masked square of scores; every row goes through the same code, so a
-//! sequence's result does not depend on the batch.
+//! (`sdpa.rs`). One shape covers every use: the new positions of N sequences that have their
+//! own caches, T_i rows each — one row per sequence for a batched decode step, T rows of one
+//! sequence for a prompt (chunk), or both mixed when a server prefills new prompts in the
+//! same forward as it decodes the running ones. It replaces ~15 candle ops per layer (each
+//! with its own dispatch and allocation) and the masked square of scores; every row goes
+//! through the same code whatever else is in the batch, so a sequence's result does not
+//! depend on it.
 //!
 //! Numerics follow the candle path it replaces: HF half-rotation RoPE, f32 dot products,
 //! softmax with the max subtracted, and with an f16 cache the query and the probabilities
@@ -32,129 +34,116 @@ pub fn applies(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op()
 }
 
-/// q (N, H*Dh), k and v (N, Hkv*Dh) for one new position of each sequence; `rope[i]` =
-/// (cos, sin) of sequence i's position, Dh/2 each. Appends k, v to `caches[i]` at `layer` and
-/// returns the attention output (N, 1, H*Dh). The caller advances the caches.
+/// One sequence's part of a batch: `t` new positions and their RoPE tables, (T, Dh/2)
+/// row-major each, for the positions after what its cache holds.
+#[derive(Clone, Debug)]
+pub struct SeqRows {
+    pub t: usize,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+/// Rows of one sequence per attention task (tasks are (sequence, head, rows) triples, so a
+/// lone sequence's heads and a long prompt's rows share the cores too).
+const TASK_ROWS: usize = 16;
+
+/// q (M, H*Dh), k and v (M, Hkv*Dh): the new rows of N sequences, `seqs[i].t` of them for
+/// sequence i, in order (M = Σ T_i). Appends each sequence's k, v to `caches[i]` at `layer`
+/// and returns the causal attention output (M, H*Dh). The caller advances the caches.
 pub fn attend(
     heads: Heads,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    rope: &[(Vec<f32>, Vec<f32>)],
+    seqs: &[SeqRows],
     caches: &mut [&mut KvCache],
     layer: usize,
 ) -> Result<Tensor> {
     let Heads { h, hkv, dh } = heads;
-    let n = caches.len();
-    let mut q = q.flatten_all()?.to_vec1::<f32>()?; // (N, H, Dh)
-    let mut k = k.flatten_all()?.to_vec1::<f32>()?; // (N, Hkv, Dh)
-    let v = v.flatten_all()?.to_vec1::<f32>()?; // (N, Hkv, Dh)
-    if q.len() != n * h * dh || k.len() != n * hkv * dh || v.len() != k.len() || rope.len() != n {
+    let half = dh / 2;
+    let mut q = q.flatten_all()?.to_vec1::<f32>()?; // (M, H, Dh)
+    let mut k = k.flatten_all()?.to_vec1::<f32>()?; // (M, Hkv, Dh)
+    let v = v.flatten_all()?.to_vec1::<f32>()?; // (M, Hkv, Dh)
+    let m: usize = seqs.iter().map(|s| s.t).sum();
+    if q.len() != m * h * dh || k.len() != m * hkv * dh || v.len() != k.len() {
         return Err(Error::Input("fused attention: shapes do not match".into()));
     }
-    // Write every sequence's new K/V row, then attend over each cache.
-    let mut lens = Vec::with_capacity(n);
-    for (i, c) in caches.iter_mut().enumerate() {
-        let (cos, sin) = &rope[i];
-        let qi = &mut q[i * h * dh..(i + 1) * h * dh];
-        let ki = &mut k[i * hkv * dh..(i + 1) * hkv * dh];
-        let pos = c.len();
-        prepare(heads, qi, ki, cos, sin, c.rounds_to_f16());
-        write_rows(c, layer, ki, &v[i * hkv * dh..(i + 1) * hkv * dh])?;
-        lens.push(pos + 1);
+    if seqs.len() != caches.len()
+        || seqs
+            .iter()
+            .any(|s| s.t == 0 || s.cos.len() != s.t * half || s.sin.len() != s.cos.len())
+    {
+        return Err(Error::Input(
+            "fused attention: sequences, caches and RoPE tables do not match".into(),
+        ));
     }
-    let mut out = vec![0f32; n * h * dh];
-    // One task per (sequence, head): a lone sequence's heads share the cores too.
+    // RoPE, then every sequence's new K/V rows into its cache.
+    let mut firsts = Vec::with_capacity(seqs.len());
+    let mut r0 = 0;
+    for (s, c) in seqs.iter().zip(caches.iter_mut()) {
+        for i in 0..s.t {
+            let (cos, sin) = (&s.cos[i * half..][..half], &s.sin[i * half..][..half]);
+            let r = r0 + i;
+            let (qi, ki) = (
+                &mut q[r * h * dh..][..h * dh],
+                &mut k[r * hkv * dh..][..hkv * dh],
+            );
+            prepare(heads, qi, ki, cos, sin, c.rounds_to_f16());
+        }
+        firsts.push(c.len());
+        let rows = r0 * hkv * dh..(r0 + s.t) * hkv * dh;
+        write_rows(c, layer, &k[rows.clone()], &v[rows])?;
+        r0 += s.t;
+    }
+    // (T_i, H, Dh) -> (H, T_i, Dh) per sequence: each task's query rows contiguous.
+    let qh = transpose_heads(&q, seqs, h, dh, false);
+    let mut out = vec![0f32; q.len()]; // (H, T_i, Dh) per sequence
+    let mut tasks = Vec::new(); // (sequence, head, first row, offset, output rows)
+    let (mut rest, mut at) = (&mut out[..], 0);
+    for (i, s) in seqs.iter().enumerate() {
+        for hh in 0..h {
+            for c0 in (0..s.t).step_by(TASK_ROWS) {
+                let len = TASK_ROWS.min(s.t - c0) * dh;
+                let (o, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                rest = tail;
+                tasks.push((i, hh, c0, at, o));
+                at += len;
+            }
+        }
+    }
     let caches: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
-    out.par_chunks_mut(dh).enumerate().try_for_each_init(
+    tasks.into_par_iter().try_for_each_init(
         Vec::new,
-        |scratch, (ih, o)| -> Result<()> {
-            let (i, hh) = (ih / h, ih % h);
+        |scratch, (i, hh, c0, at, o)| -> Result<()> {
             let c = caches[i];
-            let (cap, s, round) = (c.capacity(), lens[i], c.rounds_to_f16());
+            let (cap, round) = (c.capacity(), c.rounds_to_f16());
             with_cache(c, layer, |kv| {
-                let qh = &q[ih * dh..][..dh];
-                attend_head(&kv, heads, hh, cap, qh, s - 1, round, o, scratch);
+                let qr = &qh[at..][..o.len()];
+                attend_head(&kv, heads, hh, cap, qr, firsts[i] + c0, round, o, scratch);
                 Ok(())
             })
         },
     )?;
-    Ok(Tensor::from_vec(out, (n, 1, h * dh), &Device::Cpu)?)
+    let y = transpose_heads(&out, seqs, h, dh, true); // (M, H, Dh)
+    Ok(Tensor::from_vec(y, (m, h * dh), &Device::Cpu)?)
 }
 
-/// Rows of a prompt chunk per attention task (tasks are (head, chunk) pairs).
-const PREFILL_ROWS: usize = 16;
-
-/// T new positions of one sequence (a prompt or a chunk of one): q (T, H*Dh), k and v
-/// (T, Hkv*Dh), `cos`/`sin` (T, Dh/2) row-major. Appends k, v to `cache` at `layer` and returns
-/// the causal attention output (1, T, H*Dh). The caller advances the cache.
-#[allow(clippy::too_many_arguments)]
-pub fn prefill(
-    heads: Heads,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cos: &[f32],
-    sin: &[f32],
-    cache: &mut KvCache,
-    layer: usize,
-) -> Result<Tensor> {
-    let Heads { h, hkv, dh } = heads;
-    let mut q = q.flatten_all()?.to_vec1::<f32>()?; // (T, H, Dh)
-    let mut k = k.flatten_all()?.to_vec1::<f32>()?; // (T, Hkv, Dh)
-    let v = v.flatten_all()?.to_vec1::<f32>()?; // (T, Hkv, Dh)
-    let t = q.len() / (h * dh);
-    let half = dh / 2;
-    if q.len() != t * h * dh || k.len() != t * hkv * dh || v.len() != k.len() {
-        return Err(Error::Input("fused attention: shapes do not match".into()));
-    }
-    if cos.len() != t * half || sin.len() != cos.len() {
-        return Err(Error::Input(
-            "fused attention: RoPE tables do not match".into(),
-        ));
-    }
-    let round = cache.rounds_to_f16();
-    for i in 0..t {
-        let (c, s) = (&cos[i * half..][..half], &sin[i * half..][..half]);
-        let (qi, ki) = (
-            &mut q[i * h * dh..][..h * dh],
-            &mut k[i * hkv * dh..][..hkv * dh],
-        );
-        prepare(heads, qi, ki, c, s, round);
-    }
-    let pos = cache.len();
-    write_rows(cache, layer, &k, &v)?;
-    // (T, H, Dh) -> (H, T, Dh): each head's rows contiguous for the kernel.
-    let mut qh = vec![0f32; q.len()];
-    for (i, row) in q.chunks_exact(h * dh).enumerate() {
-        for (hh, x) in row.chunks_exact(dh).enumerate() {
-            qh[(hh * t + i) * dh..][..dh].copy_from_slice(x);
+/// Row-major (T_i, H, Dh) blocks of each sequence to head-major (H, T_i, Dh), or back with
+/// `back`.
+fn transpose_heads(x: &[f32], seqs: &[SeqRows], h: usize, dh: usize, back: bool) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let mut base = 0;
+    for s in seqs {
+        for i in 0..s.t {
+            for hh in 0..h {
+                let rows = (base + (i * h + hh) * dh, base + (hh * s.t + i) * dh);
+                let (from, to) = if back { (rows.1, rows.0) } else { rows };
+                y[to..][..dh].copy_from_slice(&x[from..][..dh]);
+            }
         }
+        base += s.t * h * dh;
     }
-    let cap = cache.capacity();
-    let mut out = vec![0f32; q.len()]; // (H, T, Dh)
-    with_cache(cache, layer, |kv| {
-        out.par_chunks_mut(t * dh)
-            .enumerate()
-            .flat_map(|(hh, o)| {
-                o.par_chunks_mut(PREFILL_ROWS * dh)
-                    .enumerate()
-                    .map(move |(c, o)| (hh, c * PREFILL_ROWS, o))
-            })
-            .for_each_init(Vec::new, |scratch, (hh, r0, o)| {
-                let rows = o.len() / dh;
-                let qr = &qh[(hh * t + r0) * dh..][..rows * dh];
-                attend_head(&kv, heads, hh, cap, qr, pos + r0, round, o, scratch);
-            });
-        Ok(())
-    })?;
-    // (H, T, Dh) -> (T, H*Dh)
-    for (hh, oh) in out.chunks_exact(t * dh).enumerate() {
-        for (i, x) in oh.chunks_exact(dh).enumerate() {
-            q[(i * h + hh) * dh..][..dh].copy_from_slice(x);
-        }
-    }
-    Ok(Tensor::from_vec(q, (1, t, h * dh), &Device::Cpu)?)
+    y
 }
 
 /// RoPE on one position's q (H*Dh) and k (Hkv*Dh); with an f16 cache the query is rounded

@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use attention::Attention;
 pub use cache::KvCache;
+pub use decode::SeqRows;
 pub use linear::{Linear, LinearWeight, Lora};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
@@ -89,17 +90,17 @@ impl DecoderLayer {
         Ok((&x + self.mlp.forward(&h)?)?)
     }
 
-    /// One new position for each of N sequences with their own caches: (N, 1, D) -> (N, 1, D).
-    /// See [`Attention::forward_step`].
-    pub fn forward_step(
+    /// The new rows of N sequences with their own caches (see [`Attention::forward_batch`]):
+    /// (M, 1, D) -> (M, 1, D).
+    pub fn forward_batch(
         &self,
         x: &Tensor,
-        rope: &[(Vec<f32>, Vec<f32>)],
+        seqs: &[SeqRows],
         caches: &mut [&mut KvCache],
         layer: usize,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let x = (x + self.self_attn.forward_step(&h, rope, caches, layer)?)?;
+        let x = (x + self.self_attn.forward_batch(&h, seqs, caches, layer)?)?;
         let h = self.post_attention_layernorm.forward(&x)?;
         Ok((&x + self.mlp.forward(&h)?)?)
     }
@@ -281,24 +282,35 @@ impl Llama {
     }
 
     /// One decode step for N independent sequences (continuous batching): `tokens[i]` is
-    /// appended to `caches[i]` (each a batch-1 cache at its own position) and the next-token
-    /// logits (N, V) come back. Weight matmuls run once for all N rows; the quantized kernels
-    /// compute every row exactly as they would alone, so a sequence's logits do not depend on
-    /// what else is in the batch.
+    /// appended to `caches[i]` and the next-token logits (N, V) come back. [`Self::forward_batch`]
+    /// with one token per sequence.
     pub fn forward_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        in_pool(|| self.forward_step_here(tokens, caches))
+        let parts: Vec<&[u32]> = tokens.chunks(1).collect();
+        self.forward_batch(&parts, caches)
     }
 
-    fn forward_step_here(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        let n = tokens.len();
-        if n == 0 || n != caches.len() {
+    /// One forward over N independent sequences (continuous batching): `parts[i]` (one token
+    /// for a decode step, or a chunk of a prompt being prefilled) is appended to `caches[i]`,
+    /// each a batch-1 cache at its own position, and the logits after each part's last token
+    /// (N, V) come back. Weight matmuls run once for all rows; the quantized kernels compute
+    /// every row exactly as they would alone and attention runs per sequence, so a sequence's
+    /// logits do not depend on what else is in the batch, nor on whether its prompt was
+    /// prefilled alone.
+    pub fn forward_batch(&self, parts: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        in_pool(|| self.forward_batch_here(parts, caches))
+    }
+
+    fn forward_batch_here(&self, parts: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let n = parts.len();
+        if n == 0 || n != caches.len() || parts.iter().any(|p| p.is_empty()) {
             return Err(Error::Input(format!(
-                "forward_step: {n} tokens for {} caches",
+                "forward_batch: {n} parts (each needs a token) for {} caches",
                 caches.len()
             )));
         }
-        if let Some(&bad) = tokens
+        if let Some(&bad) = parts
             .iter()
+            .flat_map(|p| p.iter())
             .find(|&&i| i as usize >= self.config.vocab_size)
         {
             return Err(Error::Input(format!(
@@ -306,18 +318,41 @@ impl Llama {
                 self.config.vocab_size
             )));
         }
-        let mut rope = Vec::with_capacity(n);
-        for c in caches.iter() {
-            c.reserve(1)?;
-            rope.push(self.rope.row(c.len()));
+        let mut seqs = Vec::with_capacity(n);
+        for (c, p) in caches.iter().zip(parts) {
+            c.reserve(p.len())?;
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            for pos in c.len()..c.len() + p.len() {
+                let (c, s) = self.rope.row(pos);
+                cos.extend(c);
+                sin.extend(s);
+            }
+            seqs.push(SeqRows {
+                t: p.len(),
+                cos,
+                sin,
+            });
         }
-        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(1)?; // (N, 1)
-        let mut x = self.embed_tokens.forward(&ids)?; // (N, 1, D)
+        let ids: Vec<u32> = parts.concat();
+        let m = ids.len();
+        let ids = Tensor::new(ids, &self.device)?.unsqueeze(1)?; // (M, 1)
+        let mut x = self.embed_tokens.forward(&ids)?; // (M, 1, D)
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward_step(&x, &rope, caches, i)?;
+            x = layer.forward_batch(&x, &seqs, caches, i)?;
         }
-        for c in caches.iter_mut() {
-            c.advance(1);
+        for (c, p) in caches.iter_mut().zip(parts) {
+            c.advance(p.len());
+        }
+        // Each sequence's last row: (N, 1, D).
+        if m > n {
+            let last: Vec<u32> = parts
+                .iter()
+                .scan(0u32, |end, p| {
+                    *end += p.len() as u32;
+                    Some(*end - 1)
+                })
+                .collect();
+            x = x.index_select(&Tensor::new(last, &self.device)?, 0)?;
         }
         let x = self.norm.forward(&x)?;
         Ok(self.lm_head.forward(&x)?.squeeze(1)?) // (N, V)

@@ -180,14 +180,10 @@ unsafe fn scores_avx2<const R: usize, E: Elem>(
     }
 }
 
-/// In place: `p = exp(x - max) / Σ`, rounded to f16 precision when `round`.
+/// In place: `p = exp(x - max) / Σ` (the vectorized `exp` of `fused::exp`), rounded to f16 precision when `round`.
 fn softmax(p: &mut [f32], round: bool) {
     let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0f32;
-    for x in p.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
+    let sum = crate::fused::exp::exp_sub_sum(p, max);
     for x in p.iter_mut() {
         *x /= sum;
     }
