@@ -43,9 +43,9 @@ pub struct SeqRows {
     pub sin: Vec<f32>,
 }
 
-/// Rows of one sequence per attention task (tasks are (sequence, head, rows) triples, so a
-/// lone sequence's heads and a long prompt's rows share the cores too).
-const TASK_ROWS: usize = 16;
+/// Positions of one sequence per attention task (tasks are (sequence, KV head, positions)
+/// triples, so a lone sequence's heads and a long prompt's rows share the cores too).
+const TASK_POSITIONS: usize = 8;
 
 /// q (M, H*Dh), k and v (M, Hkv*Dh): the new rows of N sequences, `seqs[i].t` of them for
 /// sequence i, in order (M = Σ T_i). Appends each sequence's k, v to `caches[i]` at `layer`
@@ -95,18 +95,20 @@ pub fn attend(
         write_rows(c, layer, &k[rows.clone()], &v[rows])?;
         r0 += s.t;
     }
-    // (T_i, H, Dh) -> (H, T_i, Dh) per sequence: each task's query rows contiguous.
-    let qh = transpose_heads(&q, seqs, h, dh, false);
-    let mut out = vec![0f32; q.len()]; // (H, T_i, Dh) per sequence
-    let mut tasks = Vec::new(); // (sequence, head, first row, offset, output rows)
+    // (T_i, Hkv, G*Dh) -> (Hkv, T_i, G*Dh) per sequence: a task's query rows (the G heads of
+    // a KV head at each of its positions) contiguous.
+    let g = h / hkv;
+    let qh = transpose_heads(&q, seqs, hkv, g * dh, false);
+    let mut out = vec![0f32; q.len()]; // (Hkv, T_i, G*Dh) per sequence
+    let mut tasks = Vec::new(); // (sequence, KV head, first position, offset, output rows)
     let (mut rest, mut at) = (&mut out[..], 0);
     for (i, s) in seqs.iter().enumerate() {
-        for hh in 0..h {
-            for c0 in (0..s.t).step_by(TASK_ROWS) {
-                let len = TASK_ROWS.min(s.t - c0) * dh;
+        for j in 0..hkv {
+            for t0 in (0..s.t).step_by(TASK_POSITIONS) {
+                let len = TASK_POSITIONS.min(s.t - t0) * g * dh;
                 let (o, tail) = std::mem::take(&mut rest).split_at_mut(len);
                 rest = tail;
-                tasks.push((i, hh, c0, at, o));
+                tasks.push((i, j, t0, at, o));
                 at += len;
             }
         }
@@ -114,34 +116,34 @@ pub fn attend(
     let caches: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
     tasks.into_par_iter().try_for_each_init(
         Vec::new,
-        |scratch, (i, hh, c0, at, o)| -> Result<()> {
+        |scratch, (i, j, t0, at, o)| -> Result<()> {
             let c = caches[i];
             let (cap, round) = (c.capacity(), c.rounds_to_f16());
             with_cache(c, layer, |kv| {
                 let qr = &qh[at..][..o.len()];
-                attend_head(&kv, heads, hh, cap, qr, firsts[i] + c0, round, o, scratch);
+                attend_group(&kv, heads, j, cap, qr, firsts[i] + t0, round, o, scratch);
                 Ok(())
             })
         },
     )?;
-    let y = transpose_heads(&out, seqs, h, dh, true); // (M, H, Dh)
+    let y = transpose_heads(&out, seqs, hkv, g * dh, true); // (M, H, Dh)
     Ok(Tensor::from_vec(y, (m, h * dh), &Device::Cpu)?)
 }
 
-/// Row-major (T_i, H, Dh) blocks of each sequence to head-major (H, T_i, Dh), or back with
+/// Row-major (T_i, H, D) blocks of each sequence to head-major (H, T_i, D), or back with
 /// `back`.
-fn transpose_heads(x: &[f32], seqs: &[SeqRows], h: usize, dh: usize, back: bool) -> Vec<f32> {
+fn transpose_heads(x: &[f32], seqs: &[SeqRows], h: usize, d: usize, back: bool) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     let mut base = 0;
     for s in seqs {
         for i in 0..s.t {
             for hh in 0..h {
-                let rows = (base + (i * h + hh) * dh, base + (hh * s.t + i) * dh);
+                let rows = (base + (i * h + hh) * d, base + (hh * s.t + i) * d);
                 let (from, to) = if back { (rows.1, rows.0) } else { rows };
-                y[to..][..dh].copy_from_slice(&x[from..][..dh]);
+                y[to..][..d].copy_from_slice(&x[from..][..d]);
             }
         }
-        base += s.t * h * dh;
+        base += s.t * h * d;
     }
     y
 }
@@ -199,13 +201,13 @@ fn with_cache<T>(c: &KvCache, layer: usize, f: impl FnOnce(KvSlices) -> Result<T
     }
 }
 
-/// `sdpa::attend` for the rows `q` of query head `hh` (KV head `hh / g`), from whichever
-/// element type the cache holds.
+/// `sdpa::attend` for the rows `q` of KV head `j`: (position, query head of the group)
+/// pairs, G per position from `first` on, from whichever element type the cache holds.
 #[allow(clippy::too_many_arguments)]
-fn attend_head(
+fn attend_group(
     kv: &KvSlices,
     heads: Heads,
-    hh: usize,
+    j: usize,
     cap: usize,
     q: &[f32],
     first: usize,
@@ -213,11 +215,15 @@ fn attend_head(
     out: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
-    let dh = heads.dh;
-    let at = hh / (heads.h / heads.hkv) * cap * dh;
+    let (dh, g) = (heads.dh, heads.h / heads.hkv);
+    let at = j * cap * dh;
     match kv {
-        KvSlices::F32(k, v) => sdpa::attend(q, first, &k[at..], &v[at..], dh, round, out, scratch),
-        KvSlices::F16(k, v) => sdpa::attend(q, first, &k[at..], &v[at..], dh, round, out, scratch),
+        KvSlices::F32(k, v) => {
+            sdpa::attend(q, first, g, &k[at..], &v[at..], dh, round, out, scratch)
+        }
+        KvSlices::F16(k, v) => {
+            sdpa::attend(q, first, g, &k[at..], &v[at..], dh, round, out, scratch)
+        }
     }
 }
 

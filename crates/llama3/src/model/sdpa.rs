@@ -1,8 +1,9 @@
 //! Causal scaled dot-product attention of query rows against one KV head of a cache, on the
 //! CPU: the inner loops of the fused decode and prefill paths (`decode.rs`).
 //!
-//! Row `r` of a call sits at position `first + r` and sees keys `0..=first + r` (only those
-//! are computed: half the work of a masked square). Per row: scores `q·k * scale` in f32,
+//! Row `r` of a call sits at position `first + r / group` and sees the keys up to it (only
+//! those are computed: half the work of a masked square); `group` > 1 puts the query heads
+//! that share a KV head (GQA) side by side, so they share every K load. Per row: scores `q·k * scale` in f32,
 //! softmax with the max subtracted, probabilities optionally rounded to f16 (llama.cpp's f16
 //! K/V matmuls do), then `Σ w_j v_j` in key order.
 //!
@@ -49,12 +50,15 @@ impl Elem for f16 {
 /// Query rows per score tile.
 const QR: usize = 4;
 
-/// Heads of one KV group: `q` (R, Dh) rows at positions `first..first + R`; `k`, `v` the
-/// cache head's first `first + R` rows (S, Dh); `out` (R, Dh). `dh` must be a multiple of 8.
+/// Query rows of one KV head: `q` (R, Dh), row `r` at position `first + r / group` (the
+/// `group` query heads that share the KV head sit next to each other, at the same position);
+/// `k`, `v` the cache head's rows (S, Dh), at least up to the last row's position; `out`
+/// (R, Dh). `dh` must be a multiple of 8. The rows of a tile share every K load.
 #[allow(clippy::too_many_arguments)]
 pub fn attend<E: Elem>(
     q: &[f32],
     first: usize,
+    group: usize,
     k: &[E],
     v: &[E],
     dh: usize,
@@ -63,34 +67,31 @@ pub fn attend<E: Elem>(
     scratch: &mut Vec<f32>,
 ) {
     let r = q.len() / dh;
+    let group = group.max(1);
     let scale = 1.0 / (dh as f32).sqrt();
     let avx2 = crate::quant::has_avx2();
-    for r0 in (0..r).step_by(QR) {
-        let n = QR.min(r - r0);
-        let s = first + r0 + n; // keys of the tile's last row
+    let len = |row: usize| first + row / group + 1; // keys row `row` sees
+                                                    // Tiles of whole groups where they fit, so a tile's rows see the same keys.
+    let tile = if group <= QR { QR / group * group } else { QR };
+    for r0 in (0..r).step_by(tile) {
+        let n = tile.min(r - r0);
+        let s = len(r0 + n - 1); // keys of the tile's last row
         scratch.clear();
         scratch.resize(n * s, 0.0);
-        let qt = &q[r0 * dh..(r0 + n) * dh];
-        if n == QR {
-            scores::<QR, E>(qt, &k[..s * dh], dh, scale, scratch, avx2);
-        } else {
-            for (i, row) in qt.chunks_exact(dh).enumerate() {
-                scores::<1, E>(
-                    row,
-                    &k[..s * dh],
-                    dh,
-                    scale,
-                    &mut scratch[i * s..][..s],
-                    avx2,
-                );
-            }
+        let (qt, kt) = (&q[r0 * dh..(r0 + n) * dh], &k[..s * dh]);
+        match n {
+            4 => scores::<4, E>(qt, kt, dh, scale, scratch, avx2),
+            3 => scores::<3, E>(qt, kt, dh, scale, scratch, avx2),
+            2 => scores::<2, E>(qt, kt, dh, scale, scratch, avx2),
+            _ => scores::<1, E>(qt, kt, dh, scale, scratch, avx2),
         }
         for i in 0..n {
-            let len = first + r0 + i + 1;
-            let p = &mut scratch[i * s..][..s];
-            softmax(&mut p[..len], round);
+            softmax(&mut scratch[i * s..][..len(r0 + i)], round);
+        }
+        for i in 0..n {
+            let l = len(r0 + i);
             let o = &mut out[(r0 + i) * dh..][..dh];
-            weighted_sum(&p[..len], &v[..len * dh], dh, o, avx2);
+            weighted_sum(&scratch[i * s..][..l], &v[..l * dh], dh, o, avx2);
         }
     }
 }
@@ -216,7 +217,9 @@ unsafe fn round_f16_f16c(x: &mut [f32]) {
     }
 }
 
-/// `out = Σ_j w_j v_j` (in key order, one fma per element and key).
+/// `out = Σ_j w_j v_j` (in key order, one fma per element and key). Each row reads V on its
+/// own: sharing the loads between the rows of a GQA group needs more accumulators than
+/// AVX2 has registers, and measured slower.
 fn weighted_sum<E: Elem>(w: &[f32], v: &[E], dh: usize, out: &mut [f32], avx2: bool) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
@@ -302,7 +305,7 @@ mod tests {
             let s = first + r;
             let (q, k, v) = (data(r * dh, 1), data(s * dh, 2), data(s * dh, 3));
             let mut out = vec![0f32; r * dh];
-            attend(&q, first, &k, &v, dh, false, &mut out, &mut Vec::new());
+            attend(&q, first, 1, &k, &v, dh, false, &mut out, &mut Vec::new());
             let want = reference(&q, first, &k, &v, dh);
             for (a, b) in out.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "dh={dh} r={r}: {a} vs {b}");
@@ -311,8 +314,57 @@ mod tests {
             for i in 0..r {
                 let mut one = vec![0f32; dh];
                 let qi = &q[i * dh..][..dh];
-                attend(qi, first + i, &k, &v, dh, false, &mut one, &mut Vec::new());
+                attend(
+                    qi,
+                    first + i,
+                    1,
+                    &k,
+                    &v,
+                    dh,
+                    false,
+                    &mut one,
+                    &mut Vec::new(),
+                );
                 assert!(one == out[i * dh..][..dh], "dh={dh} row {i}");
+            }
+        }
+    }
+
+    /// GQA: the query heads of a KV head side by side, `group` rows per position, give
+    /// what each row gives alone.
+    #[test]
+    fn grouped_heads_equal_rows_alone() {
+        for (dh, group, positions, first) in [(64, 3, 1, 20), (64, 3, 5, 2), (32, 2, 3, 0)] {
+            let r = group * positions;
+            let s = first + positions;
+            let (q, k, v) = (data(r * dh, 11), data(s * dh, 12), data(s * dh, 13));
+            let mut out = vec![0f32; r * dh];
+            attend(
+                &q,
+                first,
+                group,
+                &k,
+                &v,
+                dh,
+                true,
+                &mut out,
+                &mut Vec::new(),
+            );
+            for i in 0..r {
+                let mut one = vec![0f32; dh];
+                let qi = &q[i * dh..][..dh];
+                attend(
+                    qi,
+                    first + i / group,
+                    1,
+                    &k,
+                    &v,
+                    dh,
+                    true,
+                    &mut one,
+                    &mut Vec::new(),
+                );
+                assert!(one == out[i * dh..][..dh], "group {group}: row {i}");
             }
         }
     }
@@ -364,8 +416,8 @@ mod tests {
         let h = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
         let (kh, vh) = (h(&k), h(&v));
         let (mut a, mut b) = (vec![0f32; r * dh], vec![0f32; r * dh]);
-        attend(&q, first, &k, &v, dh, true, &mut a, &mut Vec::new());
-        attend(&q, first, &kh, &vh, dh, true, &mut b, &mut Vec::new());
+        attend(&q, first, 1, &k, &v, dh, true, &mut a, &mut Vec::new());
+        attend(&q, first, 1, &kh, &vh, dh, true, &mut b, &mut Vec::new());
         assert_eq!(a, b);
     }
 }
