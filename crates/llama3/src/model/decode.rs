@@ -77,24 +77,33 @@ pub fn attend(
             "fused attention: sequences, caches and RoPE tables do not match".into(),
         ));
     }
-    // RoPE, then every sequence's new K/V rows into its cache.
-    let mut firsts = Vec::with_capacity(seqs.len());
-    let mut r0 = 0;
+    // RoPE, then every sequence's new K/V rows into its cache: one task per sequence (each
+    // writes its own cache).
+    let mut parts = Vec::with_capacity(seqs.len());
+    let (mut qs, mut ks, mut vs) = (&mut q[..], &mut k[..], &v[..]);
     for (s, c) in seqs.iter().zip(caches.iter_mut()) {
-        for i in 0..s.t {
-            let (cos, sin) = (&s.cos[i * half..][..half], &s.sin[i * half..][..half]);
-            let r = r0 + i;
-            let (qi, ki) = (
-                &mut q[r * h * dh..][..h * dh],
-                &mut k[r * hkv * dh..][..hkv * dh],
-            );
-            prepare(heads, qi, ki, cos, sin, c.rounds_to_f16());
-        }
-        firsts.push(c.len());
-        let rows = r0 * hkv * dh..(r0 + s.t) * hkv * dh;
-        write_rows(c, layer, &k[rows.clone()], &v[rows])?;
-        r0 += s.t;
+        let (qi, qrest) = std::mem::take(&mut qs).split_at_mut(s.t * h * dh);
+        let (ki, krest) = std::mem::take(&mut ks).split_at_mut(s.t * hkv * dh);
+        let (vi, vrest) = vs.split_at(s.t * hkv * dh);
+        (qs, ks, vs) = (qrest, krest, vrest);
+        parts.push((s, &mut **c, qi, ki, vi));
     }
+    let firsts = parts
+        .into_par_iter()
+        .map(|(s, c, qi, ki, vi)| -> Result<usize> {
+            for i in 0..s.t {
+                let (cos, sin) = (&s.cos[i * half..][..half], &s.sin[i * half..][..half]);
+                let (qr, kr) = (
+                    &mut qi[i * h * dh..][..h * dh],
+                    &mut ki[i * hkv * dh..][..hkv * dh],
+                );
+                prepare(heads, qr, kr, cos, sin, c.rounds_to_f16());
+            }
+            let first = c.len();
+            write_rows(c, layer, ki, vi)?;
+            Ok(first)
+        })
+        .collect::<Result<Vec<usize>>>()?;
     // (T_i, Hkv, G*Dh) -> (Hkv, T_i, G*Dh) per sequence: a task's query rows (the G heads of
     // a KV head at each of its positions) contiguous.
     let g = h / hkv;

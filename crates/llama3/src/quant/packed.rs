@@ -250,7 +250,14 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     let avx2 = has_avx2();
     match format {
         Format::Blocks(kind) => {
-            let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(|r| kind.quantize(r)).collect();
+            // Rows quantized in parallel when there are several (a batch or a prompt).
+            let xq: Vec<BlockQ8> = match m {
+                0..4 => x.chunks_exact(k).flat_map(|r| kind.quantize(r)).collect(),
+                _ => x
+                    .par_chunks_exact(k)
+                    .flat_map_iter(|r| kind.quantize(r))
+                    .collect(),
+            };
             drive(
                 ws,
                 &xq,
@@ -324,7 +331,8 @@ fn drive<A: Sync>(
     k4: impl Fn(&[u8], [&[A]; 4], &mut [[f32; 8]; 4]) + Sync,
     k1: impl Fn(&[u8], [&[A]; 1], &mut [[f32; 8]; 1]) + Sync,
 ) -> Vec<Vec<f32>> {
-    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n()]).collect();
+    // Not zeroed: the tasks below write every element before the lengths are set.
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n())).collect();
     let outs: Vec<SyncPtr> = ys.iter_mut().map(|y| SyncPtr(y.as_mut_ptr())).collect();
     // (weight, first group) of every task
     let tasks: Vec<(usize, usize)> = ws
@@ -366,6 +374,11 @@ fn drive<A: Sync>(
         .par_iter()
         .with_min_len(if m < 4 { 4 } else { 1 })
         .for_each(task);
+    for (y, w) in ys.iter_mut().zip(ws) {
+        // SAFETY: the tasks covered every (row, group of 8 columns) of every weight, so all
+        // m * n elements were written (f32 has no invalid bit patterns either way).
+        unsafe { y.set_len(m * w.n()) };
+    }
     ys
 }
 
