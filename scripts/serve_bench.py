@@ -4,9 +4,9 @@
 For 1, 4, 16 and 64 concurrent clients, each client streams `--requests` completions of
 `--max-tokens` tokens (end tokens banned through logit_bias so every answer has the same
 length). Reports aggregate generated tokens/s (all tokens over the wall time, prompts and
-TTFT included), aggregate decode tokens/s (clients / mean gap between streamed tokens: the
-streams' decode rates side by side), time to first token (TTFT) and time per output token
-(the gaps), p50 and p99, and ours/llama.cpp ratios.
+TTFT included), aggregate decode tokens/s (tokens after each request's first, over the time
+in which some request was decoding: see `decode_rate`), time to first token (TTFT) and time
+per output token (gaps between streamed tokens), p50 and p99, and ours/llama.cpp ratios.
 
     python3 scripts/serve_bench.py [--bin target/release/llama3] [--model GGUF]
         [--llamacpp-python VENV/bin/python] [--threads 2] [--max-tokens 64]
@@ -66,7 +66,7 @@ def wait_ready(port, path, proc, timeout=300):
 
 
 def stream_one(port, prompt, max_tokens, ban):
-    """(ttft, [gaps], tokens) of one streamed completion."""
+    """(ttft, [gaps], tokens, (first, last token time)) of one streamed completion."""
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens,
@@ -94,19 +94,19 @@ def stream_one(port, prompt, max_tokens, ban):
             times.append(time.perf_counter())
     c.close()
     if not times:
-        return None, [], 0
+        return None, [], 0, None
     gaps = [b - a for a, b in zip(times, times[1:])]
-    return times[0] - start, gaps, len(times)
+    return times[0] - start, gaps, len(times), (times[0], times[-1])
 
 
 def load(port, clients, requests, max_tokens, ban):
-    ttfts, gaps, tokens, errors = [], [], [0], []
+    ttfts, gaps, tokens, errors, spans = [], [], [0], [], []
     lock = threading.Lock()
 
     def client(i):
         for k in range(requests):
             try:
-                t, g, n = stream_one(port, PROMPTS[(i + k) % len(PROMPTS)], max_tokens, ban)
+                t, g, n, span = stream_one(port, PROMPTS[(i + k) % len(PROMPTS)], max_tokens, ban)
             except Exception as e:  # noqa: BLE001 - reported below
                 with lock:
                     errors.append(str(e))
@@ -116,6 +116,8 @@ def load(port, clients, requests, max_tokens, ban):
                     ttfts.append(t)
                 gaps.extend(g)
                 tokens[0] += n
+                if span is not None and n > 1:
+                    spans.append((span, n - 1))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
@@ -140,11 +142,22 @@ def load(port, clients, requests, max_tokens, ban):
         "ttft_p99": pct(ttfts, 99),
         "tpot_p50": pct(gaps, 50),
         "tpot_p99": pct(gaps, 99),
-        # Aggregate decode rate: the clients' streams side by side, each at one token per
-        # mean gap (stalls for other prompts' prefill included; TTFT excluded).
-        "decode_tok_s": clients / statistics.fmean(gaps) if gaps else float("nan"),
+        "decode_tok_s": decode_rate(spans),
         "errors": len(errors),
     }
+
+
+def decode_rate(spans):
+    """Aggregate decode tokens/s: the tokens streamed after each request's first one, over the
+    time during which at least one request was between its first and last token (its prefill
+    and the wait for it excluded; a decode stalled by other requests' prefills included). A
+    server that answers one request at a time gets one stream's rate."""
+    busy, end = 0.0, float("-inf")
+    for (a, b), _ in sorted(spans):
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return sum(n for _, n in spans) / busy if busy > 0 else float("nan")
 
 
 def run_server(cmd, port, health, env=None):
@@ -212,7 +225,8 @@ def main():
               f"one client, aggregate decode {r['decode_tok_s'] / o[0]['decode_tok_s']:.2f}x")
     if "llama.cpp" in results:
         for r, l in zip(o, results["llama.cpp"]):
-            print(f"{r['clients']:>3} clients: ours/llama.cpp tok/s {r['tok_s'] / l['tok_s']:.2f}")
+            print(f"{r['clients']:>3} clients: ours/llama.cpp tok/s {r['tok_s'] / l['tok_s']:.2f}, "
+                  f"decode {r['decode_tok_s'] / l['decode_tok_s']:.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)
