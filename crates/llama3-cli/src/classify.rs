@@ -124,12 +124,29 @@ pub struct TrainArgs {
     pub data_args: DataArgs,
 }
 
+/// A PEFT sequence-classification adapter on a base model, instead of a classifier directory.
+#[derive(Args, Debug)]
+pub struct AdapterArgs {
+    /// A PEFT SEQ_CLS adapter directory (LoRA + the `score` head in modules_to_save, as PEFT
+    /// or `llama3 classify train --method lora` (OUT/adapter) writes it); -m is then the base
+    /// model it was trained on (GGUF file or HF directory), dequantized to f32 as training
+    /// used it.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Label names of the adapter's head, in index order (an adapter stores none; default
+    /// LABEL_0, LABEL_1, ...).
+    #[arg(long, value_name = "A,B,..", requires = "adapter")]
+    pub labels: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// A classifier directory (from `llama3 classify train`, or any HF
-    /// LlamaForSequenceClassification directory).
+    /// LlamaForSequenceClassification directory); with --adapter, the base model.
     #[arg(short, long, value_name = "DIR")]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
     /// Labelled data: .csv or .jsonl (optionally .bz2).
     #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
@@ -142,9 +159,11 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// A classifier directory.
+    /// A classifier directory; with --adapter, the base model.
     #[arg(short, long, value_name = "DIR")]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
     /// Texts to label (repeatable).
     #[arg(long, value_name = "TEXT", required_unless_present = "file")]
     pub text: Vec<String>,
@@ -313,6 +332,12 @@ fn train(a: TrainArgs) -> Result<()> {
         let rep = evaluate(&cls, &tok, &v, &idx, d)?;
         print_report(&rep);
     }
+    if a.method == "lora" {
+        let dir = a.out.join("adapter");
+        let base = a.model.model.as_deref().unwrap_or("SmolLM2-135M-Instruct");
+        classify::save_adapter(&dir, &mut cls, &cfg.lora, base)?;
+        eprintln!("PEFT adapter (SEQ_CLS) written to {}", dir.display());
+    }
     classify::save(&a.out, &mut cls, Some(&tok))?;
     eprintln!("classifier written to {}", a.out.display());
     Ok(())
@@ -400,16 +425,35 @@ fn softmax_rows(logits: &candle_core::Tensor) -> Result<Vec<Vec<f32>>> {
         .collect())
 }
 
-fn load_classifier(dir: &Path) -> Result<(Classifier, Tokenizer)> {
-    let (cls, tok) = Classifier::load(dir, &LoadOptions::default())
-        .with_context(|| format!("cannot load the classifier in {}", dir.display()))?;
-    let tok = tok.context("the classifier directory has no tokenizer.json")?;
+fn load_classifier(dir: &Path, adapter: &AdapterArgs) -> Result<(Classifier, Tokenizer)> {
+    let Some(adir) = &adapter.adapter else {
+        let (cls, tok) = Classifier::load(dir, &LoadOptions::default())
+            .with_context(|| format!("cannot load the classifier in {}", dir.display()))?;
+        let tok = tok.context("the classifier directory has no tokenizer.json")?;
+        return Ok((cls, tok));
+    };
+    let mut loaded = llama3::loader::load(dir, &LoadOptions::default())
+        .with_context(|| format!("cannot load the base model {}", dir.display()))?;
+    // Dense, as training (and PEFT on an HF base) saw it: the same numbers as the merged
+    // directory `classify train` writes beside the adapter.
+    loaded.model.dequantize()?;
+    let tok = loaded
+        .tokenizer
+        .context("the base model has no tokenizer")?;
+    let ad = llama3::peft::Adapter::load(adir, loaded.model.device())
+        .with_context(|| format!("cannot load the adapter in {}", adir.display()))?;
+    let labels = adapter
+        .labels
+        .as_ref()
+        .map(|l| l.split(',').map(|s| s.trim().to_string()).collect());
+    let cls = Classifier::with_adapter(loaded.model, Some(&tok), &ad, labels)
+        .with_context(|| format!("cannot use {} as a classifier", adir.display()))?;
     Ok((cls, tok))
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
     let data = read(&a.data, &a.data_args)?;
-    let (cls, tok) = load_classifier(&a.model)?;
+    let (cls, tok) = load_classifier(&a.model, &a.adapter)?;
     let labels = Labels::parse_map(&cls.labels.join(","))?;
     let truth = labels
         .indices(&data, &a.data.display().to_string())
@@ -437,7 +481,7 @@ fn predict(a: PredictArgs) -> Result<()> {
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
         bail!("text {} is empty", i + 1);
     }
-    let (cls, tok) = load_classifier(&a.model)?;
+    let (cls, tok) = load_classifier(&a.model, &a.adapter)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let probs = probabilities(&cls, &tok, &refs, a.max_len, 8)?;
     for (t, p) in texts.iter().zip(probs) {

@@ -1,6 +1,9 @@
 //! `llama3 classify train|eval|predict` on the default model with a few Rotten Tomatoes-style
 //! reviews: the head trains, the directory it writes evaluates and predicts, and bad input
-//! (a held-out label unseen in training, empty text, unknown LoRA module) is a clear error.
+//! (a held-out label unseen in training, empty text, unknown LoRA module) is a clear error;
+//! LoRA training also writes a PEFT SEQ_CLS adapter that predicts the same on the base.
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -135,4 +138,102 @@ fn head_trains_evaluates_and_predicts() {
     assert!(e.contains("\"attn\""), "{e}");
     let e = err(llama3(&["classify", "eval", "-m", d, "--data", d]));
     assert!(e.contains("cannot load the classifier"), "{e}");
+}
+
+/// `--method lora` also writes a PEFT sequence-classification adapter (OUT/adapter); `predict
+/// -m BASE --adapter OUT/adapter --labels ...` gives what the merged directory gives.
+#[test]
+fn lora_writes_a_peft_adapter_that_predicts_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    let rows: Vec<(&str, &str)> = GOOD
+        .iter()
+        .map(|t| (*t, "fresh"))
+        .chain(BAD.iter().map(|t| (*t, "rotten")))
+        .collect();
+    write(&data, &rows);
+    let out = dir.path().join("cls");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    ok(&llama3(&[
+        "classify", "train", "--data", d, "-o", o, "--method", "lora", "--epochs", "1", "--lora-r",
+        "4",
+    ]));
+    let adapter = out.join("adapter");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["task_type"], "SEQ_CLS");
+    assert_eq!(
+        cfg["modules_to_save"],
+        serde_json::json!(["classifier", "score"])
+    );
+    let texts = ["--text", GOOD[0], "--text", BAD[1]];
+    let merged = ok(&llama3(
+        &[&["classify", "predict", "-m", o][..], &texts].concat(),
+    ));
+    let base = common::default_model();
+    let a = adapter.to_str().unwrap();
+    let via_adapter = ok(&llama3(
+        &[
+            &[
+                "classify",
+                "predict",
+                "-m",
+                base.to_str().unwrap(),
+                "--adapter",
+                a,
+            ][..],
+            &["--labels", "fresh,rotten"],
+            &texts,
+        ]
+        .concat(),
+    ));
+    let probs = |s: &str| -> Vec<(String, f64)> {
+        s.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["label"].to_string(),
+                    v["probs"]["fresh"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (m, v) = (probs(&merged), probs(&via_adapter));
+    assert_eq!(m.len(), 2);
+    for ((lm, pm), (lv, pv)) in m.iter().zip(&v) {
+        assert_eq!(lm, lv);
+        assert!((pm - pv).abs() < 1e-3, "{pm} vs {pv}");
+    }
+    // The adapter is not a language model's, and its labels must fit its head.
+    let e = err(llama3(&[
+        "generate",
+        "-m",
+        base.to_str().unwrap(),
+        "--lora",
+        a,
+        "-n",
+        "1",
+        "-p",
+        "Hi",
+    ]));
+    assert!(e.contains("classif"), "{e}");
+    let e = err(llama3(
+        &[
+            &[
+                "classify",
+                "predict",
+                "-m",
+                base.to_str().unwrap(),
+                "--adapter",
+                a,
+                "--labels",
+                "x",
+            ][..],
+            &texts,
+        ]
+        .concat(),
+    ));
+    assert!(e.contains("label"), "{e}");
 }

@@ -258,6 +258,30 @@ fn pooled_features(
         .collect()
 }
 
+/// Writes the LoRA adapters and the head of `cls` as a PEFT sequence-classification adapter:
+/// `adapter_config.json` (`task_type` SEQ_CLS, `modules_to_save` ["classifier", "score"] as
+/// PEFT sets them, `base_model_name_or_path` = `base`) and `adapter_model.safetensors` (the
+/// A/B matrices and `base_model.model.score.weight`), what PEFT's `PeftModel.from_pretrained`
+/// loads onto `AutoModelForSequenceClassification` of the base. Call before [`save`] (which
+/// merges the adapters).
+pub fn save_adapter(dir: &Path, cls: &mut Classifier, lora: &LoraConfig, base: &str) -> Result<()> {
+    let mut cfg = lora.clone();
+    cfg.other.insert("task_type".into(), json!("SEQ_CLS"));
+    cfg.other
+        .insert("base_model_name_or_path".into(), json!(base));
+    cfg.modules_to_save = Some(json!(["classifier", "score"]));
+    let score = match &cls.score.weight {
+        llama3::model::LinearWeight::Dense(t) => t.to_dtype(DType::F32)?,
+        _ => {
+            return Err(Error::Input(
+                "a quantized score head cannot be saved".into(),
+            ))
+        }
+    };
+    peft::save_with(&mut cls.model, &cfg, &[("score.weight".into(), score)], dir)?;
+    Ok(())
+}
+
 /// Writes `cls` as an HF `LlamaForSequenceClassification` directory: config.json (with
 /// `id2label`, `label2id`, `pad_token_id`), model.safetensors (LoRA merged, f32), tokenizer.
 pub fn save(dir: &Path, cls: &mut Classifier, tok: Option<&Tokenizer>) -> Result<()> {

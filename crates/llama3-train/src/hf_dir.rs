@@ -39,6 +39,7 @@ pub fn config_json(c: &LlamaConfig) -> Value {
         "torch_dtype": "float32",
         "bos_token_id": c.bos_token_id,
         "eos_token_id": eos,
+        "pad_token_id": c.pad_token_id,
     });
     j["rope_scaling"] = match &c.rope_scaling {
         None => Value::Null,

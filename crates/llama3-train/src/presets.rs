@@ -55,6 +55,7 @@ pub fn preset(
         tie_word_embeddings: true,
         bos_token_id: bos,
         eos_token_ids: eos,
+        pad_token_id: None,
     })
 }
 

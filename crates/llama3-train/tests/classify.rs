@@ -1,6 +1,7 @@
 //! Classifier training (`llama3_train::classify`) on the tiny HF model: the head alone, LoRA +
 //! head, and full fine-tuning learn a task whose label is set by the last token; the saved HF
-//! directory reloads (`Classifier::load`) with the same logits; bad input is an error.
+//! directory (`Classifier::load`) and PEFT SEQ_CLS adapter (`Classifier::with_adapter`)
+//! reload with the same logits; bad input is an error.
 
 mod common;
 
@@ -110,6 +111,28 @@ fn saved_directory_reloads_with_the_same_logits() {
     let rows: Vec<Vec<u32>> = test.iter().map(|e| e.ids.clone()).collect();
     let ids = cls.batch(&rows, cls.model.device()).unwrap();
     let before = cls.forward(&ids).unwrap();
+    // The PEFT sequence-classification adapter (before `save` merges the LoRA) on a fresh
+    // base gives the same logits.
+    let adir = tempfile::tempdir().unwrap();
+    let lora = config(ClsMethod::Lora, 2, 1e-2).lora;
+    classify::save_adapter(adir.path(), &mut cls, &lora, "tiny-gqa").unwrap();
+    let adapter = llama3::peft::Adapter::load(adir.path(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(adapter.config.task_type(), Some("SEQ_CLS"));
+    assert_eq!(adapter.config.saved_modules(), ["classifier", "score"]);
+    assert_eq!(adapter.weights.len(), 4); // q and v of two layers
+    let names = Some(vec!["low".to_string(), "high".to_string()]);
+    let via_adapter = Classifier::with_adapter(model(), None, &adapter, names).unwrap();
+    assert_eq!(via_adapter.labels, ["low", "high"]);
+    let d = (&before - via_adapter.forward(&ids).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-5, "logits through the saved adapter differ by {d}");
+
     let dir = tempfile::tempdir().unwrap();
     classify::save(dir.path(), &mut cls, None).unwrap();
     let (back, _) = Classifier::load(dir.path(), &LoadOptions::default()).unwrap();

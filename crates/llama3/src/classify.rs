@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 
 use crate::loader::{load, LoadOptions};
 use crate::model::{Linear, Llama};
+use crate::peft::Adapter;
 use crate::tokenizer::Tokenizer;
 use crate::weights::safetensors::SafetensorsSource;
 use crate::weights::WeightSource;
@@ -57,6 +58,58 @@ impl Classifier {
             },
             loaded.tokenizer,
         ))
+    }
+
+    /// A classifier from a causal LM and a PEFT sequence-classification adapter (`task_type`
+    /// `SEQ_CLS`): its LoRA applied to `model`, its head the `score` (or `classifier`) weight
+    /// PEFT saved whole (`modules_to_save`). An adapter has no label names: `labels`, else
+    /// HF's `LABEL_i`. The pad id is the base config's (as HF's classifier inherits it), else
+    /// the tokenizer's, else EOS ([`default_pad`]).
+    pub fn with_adapter(
+        mut model: Llama,
+        tokenizer: Option<&Tokenizer>,
+        adapter: &Adapter,
+        labels: Option<Vec<String>>,
+    ) -> Result<Self> {
+        let d = model.config.hidden_size;
+        let head = ["score.weight", "classifier.weight"]
+            .iter()
+            .find_map(|n| adapter.saved.get(*n))
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "{}: no classification head (score.weight in modules_to_save): not a \
+                     sequence-classification (SEQ_CLS) adapter",
+                    adapter.path.display()
+                ))
+            })?;
+        let (l, hd) = head.dims2()?;
+        if hd != d || l == 0 {
+            return Err(Error::Shape {
+                name: "score.weight".into(),
+                file: adapter.path.join(crate::peft::WEIGHTS_FILE),
+                got: head.dims().to_vec(),
+                expected: vec![l.max(1), d],
+            });
+        }
+        let labels = match labels {
+            Some(v) if v.len() != l => {
+                return Err(Error::Input(format!(
+                    "{} label names for a head of {l} labels",
+                    v.len()
+                )))
+            }
+            Some(v) => v,
+            None => (0..l).map(|i| format!("LABEL_{i}")).collect(),
+        };
+        adapter.apply_lora(&mut model, 1.0)?;
+        let score = head.to_device(model.device())?.to_dtype(model.dtype())?;
+        let pad_token_id = default_pad(&model, tokenizer);
+        Ok(Self {
+            model,
+            score: Linear::new(crate::weights::Weight::Dense(score)),
+            labels,
+            pad_token_id,
+        })
     }
 
     /// (B, T) u32 right-padded ids -> (B, L) logits at each row's last non-pad token (HF:
@@ -125,9 +178,13 @@ fn labels_of(j: &Json) -> std::result::Result<Vec<String>, String> {
     }
 }
 
-/// The pad id when the config has none: the tokenizer's pad, else EOS (what HF users set).
+/// The pad id when the classifier's config has none: the model config's (HF
+/// `pad_token_id`), the tokenizer's pad, else EOS (what HF users set).
 pub fn default_pad(model: &Llama, tok: Option<&Tokenizer>) -> u32 {
-    tok.and_then(|t| t.pad_id().or(t.eos_id()))
+    model
+        .config
+        .pad_token_id
+        .or_else(|| tok.and_then(|t| t.pad_id().or(t.eos_id())))
         .or(model.config.eos_token_ids.first().copied())
         .unwrap_or(0)
 }

@@ -42,6 +42,8 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// HF `pad_token_id`, GGUF `tokenizer.ggml.padding_token_id`.
+    pub pad_token_id: Option<u32>,
 }
 
 impl LlamaConfig {
@@ -138,6 +140,10 @@ impl LlamaConfig {
                 .and_then(Json::as_u64)
                 .map(|v| v as u32),
             eos_token_ids,
+            pad_token_id: j
+                .get("pad_token_id")
+                .and_then(Json::as_u64)
+                .map(|v| v as u32),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -208,6 +214,7 @@ impl LlamaConfig {
             tie_word_embeddings: false,
             bos_token_id: tok_u32("tokenizer.ggml.bos_token_id"),
             eos_token_ids,
+            pad_token_id: tok_u32("tokenizer.ggml.padding_token_id"),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -2,7 +2,9 @@
 //! `adapter_model.safetensors`, tensors named `base_model.model.<module>.lora_A.weight` (r, in)
 //! and `...lora_B.weight` (out, r). Applied inside the model's `Linear`s (PEFT's
 //! `lora.Linear.forward`: `y = W x + scaling * B (A x)`), merged into the weights
-//! (`W += scaling * B A`), or saved back in the same layout.
+//! (`W += scaling * B A`), or saved back in the same layout. Sequence-classification adapters
+//! (`task_type` `SEQ_CLS`) also carry the head PEFT trained whole (`modules_to_save`:
+//! `base_model.model.score.weight`); they load onto a classifier (`classify.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -123,9 +125,6 @@ impl LoraConfig {
         if self.bias != "none" {
             return bad(format!("bias {:?}: only bias-free adapters", self.bias));
         }
-        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_null()) {
-            return bad("modules_to_save (fully trained extra modules) is not supported".into());
-        }
         if self.r == 0 {
             return bad("r is 0".into());
         }
@@ -138,7 +137,29 @@ pub struct Adapter {
     pub config: LoraConfig,
     /// module (`model.layers.0.self_attn.q_proj`) -> (A (r, in), B (out, r)).
     pub weights: BTreeMap<String, (Tensor, Tensor)>,
+    /// Modules PEFT saved whole (`modules_to_save`), by tensor name: a sequence-classification
+    /// adapter's head, `score.weight` (L, D).
+    pub saved: BTreeMap<String, Tensor>,
     pub path: PathBuf,
+}
+
+impl LoraConfig {
+    /// `modules_to_save` as names (PEFT writes a list; null or absent is none).
+    pub fn saved_modules(&self) -> Vec<String> {
+        match &self.modules_to_save {
+            Some(serde_json::Value::Array(v)) => v
+                .iter()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect(),
+            Some(serde_json::Value::String(m)) => vec![m.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// PEFT's `task_type` (`CAUSAL_LM`, `SEQ_CLS`, ...), when the config has one.
+    pub fn task_type(&self) -> Option<&str> {
+        self.other.get("task_type").and_then(|t| t.as_str())
+    }
 }
 
 impl Adapter {
@@ -156,16 +177,27 @@ impl Adapter {
         let tensors = candle_core::safetensors::load(&file, device)
             .map_err(|e| Error::format(&file, crate::error::candle_message(&e)))?;
         let mut parts: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+        let mut saved = BTreeMap::new();
+        let to_save = config.saved_modules();
         for (key, t) in tensors {
             let name = key.strip_prefix(PREFIX).unwrap_or(&key);
             let (module, which) = if let Some(m) = name.strip_suffix(".lora_A.weight") {
                 (m, 0)
             } else if let Some(m) = name.strip_suffix(".lora_B.weight") {
                 (m, 1)
+            } else if name
+                .strip_suffix(".weight")
+                .is_some_and(|m| to_save.iter().any(|s| s == m))
+            {
+                // A module PEFT saved whole (`modules_to_save`, keys without the wrapper's
+                // `modules_to_save.<adapter>` part), e.g. a classifier's `score`.
+                saved.insert(name.to_string(), t.to_dtype(DType::F32)?);
+                continue;
             } else {
                 return Err(Error::Unsupported(format!(
-                    "{}: tensor {key} is not a LoRA A/B matrix (embedding adapters, DoRA \
-                     magnitudes and saved modules are not supported)",
+                    "{}: tensor {key} is not a LoRA A/B matrix nor a weight of \
+                     modules_to_save {to_save:?} (embedding adapters and DoRA magnitudes are \
+                     not supported)",
                     file.display()
                 )));
             };
@@ -205,13 +237,30 @@ impl Adapter {
         Ok(Self {
             config,
             weights,
+            saved,
             path: dir.to_path_buf(),
         })
     }
 
     /// Adds this adapter to `model`'s `Linear`s with `weight` times its scaling (1.0 as
-    /// trained). Shapes are checked against each module; returns how many were adapted.
+    /// trained). Shapes are checked against each module; returns how many were adapted. An
+    /// adapter that also carries whole modules (a `SEQ_CLS` adapter's head) is refused here:
+    /// it belongs to a classifier ([`crate::classify::Classifier::with_adapter`]).
     pub fn apply(&self, model: &mut Llama, weight: f64) -> Result<usize> {
+        if !self.saved.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "{}: the adapter also carries fully trained modules ({}; task_type {}): use it \
+                 with a classifier (`llama3 classify ... --adapter`), not a language model",
+                self.path.display(),
+                self.saved.keys().cloned().collect::<Vec<_>>().join(", "),
+                self.config.task_type().unwrap_or("unknown")
+            )));
+        }
+        self.apply_lora(model, weight)
+    }
+
+    /// The LoRA part of [`Self::apply`], whatever else the adapter carries.
+    pub(crate) fn apply_lora(&self, model: &mut Llama, weight: f64) -> Result<usize> {
         let device = model.device().clone();
         let mut linears: HashMap<String, &mut Linear> = model.linears_mut().into_iter().collect();
         // Check every module first, so a mismatch leaves the model untouched.
@@ -423,6 +472,17 @@ pub fn merge(model: &mut Llama) -> Result<()> {
 /// as `adapter_config.json` and the A/B matrices under PEFT's key names. `scale` of each
 /// module must be `config.scaling(module)` (what loading gives back).
 pub fn save(model: &mut Llama, config: &LoraConfig, dir: &Path) -> Result<()> {
+    save_with(model, config, &[], dir)
+}
+
+/// [`save`] plus whole modules (`modules_to_save`, e.g. a classifier's `("score.weight",
+/// tensor)`), written as PEFT writes them: `base_model.model.<name>`.
+pub fn save_with(
+    model: &mut Llama,
+    config: &LoraConfig,
+    saved: &[(String, Tensor)],
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (name, lin) in model.linears_mut() {
@@ -435,6 +495,10 @@ pub fn save(model: &mut Llama, config: &LoraConfig, dir: &Path) -> Result<()> {
     }
     if tensors.is_empty() {
         return Err(Error::Input("the model has no LoRA adapter to save".into()));
+    }
+    for (name, t) in saved {
+        let t = t.detach().to_dtype(DType::F32)?.contiguous()?;
+        tensors.push((format!("{PREFIX}{name}"), t));
     }
     let file = dir.join(WEIGHTS_FILE);
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);

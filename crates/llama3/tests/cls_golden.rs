@@ -71,3 +71,66 @@ fn a_causal_lm_directory_is_not_a_classifier() {
         .to_string();
     assert!(e.contains("id2label") || e.contains("score.weight"), "{e}");
 }
+
+/// A LoRA adapter that PEFT itself saved with task_type SEQ_CLS (LoRA on q/v/down plus the
+/// `score` head in modules_to_save; `scripts/make_peft_seq_cls.py`) on the tiny GQA causal
+/// LM: base + adapter give PEFT's logits on a right-padded batch.
+#[test]
+fn peft_seq_cls_adapter_gives_peft_logits() {
+    use llama3::peft::Adapter;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/peft_seq_cls");
+    let g = tensors(&dir.join("golden.safetensors"));
+    let adapter = Adapter::load(&dir, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(adapter.config.task_type(), Some("SEQ_CLS"));
+    assert_eq!(adapter.saved.keys().collect::<Vec<_>>(), ["score.weight"]);
+    let base = || {
+        llama3::loader::load(&golden("hf/gqa/model"), &LoadOptions::default())
+            .unwrap()
+            .model
+    };
+
+    // A language model refuses it (its head is a classifier's), with a hint.
+    let e = adapter.apply(&mut base(), 1.0).unwrap_err().to_string();
+    assert!(e.contains("classif"), "{e}");
+
+    let cls = Classifier::with_adapter(base(), None, &adapter, None).unwrap();
+    assert_eq!(cls.labels, ["LABEL_0", "LABEL_1", "LABEL_2"]);
+    assert_eq!(cls.pad_token_id, 0); // the base config's, as HF's classifier inherits it
+    let ids = g["input_ids"].to_dtype(DType::U32).unwrap();
+    let got: Vec<f32> = cls
+        .forward(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want: Vec<f32> = g["logits"].flatten_all().unwrap().to_vec1().unwrap();
+    let d = max_abs_diff(&got, &want);
+    eprintln!("PEFT SEQ_CLS adapter: logits max |diff| {d:.2e}");
+    assert!(d <= 1e-4, "logits differ from PEFT's by {d}");
+
+    // Without the LoRA part the logits move: the adapter's matrices are applied.
+    let mut no_lora = Classifier::with_adapter(base(), None, &adapter, None).unwrap();
+    for (_, lin) in no_lora.model.linears_mut() {
+        lin.lora.clear();
+    }
+    let plain: Vec<f32> = no_lora
+        .forward(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(max_abs_diff(&plain, &want) > 1e-2);
+
+    // Label names are checked against the head.
+    let two = Some(vec!["a".to_string(), "b".to_string()]);
+    assert!(Classifier::with_adapter(base(), None, &adapter, two).is_err());
+    // A causal-LM adapter (no head) is not a classifier.
+    let lm = Adapter::load(&golden("hf/gqa/lora"), &candle_core::Device::Cpu).unwrap();
+    let e = Classifier::with_adapter(base(), None, &lm, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("SEQ_CLS"), "{e}");
+}
