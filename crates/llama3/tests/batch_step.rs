@@ -141,6 +141,39 @@ fn prefill_mixed_with_decode_equals_lone_runs() {
     assert!(model.forward_batch(&[&[1], &[2]], &mut one).is_err());
 }
 
+/// The unfused path (dense weights in a dtype the fused CPU loops do not take: f16 here, as
+/// on a GPU) runs mixed batches too, each sequence with its own mask and cache, and gives what
+/// the sequences give alone (to f16 rounding: candle's matmuls may block rows differently).
+#[test]
+fn mixed_batch_on_the_unfused_path() {
+    let opts = LoadOptions {
+        dtype: candle_core::DType::F16,
+        tokenizer: false,
+        ..LoadOptions::default()
+    };
+    let model = load(&common::golden("hf/gqa/model"), &opts).unwrap().model;
+    let (a, b): (Vec<u32>, Vec<u32>) = ((3..12).collect(), (40..45).collect());
+    let lone = |p: &[u32]| {
+        let mut c = model.new_cache(1, 64).unwrap();
+        prefill(&model, &mut c, p, 512).unwrap()
+    };
+    let mut caches: Vec<_> = (0..2).map(|_| model.new_cache(1, 64).unwrap()).collect();
+    prefill(&model, &mut caches[0], &a[..8], 512).unwrap();
+    let mut refs: Vec<_> = caches.iter_mut().collect();
+    let rows = model
+        .forward_batch(&[&a[8..], &b], &mut refs)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (got, want) in rows.iter().zip([lone(&a), lone(&b)]) {
+        let d = common::max_abs_diff(got, &want);
+        assert!(d < 2e-2, "unfused mixed batch differs by {d}");
+    }
+    assert_eq!((caches[0].len(), caches[1].len()), (a.len(), b.len()));
+}
+
 /// Timing of a 16-sequence step against a lone one (not an assertion): `cargo test --release
 /// -p llama3 --test batch_step step_timing -- --ignored --nocapture`.
 #[test]

@@ -318,6 +318,11 @@ class ServerTest(unittest.TestCase):
         r.fp.readline()
         r.fp.readline()
         r.fp.readline()
+        # The role chunk comes from the HTTP side at once; the engine takes the request a
+        # moment later (under load, more than a moment).
+        deadline = time.time() + 30
+        while (self.srv.metric("llama3_slots_busy") or 0) < 1 and time.time() < deadline:
+            time.sleep(0.05)
         self.assertGreaterEqual(self.srv.metric("llama3_slots_busy"), 1)
         # The response holds its own reference to the socket: close both to hang up.
         r.close()
