@@ -46,6 +46,18 @@ const BAD: [&str; 6] = [
     "Dumb, cold and thoroughly unpleasant.",
 ];
 
+/// The GOOD and BAD reviews as `train.jsonl` in `dir`.
+fn reviews(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("train.jsonl");
+    let rows: Vec<(&str, &str)> = GOOD
+        .iter()
+        .map(|t| (*t, "fresh"))
+        .chain(BAD.iter().map(|t| (*t, "rotten")))
+        .collect();
+    write(&data, &rows);
+    data
+}
+
 fn write(path: &Path, rows: &[(&str, &str)]) {
     let lines: Vec<String> = rows
         .iter()
@@ -57,13 +69,7 @@ fn write(path: &Path, rows: &[(&str, &str)]) {
 #[test]
 fn head_trains_evaluates_and_predicts() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("train.jsonl");
-    let rows: Vec<(&str, &str)> = GOOD
-        .iter()
-        .map(|t| (*t, "fresh"))
-        .chain(BAD.iter().map(|t| (*t, "rotten")))
-        .collect();
-    write(&data, &rows);
+    let data = reviews(dir.path());
     let out = dir.path().join("cls");
     let d = data.to_str().unwrap();
     let o = out.to_str().unwrap();
@@ -145,13 +151,7 @@ fn head_trains_evaluates_and_predicts() {
 #[test]
 fn lora_writes_a_peft_adapter_that_predicts_the_same() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("train.jsonl");
-    let rows: Vec<(&str, &str)> = GOOD
-        .iter()
-        .map(|t| (*t, "fresh"))
-        .chain(BAD.iter().map(|t| (*t, "rotten")))
-        .collect();
-    write(&data, &rows);
+    let data = reviews(dir.path());
     let out = dir.path().join("cls");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
     ok(&llama3(&[

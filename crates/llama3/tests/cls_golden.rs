@@ -97,13 +97,15 @@ fn peft_seq_cls_adapter_gives_peft_logits() {
     assert_eq!(cls.labels, ["LABEL_0", "LABEL_1", "LABEL_2"]);
     assert_eq!(cls.pad_token_id, 0); // the base config's, as HF's classifier inherits it
     let ids = g["input_ids"].to_dtype(DType::U32).unwrap();
-    let got: Vec<f32> = cls
-        .forward(&ids)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let logits = |c: &Classifier| -> Vec<f32> {
+        c.forward(&ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let got = logits(&cls);
     let want: Vec<f32> = g["logits"].flatten_all().unwrap().to_vec1().unwrap();
     let d = max_abs_diff(&got, &want);
     eprintln!("PEFT SEQ_CLS adapter: logits max |diff| {d:.2e}");
@@ -114,14 +116,7 @@ fn peft_seq_cls_adapter_gives_peft_logits() {
     for (_, lin) in no_lora.model.linears_mut() {
         lin.lora.clear();
     }
-    let plain: Vec<f32> = no_lora
-        .forward(&ids)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert!(max_abs_diff(&plain, &want) > 1e-2);
+    assert!(max_abs_diff(&logits(&no_lora), &want) > 1e-2);
 
     // Label names are checked against the head.
     let two = Some(vec!["a".to_string(), "b".to_string()]);
