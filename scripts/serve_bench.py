@@ -9,7 +9,7 @@ in which some request was decoding: see `decode_rate`), time to first token (TTF
 per output token (gaps between streamed tokens), p50 and p99, and ours/llama.cpp ratios.
 
     python3 scripts/serve_bench.py [--bin target/release/llama3] [--model GGUF]
-        [--llamacpp-python VENV/bin/python] [--threads 2] [--max-tokens 64]
+        [--llamacpp-python VENV/bin/python] [--threads 2] [--max-tokens 64] [--repeat N]
 
 The llama.cpp reference is `python -m llama_cpp.server` from llama-cpp-python[server] (see
 scripts/bench.sh for its venv); without --llamacpp-python only ours is measured. Uses only
@@ -147,6 +147,17 @@ def load(port, clients, requests, max_tokens, ban):
     }
 
 
+def median_row(rows):
+    """Per-field medians of one client count's results over rounds."""
+    out = dict(rows[0])
+    for k, v in rows[0].items():
+        if isinstance(v, float) and k != "clients":
+            out[k] = statistics.median(r[k] for r in rows)
+    out["errors"] = sum(r["errors"] for r in rows)
+    out["rounds"] = len(rows)
+    return out
+
+
 def decode_rate(spans):
     """Aggregate decode tokens/s: the tokens streamed after each request's first one, over the
     time during which at least one request was between its first and last token (its prefill
@@ -182,6 +193,9 @@ def main():
     ap.add_argument("--clients", default="1,4,16,64")
     ap.add_argument("--ban", default="0,1,2", help="token ids banned (end tokens)")
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds over the client counts (ours); medians are reported, and each "
+                         "round's ratios to one client, measured minutes apart rather than hours")
     a = ap.parse_args()
     levels = [int(c) for c in a.clients.split(",")]
     ban = [int(t) for t in a.ban.split(",") if t]
@@ -193,7 +207,9 @@ def main():
                       port, "/health")
     try:
         stream_one(port, PROMPTS[0], 4, ban)  # warm up
-        results["llama3"] = [load(port, c, a.requests, a.max_tokens, ban) for c in levels]
+        rounds = [[load(port, c, a.requests, a.max_tokens, ban) for c in levels]
+                  for _ in range(max(1, a.repeat))]
+        results["llama3"] = [median_row([r[i] for r in rounds]) for i in range(len(levels))]
     finally:
         ours.terminate()
         ours.wait()
@@ -220,6 +236,12 @@ def main():
                   f"{r['ttft_p99']*1e3:>7.0f}ms {r['tpot_p50']*1e3:>7.1f}ms {r['tpot_p99']*1e3:>7.1f}ms "
                   f"{r['errors']:>6}")
     o = results["llama3"]
+    if len(rounds) > 1:
+        for i, r in enumerate(o):
+            per = ", ".join(f"{x[i]['tok_s'] / x[0]['tok_s']:.2f}x / "
+                            f"{x[i]['decode_tok_s'] / x[0]['decode_tok_s']:.2f}x" for x in rounds)
+            print(f"llama3 at {r['clients']} clients, each round (generated / decode vs one "
+                  f"client): {per}")
     for r in o:
         print(f"llama3 at {r['clients']} clients: generated tok/s {r['tok_s'] / o[0]['tok_s']:.2f}x "
               f"one client, aggregate decode {r['decode_tok_s'] / o[0]['decode_tok_s']:.2f}x")
