@@ -334,7 +334,12 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     if a.method == "lora" {
         let dir = a.out.join("adapter");
-        let base = a.model.model.as_deref().unwrap_or("SmolLM2-135M-Instruct");
+        // The default model's HF repository, where PEFT users find it.
+        let base = a
+            .model
+            .model
+            .as_deref()
+            .unwrap_or("HuggingFaceTB/SmolLM2-135M-Instruct");
         classify::save_adapter(&dir, &mut cls, &cfg.lora, base)?;
         eprintln!("PEFT adapter (SEQ_CLS) written to {}", dir.display());
     }
@@ -457,7 +462,12 @@ fn eval(a: EvalArgs) -> Result<()> {
     let labels = Labels::parse_map(&cls.labels.join(","))?;
     let truth = labels
         .indices(&data, &a.data.display().to_string())
-        .context("the data has a label this classifier does not know")?;
+        .with_context(|| match (&a.adapter.adapter, &a.adapter.labels) {
+            (Some(_), None) => "the data has a label this classifier does not know (an adapter \
+                                has no label names: give the head's with --labels A,B,..)"
+                .to_string(),
+            _ => "the data has a label this classifier does not know".to_string(),
+        })?;
     let rep = evaluate(&cls, &tok, &data, &truth, &a.data_args)?;
     print_report(&rep);
     if let Some(p) = &a.json {

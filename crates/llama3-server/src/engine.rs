@@ -220,10 +220,11 @@ fn run(
         //    multiples of the chunk size, so a prompt is cut the same way whatever else waits.
         let chunk = cfg.prefill_chunk.max(1);
         let mut budget = chunk;
-        let mut batch: Vec<(&mut Seq, Vec<u32>)> = Vec::new();
+        // (sequence, tokens it feeds: its pending one, or the next piece of its prompt)
+        let mut batch: Vec<(&mut Seq, usize)> = Vec::new();
         for s in seqs.iter_mut().filter(|s| !s.done) {
-            let part = match s.pending {
-                Some(t) => vec![t],
+            let n = match s.pending {
+                Some(_) => 1,
                 None if s.prefilled < s.job.prompt.len() && budget > 0 => {
                     let end = (s.prefilled + chunk).min(s.job.prompt.len());
                     if end - s.prefilled > budget && budget < chunk {
@@ -231,28 +232,28 @@ fn run(
                         continue;
                     }
                     budget = budget.saturating_sub(end - s.prefilled);
-                    s.job.prompt[s.prefilled..end].to_vec()
+                    end - s.prefilled
                 }
                 None => continue,
             };
-            batch.push((s, part));
+            batch.push((s, n));
         }
         if !batch.is_empty() {
             metrics.batch_size.observe(batch.len() as f64);
             match forward(model, &mut batch) {
                 Ok(rows) => {
-                    for ((s, part), mut row) in batch.into_iter().zip(rows) {
-                        fed(s, part.len(), &mut row, tok, metrics);
+                    for ((s, n), mut row) in batch.into_iter().zip(rows) {
+                        fed(s, n, &mut row, tok, metrics);
                     }
                 }
                 // Run alone, each sequence gets its own error and the others go on.
                 Err(_) if batch.len() > 1 => {
-                    for (s, part) in batch {
-                        let mut one = [(s, part)];
+                    for (s, n) in batch {
+                        let mut one = [(s, n)];
                         let out = forward(model, &mut one);
-                        let [(s, part)] = one;
+                        let [(s, n)] = one;
                         match out.map(|mut rows| rows.pop()) {
-                            Ok(Some(mut row)) => fed(s, part.len(), &mut row, tok, metrics),
+                            Ok(Some(mut row)) => fed(s, n, &mut row, tok, metrics),
                             Ok(None) => fail(s, "no logits"),
                             Err(e) => fail(s, &e),
                         }
@@ -288,11 +289,25 @@ fn sweep(seqs: &mut Vec<Seq>, free: &mut Vec<KvCache>, metrics: &Metrics) {
     metrics.slots_busy.set(seqs.len() as i64);
 }
 
-/// One [`Llama::forward_batch`] over the batch's parts: each sequence's logits after its part.
-fn forward(model: &Llama, batch: &mut [(&mut Seq, Vec<u32>)]) -> Result<Vec<Vec<f32>>, String> {
+/// One [`Llama::forward_batch`] over the batch: each sequence's logits after the `n` tokens
+/// it feeds (its pending token, or the next `n` of its prompt).
+fn forward(model: &Llama, batch: &mut [(&mut Seq, usize)]) -> Result<Vec<Vec<f32>>, String> {
     let (parts, mut caches): (Vec<&[u32]>, Vec<&mut KvCache>) = batch
         .iter_mut()
-        .map(|(s, p)| (p.as_slice(), &mut s.cache))
+        .map(|(s, n)| {
+            let Seq {
+                job,
+                cache,
+                pending,
+                prefilled,
+                ..
+            } = &mut **s;
+            let part = match pending {
+                Some(t) => std::slice::from_ref(&*t),
+                None => &job.prompt[*prefilled..*prefilled + *n],
+            };
+            (part, cache)
+        })
         .unzip();
     guarded(|| {
         let logits = model.forward_batch(&parts, &mut caches)?;

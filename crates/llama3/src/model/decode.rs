@@ -107,7 +107,12 @@ pub fn attend(
     // (T_i, Hkv, G*Dh) -> (Hkv, T_i, G*Dh) per sequence: a task's query rows (the G heads of
     // a KV head at each of its positions) contiguous.
     let g = h / hkv;
-    let qh = transpose_heads(&q, seqs, hkv, g * dh, false);
+    // One row per sequence (a decode step): already in that layout.
+    let single = seqs.iter().all(|s| s.t == 1);
+    let qh = match single {
+        true => std::borrow::Cow::Borrowed(&q[..]),
+        false => std::borrow::Cow::Owned(transpose_heads(&q, seqs, hkv, g * dh, false)),
+    };
     let mut out = vec![0f32; q.len()]; // (Hkv, T_i, G*Dh) per sequence
     let mut tasks = Vec::new(); // (sequence, KV head, first position, offset, output rows)
     let (mut rest, mut at) = (&mut out[..], 0);
@@ -135,7 +140,10 @@ pub fn attend(
             })
         },
     )?;
-    let y = transpose_heads(&out, seqs, hkv, g * dh, true); // (M, H, Dh)
+    let y = match single {
+        true => out,
+        false => transpose_heads(&out, seqs, hkv, g * dh, true), // (M, H, Dh)
+    };
     Ok(Tensor::from_vec(y, (m, h * dh), &Device::Cpu)?)
 }
 
