@@ -18,10 +18,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::Tensor;
 use llama3::generate::FinishReason;
 use llama3::model::{KvCache, Llama};
 use llama3::sample::{logprob_of, top_logprobs, Sampler, SamplingParams, StopStrings};
 use llama3::tokenizer::{DecodeStream, Tokenizer};
+use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -241,10 +243,15 @@ fn run(
         if !batch.is_empty() {
             metrics.batch_size.observe(batch.len() as f64);
             match forward(model, &mut batch) {
-                Ok(rows) => {
-                    for ((s, n), mut row) in batch.into_iter().zip(rows) {
-                        fed(s, n, &mut row, tok, metrics);
-                    }
+                // Each sequence samples, detokenizes and streams with its own state: all of
+                // them at once on the compute threads, which would otherwise wait.
+                Ok(logits) => {
+                    batch.into_par_iter().enumerate().for_each(|(i, (s, n))| {
+                        match logits.get(i).and_then(|row| row.to_vec1::<f32>()) {
+                            Ok(mut row) => fed(s, n, &mut row, tok, metrics),
+                            Err(e) => fail(s, &e.to_string()),
+                        }
+                    })
                 }
                 // Run alone, each sequence gets its own error and the others go on.
                 Err(_) if batch.len() > 1 => {
@@ -252,9 +259,8 @@ fn run(
                         let mut one = [(s, n)];
                         let out = forward(model, &mut one);
                         let [(s, n)] = one;
-                        match out.map(|mut rows| rows.pop()) {
-                            Ok(Some(mut row)) => fed(s, n, &mut row, tok, metrics),
-                            Ok(None) => fail(s, "no logits"),
+                        match out.and_then(|l| guarded(|| Ok(l.get(0)?.to_vec1::<f32>()?))) {
+                            Ok(mut row) => fed(s, n, &mut row, tok, metrics),
                             Err(e) => fail(s, &e),
                         }
                     }
@@ -290,8 +296,8 @@ fn sweep(seqs: &mut Vec<Seq>, free: &mut Vec<KvCache>, metrics: &Metrics) {
 }
 
 /// One [`Llama::forward_batch`] over the batch: each sequence's logits after the `n` tokens
-/// it feeds (its pending token, or the next `n` of its prompt).
-fn forward(model: &Llama, batch: &mut [(&mut Seq, usize)]) -> Result<Vec<Vec<f32>>, String> {
+/// it feeds (its pending token, or the next `n` of its prompt), (N, V) f32.
+fn forward(model: &Llama, batch: &mut [(&mut Seq, usize)]) -> Result<Tensor, String> {
     let (parts, mut caches): (Vec<&[u32]>, Vec<&mut KvCache>) = batch
         .iter_mut()
         .map(|(s, n)| {
@@ -311,7 +317,7 @@ fn forward(model: &Llama, batch: &mut [(&mut Seq, usize)]) -> Result<Vec<Vec<f32
         .unzip();
     guarded(|| {
         let logits = model.forward_batch(&parts, &mut caches)?;
-        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+        Ok(logits.to_dtype(candle_core::DType::F32)?)
     })
 }
 
