@@ -248,7 +248,7 @@ fn run(
                 Ok(logits) => {
                     batch.into_par_iter().enumerate().for_each(|(i, (s, n))| {
                         match logits.get(i).and_then(|row| row.to_vec1::<f32>()) {
-                            Ok(mut row) => fed(s, n, &mut row, tok, metrics),
+                            Ok(mut row) => fed_guarded(s, n, &mut row, tok, metrics),
                             Err(e) => fail(s, &e.to_string()),
                         }
                     })
@@ -260,7 +260,7 @@ fn run(
                         let out = forward(model, &mut one);
                         let [(s, n)] = one;
                         match out.and_then(|l| guarded(|| Ok(l.get(0)?.to_vec1::<f32>()?))) {
-                            Ok(mut row) => fed(s, n, &mut row, tok, metrics),
+                            Ok(mut row) => fed_guarded(s, n, &mut row, tok, metrics),
                             Err(e) => fail(s, &e),
                         }
                     }
@@ -331,6 +331,18 @@ fn fed(s: &mut Seq, n: usize, logits: &mut [f32], tok: &Tokenizer, metrics: &Met
         }
     }
     next_token(s, logits, tok, metrics);
+}
+
+/// [`fed`] under `catch_unwind`: a panic in sampling or detokenizing (a bug) fails this
+/// sequence only, instead of the engine and every other request with it.
+fn fed_guarded(s: &mut Seq, n: usize, logits: &mut [f32], tok: &Tokenizer, metrics: &Metrics) {
+    let done = std::panic::catch_unwind(AssertUnwindSafe(|| fed(s, n, logits, tok, metrics)));
+    if done.is_err() {
+        fail(
+            s,
+            "internal error while sampling (panic); the request was stopped",
+        );
+    }
 }
 
 /// Runs model code so that neither an error nor a panic takes the engine down.
