@@ -125,7 +125,7 @@ impl Attn {
         for (i, row) in s.chunks_exact_mut(t).enumerate() {
             let (seen, future) = row.split_at_mut(i + 1);
             seen.iter_mut().for_each(|x| *x *= scale);
-            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let max = crate::fused::exp::max(seen);
             let sum = super::exp::exp_sub_sum(seen, max);
             let inv = 1.0 / sum;
             seen.iter_mut().for_each(|x| *x *= inv);

@@ -162,7 +162,7 @@ pub fn forward_backward(
 
 /// `logsumexp(row) - row[t]`; with `grad`, `row` becomes `softmax(row) - onehot(t)`.
 fn row_loss(row: &mut [f32], t: usize, grad: bool) -> f64 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let max = crate::fused::exp::max(row);
     let picked = row[t];
     let sum = super::exp::exp_sub_sum(row, max);
     let loss = (max as f64 + (sum as f64).ln()) - picked as f64;

@@ -63,6 +63,39 @@ pub fn exp_sub_sum(xs: &mut [f32], shift: f32) -> f32 {
     exp_sub_sum_portable(xs, shift)
 }
 
+/// `max(xs)` in 8 lanes (`x > m` keeps `m` for NaN, as `f32::max` ignores it; -inf for none):
+/// a compare and select per value that compiles to `maxps`, where `f32::max`'s NaN rules keep
+/// a fold scalar.
+#[inline(always)]
+fn max_portable(xs: &[f32]) -> f32 {
+    let pick = |m: f32, x: f32| if x > m { x } else { m };
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = pick(*a, x);
+        }
+    }
+    let m = acc.into_iter().fold(f32::NEG_INFINITY, pick);
+    chunks.remainder().iter().fold(m, |m, &x| pick(m, x))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn max_avx2(xs: &[f32]) -> f32 {
+    max_portable(xs)
+}
+
+/// The largest value of `xs` (NaN ignored; -inf when empty): a softmax's shift.
+pub fn max(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { max_avx2(xs) };
+    }
+    max_portable(xs)
+}
+
 /// `s = 1 / (1 + e^-x)`, from `e^-|x|` so that no exponent overflows.
 #[inline(always)]
 fn sigmoid_portable(x: &[f32], s: &mut [f32]) {
@@ -92,6 +125,21 @@ pub fn sigmoid(x: &[f32], s: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_is_the_fold_and_ignores_nan() {
+        let mut x = crate::quant::test_data(1000, 3);
+        for n in [0, 1, 7, 8, 9, 63, 1000] {
+            let want = x[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(max(&x[..n]).to_bits(), want.to_bits(), "n = {n}");
+        }
+        x[17] = 1e6;
+        x[3] = f32::NAN;
+        x[999] = f32::NAN;
+        assert_eq!(max(&x), 1e6);
+        assert_eq!(max(&[f32::NAN, -3.0]), -3.0);
+        assert_eq!(max(&[f32::NAN; 9]), f32::NEG_INFINITY);
+    }
 
     #[test]
     fn close_to_f64_exp_over_the_range() {

@@ -76,8 +76,10 @@ pub fn attend<E: Elem>(
     for r0 in (0..r).step_by(tile) {
         let n = tile.min(r - r0);
         let s = len(r0 + n - 1); // keys of the tile's last row
-        scratch.clear();
-        scratch.resize(n * s, 0.0);
+        // Not zeroed: `scores` writes all n * s.
+        if scratch.len() < n * s {
+            scratch.resize(n * s, 0.0);
+        }
         let (qt, kt) = (&q[r0 * dh..(r0 + n) * dh], &k[..s * dh]);
         match n {
             4 => scores::<4, E>(qt, kt, dh, scale, scratch, avx2),
@@ -251,7 +253,7 @@ unsafe fn hsum8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 
 
 /// In place: `p = exp(x - max) / Σ` (the vectorized `exp` of `fused::exp`), rounded to f16 precision when `round`.
 fn softmax(p: &mut [f32], round: bool) {
-    let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let max = crate::fused::exp::max(p);
     let sum = crate::fused::exp::exp_sub_sum(p, max);
     for x in p.iter_mut() {
         *x /= sum;
