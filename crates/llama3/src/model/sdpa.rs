@@ -70,15 +70,15 @@ pub fn attend<E: Elem>(
     let group = group.max(1);
     let scale = 1.0 / (dh as f32).sqrt();
     let avx2 = crate::quant::has_avx2();
-    let len = |row: usize| first + row / group + 1; // keys row `row` sees
-                                                    // Tiles of whole groups where they fit, so a tile's rows see the same keys.
+    // The keys row `row` sees.
+    let len = |row: usize| first + row / group + 1;
+    // Tiles of whole groups where they fit, so a tile's rows see the same keys.
     let tile = if group <= QR { QR / group * group } else { QR };
     for r0 in (0..r).step_by(tile) {
         let n = tile.min(r - r0);
         let s = len(r0 + n - 1); // keys of the tile's last row
-        // Not zeroed: `scores` writes all n * s.
         if scratch.len() < n * s {
-            scratch.resize(n * s, 0.0);
+            scratch.resize(n * s, 0.0); // grown, not zeroed each tile: `scores` writes all n * s
         }
         let (qt, kt) = (&q[r0 * dh..(r0 + n) * dh], &k[..s * dh]);
         match n {
