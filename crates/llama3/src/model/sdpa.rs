@@ -14,6 +14,10 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+#[path = "sdpa_avx2.rs"]
+mod avx2;
+
 /// An element of the K/V cache: f32, or f16 (llama.cpp's default cache type).
 pub trait Elem: Copy + Send + Sync {
     fn to_f32(self) -> f32;
@@ -110,7 +114,7 @@ fn scores<const R: usize, E: Elem>(
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: AVX2/FMA detected; slices are sized by the caller (R * dh, S * dh, R * S).
-        unsafe { scores_avx2::<R, E>(q, k, dh, scale, out) };
+        unsafe { avx2::scores::<R, E>(q, k, dh, scale, out) };
         return;
     }
     let _ = avx2;
@@ -134,121 +138,6 @@ fn dot<E: Elem>(a: &[f32], b: &[E]) -> f32 {
     let s: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
     let (e, o) = (s[0] + s[2], s[1] + s[3]);
     e + o
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_avx2<const R: usize, E: Elem>(
-    q: &[f32],
-    k: &[E],
-    dh: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    match R {
-        // R rows x KB keys: 8 accumulators (6 for three rows), reduced together.
-        1 => scores_tiles::<R, 8, E>(q, k, dh, scale, out),
-        2 => scores_tiles::<R, 4, E>(q, k, dh, scale, out),
-        _ => scores_tiles::<R, 2, E>(q, k, dh, scale, out),
-    }
-}
-
-/// `scores` for R rows, KB keys at a time (R * KB <= 8): the R * KB dot products accumulate in
-/// their own registers (8 lanes of fma over chunks of 8, as `dot`), then one transposed
-/// reduction (`hsum8`) sums all of them at once, each with `hsum`'s association. The keys left
-/// over (fewer than KB) go one at a time.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // r, b index the accumulators and the query rows
-unsafe fn scores_tiles<const R: usize, const KB: usize, E: Elem>(
-    q: &[f32],
-    k: &[E],
-    dh: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let s = k.len() / dh;
-    assert!(R * KB <= 8 && q.len() >= R * dh && out.len() >= R * s && dh.is_multiple_of(8));
-    let (qp, kp) = (q.as_ptr(), k.as_ptr());
-    let mut j = 0;
-    while j + KB <= s {
-        let mut acc = [[_mm256_setzero_ps(); KB]; R];
-        for c in (0..dh).step_by(8) {
-            let kv: [__m256; KB] = std::array::from_fn(|b| E::load8(kp.add((j + b) * dh + c)));
-            for r in 0..R {
-                let qv = _mm256_loadu_ps(qp.add(r * dh + c));
-                for b in 0..KB {
-                    acc[r][b] = _mm256_fmadd_ps(qv, kv[b], acc[r][b]);
-                }
-            }
-        }
-        let mut all = [_mm256_setzero_ps(); 8];
-        for r in 0..R {
-            for b in 0..KB {
-                all[r * KB + b] = acc[r][b];
-            }
-        }
-        let mut sums = [0f32; 8];
-        _mm256_storeu_ps(
-            sums.as_mut_ptr(),
-            _mm256_mul_ps(hsum8(all), _mm256_set1_ps(scale)),
-        );
-        for r in 0..R {
-            for b in 0..KB {
-                out[r * s + j + b] = sums[HSUM8_LANE[r * KB + b]];
-            }
-        }
-        j += KB;
-    }
-    while j < s {
-        let mut acc = [_mm256_setzero_ps(); R];
-        for c in (0..dh).step_by(8) {
-            let k0 = E::load8(kp.add(j * dh + c));
-            for r in 0..R {
-                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(r * dh + c)), k0, acc[r]);
-            }
-        }
-        for r in 0..R {
-            out[r * s + j] = crate::quant::hsum(acc[r]) * scale;
-        }
-        j += 1;
-    }
-}
-
-/// Lane of `hsum8`'s result that holds the sum of its input `i`.
-#[cfg(target_arch = "x86_64")]
-const HSUM8_LANE: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
-
-/// The 8 horizontal sums of `a[0..8]` in one register (lane `HSUM8_LANE[i]` for `a[i]`),
-/// each added in `hsum`'s order: `h = ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7))`,
-/// with the same operand order at every add, so the bits are `hsum`'s.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    // [hi(a) + lo(a) | hi(b) + lo(b)]: the 4 lanes `s` of each of a and b.
-    let halves = |a: __m256, b: __m256| {
-        _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x31>(a, b),
-            _mm256_permute2f128_ps::<0x20>(a, b),
-        )
-    };
-    let (v01, v23) = (halves(a[0], a[1]), halves(a[2], a[3]));
-    let (v45, v67) = (halves(a[4], a[5]), halves(a[6], a[7]));
-    // e = s0 + s2, o = s1 + s3: [e0 o0 e2 o2 | e1 o1 e3 o3], and the same for 4..8.
-    let pairs = |x: __m256, y: __m256| {
-        _mm256_add_ps(
-            _mm256_shuffle_ps::<0b01_00_01_00>(x, y),
-            _mm256_shuffle_ps::<0b11_10_11_10>(x, y),
-        )
-    };
-    let (w0, w4) = (pairs(v01, v23), pairs(v45, v67));
-    // e + o: [h0 h2 h4 h6 | h1 h3 h5 h7].
-    _mm256_add_ps(
-        _mm256_shuffle_ps::<0b10_00_10_00>(w0, w4),
-        _mm256_shuffle_ps::<0b11_01_11_01>(w0, w4),
-    )
 }
 
 /// In place: `p = exp(x - max) / Σ` (the vectorized `exp` of `fused::exp`), rounded to f16 precision when `round`.
@@ -287,21 +176,19 @@ unsafe fn round_f16_f16c(x: &mut [f32]) {
     }
 }
 
-/// `out = Σ_j w_j v_j` (in key order, one fma per element and key). Each row reads V on its
-/// own: sharing the loads between the rows of a GQA group needs more accumulators than
-/// AVX2 has registers, and measured slower.
+/// `out = Σ_j w_j v_j` (in key order, one fma per element and key).
 fn weighted_sum<E: Elem>(w: &[f32], v: &[E], dh: usize, out: &mut [f32], avx2: bool) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: AVX2/FMA detected; v has w.len() rows of dh, out has dh.
+        // SAFETY: AVX2/FMA/F16C detected; the kernel checks the slice lengths.
         unsafe {
             let mut c = 0;
             while c + 64 <= dh {
-                weighted_sum_avx2::<8, E>(w, v, dh, c, out);
+                avx2::weighted_sum::<8, E>(w, v, dh, c, out);
                 c += 64;
             }
             while c + 8 <= dh {
-                weighted_sum_avx2::<1, E>(w, v, dh, c, out);
+                avx2::weighted_sum::<1, E>(w, v, dh, c, out);
                 c += 8;
             }
         }
@@ -313,31 +200,6 @@ fn weighted_sum<E: Elem>(w: &[f32], v: &[E], dh: usize, out: &mut [f32], avx2: b
         for (o, &x) in out.iter_mut().zip(&v[j * dh..][..dh]) {
             *o = wj.mul_add(x.to_f32(), *o);
         }
-    }
-}
-
-/// Columns `c..c + 8C` of the weighted sum.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_sum_avx2<const C: usize, E: Elem>(
-    w: &[f32],
-    v: &[E],
-    dh: usize,
-    c: usize,
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    assert!(v.len() >= w.len() * dh && c + 8 * C <= dh && out.len() >= dh);
-    let mut acc = [_mm256_setzero_ps(); C];
-    let vp = v.as_ptr().add(c);
-    for (j, &wj) in w.iter().enumerate() {
-        let wv = _mm256_set1_ps(wj);
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(wv, E::load8(vp.add(j * dh + 8 * i)), *a);
-        }
-    }
-    for (i, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a);
     }
 }
 
@@ -486,10 +348,15 @@ mod tests {
             both::<1, f16>(&q, k16, dh);
             both::<3, f16>(&q, k16, dh);
         }
+        // The weighted sum, f32 and f16 V (dh = 72: a chunk of 64 columns, then one of 8).
+        let vh: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
         let w = data(s, 7);
         let (mut a, mut b) = (vec![0f32; dh], vec![0f32; dh]);
         weighted_sum(&w, &v, dh, &mut a, crate::quant::has_avx2());
         weighted_sum(&w, &v, dh, &mut b, false);
+        assert_eq!(a, b);
+        weighted_sum(&w, &vh, dh, &mut a, crate::quant::has_avx2());
+        weighted_sum(&w, &vh, dh, &mut b, false);
         assert_eq!(a, b);
     }
 
