@@ -231,6 +231,13 @@ mod tests {
         out
     }
 
+    /// One query row at position `pos` on its own (as a decode step computes it).
+    fn alone(q: &[f32], pos: usize, k: &[f32], v: &[f32], dh: usize, round: bool) -> Vec<f32> {
+        let mut one = vec![0f32; dh];
+        attend(q, pos, 1, k, v, dh, round, &mut one, &mut Vec::new());
+        one
+    }
+
     #[test]
     fn matches_f64_attention_and_rows_do_not_depend_on_the_tile() {
         for (dh, r, first) in [(64, 7, 5), (128, 4, 0), (24, 9, 3), (64, 1, 30)] {
@@ -244,19 +251,7 @@ mod tests {
             }
             // Each row alone (as decode computes it) gives the same bits.
             for i in 0..r {
-                let mut one = vec![0f32; dh];
-                let qi = &q[i * dh..][..dh];
-                attend(
-                    qi,
-                    first + i,
-                    1,
-                    &k,
-                    &v,
-                    dh,
-                    false,
-                    &mut one,
-                    &mut Vec::new(),
-                );
+                let one = alone(&q[i * dh..][..dh], first + i, &k, &v, dh, false);
                 assert!(one == out[i * dh..][..dh], "dh={dh} row {i}");
             }
         }
@@ -283,19 +278,7 @@ mod tests {
                 &mut Vec::new(),
             );
             for i in 0..r {
-                let mut one = vec![0f32; dh];
-                let qi = &q[i * dh..][..dh];
-                attend(
-                    qi,
-                    first + i / group,
-                    1,
-                    &k,
-                    &v,
-                    dh,
-                    true,
-                    &mut one,
-                    &mut Vec::new(),
-                );
+                let one = alone(&q[i * dh..][..dh], first + i / group, &k, &v, dh, true);
                 assert!(one == out[i * dh..][..dh], "group {group}: row {i}");
             }
         }
