@@ -21,8 +21,9 @@ impl Mlp {
         let h = match cpu_f32(&gate) && cpu_f32(&up) {
             // One parallel pass, with its own backward when training (`fused::swiglu`).
             true => crate::fused::swiglu::swiglu(&gate, &up)?,
-            // silu(x) = x * sigmoid(x) (candle's sigmoid is fused and has a backward).
-            false => ((&gate * candle_nn::ops::sigmoid(&gate)?)? * up)?,
+            // candle's silu is one kernel with a backward: two launches on a GPU (three with
+            // `gate * sigmoid(gate)`), which is what a small model's decode step pays for.
+            false => (gate.silu()? * up)?,
         };
         self.down_proj.forward(&h)
     }
