@@ -13,12 +13,23 @@ use llama3::sample::SamplingParams;
 const TOL: f32 = 1e-4;
 
 fn check_model(name: &str, model_dir: &str) {
+    check(name, model_dir, false)
+}
+
+/// `stacked`: the q/k/v and gate/up weights stacked as on a GPU (`model::Stack`).
+fn check(name: &str, model_dir: &str, stacked: bool) {
     let g = tensors(&golden(&format!("hf/{name}/golden.safetensors")));
-    let loaded = load(
+    let mut loaded = load(
         &golden(&format!("hf/{name}/{model_dir}")),
         &LoadOptions::default(),
     )
     .unwrap();
+    if stacked {
+        for layer in loaded.model.layers.iter_mut() {
+            layer.stack_projections().unwrap();
+            assert!(layer.self_attn.qkv.is_some() && layer.mlp.gate_up.is_some());
+        }
+    }
     let model = &loaded.model;
     let ids = g["input_ids"].to_dtype(DType::U32).unwrap(); // (2, T)
     let want = g["logits"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -83,6 +94,15 @@ fn check_model(name: &str, model_dir: &str) {
     let mut got = prompt.clone();
     got.extend(gen);
     assert_eq!(got, want, "{name}/{model_dir}: greedy tokens differ");
+}
+
+/// The stacked projections a GPU load builds, on the CPU: the same logits, cached logits and
+/// greedy tokens as HF.
+#[test]
+fn stacked_projections_match_hf() {
+    for name in ["gqa", "llama3", "mha"] {
+        check(name, "model", true);
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::cache::KvCache;
 use super::decode::{self, SeqRows};
-use super::linear::Linear;
+use super::linear::{Linear, Stack};
 use super::rope;
 use crate::Result;
 
@@ -16,6 +16,8 @@ pub struct Attention {
     pub k_proj: Linear, // (Hkv*Dh, D)
     pub v_proj: Linear, // (Hkv*Dh, D)
     pub o_proj: Linear, // (D, H*Dh)
+    /// q/k/v weights stacked for inference (one matmul); see [`Stack`].
+    pub qkv: Option<Stack>,
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
@@ -33,6 +35,19 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        #[cfg(feature = "cuda")]
+        let cache = match cache {
+            Some((cache, layer)) if t == 1 && super::decode_cuda::applies(self.heads(), x) => {
+                // One token per sequence on a GPU: RoPE, cache write and attention in one
+                // kernel (`decode_cuda.rs`).
+                let (q, k, v) = self.project_rows(x)?; // (B, 1, ..)
+                let (q, k, v) = (q.squeeze(1)?, k.squeeze(1)?, v.squeeze(1)?);
+                let y =
+                    super::decode_cuda::attend(self.heads(), &q, &k, &v, cos, sin, cache, layer)?;
+                return self.o_proj.forward(&y.unsqueeze(1)?); // (B, 1, D)
+            }
+            c => c,
+        };
         let cache = match cache {
             Some((cache, layer)) if b == 1 && self.fuses(x) => {
                 // One sequence (a token or a prompt chunk): the fused CPU loop that batches
@@ -94,6 +109,17 @@ impl Attention {
             let half = s.cos.len() / s.t;
             let cos = Tensor::from_slice(&s.cos, (s.t, half), x.device())?.to_dtype(x.dtype())?;
             let sin = Tensor::from_slice(&s.sin, (s.t, half), x.device())?.to_dtype(x.dtype())?;
+            #[cfg(feature = "cuda")]
+            if s.t == 1 && super::decode_cuda::applies(self.heads(), x) {
+                // A decode row on a GPU: the one-launch kernel, as `forward` does.
+                let row = |a: &Tensor| a.narrow(0, r0, 1)?.squeeze(1); // (1, ..)
+                let (q, k, v) = (row(&q)?, row(&k)?, row(&v)?);
+                let y =
+                    super::decode_cuda::attend(self.heads(), &q, &k, &v, &cos, &sin, cache, layer)?;
+                ys.push(y.unsqueeze(1)?); // (1, 1, H*Dh)
+                r0 += 1;
+                continue;
+            }
             let mask = match s.t {
                 1 => None,
                 t => Some(causal_mask(t, cache.len(), x.device())?),
@@ -122,7 +148,8 @@ impl Attention {
 
     /// (B, T, D) -> q (B, T, H*Dh), k and v (B, T, Hkv*Dh), rows as the projections give them.
     fn project_rows(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let ls = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let [q, k, v] = Linear::forward_many(ls, x, self.qkv.as_ref())?;
         Ok((q, k, v))
     }
 
@@ -243,6 +270,7 @@ mod tests {
             k_proj: lin(hkv * dh, d, 0.1),
             v_proj: lin(hkv * dh, d, -0.1),
             o_proj: lin(d, h * dh, 0.05),
+            qkv: None,
             n_head: h,
             n_head_kv: hkv,
             head_dim: dh,

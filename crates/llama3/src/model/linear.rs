@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Module, Tensor, TensorId};
 
 use crate::quant::Packed;
 use crate::weights::Weight;
@@ -118,22 +118,7 @@ impl Linear {
     /// (.., in) -> (.., out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Dense(w) => {
-                let dims = x.dims();
-                let mut out_dims = dims.to_vec();
-                let last = out_dims.len() - 1;
-                out_dims[last] = self.out_features;
-                let dt = self.compute_dtype.unwrap_or(w.dtype());
-                let x2 = x.reshape(((), self.in_features))?.to_dtype(dt)?;
-                let w = w.to_dtype(dt)?;
-                // (N, in) x (in, out) -> (N, out); training on the CPU: `fused::linear`.
-                match crate::fused::trains_on_cpu(&[&x2, &w]) {
-                    true => crate::fused::linear::linear(&x2, &w)?,
-                    false => x2.matmul(&w.t()?)?,
-                }
-                .to_dtype(x.dtype())?
-                .reshape(out_dims)?
-            }
+            LinearWeight::Dense(w) => self.dense(w, x)?,
             // QLoRA: an input that carries gradients (LoRA upstream) needs the backward to x.
             LinearWeight::Quantized(QMatMul::QTensor(w)) if x.track_op() => {
                 crate::quant::grad::matmul(x, crate::quant::grad::QWeight::Blocks(w.clone()))?
@@ -156,10 +141,18 @@ impl Linear {
         self.add_lora(x, y)
     }
 
-    /// Several layers applied to the same input (q/k/v, gate/up): with packed weights of one
-    /// format the input is quantized once and the products run as one parallel pass
-    /// (`quant::matmul_many`); otherwise each layer's own forward.
-    pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+    /// Several layers applied to the same input (q/k/v, gate/up): dense weights stacked in
+    /// `stack` as one matmul; packed weights of one format with the input quantized once and
+    /// the products as one parallel pass (`quant::matmul_many`); otherwise each layer's own
+    /// forward.
+    pub fn forward_many<const N: usize>(
+        ls: [&Linear; N],
+        x: &Tensor,
+        stack: Option<&Stack>,
+    ) -> Result<[Tensor; N]> {
+        if let Some(ys) = stack.map(|s| s.forward(ls, x)).transpose()?.flatten() {
+            return Ok(ys);
+        }
         let packed: Vec<&Packed> = ls
             .iter()
             .filter_map(|l| match (&l.weight, l.compute_dtype) {
@@ -183,6 +176,23 @@ impl Linear {
             .map_err(|_| crate::Error::Input("forward_many: wrong number of outputs".into()))
     }
 
+    /// (.., in) x (out, in) dense weight -> (.., out): the input cast to the compute dtype,
+    /// the product cast back (cuBLAS accumulates in f32).
+    fn dense(&self, w: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let mut out_dims = x.dims().to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = w.dim(0)?;
+        let dt = self.compute_dtype.unwrap_or(w.dtype());
+        let x2 = x.reshape(((), self.in_features))?.to_dtype(dt)?;
+        let w = w.to_dtype(dt)?;
+        // (N, in) x (in, out) -> (N, out); training on the CPU: `fused::linear`.
+        let y = match crate::fused::trains_on_cpu(&[&x2, &w]) {
+            true => crate::fused::linear::linear(&x2, &w)?,
+            false => x2.matmul(&w.t()?)?,
+        };
+        Ok(y.to_dtype(x.dtype())?.reshape(out_dims)?)
+    }
+
     /// `y` plus the adapters' `scale * B(A x)`.
     fn add_lora(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
         let mut y = y;
@@ -198,5 +208,171 @@ impl Linear {
             y = (y + d)?;
         }
         Ok(y)
+    }
+}
+
+/// Layers that read the same input (q/k/v, gate/up) with their dense weights stacked by rows
+/// in one tensor, each layer's weight a view of it: one matmul gives all their outputs (one
+/// launch on a GPU instead of two or three). Built at load; used only while every layer still
+/// holds its view (a weight replaced by training or a merge falls back to the layers' own
+/// forwards) and when nothing would differ from those: no adapters, no gradients.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    /// (Σ out_i, in)
+    w: Tensor,
+    /// Each layer's weight (the view's id) and rows, in order.
+    parts: Vec<(TensorId, usize)>,
+}
+
+impl Stack {
+    /// Stacks the layers' weights when all are dense, of one dtype, shape (.., in) and device,
+    /// without adapters; the layers then hold views of the stack. None otherwise (quantized
+    /// weights have their own fused pass, `Linear::forward_many`).
+    pub fn new(ls: &mut [&mut Linear]) -> Result<Option<Self>> {
+        let mut ws = Vec::with_capacity(ls.len());
+        for l in ls.iter() {
+            match &l.weight {
+                LinearWeight::Dense(w) if l.lora.is_empty() && !w.track_op() => ws.push(w),
+                _ => return Ok(None),
+            }
+        }
+        let Some(first) = ws.first() else {
+            return Ok(None);
+        };
+        let same = |w: &&Tensor| {
+            w.dtype() == first.dtype()
+                && w.device().same_device(first.device())
+                && w.dims().len() == 2
+                && w.dims()[1] == first.dims()[1]
+        };
+        if !ws.iter().all(same) {
+            return Ok(None);
+        }
+        let w = Tensor::cat(&ws, 0)?;
+        let mut parts = Vec::with_capacity(ls.len());
+        let mut r0 = 0;
+        for l in ls.iter_mut() {
+            let rows = l.out_features;
+            let view = w.narrow(0, r0, rows)?;
+            parts.push((view.id(), rows));
+            l.weight = LinearWeight::Dense(view);
+            r0 += rows;
+        }
+        Ok(Some(Self { w, parts }))
+    }
+
+    /// The layers' outputs from one matmul (views of its result, split along the last dim),
+    /// or None where the stack does not apply (see [`Stack`]).
+    pub fn forward<const N: usize>(
+        &self,
+        ls: [&Linear; N],
+        x: &Tensor,
+    ) -> Result<Option<[Tensor; N]>> {
+        let holds = |l: &Linear, id: TensorId| match &l.weight {
+            LinearWeight::Dense(w) => w.id() == id && l.lora.is_empty() && !w.track_op(),
+            _ => false,
+        };
+        let ok = N == self.parts.len()
+            && !x.track_op()
+            && ls.iter().zip(&self.parts).all(|(l, (id, _))| holds(l, *id))
+            && ls.iter().all(|l| l.compute_dtype == ls[0].compute_dtype);
+        if !ok {
+            return Ok(None);
+        }
+        let y = ls[0].dense(&self.w, x)?; // (.., Σ out_i)
+        let last = y.rank() - 1;
+        let mut r0 = 0;
+        let mut out = Vec::with_capacity(N);
+        for (_, rows) in &self.parts {
+            out.push(y.narrow(last, r0, *rows)?);
+            r0 += rows;
+        }
+        Ok(out.try_into().ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// A stack gives each layer's own output, and steps aside once a layer's weight is
+    /// replaced, gets an adapter, or gradients are tracked.
+    #[test]
+    fn stack_matches_the_layers_and_steps_aside() {
+        let dev = Device::Cpu;
+        let lin = |o: usize, seed: f32| {
+            Linear::new(Weight::Dense(
+                Tensor::randn(seed, 1.0, (o, 16), &dev).unwrap(),
+            ))
+        };
+        let (mut q, mut k, mut v) = (lin(12, 0.0), lin(4, 0.5), lin(4, -0.5));
+        // Each layer's output before stacking, then from the stack and from the layers' views.
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let want: Vec<Tensor> = [&q, &k, &v]
+            .iter()
+            .map(|l| l.forward(&x).unwrap())
+            .collect();
+        let stack = Stack::new(&mut [&mut q, &mut k, &mut v]).unwrap().unwrap();
+        let mine: Vec<Tensor> = [&q, &k, &v]
+            .iter()
+            .map(|l| l.forward(&x).unwrap())
+            .collect();
+        let got = stack
+            .forward([&q, &k, &v], &x)
+            .unwrap()
+            .expect("stack applies");
+        for ((g, m), w) in got.iter().zip(&mine).zip(&want) {
+            assert_eq!(g.dims(), w.dims());
+            assert!(diff(g, w) < 1e-5 && diff(m, w) < 1e-5);
+        }
+        // Through forward_many too.
+        let many = Linear::forward_many([&q, &k, &v], &x, Some(&stack)).unwrap();
+        assert!(diff(&many[2], &mine[2]) < 1e-5);
+
+        let tracked = Var::from_tensor(&x).unwrap();
+        assert!(stack
+            .forward([&q, &k, &v], tracked.as_tensor())
+            .unwrap()
+            .is_none());
+        let mut adapted = k.clone();
+        adapted.lora.push(Lora {
+            a: Tensor::zeros((2, 16), DType::F32, &dev).unwrap(),
+            b: Tensor::zeros((4, 2), DType::F32, &dev).unwrap(),
+            scale: 1.0,
+            dropout: 0.0,
+            dropout_seed: None,
+            id: 0,
+        });
+        assert!(stack.forward([&q, &adapted, &v], &x).unwrap().is_none());
+        let replaced = lin(4, 2.0);
+        assert!(stack.forward([&q, &k, &replaced], &x).unwrap().is_none());
+        // forward_many then takes each layer's own forward: the new weight counts.
+        let many = Linear::forward_many([&q, &k, &replaced], &x, Some(&stack)).unwrap();
+        assert!(diff(&many[2], &replaced.forward(&x).unwrap()) < 1e-6);
+
+        // Mixed kinds are not stacked.
+        let mut half = lin(4, 1.0);
+        half.weight = LinearWeight::Dense(
+            half.weight
+                .dequantize()
+                .unwrap()
+                .to_dtype(DType::F16)
+                .unwrap(),
+        );
+        assert!(Stack::new(&mut [&mut q.clone(), &mut half])
+            .unwrap()
+            .is_none());
     }
 }

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::linear::Linear;
+use super::linear::{Linear, Stack};
 use crate::Result;
 
 #[derive(Clone, Debug)]
@@ -10,13 +10,16 @@ pub struct Mlp {
     pub gate_proj: Linear, // (F, D)
     pub up_proj: Linear,   // (F, D)
     pub down_proj: Linear, // (D, F)
+    /// gate/up weights stacked for inference (one matmul); see [`Stack`].
+    pub gate_up: Option<Stack>,
 }
 
 impl Mlp {
     /// (B, T, D) -> (B, T, D)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // (B, T, F) each; one pass over both weights when they are packed alike.
-        let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
+        let ls = [&self.gate_proj, &self.up_proj];
+        let [gate, up] = Linear::forward_many(ls, x, self.gate_up.as_ref())?;
         let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
         let h = match cpu_f32(&gate) && cpu_f32(&up) {
             // One parallel pass, with its own backward when training (`fused::swiglu`).

@@ -27,6 +27,7 @@ impl Llama {
         self.embed_tokens = Embedding::Dense(embed.as_tensor().clone());
         params.push((EMBED.to_string(), embed.clone()));
         for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.unstack_projections(); // the weights become separate variables
             let p = format!("model.layers.{i}");
             let norm_var = |w: &mut Tensor, name: String| -> Result<(String, Var)> {
                 let v = Var::from_tensor(w)?;

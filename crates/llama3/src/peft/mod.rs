@@ -347,6 +347,11 @@ pub fn merge(model: &mut Llama) -> Result<()> {
         }
         lin.weight = LinearWeight::Dense(w.to_dtype(dtype)?);
     }
+    // The merged weights replaced views of the stacks (on a GPU): stack them again.
+    for layer in model.layers.iter_mut() {
+        layer.unstack_projections();
+    }
+    model.stack_projections()?;
     Ok(())
 }
 
