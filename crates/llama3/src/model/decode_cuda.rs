@@ -1,7 +1,8 @@
-//! Decode attention on a GPU in one launch per layer (`kernels/decode_attention.cu`): RoPE on
-//! q and k, the new K/V rows into the cache and causal attention over it, for one new token
-//! per sequence. It stands in for ~10 candle ops of that step (each a launch and an
-//! allocation), which bound a small model's decode speed on a GPU. The kernel's logic is
+//! Decode attention on a GPU in two launches per layer (`kernels/decode_attention.cu`): RoPE
+//! on q and k, the new K/V rows into the cache and causal attention over it in splits of 64
+//! keys, then the splits merged, for one new token per sequence. It stands in for ~10 candle
+//! ops of that step (each a launch and an allocation), which bound a small model's decode
+//! speed on a GPU. The kernel's logic is
 //! tested on the CPU (`tests/cuda_kernels.rs`); the GPU suite checks the launches.
 //!
 //! Dims: B sequences (one cache, all at position `pos`), H query heads, Hkv KV heads, Dh head
@@ -24,8 +25,10 @@ use super::decode::Heads;
 use crate::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
-/// The kernel's NWARPS * 32, MAX_DPL, MAX_G, MAX_GD.
+const MODULE: &str = "llama3_decode_attention";
+/// The kernel's NWARPS * 32, SPLIT, 32 * MAX_DPL, MAX_G, MAX_GD.
 const THREADS: u32 = 256;
+const SPLIT: usize = 64;
 const MAX_DH: usize = 256;
 const MAX_G: usize = 8;
 const MAX_GD: usize = 1024;
@@ -222,6 +225,12 @@ impl CustomOp3 for DecodeAttention {
         let dev = q.device.clone();
         let stream = dev.cuda_stream();
         let y = alloc(&dev, q.dtype(), b * h * dh)?;
+        let g = h / hkv;
+        let nsplit = (self.pos + 1).div_ceil(SPLIT);
+        // SAFETY: the first kernel writes every split's sums, max and sum before the second
+        // reads them.
+        let part = unsafe { dev.alloc::<f32>(b * hkv * nsplit * g * dh)? };
+        let ml = unsafe { dev.alloc::<f32>(b * hkv * nsplit * g * 2)? };
         {
             let (qp, xk, _gq) = ptr(&q.slice, ql.start_offset(), &stream)?;
             let (kp, kk, _gk) = ptr(&k.slice, kl.start_offset(), &stream)?;
@@ -231,15 +240,16 @@ impl CustomOp3 for DecodeAttention {
             let (kcp, ck, _gkc) = ptr(&cuda(&kcs)?.slice, kco, &stream)?;
             let (vcp, vck, _gvc) = ptr(&cuda(&vcs)?.slice, vco, &stream)?;
             let (yp, _, _gy) = ptr(&y, 0, &stream)?;
+            let (pp, _gp) = part.device_ptr(&stream);
+            let (mp, _gm) = ml.device_ptr(&stream);
             if [kk, vk, cosk, sink] != [xk; 4] || vck != ck {
                 bail!("decode attention: q, k, v, cos and sin must share a dtype, K and V too");
             }
-            let func =
-                dev.get_or_load_custom_func("decode_attention", "llama3_decode_attention", PTX)?;
             let (q_rs, k_rs, v_rs) = (q_rs as i64, k_rs as i64, v_rs as i64);
-            let ints = [hkv, h / hkv, dh, cap, self.pos].map(|x| x as i32);
+            let ints = [hkv, g, dh, cap, self.pos].map(|x| x as i32);
             let scale = 1.0 / (dh as f32).sqrt();
             let round_q = self.round_q as i32;
+            let func = dev.get_or_load_custom_func("decode_attention", MODULE, PTX)?;
             let mut bld = func.builder();
             for p in [&qp, &kp, &vp] {
                 bld.arg(p);
@@ -247,7 +257,7 @@ impl CustomOp3 for DecodeAttention {
             for rs in [&q_rs, &k_rs, &v_rs] {
                 bld.arg(rs);
             }
-            for p in [&cp, &sp, &kcp, &vcp, &yp] {
+            for p in [&cp, &sp, &kcp, &vcp, &pp, &mp] {
                 bld.arg(p);
             }
             for i in &ints {
@@ -258,13 +268,31 @@ impl CustomOp3 for DecodeAttention {
                 bld.arg(i);
             }
             let cfg = LaunchConfig {
+                grid_dim: (nsplit as u32, hkv as u32, b as u32),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the arguments match the kernel's signature (three pointers, three i64
+            // strides, six pointers, five i32, one f32, three i32); the shapes were checked
+            // above, so every access stays inside the buffers.
+            unsafe { bld.launch(cfg) }.w()?;
+
+            let func = dev.get_or_load_custom_func("decode_attention_combine", MODULE, PTX)?;
+            let mut bld = func.builder();
+            for p in [&pp, &mp, &yp] {
+                bld.arg(p);
+            }
+            let ints = [hkv, g, dh, nsplit].map(|x| x as i32);
+            for i in &ints {
+                bld.arg(i);
+            }
+            bld.arg(&xk);
+            let cfg = LaunchConfig {
                 grid_dim: (hkv as u32, b as u32, 1),
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: the argument list matches the kernel's signature (three pointers, three
-            // i64 strides, five pointers, five i32, one f32, three i32); the shapes were
-            // checked above, so every access stays inside the buffers.
+            // SAFETY: three pointers, five i32, as the kernel declares; sizes as allocated.
             unsafe { bld.launch(cfg) }.w()?;
         }
         Ok((

@@ -1,4 +1,4 @@
-/* Runs kernels/decode_attention.cu on the CPU (emu.h) for tests/cuda_kernels.rs.
+/* Runs kernels/decode_attention.cu (both kernels) on the CPU (emu.h) for tests/cuda_kernels.rs.
  *   decode_attention IN OUT B HKV G DH CAP POS XK CK ROUND_Q Q_RS K_RS V_RS SCALE
  * IN holds q, k, v, cos, sin (kind XK), kc, vc (kind CK) back to back; OUT gets y, kc, vc.
  * With only `f16 IN OUT` it converts: IN's f32 values to f16 bits and those back (u16, f32). */
@@ -7,15 +7,22 @@
 
 struct args {
     void *q, *k, *v, *cosv, *sinv, *kc, *vc, *y;
+    float *part, *ml;
     long long q_rs, k_rs, v_rs;
-    int hkv, g, dh, cap, pos, xk, ck, round_q;
+    int hkv, g, dh, cap, pos, xk, ck, round_q, nsplit;
     float scale;
 };
 
 static void run(void *p) {
     struct args *a = (struct args *)p;
     decode_attention(a->q, a->k, a->v, a->q_rs, a->k_rs, a->v_rs, a->cosv, a->sinv, a->kc, a->vc,
-                     a->y, a->hkv, a->g, a->dh, a->cap, a->pos, a->scale, a->xk, a->ck, a->round_q);
+                     a->part, a->ml, a->hkv, a->g, a->dh, a->cap, a->pos, a->scale, a->xk, a->ck,
+                     a->round_q);
+}
+
+static void combine(void *p) {
+    struct args *a = (struct args *)p;
+    decode_attention_combine(a->part, a->ml, a->y, a->hkv, a->g, a->dh, a->nsplit, a->xk);
 }
 
 static void *take(FILE *f, size_t n, size_t size) {
@@ -82,8 +89,17 @@ int main(int argc, char **argv) {
     a.vc = take(in, ncache, cs);
     fclose(in);
     a.y = calloc(ny, xs);
-    dim3 grid = {(unsigned)a.hkv, (unsigned)nb, 1};
+    a.nsplit = (a.pos + 1 + SPLIT - 1) / SPLIT;
+    /* NaN-filled scratch: every value the combine reads must have been written. */
+    size_t npart = (size_t)nb * a.hkv * a.nsplit * a.g * a.dh, nml = npart / a.dh * 2;
+    a.part = (float *)malloc(npart * 4);
+    a.ml = (float *)malloc(nml * 4);
+    for (size_t i = 0; i < npart; i++) a.part[i] = NAN;
+    for (size_t i = 0; i < nml; i++) a.ml[i] = NAN;
+    dim3 grid = {(unsigned)a.nsplit, (unsigned)a.hkv, (unsigned)nb};
     emu_launch(grid, NWARPS * 32, run, &a);
+    dim3 grid2 = {(unsigned)a.hkv, (unsigned)nb, 1};
+    emu_launch(grid2, NWARPS * 32, combine, &a);
     FILE *out = fopen(argv[2], "wb");
     if (!out) return 2;
     put(out, a.y, ny, xs);
