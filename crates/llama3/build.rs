@@ -7,7 +7,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 1] = ["decode_attention"];
+const KERNELS: [&str; 2] = ["decode_attention", "rows"];
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");

@@ -14,17 +14,17 @@ use llama3::model::decode::{self, Heads, SeqRows};
 use llama3::model::KvCache;
 use rand::{Rng, SeedableRng};
 
-/// The emulated decode-attention kernel, built once per test run.
+/// The emulated kernels (`tests/cuda_emu/main.c`), built once per test run.
 fn emulator() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("decode_attention_emu");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu");
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
         let status = Command::new(&cc)
             .args(["-O2", "-std=c11", "-pthread", "-Wall", "-Werror", "-o"])
             .arg(&out)
-            .arg(dir.join("decode_attention_main.c"))
+            .arg(dir.join("main.c"))
             .arg("-lm")
             .status()
             .unwrap_or_else(|e| panic!("running the C compiler `{cc}`: {e}"));
@@ -33,11 +33,13 @@ fn emulator() -> &'static Path {
     })
 }
 
-fn run(args: &[String], input: &[u8]) -> Vec<u8> {
+/// Runs `kernel` on `input` with the scalar arguments `args`; the output file's bytes.
+fn run(kernel: &str, args: &[String], input: &[u8]) -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
     let (i, o) = (tmp.path().join("in"), tmp.path().join("out"));
     std::fs::write(&i, input).unwrap();
     let status = Command::new(emulator())
+        .arg(kernel)
         .arg(&i)
         .arg(&o)
         .args(args)
@@ -291,7 +293,7 @@ fn check(c: &Case) -> (f32, f32) {
     .map(|v| v.to_string())
     .chain([format!("{scale:e}")])
     .collect();
-    let out = run(&args, &input);
+    let out = run("attention", &args, &input);
     let ny = c.b * h * dh * c.x.size();
     let nc = c.b * hkv * c.cap * dh * c.c.size();
     assert_eq!(out.len(), ny + 2 * nc);
@@ -356,6 +358,91 @@ fn emulated_decode_attention_matches_the_cpu_loop() {
                 dy <= tol_y && dc <= tol_c,
                 "{x:?}/{c:?} b {b} hkv {hkv} g {g} dh {dh} pos {pos}: output {dy:e}, cache {dc:e}"
             );
+        }
+    }
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / max
+}
+
+/// Rows of `n` values `rs` apart (the rest NaN: the kernels must not read it).
+fn strided(rows: usize, n: usize, rs: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dense: Vec<f32> = (0..rows * n).map(|_| rng.random_range(-3.0..3.0)).collect();
+    let mut out = vec![f32::NAN; rows * rs];
+    for r in 0..rows {
+        out[r * rs..][..n].copy_from_slice(&dense[r * n..][..n]);
+    }
+    (dense, out)
+}
+
+/// The residual add and RMSNorm kernel against candle's add and fused rms_norm on the CPU.
+#[test]
+fn emulated_add_rms_norm_matches_candle() {
+    let dev = Device::Cpu;
+    for (r, d, pad) in [(1, 576, 0), (3, 64, 5), (2, 2048, 1), (5, 8, 0)] {
+        for (k, tol) in [(Kind::F32, 1e-6), (Kind::Bf16, 8e-3), (Kind::F16, 1e-3)] {
+            let (x, xs) = strided(r, d, d + pad, 1);
+            let (y, ys) = strided(r, d, d + 2 * pad, 2);
+            let (w, _) = strided(1, d, d, 3);
+            let (x, y, w) = (k.round(&x), k.round(&y), k.round(&w));
+            let dt = match k {
+                Kind::F32 => DType::F32,
+                Kind::Bf16 => DType::BF16,
+                Kind::F16 => DType::F16,
+            };
+            let t = |v: &[f32], shape: (usize, usize)| {
+                Tensor::from_slice(v, shape, &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap()
+            };
+            let sum = (t(&x, (r, d)) + t(&y, (r, d))).unwrap();
+            let h =
+                candle_nn::ops::rms_norm(&sum, &t(&w, (1, d)).squeeze(0).unwrap(), 1e-5).unwrap();
+            let mut input = k.bytes(&xs);
+            input.extend(k.bytes(&ys));
+            input.extend(k.bytes(&w));
+            let args: Vec<String> = [r, d, d + pad, d + 2 * pad]
+                .iter()
+                .map(|v| v.to_string())
+                .chain(["1e-5".into(), (k as usize).to_string()])
+                .collect();
+            let out = run("add_rms_norm", &args, &input);
+            let n = r * d * k.size();
+            assert_eq!(out.len(), 2 * n);
+            let (got_s, got_h) = (k.floats(&out[..n]), k.floats(&out[n..]));
+            assert_eq!(got_s, floats(&sum), "{k:?} {r}x{d}: the sum differs");
+            let e = max_rel(&got_h, &floats(&h));
+            assert!(e <= tol, "{k:?} {r}x{d}: normed rows differ by {e:e}");
+        }
+    }
+}
+
+/// The SwiGLU kernel against candle's silu and mul on the CPU.
+#[test]
+fn emulated_swiglu_matches_candle() {
+    let dev = Device::Cpu;
+    for (r, f, pad) in [(1, 1536, 0), (4, 300, 1536), (2, 8, 3)] {
+        for (k, tol) in [(Kind::F32, 1e-6), (Kind::Bf16, 8e-3), (Kind::F16, 1e-3)] {
+            let (g, gs) = strided(r, f, f + pad, 4);
+            let (u, us) = strided(r, f, f + pad, 5);
+            let (g, u) = (k.round(&g), k.round(&u));
+            let t = |v: &[f32]| Tensor::from_slice(v, (r, f), &dev).unwrap();
+            let want = floats(&(t(&g).silu().unwrap() * t(&u)).unwrap());
+            let mut input = k.bytes(&gs);
+            input.extend(k.bytes(&us));
+            let args: Vec<String> = [r, f, f + pad, f + pad, k as usize]
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            let out = run("swiglu", &args, &input);
+            let got = k.floats(&out);
+            let e = max_rel(&got, &want);
+            assert!(e <= tol, "{k:?} {r}x{f}: differs by {e:e}");
         }
     }
 }

@@ -37,13 +37,21 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         #[cfg(feature = "cuda")]
         let cache = match cache {
-            Some((cache, layer)) if t == 1 && super::decode_cuda::applies(self.heads(), x) => {
+            Some((cache, layer)) if t == 1 && super::cuda::attention::applies(self.heads(), x) => {
                 // One token per sequence on a GPU: RoPE, cache write and attention in one
-                // kernel (`decode_cuda.rs`).
+                // kernel (`cuda/attention.rs`).
                 let (q, k, v) = self.project_rows(x)?; // (B, 1, ..)
                 let (q, k, v) = (q.squeeze(1)?, k.squeeze(1)?, v.squeeze(1)?);
-                let y =
-                    super::decode_cuda::attend(self.heads(), &q, &k, &v, cos, sin, cache, layer)?;
+                let y = super::cuda::attention::attend(
+                    self.heads(),
+                    &q,
+                    &k,
+                    &v,
+                    cos,
+                    sin,
+                    cache,
+                    layer,
+                )?;
                 return self.o_proj.forward(&y.unsqueeze(1)?); // (B, 1, D)
             }
             c => c,
@@ -110,12 +118,20 @@ impl Attention {
             let cos = Tensor::from_slice(&s.cos, (s.t, half), x.device())?.to_dtype(x.dtype())?;
             let sin = Tensor::from_slice(&s.sin, (s.t, half), x.device())?.to_dtype(x.dtype())?;
             #[cfg(feature = "cuda")]
-            if s.t == 1 && super::decode_cuda::applies(self.heads(), x) {
+            if s.t == 1 && super::cuda::attention::applies(self.heads(), x) {
                 // A decode row on a GPU: the one-launch kernel, as `forward` does.
                 let row = |a: &Tensor| a.narrow(0, r0, 1)?.squeeze(1); // (1, ..)
                 let (q, k, v) = (row(&q)?, row(&k)?, row(&v)?);
-                let y =
-                    super::decode_cuda::attend(self.heads(), &q, &k, &v, &cos, &sin, cache, layer)?;
+                let y = super::cuda::attention::attend(
+                    self.heads(),
+                    &q,
+                    &k,
+                    &v,
+                    &cos,
+                    &sin,
+                    cache,
+                    layer,
+                )?;
                 ys.push(y.unsqueeze(1)?); // (1, 1, H*Dh)
                 r0 += 1;
                 continue;

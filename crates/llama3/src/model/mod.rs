@@ -3,9 +3,9 @@
 
 pub mod attention;
 pub mod cache;
-pub mod decode;
 #[cfg(feature = "cuda")]
-pub mod decode_cuda;
+pub mod cuda;
+pub mod decode;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
@@ -87,8 +87,8 @@ impl DecoderLayer {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let x = (x + self.self_attn.forward(&h, cos, sin, mask, cache)?)?;
-        let h = self.post_attention_layernorm.forward(&x)?;
+        let a = self.self_attn.forward(&h, cos, sin, mask, cache)?;
+        let (x, h) = self.post_attention_layernorm.forward_add(x, &a)?; // x + a, its norm
         Ok((&x + self.mlp.forward(&h)?)?)
     }
 
@@ -117,8 +117,8 @@ impl DecoderLayer {
         layer: usize,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let x = (x + self.self_attn.forward_batch(&h, seqs, caches, layer)?)?;
-        let h = self.post_attention_layernorm.forward(&x)?;
+        let a = self.self_attn.forward_batch(&h, seqs, caches, layer)?;
+        let (x, h) = self.post_attention_layernorm.forward_add(x, &a)?; // x + a, its norm
         Ok((&x + self.mlp.forward(&h)?)?)
     }
 }

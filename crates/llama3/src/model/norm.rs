@@ -17,6 +17,28 @@ impl RmsNorm {
         Self { weight, eps }
     }
 
+    /// The residual add and this norm: x, y (.., D) -> (x + y, norm(x + y)); one launch on a
+    /// GPU (`cuda/rows.rs`), candle's ops elsewhere.
+    pub fn forward_add(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        if super::cuda::takes(x)
+            && !y.track_op()
+            && !self.weight.track_op()
+            && x.dims() == y.dims()
+            && x.dtype() == y.dtype()
+        {
+            let shape = x.shape().clone();
+            let d = x.dim(D::Minus1)?;
+            let (x2, y2) = (x.contiguous()?, y.contiguous()?);
+            let (x2, y2) = (x2.reshape(((), d))?, y2.reshape(((), d))?); // (R, D)
+            let (s, h) = super::cuda::rows::add_rms_norm(&x2, &y2, &self.weight, self.eps)?;
+            return Ok((s.reshape(&shape)?, h.reshape(&shape)?));
+        }
+        let s = (x + y)?;
+        let h = self.forward(&s)?;
+        Ok((s, h))
+    }
+
     /// (.., D) -> (.., D)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !x.track_op() && !self.weight.track_op() {

@@ -2,66 +2,40 @@
 //! on q and k, the new K/V rows into the cache and causal attention over it in splits of 64
 //! keys, then the splits merged, for one new token per sequence. It stands in for ~10 candle
 //! ops of that step (each a launch and an allocation), which bound a small model's decode
-//! speed on a GPU. The kernel's logic is
-//! tested on the CPU (`tests/cuda_kernels.rs`); the GPU suite checks the launches.
+//! speed on a GPU.
 //!
 //! Dims: B sequences (one cache, all at position `pos`), H query heads, Hkv KV heads, Dh head
 //! dim, C cache capacity.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{
-    CudaStream, DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop,
-};
-use candle_core::cuda::{CudaStorageSlice, WrapErr};
-use candle_core::{
-    bail, CudaDevice, CudaStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor,
-};
+use candle_core::cuda::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda::WrapErr;
+use candle_core::{bail, CudaStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::cache::KvCache;
-use super::decode::Heads;
+use super::{alloc, cuda, on_gpu, ptr, rows, THREADS};
+use crate::model::cache::KvCache;
+use crate::model::decode::Heads;
 use crate::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
 const MODULE: &str = "llama3_decode_attention";
-/// The kernel's NWARPS * 32, SPLIT, 32 * MAX_DPL, MAX_G, MAX_GD.
-const THREADS: u32 = 256;
+/// The kernel's SPLIT, 32 * MAX_DPL, MAX_G, MAX_GD.
 const SPLIT: usize = 64;
 const MAX_DH: usize = 256;
 const MAX_G: usize = 8;
 const MAX_GD: usize = 1024;
 
-static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
-
-fn enabled() -> &'static AtomicBool {
-    // LLAMA3_FUSED_DECODE=0 keeps candle's ops (to compare, or to work around a driver issue).
-    ENABLED.get_or_init(|| {
-        AtomicBool::new(std::env::var("LLAMA3_FUSED_DECODE").map_or(true, |v| v != "0"))
-    })
-}
-
-/// Turns the fused kernel on or off for the whole process (default on; the GPU suite compares
-/// both).
-pub fn set_enabled(on: bool) {
-    enabled().store(on, Ordering::Relaxed);
-}
-
-/// Whether a one-token step with these shapes and this activation runs the kernel: on a GPU,
-/// inference, f32/bf16/f16, and head shapes the kernel's block takes.
+/// Whether a one-token step with these shapes and this activation runs the kernel: our
+/// kernels take `x` ([`super::takes`]) and the kernel's block takes the head shapes.
 pub fn applies(heads: Heads, x: &Tensor) -> bool {
     let g = heads.h / heads.hkv.max(1);
-    x.device().is_cuda()
-        && !x.track_op()
-        && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+    super::takes(x)
         && heads.hkv > 0
         && heads.h.is_multiple_of(heads.hkv)
         && heads.dh.is_multiple_of(2)
         && heads.dh <= MAX_DH
         && g <= MAX_G
         && g * heads.dh <= MAX_GD
-        && enabled().load(Ordering::Relaxed)
 }
 
 /// q (B, H*Dh), k and v (B, Hkv*Dh) — rows may be views with a stride (of a fused
@@ -103,72 +77,6 @@ struct DecodeAttention {
     pos: usize,
     /// f16 cache under f32 activations: queries and probabilities rounded to f16.
     round_q: bool,
-}
-
-/// A device pointer `offset` elements into a float slice, its kind as the kernel numbers
-/// them (0 f32, 1 bf16, 2 f16) and the guard that records the use on the stream.
-fn ptr<'a>(
-    s: &'a CudaStorageSlice,
-    offset: usize,
-    stream: &'a CudaStream,
-) -> candle_core::Result<(u64, i32, SyncOnDrop<'a>)> {
-    Ok(match s {
-        CudaStorageSlice::F32(x) => {
-            let (p, g) = x.device_ptr(stream);
-            (p + 4 * offset as u64, 0, g)
-        }
-        CudaStorageSlice::BF16(x) => {
-            let (p, g) = x.device_ptr(stream);
-            (p + 2 * offset as u64, 1, g)
-        }
-        CudaStorageSlice::F16(x) => {
-            let (p, g) = x.device_ptr(stream);
-            (p + 2 * offset as u64, 2, g)
-        }
-        _ => bail!("decode attention: f32, bf16 or f16 expected"),
-    })
-}
-
-fn alloc(dev: &CudaDevice, dtype: DType, n: usize) -> candle_core::Result<CudaStorageSlice> {
-    // SAFETY: the kernel writes every element before anything reads them.
-    Ok(unsafe {
-        match dtype {
-            DType::F32 => CudaStorageSlice::F32(dev.alloc::<f32>(n)?),
-            DType::BF16 => CudaStorageSlice::BF16(dev.alloc::<half::bf16>(n)?),
-            DType::F16 => CudaStorageSlice::F16(dev.alloc::<half::f16>(n)?),
-            d => bail!("decode attention: {d:?} activations"),
-        }
-    })
-}
-
-/// (B, N) rows of `n` elements, unit stride within a row: B and the row stride.
-fn rows(l: &Layout, n: usize, what: &str) -> candle_core::Result<(usize, usize)> {
-    let (b, m) = l.shape().dims2()?;
-    if m != n || l.stride()[1] != 1 {
-        bail!(
-            "decode attention: {what} rows of {n} elements expected, got {:?} (strides {:?})",
-            l.dims(),
-            l.stride()
-        );
-    }
-    Ok((b, l.stride()[0]))
-}
-
-/// A contiguous GPU tensor's storage and start offset.
-fn on_gpu(t: &Tensor) -> candle_core::Result<(candle_core::StorageRef<'_>, usize)> {
-    let (s, l) = t.storage_and_layout();
-    if !l.is_contiguous() || !matches!(&*s, Storage::Cuda(_)) {
-        bail!("decode attention: cache and RoPE tables must be contiguous on the GPU");
-    }
-    let o = l.start_offset();
-    Ok((s, o))
-}
-
-fn cuda(s: &Storage) -> candle_core::Result<&CudaStorage> {
-    match s {
-        Storage::Cuda(c) => Ok(c),
-        _ => bail!("decode attention: not on the GPU"),
-    }
 }
 
 impl CustomOp3 for DecodeAttention {
@@ -218,10 +126,10 @@ impl CustomOp3 for DecodeAttention {
                 dh / 2
             );
         }
-        let (kcs, kco) = on_gpu(&self.kc)?;
-        let (vcs, vco) = on_gpu(&self.vc)?;
-        let (coss, coso) = on_gpu(&self.cos)?;
-        let (sins, sino) = on_gpu(&self.sin)?;
+        let (kcs, kco) = on_gpu(&self.kc, "the K cache")?;
+        let (vcs, vco) = on_gpu(&self.vc, "the V cache")?;
+        let (coss, coso) = on_gpu(&self.cos, "cos")?;
+        let (sins, sino) = on_gpu(&self.sin, "sin")?;
         let dev = q.device.clone();
         let stream = dev.cuda_stream();
         let y = alloc(&dev, q.dtype(), b * h * dh)?;

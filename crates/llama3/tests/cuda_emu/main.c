@@ -1,9 +1,15 @@
-/* Runs kernels/decode_attention.cu (both kernels) on the CPU (emu.h) for tests/cuda_kernels.rs.
- *   decode_attention IN OUT B HKV G DH CAP POS XK CK ROUND_Q Q_RS K_RS V_RS SCALE
- * IN holds q, k, v, cos, sin (kind XK), kc, vc (kind CK) back to back; OUT gets y, kc, vc.
- * With only `f16 IN OUT` it converts: IN's f32 values to f16 bits and those back (u16, f32). */
+/* Runs our kernels (the .cu files in kernels/) on the CPU (emu.h) for tests/cuda_kernels.rs:
+ *   main attention IN OUT B HKV G DH CAP POS XK CK ROUND_Q Q_RS K_RS V_RS SCALE
+ *     IN: q, k, v, cos, sin (kind XK), kc, vc (kind CK) back to back; OUT: y, kc, vc.
+ *   main add_rms_norm IN OUT R D X_RS Y_RS EPS XK
+ *     IN: x (R*X_RS), y (R*Y_RS), w (D); OUT: s, h (R*D each).
+ *   main swiglu IN OUT R F G_RS U_RS XK
+ *     IN: gate (R*G_RS), up (R*U_RS); OUT: h (R*F).
+ *   main f16 IN OUT: IN's f32 values to f16 bits and back (u16, f32 each).
+ * Element kinds: 0 f32, 1 bf16, 2 f16. */
 #include "emu.h"
 #include "../../kernels/decode_attention.cu"
+#include "../../kernels/rows.cu"
 
 struct args {
     void *q, *k, *v, *cosv, *sinv, *kc, *vc, *y;
@@ -41,7 +47,69 @@ static void put(FILE *f, const void *p, size_t n, size_t size) {
     }
 }
 
+static size_t kind_size(int k) { return k == 0 ? 4 : 2; }
+
+struct rows_args {
+    void *x, *y, *w, *s, *h;
+    long long x_rs, y_rs;
+    int r, d, xk;
+    float eps;
+};
+
+static void run_norm(void *p) {
+    struct rows_args *a = (struct rows_args *)p;
+    add_rms_norm(a->x, a->y, a->x_rs, a->y_rs, a->w, a->s, a->h, a->d, a->eps, a->xk);
+}
+
+static void run_swiglu(void *p) {
+    struct rows_args *a = (struct rows_args *)p;
+    swiglu(a->x, a->y, a->x_rs, a->y_rs, a->h, a->d, a->xk);
+}
+
+static int rows_main(int argc, char **argv) {
+    int norm = strcmp(argv[1], "add_rms_norm") == 0;
+    if (argc != (norm ? 10 : 9)) {
+        fprintf(stderr, "usage: see main.c\n");
+        return 2;
+    }
+    struct rows_args a;
+    a.r = atoi(argv[4]);
+    a.d = atoi(argv[5]);
+    a.x_rs = atoll(argv[6]);
+    a.y_rs = atoll(argv[7]);
+    a.eps = norm ? strtof(argv[8], NULL) : 0.f;
+    a.xk = atoi(argv[norm ? 9 : 8]);
+    size_t xs = kind_size(a.xk), n = (size_t)a.r * a.d;
+    FILE *in = fopen(argv[2], "rb");
+    if (!in) return 2;
+    a.x = take(in, a.r * a.x_rs, xs);
+    a.y = take(in, a.r * a.y_rs, xs);
+    a.w = norm ? take(in, a.d, xs) : NULL;
+    fclose(in);
+    a.s = calloc(n, xs);
+    a.h = calloc(n, xs);
+    if (norm) {
+        dim3 grid = {(unsigned)a.r, 1, 1};
+        emu_launch(grid, NWARPS * 32, run_norm, &a);
+    } else {
+        dim3 grid = {(unsigned)((a.d + 255) / 256), (unsigned)a.r, 1};
+        emu_launch(grid, 256, run_swiglu, &a);
+    }
+    FILE *out = fopen(argv[3], "wb");
+    if (!out) return 2;
+    if (norm) put(out, a.s, n, xs);
+    put(out, a.h, n, xs);
+    fclose(out);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: see main.c\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "add_rms_norm") == 0 || strcmp(argv[1], "swiglu") == 0)
+        return rows_main(argc, argv);
     if (argc == 4 && strcmp(argv[1], "f16") == 0) {
         FILE *in = fopen(argv[2], "rb"), *out = fopen(argv[3], "wb");
         if (!in || !out) return 2;
@@ -58,10 +126,11 @@ int main(int argc, char **argv) {
         fclose(out);
         return 0;
     }
-    if (argc != 16) {
-        fprintf(stderr, "usage: IN OUT B HKV G DH CAP POS XK CK ROUND_Q Q_RS K_RS V_RS SCALE\n");
+    if (argc != 17 || strcmp(argv[1], "attention") != 0) {
+        fprintf(stderr, "usage: see main.c\n");
         return 2;
     }
+    argv++; /* the attention arguments from argv[1] = IN on, as before */
     struct args a;
     int nb = atoi(argv[3]);
     a.hkv = atoi(argv[4]);
