@@ -86,10 +86,50 @@ impl DecoderLayer {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let h = self.input_layernorm.forward(x)?;
+        let (x, m) = self.forward_carry(x, None, cos, sin, mask, cache)?;
+        Ok((x + m)?)
+    }
+
+    /// [`Self::forward`] with the residual stream carried as `x + pending` (the previous
+    /// layer's MLP output, not yet added): the add joins this layer's input norm, one launch on
+    /// a GPU. Returns this layer's (x, MLP output), unsummed.
+    pub fn forward_carry(
+        &self,
+        x: &Tensor,
+        pending: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x, h) = self.input_norm(x, pending)?;
         let a = self.self_attn.forward(&h, cos, sin, mask, cache)?;
-        let (x, h) = self.post_attention_layernorm.forward_add(x, &a)?; // x + a, its norm
-        Ok((&x + self.mlp.forward(&h)?)?)
+        let (x, h) = self.post_attention_layernorm.forward_add(&x, &a)?; // x + a, its norm
+        Ok((x, self.mlp.forward(&h)?))
+    }
+
+    /// [`Self::forward_carry`] for the new rows of N sequences with their own caches (see
+    /// [`Attention::forward_batch`]): (M, 1, D) each.
+    pub fn forward_batch_carry(
+        &self,
+        x: &Tensor,
+        pending: Option<&Tensor>,
+        seqs: &[SeqRows],
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x, h) = self.input_norm(x, pending)?;
+        let a = self.self_attn.forward_batch(&h, seqs, caches, layer)?;
+        let (x, h) = self.post_attention_layernorm.forward_add(&x, &a)?;
+        Ok((x, self.mlp.forward(&h)?))
+    }
+
+    /// (x + pending, its input norm).
+    fn input_norm(&self, x: &Tensor, pending: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        match pending {
+            Some(p) => self.input_layernorm.forward_add(x, p),
+            None => Ok((x.clone(), self.input_layernorm.forward(x)?)),
+        }
     }
 
     /// Stacks the dense q/k/v and gate/up weights ([`Stack`]): two matmuls fewer per layer
@@ -274,14 +314,20 @@ impl Llama {
         }
         let (cos, sin, mask) = self.positions(pos, t)?;
         let mut x = self.embed_tokens.forward(ids)?; // (B, T, D)
+        let mut pending = None; // the last MLP output, added with the next norm
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (c, i));
-            x = layer.forward(&x, &cos, &sin, mask.as_ref(), c)?;
+            let (nx, m) =
+                layer.forward_carry(&x, pending.as_ref(), &cos, &sin, mask.as_ref(), c)?;
+            (x, pending) = (nx, Some(m));
         }
         if let Some(c) = cache {
             c.advance(t);
         }
-        self.norm.forward(&x)
+        match pending {
+            Some(p) => Ok(self.norm.forward_add(&x, &p)?.1),
+            None => self.norm.forward(&x),
+        }
     }
 
     /// RoPE tables (T, Dh/2) in the activation dtype and the causal mask (None for one token)
@@ -372,8 +418,13 @@ impl Llama {
         let m = ids.len();
         let ids = Tensor::new(ids, &self.device)?.unsqueeze(1)?; // (M, 1)
         let mut x = self.embed_tokens.forward(&ids)?; // (M, 1, D)
+        let mut pending = None; // the last MLP output, added with the next norm
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward_batch(&x, &seqs, caches, i)?;
+            let (nx, m) = layer.forward_batch_carry(&x, pending.as_ref(), &seqs, caches, i)?;
+            (x, pending) = (nx, Some(m));
+        }
+        if let Some(p) = pending {
+            x = (x + p)?;
         }
         for (c, p) in caches.iter_mut().zip(parts) {
             c.advance(p.len());
