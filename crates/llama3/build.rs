@@ -7,7 +7,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 2] = ["decode_attention", "rows"];
+const KERNELS: [&str; 3] = ["decode_attention", "rows", "adamw"];
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");

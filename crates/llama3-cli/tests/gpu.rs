@@ -374,7 +374,7 @@ fn decode_steps(l: &Loaded, n: usize) -> (Vec<f32>, f64) {
     (all, t0.elapsed().as_secs_f64() / n as f64)
 }
 
-/// Our decode kernels (`model/cuda/`: attention, residual add + RMSNorm, SwiGLU) against
+/// Our decode kernels (`llama3::cuda`: attention, residual add + RMSNorm, SwiGLU) against
 /// candle's ops on the same GPU:
 /// the default model (f32 activations, f16 cache: both round queries and probabilities to
 /// f16) within 1e-3 of the largest logit, and the llama3 golden in bf16 (candle's path rounds
@@ -387,10 +387,10 @@ fn fused_decode_matches_candle_ops_on_gpu() {
     ];
     for (path, dtype, tol) in cases {
         let l = load_on(&path, &gpu(), dtype);
-        llama3::model::cuda::set_enabled(false);
+        llama3::cuda::set_enabled(false);
         decode_steps(&l, 4);
         let (want, slow) = decode_steps(&l, 32);
-        llama3::model::cuda::set_enabled(true);
+        llama3::cuda::set_enabled(true);
         decode_steps(&l, 4);
         let (got, fast) = decode_steps(&l, 32);
         let d = max_abs_diff(&got, &want) / max_abs(&want);

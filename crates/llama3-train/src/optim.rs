@@ -109,6 +109,28 @@ fn update_cpu(p: &Var, g: &Tensor, s: &mut State, k: &Coefs) -> Result<bool> {
     Ok(true)
 }
 
+/// The same update as one kernel on a GPU (`llama3::cuda::adamw`). False when it does not
+/// apply (or without the `cuda` feature).
+fn update_cuda(p: &Var, g: &Tensor, s: &mut State, k: &Coefs) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    if llama3::cuda::adamw::applies(p.as_tensor(), g, &s.m, &s.v) {
+        let f = |x: f64| x as f32;
+        let c = [
+            f(k.decay),
+            f(1.0 - k.beta1),
+            f(k.beta2),
+            f(1.0 - k.beta2),
+            f(k.eps),
+            f(k.bc2_sqrt),
+            f(k.step_size),
+        ];
+        (s.m, s.v) = llama3::cuda::adamw::step(p.as_tensor(), g, &s.m, &s.v, c)?;
+        return Ok(true);
+    }
+    let _ = (p, g, s, k);
+    Ok(false)
+}
+
 /// Hyper-parameters; defaults are PyTorch's.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -181,7 +203,7 @@ impl AdamW {
             let Some(g) = grads.get(i) else { continue };
             s.step += 1;
             let k = Coefs::new(&c, lr, s.step);
-            if !update_cpu(p, g, s, &k)? {
+            if !update_cpu(p, g, s, &k)? && !update_cuda(p, g, s, &k)? {
                 update_tensors(p, g, s, &k)?;
             }
         }

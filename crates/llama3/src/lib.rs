@@ -8,6 +8,8 @@
 
 pub mod classify;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -3,6 +3,8 @@
 //! shuffles), against the CPU code they stand in for. This checks the kernels' logic where no
 //! GPU is present; the GPU suite (`llama3-cli/tests/gpu.rs`) checks the launches on a GPU.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -445,4 +447,68 @@ fn emulated_swiglu_matches_candle() {
             assert!(e <= tol, "{k:?} {r}x{f}: differs by {e:e}");
         }
     }
+}
+
+/// The AdamW kernel against PyTorch: one `torch.optim.AdamW` step of every parameter of the
+/// gqa golden model from PyTorch's own gradients (fresh moments, t = 1) gives PyTorch's
+/// weights within 1e-6, as the CPU optimizer does (`llama3-train/tests/golden.rs`).
+#[test]
+fn emulated_adamw_matches_pytorch() {
+    let g = common::tensors(&common::golden("hf/gqa/train_golden.safetensors"));
+    let model = common::tensors(&common::golden("hf/gqa/model/model.safetensors"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::golden("hf/gqa/meta.json")).unwrap())
+            .unwrap();
+    let t = &meta["train"];
+    let (lr, wd, eps) = (
+        t["lr"].as_f64().unwrap(),
+        t["weight_decay"].as_f64().unwrap(),
+        t["eps"].as_f64().unwrap(),
+    );
+    let (b1, b2) = (
+        t["betas"][0].as_f64().unwrap(),
+        t["betas"][1].as_f64().unwrap(),
+    );
+    // optim.rs's Coefs at t = 1, as f32.
+    let coefs = [
+        1.0 - lr * wd,
+        1.0 - b1,
+        b2,
+        1.0 - b2,
+        eps,
+        (1.0 - b2).sqrt(),
+        lr / (1.0 - b1),
+    ];
+    let mut checked = 0;
+    for (name, p) in &model {
+        let (Some(grad), Some(want)) = (
+            g.get(&format!("grad.{name}")),
+            g.get(&format!("after_adamw.{name}")),
+        ) else {
+            continue;
+        };
+        let (p, grad, want) = (floats(p), floats(grad), floats(want));
+        let n = p.len();
+        let mut input = Kind::F32.bytes(&p);
+        input.extend(Kind::F32.bytes(&grad));
+        input.extend(Kind::F32.bytes(&vec![0.0; 2 * n]));
+        let args: Vec<String> = std::iter::once(n.to_string())
+            .chain(coefs.iter().map(|c| format!("{:e}", *c as f32)))
+            .collect();
+        let out = Kind::F32.floats(&run("adamw", &args, &input));
+        assert_eq!(out.len(), 3 * n);
+        let d = common::max_abs_diff(&out[..n], &want);
+        assert!(d <= 1e-6, "{name}: {d:e} from PyTorch's step");
+        // The moments after one step: (1 - beta1) g and (1 - beta2) g^2.
+        for i in 0..n {
+            assert_eq!(out[n + i], grad[i] * coefs[1] as f32, "{name}[{i}]: m");
+            assert_eq!(
+                out[2 * n + i],
+                grad[i] * grad[i] * coefs[3] as f32,
+                "{name}[{i}]: v"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, model.len(), "every parameter has a reference step");
 }

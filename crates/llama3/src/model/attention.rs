@@ -37,12 +37,12 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         #[cfg(feature = "cuda")]
         let cache = match cache {
-            Some((cache, layer)) if t == 1 && super::cuda::attention::applies(self.heads(), x) => {
+            Some((cache, layer)) if t == 1 && crate::cuda::attention::applies(self.heads(), x) => {
                 // One token per sequence on a GPU: RoPE, cache write and attention in one
-                // kernel (`cuda/attention.rs`).
+                // kernel (`crate::cuda::attention`).
                 let (q, k, v) = self.project_rows(x)?; // (B, 1, ..)
                 let (q, k, v) = (q.squeeze(1)?, k.squeeze(1)?, v.squeeze(1)?);
-                let y = super::cuda::attention::attend(
+                let y = crate::cuda::attention::attend(
                     self.heads(),
                     &q,
                     &k,
@@ -118,11 +118,11 @@ impl Attention {
             let cos = Tensor::from_slice(&s.cos, (s.t, half), x.device())?.to_dtype(x.dtype())?;
             let sin = Tensor::from_slice(&s.sin, (s.t, half), x.device())?.to_dtype(x.dtype())?;
             #[cfg(feature = "cuda")]
-            if s.t == 1 && super::cuda::attention::applies(self.heads(), x) {
+            if s.t == 1 && crate::cuda::attention::applies(self.heads(), x) {
                 // A decode row on a GPU: the one-launch kernel, as `forward` does.
                 let row = |a: &Tensor| a.narrow(0, r0, 1)?.squeeze(1); // (1, ..)
                 let (q, k, v) = (row(&q)?, row(&k)?, row(&v)?);
-                let y = super::cuda::attention::attend(
+                let y = crate::cuda::attention::attend(
                     self.heads(),
                     &q,
                     &k,

@@ -24,16 +24,16 @@ impl Mlp {
         let h = match cpu_f32(&gate) && cpu_f32(&up) {
             // One parallel pass, with its own backward when training (`fused::swiglu`).
             true => crate::fused::swiglu::swiglu(&gate, &up)?,
-            // One token per row on a GPU: our one-launch kernel (`cuda/rows.rs`).
+            // One token per row on a GPU: our one-launch kernel (`crate::cuda::rows`).
             #[cfg(feature = "cuda")]
             false
-                if super::cuda::takes(&gate)
+                if crate::cuda::takes(&gate)
                     && !up.track_op()
                     && gate.rank() == 3
                     && gate.dim(1)? == 1 =>
             {
                 let (g, u) = (gate.squeeze(1)?, up.squeeze(1)?); // (B, F) views
-                super::cuda::rows::swiglu(&g, &u)?.unsqueeze(1)?
+                crate::cuda::rows::swiglu(&g, &u)?.unsqueeze(1)?
             }
             // candle's silu is one kernel with a backward: two launches on a GPU (three with
             // `gate * sigmoid(gate)`), which is what a small model's decode step pays for.

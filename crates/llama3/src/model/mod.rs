@@ -3,8 +3,6 @@
 
 pub mod attention;
 pub mod cache;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod decode;
 pub mod linear;
 pub mod mlp;

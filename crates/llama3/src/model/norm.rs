@@ -18,10 +18,10 @@ impl RmsNorm {
     }
 
     /// The residual add and this norm: x, y (.., D) -> (x + y, norm(x + y)); one launch on a
-    /// GPU (`cuda/rows.rs`), candle's ops elsewhere.
+    /// GPU (`crate::cuda::rows`), candle's ops elsewhere.
     pub fn forward_add(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
         #[cfg(feature = "cuda")]
-        if super::cuda::takes(x)
+        if crate::cuda::takes(x)
             && !y.track_op()
             && !self.weight.track_op()
             && x.dims() == y.dims()
@@ -31,7 +31,7 @@ impl RmsNorm {
             let d = x.dim(D::Minus1)?;
             let (x2, y2) = (x.contiguous()?, y.contiguous()?);
             let (x2, y2) = (x2.reshape(((), d))?, y2.reshape(((), d))?); // (R, D)
-            let (s, h) = super::cuda::rows::add_rms_norm(&x2, &y2, &self.weight, self.eps)?;
+            let (s, h) = crate::cuda::rows::add_rms_norm(&x2, &y2, &self.weight, self.eps)?;
             return Ok((s.reshape(&shape)?, h.reshape(&shape)?));
         }
         let s = (x + y)?;

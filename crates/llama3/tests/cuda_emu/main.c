@@ -5,11 +5,14 @@
  *     IN: x (R*X_RS), y (R*Y_RS), w (D); OUT: s, h (R*D each).
  *   main swiglu IN OUT R F G_RS U_RS XK
  *     IN: gate (R*G_RS), up (R*U_RS); OUT: h (R*F).
+ *   main adamw IN OUT N DECAY NB1 B2 NB2 EPS BC2 STEP
+ *     IN: p, g, m, v (N f32 each); OUT: p, m, v after the step (m, v as the kernel's m2, v2).
  *   main f16 IN OUT: IN's f32 values to f16 bits and back (u16, f32 each).
  * Element kinds: 0 f32, 1 bf16, 2 f16. */
 #include "emu.h"
 #include "../../kernels/decode_attention.cu"
 #include "../../kernels/rows.cu"
+#include "../../kernels/adamw.cu"
 
 struct args {
     void *q, *k, *v, *cosv, *sinv, *kc, *vc, *y;
@@ -103,11 +106,53 @@ static int rows_main(int argc, char **argv) {
     return 0;
 }
 
+struct adamw_args {
+    float *p, *g, *m, *v, *m2, *v2;
+    long long n;
+    float c[7];
+};
+
+static void run_adamw(void *p) {
+    struct adamw_args *a = (struct adamw_args *)p;
+    adamw(a->p, a->g, a->m, a->v, a->m2, a->v2, a->n, a->c[0], a->c[1], a->c[2], a->c[3], a->c[4], a->c[5],
+          a->c[6]);
+}
+
+static int adamw_main(int argc, char **argv) {
+    if (argc != 12) {
+        fprintf(stderr, "usage: see main.c\n");
+        return 2;
+    }
+    struct adamw_args a;
+    a.n = atoll(argv[4]);
+    for (int i = 0; i < 7; i++) a.c[i] = strtof(argv[5 + i], NULL);
+    FILE *in = fopen(argv[2], "rb");
+    if (!in) return 2;
+    a.p = (float *)take(in, a.n, 4);
+    a.g = (float *)take(in, a.n, 4);
+    a.m = (float *)take(in, a.n, 4);
+    a.v = (float *)take(in, a.n, 4);
+    fclose(in);
+    a.m2 = (float *)calloc(a.n ? a.n : 1, 4);
+    a.v2 = (float *)calloc(a.n ? a.n : 1, 4);
+    /* Fewer threads than elements: the grid-stride loop covers the rest. */
+    dim3 grid = {3, 1, 1};
+    emu_launch(grid, 64, run_adamw, &a);
+    FILE *out = fopen(argv[3], "wb");
+    if (!out) return 2;
+    put(out, a.p, a.n, 4);
+    put(out, a.m2, a.n, 4);
+    put(out, a.v2, a.n, 4);
+    fclose(out);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: see main.c\n");
         return 2;
     }
+    if (strcmp(argv[1], "adamw") == 0) return adamw_main(argc, argv);
     if (strcmp(argv[1], "add_rms_norm") == 0 || strcmp(argv[1], "swiglu") == 0)
         return rows_main(argc, argv);
     if (argc == 4 && strcmp(argv[1], "f16") == 0) {

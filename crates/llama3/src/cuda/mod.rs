@@ -1,10 +1,12 @@
 //! Our CUDA kernels (`kernels/*.cu`, compiled to PTX by build.rs) as candle ops, for the
 //! steps where candle's per-op cost (a launch and an allocation each, ~10 µs) bounds a small
 //! model on a GPU: decode attention (`attention.rs`), the residual add with RMSNorm and SwiGLU
-//! (`rows.rs`). Inference only; the CPU and training keep their own paths. The kernels' logic
+//! (`rows.rs`) for inference, and the AdamW step (`adamw.rs`) for training. The CPU keeps its
+//! own paths. The kernels' logic
 //! is tested on the CPU by an emulator (`tests/cuda_kernels.rs`); the GPU suite checks the
 //! launches against candle's ops.
 
+pub mod adamw;
 pub mod attention;
 pub mod rows;
 
