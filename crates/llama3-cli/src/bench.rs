@@ -248,6 +248,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "parameters": info.parameters,
             "threads": threads,
             "device": device,
+            "cuda_kernels": cuda_kernels(model.device()),
             "dtype": format!("{:?}", model.dtype()),
             "batch": a.batch,
             "n_prompt": a.n_prompt,
@@ -316,4 +317,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         rss.map_or("n/a".into(), |b| format!("{:.1} MiB", mib(b)))
     );
     Ok(())
+}
+
+/// Whether our CUDA kernels run (a GPU, the `cuda` build, not turned off with
+/// `LLAMA3_FUSED_DECODE=0`).
+fn cuda_kernels(device: &candle_core::Device) -> bool {
+    #[cfg(feature = "cuda")]
+    return device.is_cuda() && llama3::cuda::enabled();
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        false
+    }
 }

@@ -137,8 +137,9 @@ impl CustomOp3 for DecodeAttention {
         let nsplit = (self.pos + 1).div_ceil(SPLIT);
         // SAFETY: the first kernel writes every split's sums, max and sum before the second
         // reads them.
-        let part = unsafe { dev.alloc::<f32>(b * hkv * nsplit * g * dh)? };
-        let ml = unsafe { dev.alloc::<f32>(b * hkv * nsplit * g * 2)? };
+        // One buffer: the splits' sums (B, Hkv, P, G*Dh), then their max and sum (.., G, 2).
+        let n_part = b * hkv * nsplit * g * dh;
+        let scratch = unsafe { dev.alloc::<f32>(n_part + b * hkv * nsplit * g * 2)? };
         {
             let (qp, xk, _gq) = ptr(&q.slice, ql.start_offset(), &stream)?;
             let (kp, kk, _gk) = ptr(&k.slice, kl.start_offset(), &stream)?;
@@ -148,8 +149,8 @@ impl CustomOp3 for DecodeAttention {
             let (kcp, ck, _gkc) = ptr(&cuda(&kcs)?.slice, kco, &stream)?;
             let (vcp, vck, _gvc) = ptr(&cuda(&vcs)?.slice, vco, &stream)?;
             let (yp, _, _gy) = ptr(&y, 0, &stream)?;
-            let (pp, _gp) = part.device_ptr(&stream);
-            let (mp, _gm) = ml.device_ptr(&stream);
+            let (pp, _gp) = scratch.device_ptr(&stream);
+            let mp = pp + 4 * n_part as u64;
             if [kk, vk, cosk, sink] != [xk; 4] || vck != ck {
                 bail!("decode attention: q, k, v, cos and sin must share a dtype, K and V too");
             }
