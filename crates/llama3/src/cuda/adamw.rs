@@ -3,11 +3,11 @@
 //! updated in place (a `Var`'s storage, as `Var::set` does); the moments come back as new
 //! tensors. llama3-train's optimizer calls it; the arithmetic is the optimizer's own.
 
-use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::WrapErr;
 use candle_core::{bail, CudaStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::{alloc, cuda, ptr, THREADS};
+use super::{alloc, cpu_refused, cuda, grid, ptr, THREADS};
 use crate::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
@@ -50,7 +50,7 @@ impl CustomOp3 for AdamW {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        bail!("adamw: a CUDA kernel, run on a GPU only (the CPU has its own pass)")
+        cpu_refused(self.name())
     }
 
     fn cuda_fwd(
@@ -95,12 +95,8 @@ impl CustomOp3 for AdamW {
             for c in &self.c {
                 bld.arg(c);
             }
-            let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16);
+            let cfg = grid(blocks, 1, 1);
             // SAFETY: six pointers, an i64 and seven f32, as the kernel declares; every
             // buffer holds n values (checked above), the loop stops at n.
             unsafe { bld.launch(cfg) }.w()?;

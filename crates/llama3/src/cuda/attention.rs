@@ -8,11 +8,11 @@
 //! dim, C cache capacity.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::{DevicePtr, PushKernelArg};
 use candle_core::cuda::WrapErr;
 use candle_core::{bail, CudaStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::{alloc, cuda, on_gpu, ptr, rows, THREADS};
+use super::{alloc, cpu_refused, cuda, grid, on_gpu, ptr, rows};
 use crate::model::cache::KvCache;
 use crate::model::decode::Heads;
 use crate::Result;
@@ -93,7 +93,7 @@ impl CustomOp3 for DecodeAttention {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        bail!("decode attention: the CUDA kernel runs on a GPU only (the CPU has decode.rs)")
+        cpu_refused(self.name())
     }
 
     fn cuda_fwd(
@@ -176,11 +176,7 @@ impl CustomOp3 for DecodeAttention {
             for i in [&xk, &ck, &round_q] {
                 bld.arg(i);
             }
-            let cfg = LaunchConfig {
-                grid_dim: (nsplit as u32, hkv as u32, b as u32),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid(nsplit, hkv, b);
             // SAFETY: the arguments match the kernel's signature (three pointers, three i64
             // strides, six pointers, five i32, one f32, three i32); the shapes were checked
             // above, so every access stays inside the buffers.
@@ -196,11 +192,7 @@ impl CustomOp3 for DecodeAttention {
                 bld.arg(i);
             }
             bld.arg(&xk);
-            let cfg = LaunchConfig {
-                grid_dim: (hkv as u32, b as u32, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid(hkv, b, 1);
             // SAFETY: three pointers, five i32, as the kernel declares; sizes as allocated.
             unsafe { bld.launch(cfg) }.w()?;
         }

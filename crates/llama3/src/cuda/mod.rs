@@ -13,12 +13,26 @@ pub mod rows;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use candle_core::cuda::cudarc::driver::{CudaStream, DevicePtr, SyncOnDrop};
+use candle_core::cuda::cudarc::driver::{CudaStream, DevicePtr, LaunchConfig, SyncOnDrop};
 use candle_core::cuda::CudaStorageSlice;
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Storage, Tensor};
 
 /// Threads per block of every kernel (their NWARPS * 32).
 const THREADS: u32 = 256;
+
+/// A launch of `grid` blocks of [`THREADS`] threads, static shared memory only.
+fn grid(x: usize, y: usize, z: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (x as u32, y as u32, z as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// What our ops answer when asked to run on the CPU (which has its own paths).
+fn cpu_refused<T>(name: &str) -> candle_core::Result<T> {
+    bail!("{name}: a CUDA kernel, run on a GPU only (the CPU has its own path)")
+}
 
 static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
 

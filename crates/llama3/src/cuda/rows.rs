@@ -3,11 +3,11 @@
 //! projection's output, taken with their row stride). Dims: R rows, D model dim, F MLP dim.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::WrapErr;
 use candle_core::{bail, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 
-use super::{alloc, cuda, on_gpu, ptr, rows, THREADS};
+use super::{alloc, cpu_refused, cuda, grid, on_gpu, ptr, rows, THREADS};
 use crate::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rows.ptx"));
@@ -34,10 +34,6 @@ struct AddRmsNorm {
 }
 
 struct Swiglu;
-
-fn cpu_refused(name: &str) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-    bail!("{name}: a CUDA kernel, run on a GPU only")
-}
 
 impl CustomOp2 for AddRmsNorm {
     fn name(&self) -> &'static str {
@@ -90,11 +86,7 @@ impl CustomOp2 for AddRmsNorm {
                 .arg(&d32)
                 .arg(&self.eps)
                 .arg(&xk);
-            let cfg = LaunchConfig {
-                grid_dim: (r as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid(r, 1, 1);
             // SAFETY: two pointers, two i64 strides, three pointers, i32, f32, i32, as the
             // kernel declares; rows and sizes checked above.
             unsafe { bld.launch(cfg) }.w()?;
@@ -157,11 +149,7 @@ impl CustomOp2 for Swiglu {
                 .arg(&hp)
                 .arg(&f32_)
                 .arg(&gk);
-            let cfg = LaunchConfig {
-                grid_dim: (f.div_ceil(THREADS as usize) as u32, r as u32, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid(f.div_ceil(THREADS as usize), r, 1);
             // SAFETY: two pointers, two i64 strides, a pointer, two i32, as the kernel
             // declares; rows and sizes checked above.
             unsafe { bld.launch(cfg) }.w()?;
