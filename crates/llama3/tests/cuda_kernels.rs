@@ -37,18 +37,83 @@ fn emulator() -> &'static Path {
 
 /// Runs `kernel` on `input` with the scalar arguments `args`; the output file's bytes.
 fn run(kernel: &str, args: &[String], input: &[u8]) -> Vec<u8> {
+    run_with(emulator(), kernel, args, input)
+}
+
+fn run_with(bin: &Path, kernel: &str, args: &[String], input: &[u8]) -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
     let (i, o) = (tmp.path().join("in"), tmp.path().join("out"));
     std::fs::write(&i, input).unwrap();
-    let status = Command::new(emulator())
+    let out = Command::new(bin)
         .arg(kernel)
         .arg(&i)
         .arg(&o)
         .args(args)
-        .status()
+        // Under ThreadSanitizer: a race ends the run with an error.
+        .env("TSAN_OPTIONS", "halt_on_error=1 exitcode=66")
+        .output()
         .unwrap();
-    assert!(status.success(), "emulated kernel failed: {args:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("ThreadSanitizer"),
+        "emulated {kernel} failed {args:?}: {err}"
+    );
     std::fs::read(&o).unwrap()
+}
+
+/// The emulator built with ThreadSanitizer (races between a block's threads: a missing
+/// __syncthreads, a shuffle outside its warp), or None with the reason printed where the C
+/// compiler or the machine cannot run it.
+fn tsan_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu_tsan");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let built = Command::new(&cc)
+            .args([
+                "-O1",
+                "-g",
+                "-std=c11",
+                "-pthread",
+                "-fsanitize=thread",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(dir.join("main.c"))
+            .arg("-lm")
+            .output();
+        match built {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                let e = String::from_utf8_lossy(&o.stderr);
+                eprintln!("SKIPPED race checks: `{cc} -fsanitize=thread` failed: {e}");
+                return None;
+            }
+            Err(e) => {
+                eprintln!("SKIPPED race checks: cannot run `{cc}`: {e}");
+                return None;
+            }
+        }
+        // Some kernels' address layouts stop the sanitizer's runtime at start: a run that does
+        // not start is no verdict on our kernels.
+        let tmp = tempfile::tempdir().ok()?;
+        let (i, o) = (tmp.path().join("in"), tmp.path().join("out"));
+        std::fs::write(&i, 1f32.to_le_bytes()).ok()?;
+        let probe = Command::new(&out)
+            .arg("f16")
+            .arg(&i)
+            .arg(&o)
+            .output()
+            .ok()?;
+        if !probe.status.success() {
+            let e = String::from_utf8_lossy(&probe.stderr);
+            eprintln!("SKIPPED race checks: ThreadSanitizer does not run here: {e}");
+            return None;
+        }
+        Some(out)
+    })
+    .as_deref()
 }
 
 /// The emulator's f16 conversions (the GPU's cvt instructions there) are IEEE's, as `half`'s.
@@ -511,4 +576,44 @@ fn emulated_adamw_matches_pytorch() {
         checked += 1;
     }
     assert_eq!(checked, model.len(), "every parameter has a reference step");
+}
+
+/// Every kernel under ThreadSanitizer: no data race between the threads of a block (the
+/// emulator's barriers are the kernels' __syncthreads and warp shuffles, so a missing one
+/// shows as a race even when the values happen to come out right).
+#[test]
+fn emulated_kernels_have_no_data_races() {
+    let Some(bin) = tsan_emulator() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let strs = |v: &[usize]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
+    // Attention: two splits, GQA, each element kind, strided rows.
+    let (b, hkv, g, dh, cap, pos) = (2, 2, 3, 32, 80, 70);
+    for (x, c) in [
+        (Kind::F32, Kind::F32),
+        (Kind::F32, Kind::F16),
+        (Kind::Bf16, Kind::Bf16),
+    ] {
+        let (q_rs, kv_rs) = (hkv * g * dh + 3, hkv * dh + 1);
+        let mut input = x.bytes(&rand(b * q_rs + 2 * b * kv_rs + dh));
+        input.extend(c.bytes(&rand(2 * b * hkv * cap * dh)));
+        let round_q = (x == Kind::F32 && c == Kind::F16) as usize;
+        let mut args = strs(&[b, hkv, g, dh, cap, pos, x as usize, c as usize, round_q]);
+        args.extend(strs(&[q_rs, kv_rs, kv_rs]));
+        args.push("0.17".into());
+        run_with(bin, "attention", &args, &input);
+    }
+    for k in [Kind::F32, Kind::Bf16] {
+        let (r, d) = (3, 600);
+        let input = k.bytes(&rand(2 * r * d + d));
+        let mut args = strs(&[r, d, d, d]);
+        args.extend(["1e-5".to_string(), (k as usize).to_string()]);
+        run_with(bin, "add_rms_norm", &args, &input);
+        let input = k.bytes(&rand(2 * r * d));
+        run_with(bin, "swiglu", &strs(&[r, d, d, d, k as usize]), &input);
+    }
+    let n = 1000;
+    let mut args = strs(&[n]);
+    args.extend(["0.999", "0.1", "0.95", "0.05", "1e-8", "0.22", "0.1"].map(String::from));
+    run_with(bin, "adamw", &args, &Kind::F32.bytes(&rand(4 * n)));
 }
