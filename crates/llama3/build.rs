@@ -7,7 +7,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 3] = ["decode_attention", "rows", "adamw"];
+const KERNELS: [&str; 4] = ["decode_attention", "rows", "adamw", "softmax"];
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");

@@ -612,8 +612,73 @@ fn emulated_kernels_have_no_data_races() {
         let input = k.bytes(&rand(2 * r * d));
         run_with(bin, "swiglu", &strs(&[r, d, d, d, k as usize]), &input);
     }
+    for k in [Kind::F32, Kind::Bf16] {
+        let (rows, t, s) = (10, 5, 300);
+        let mut args = strs(&[rows, t, s]);
+        args.extend(["0.125".to_string(), (k as usize).to_string()]);
+        run_with(bin, "softmax", &args, &k.bytes(&rand(rows * s)));
+        run_with(bin, "softmax_bwd", &args, &k.bytes(&rand(2 * rows * s)));
+    }
     let n = 1000;
     let mut args = strs(&[n]);
     args.extend(["0.999", "0.1", "0.95", "0.05", "1e-8", "0.22", "0.1"].map(String::from));
     run_with(bin, "adamw", &args, &Kind::F32.bytes(&rand(4 * n)));
+}
+
+/// The causal softmax kernels against the ops they replace in `Attention::attend` (scale, the
+/// broadcast causal mask, softmax) on the CPU, forward and backward (candle's autograd).
+#[test]
+fn emulated_causal_softmax_matches_candle() {
+    use candle_core::Var;
+    let dev = Device::Cpu;
+    // (groups of rows, T new positions, S keys): training (S = T), a prompt chunk after a cache
+    // (S > T), single decode rows (T = 1), rows longer than a block's threads.
+    for (groups, t, s) in [(6, 12, 12), (4, 5, 9), (3, 1, 40), (1, 24, 600)] {
+        for (k, tol) in [(Kind::F32, 1e-6), (Kind::Bf16, 8e-3)] {
+            let scale = 0.125f32;
+            let rows = groups * t;
+            let (x, _) = strided(rows, s, s, 11);
+            let x = k.round(&x);
+            let xt = Var::from_vec(x.clone(), (groups, t, s), &dev).unwrap();
+            let mask = llama3::model::attention::causal_mask(t, s - t, &dev).unwrap();
+            let att = (xt.as_tensor() * scale as f64)
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap();
+            let y = llama3::model::attention::softmax_last_dim(&att).unwrap();
+            let (dy, _) = strided(rows, s, s, 12);
+            let dy = k.round(&dy);
+            let dyt = Tensor::from_vec(dy.clone(), (groups, t, s), &dev).unwrap();
+            let grads = (&y * &dyt).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx_want = floats(grads.get(xt.as_tensor()).unwrap());
+            let y_want = floats(&y);
+
+            let args = |kind: Kind| -> Vec<String> {
+                vec![
+                    rows.to_string(),
+                    t.to_string(),
+                    s.to_string(),
+                    format!("{scale:e}"),
+                    (kind as usize).to_string(),
+                ]
+            };
+            let y_got = k.floats(&run("softmax", &args(k), &k.bytes(&x)));
+            let e = max_rel(&y_got, &y_want);
+            assert!(e <= tol, "{k:?} {groups}x{t}x{s}: forward differs by {e:e}");
+            // Masked keys are exact zeros.
+            for r in 0..rows {
+                let n = s - t + r % t + 1;
+                assert!(y_got[r * s + n..(r + 1) * s].iter().all(|&v| v == 0.0));
+            }
+            // Backward from the reference probabilities, so only the backward is compared.
+            let mut input = k.bytes(&k.round(&y_want));
+            input.extend(k.bytes(&dy));
+            let dx_got = k.floats(&run("softmax_bwd", &args(k), &input));
+            let e = max_rel(&dx_got, &dx_want);
+            assert!(
+                e <= 2.0 * tol,
+                "{k:?} {groups}x{t}x{s}: backward differs by {e:e}"
+            );
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Our CUDA kernels (`kernels/*.cu`, compiled to PTX by build.rs) as candle ops, for the
 //! steps where candle's per-op cost (a launch and an allocation each, ~10 µs) bounds a small
 //! model on a GPU: decode attention (`attention.rs`), the residual add with RMSNorm and SwiGLU
-//! (`rows.rs`) for inference, and the AdamW step (`adamw.rs`) for training. The CPU keeps its
+//! (`rows.rs`) for inference, the causal softmax with its backward (`softmax.rs`) for prompts
+//! and training, and the AdamW step (`adamw.rs`). The CPU keeps its
 //! own paths. The kernels' logic
 //! is tested on the CPU by an emulator (`tests/cuda_kernels.rs`); the GPU suite checks the
 //! launches against candle's ops.
@@ -9,6 +10,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod rows;
+pub mod softmax;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;

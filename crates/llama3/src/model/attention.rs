@@ -217,19 +217,25 @@ impl Attention {
         // grouping the G query heads of a KV head along the row axis needs no K/V copies.
         let q = q.contiguous()?.reshape((b, hkv, g * t, dh))?; // (B, Hkv, G*T, Dh)
         let scale = 1.0 / (dh as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?; // (B, Hkv, G*T, S)
-        let att = match mask {
-            Some(m) => att
-                .reshape((b, hkv, g, t, s))?
-                .broadcast_add(&m.to_dtype(att.dtype())?)?
-                .reshape((b, hkv, g * t, s))?,
-            None => att,
-        };
-        // Softmax in f32 (candle's fused kernel sums in f32 whatever the dtype, so inference
-        // skips the casts).
-        let att = match att.track_op() {
-            true => softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?,
-            false => softmax_last_dim(&att)?,
+        let att = q.matmul(&k.t()?)?; // (B, Hkv, G*T, S)
+        let att = match fused_softmax(&att, scale, t)? {
+            Some(p) => p,
+            None => {
+                let att = (att * scale)?;
+                let att = match mask {
+                    Some(m) => att
+                        .reshape((b, hkv, g, t, s))?
+                        .broadcast_add(&m.to_dtype(att.dtype())?)?
+                        .reshape((b, hkv, g * t, s))?,
+                    None => att,
+                };
+                // Softmax in f32 (candle's fused kernel sums in f32 whatever the dtype, so
+                // inference skips the casts).
+                match att.track_op() {
+                    true => softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?,
+                    false => softmax_last_dim(&att)?,
+                }
+            }
         };
         let att = round(att)?;
         // v: contiguous, or the cache's narrowed view whose rows are (matmul takes its strides).
@@ -240,6 +246,19 @@ impl Attention {
             .reshape((b, t, h * dh))?; // (B, T, H*Dh)
         Ok(y)
     }
+}
+
+/// On a GPU: `softmax(scale * att + mask)` in one kernel with its own backward
+/// (`crate::cuda::softmax`), for scores (B, Hkv, G*T, S) of T new positions. The mask
+/// `attend` gets is always `causal_mask(T, S - T)` (or none for one position, where it masks
+/// nothing), which the kernel applies itself. None where it does not apply.
+fn fused_softmax(att: &Tensor, scale: f64, t: usize) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::softmax::applies(att) {
+        return Ok(Some(crate::cuda::softmax::causal(att, scale, t)?));
+    }
+    let _ = (att, scale, t);
+    Ok(None)
 }
 
 /// Softmax over the last dim. With gradients tracked it is built from differentiable ops, the

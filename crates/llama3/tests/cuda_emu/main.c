@@ -7,12 +7,15 @@
  *     IN: gate (R*G_RS), up (R*U_RS); OUT: h (R*F).
  *   main adamw IN OUT N DECAY NB1 B2 NB2 EPS BC2 STEP
  *     IN: p, g, m, v (N f32 each); OUT: p, m, v after the step (m, v as the kernel's m2, v2).
+ *   main softmax IN OUT ROWS T S SCALE XK
+ *     IN: x (ROWS*S); OUT: y. main softmax_bwd, same arguments: IN: y, dy; OUT: dx.
  *   main f16 IN OUT: IN's f32 values to f16 bits and back (u16, f32 each).
  * Element kinds: 0 f32, 1 bf16, 2 f16. */
 #include "emu.h"
 #include "../../kernels/decode_attention.cu"
 #include "../../kernels/rows.cu"
 #include "../../kernels/adamw.cu"
+#include "../../kernels/softmax.cu"
 
 struct args {
     void *q, *k, *v, *cosv, *sinv, *kc, *vc, *y;
@@ -147,11 +150,57 @@ static int adamw_main(int argc, char **argv) {
     return 0;
 }
 
+struct softmax_args {
+    void *a, *b, *out;
+    int t, s, xk;
+    float scale;
+};
+
+static void run_softmax(void *p) {
+    struct softmax_args *a = (struct softmax_args *)p;
+    causal_softmax(a->a, a->out, a->t, a->s, a->scale, a->xk);
+}
+
+static void run_softmax_bwd(void *p) {
+    struct softmax_args *a = (struct softmax_args *)p;
+    causal_softmax_bwd(a->a, a->b, a->out, a->t, a->s, a->scale, a->xk);
+}
+
+static int softmax_main(int argc, char **argv) {
+    int bwd = strcmp(argv[1], "softmax_bwd") == 0;
+    if (argc != 9) {
+        fprintf(stderr, "usage: see main.c\n");
+        return 2;
+    }
+    struct softmax_args a;
+    int rows = atoi(argv[4]);
+    a.t = atoi(argv[5]);
+    a.s = atoi(argv[6]);
+    a.scale = strtof(argv[7], NULL);
+    a.xk = atoi(argv[8]);
+    size_t xs = kind_size(a.xk), n = (size_t)rows * a.s;
+    FILE *in = fopen(argv[2], "rb");
+    if (!in) return 2;
+    a.a = take(in, n, xs);
+    a.b = bwd ? take(in, n, xs) : NULL;
+    fclose(in);
+    a.out = calloc(n ? n : 1, xs);
+    dim3 grid = {(unsigned)rows, 1, 1};
+    emu_launch(grid, NWARPS * 32, bwd ? run_softmax_bwd : run_softmax, &a);
+    FILE *out = fopen(argv[3], "wb");
+    if (!out) return 2;
+    put(out, a.out, n, xs);
+    fclose(out);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: see main.c\n");
         return 2;
     }
+    if (strcmp(argv[1], "softmax") == 0 || strcmp(argv[1], "softmax_bwd") == 0)
+        return softmax_main(argc, argv);
     if (strcmp(argv[1], "adamw") == 0) return adamw_main(argc, argv);
     if (strcmp(argv[1], "add_rms_norm") == 0 || strcmp(argv[1], "swiglu") == 0)
         return rows_main(argc, argv);
