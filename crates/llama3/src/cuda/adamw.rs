@@ -7,7 +7,7 @@ use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::WrapErr;
 use candle_core::{bail, CudaStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::{alloc, cpu_refused, cuda, grid, ptr, THREADS};
+use super::{alloc, cuda, grid, ptr, THREADS};
 use crate::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
@@ -41,17 +41,7 @@ impl CustomOp3 for AdamW {
         "llama3-adamw"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    super::gpu_only!(a b c);
 
     fn cuda_fwd(
         &self,

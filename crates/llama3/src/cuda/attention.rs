@@ -12,7 +12,7 @@ use candle_core::cuda::cudarc::driver::{DevicePtr, PushKernelArg};
 use candle_core::cuda::WrapErr;
 use candle_core::{bail, CudaStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::{alloc, cpu_refused, cuda, grid, on_gpu, ptr, rows};
+use super::{alloc, cuda, grid, on_gpu, ptr, rows};
 use crate::model::cache::KvCache;
 use crate::model::decode::Heads;
 use crate::Result;
@@ -84,17 +84,7 @@ impl CustomOp3 for DecodeAttention {
         "llama3-decode-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    super::gpu_only!(a b c);
 
     fn cuda_fwd(
         &self,

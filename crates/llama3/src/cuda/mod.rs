@@ -36,6 +36,20 @@ fn cpu_refused<T>(name: &str) -> candle_core::Result<T> {
     bail!("{name}: a CUDA kernel, run on a GPU only (the CPU has its own path)")
 }
 
+/// The `cpu_fwd` of a GPU-only CustomOp of 1, 2 or 3 inputs: refused.
+macro_rules! gpu_only {
+    ($($n:ident)+) => {
+        fn cpu_fwd(
+            &self,
+            $($n: &candle_core::CpuStorage, _: &candle_core::Layout,)+
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            let _ = ($($n,)+);
+            super::cpu_refused(self.name())
+        }
+    };
+}
+use gpu_only;
+
 static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
 
 fn switch() -> &'static AtomicBool {

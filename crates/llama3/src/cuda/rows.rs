@@ -7,7 +7,7 @@ use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::WrapErr;
 use candle_core::{bail, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 
-use super::{alloc, cpu_refused, cuda, grid, on_gpu, ptr, rows, THREADS};
+use super::{alloc, cuda, grid, on_gpu, ptr, rows, THREADS};
 use crate::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rows.ptx"));
@@ -40,15 +40,7 @@ impl CustomOp2 for AddRmsNorm {
         "llama3-add-rms-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    super::gpu_only!(a b);
 
     fn cuda_fwd(
         &self,
@@ -106,15 +98,7 @@ impl CustomOp2 for Swiglu {
         "llama3-swiglu"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    super::gpu_only!(a b);
 
     fn cuda_fwd(
         &self,

@@ -9,7 +9,7 @@ use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::WrapErr;
 use candle_core::{bail, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::{alloc, cpu_refused, grid, ptr};
+use super::{alloc, grid, ptr};
 use crate::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/softmax.ptx"));
@@ -122,13 +122,7 @@ impl CustomOp1 for CausalSoftmax {
         "llama3-causal-softmax"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    super::gpu_only!(a);
 
     fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         self.launch("causal_softmax", &[(x, l)])
@@ -150,15 +144,7 @@ impl CustomOp2 for CausalSoftmaxBwd {
         "llama3-causal-softmax-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    super::gpu_only!(a b);
 
     fn cuda_fwd(
         &self,

@@ -294,18 +294,8 @@ impl Stack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::testing::max_diff as diff;
     use candle_core::{Device, Var};
-
-    fn diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// A stack gives each layer's own output, and steps aside once a layer's weight is
     /// replaced, gets an adapter, or gradients are tracked.
