@@ -33,12 +33,12 @@ bench() { # NAME ARGS...
   "$BIN/llama3" bench "$@" --json | tee "$OUT/bench-$name.json" || status=1
 }
 # BENCHES: which to run (default all). The *-ops runs turn our CUDA kernels off
-# (LLAMA3_FUSED_DECODE=0: candle's ops for attention, norms, SwiGLU and AdamW), side by side.
+# (LLAMA3_CUDA_KERNELS=0: candle's ops for attention, softmax, norms, SwiGLU and AdamW), side by side.
 want() { [[ " ${BENCHES:-q4_1 q4_1-ops smollm2-b1 smollm2-b1-ops smollm2-b16 llama1b-b1 llama1b-b16} " == *" $1 "* ]]; }
 want q4_1 && bench q4_1 -m "$MODEL" -p 512 -n 128 -r 3
-want q4_1-ops && LLAMA3_FUSED_DECODE=0 bench q4_1-ops -m "$MODEL" -p 512 -n 128 -r 3
+want q4_1-ops && LLAMA3_CUDA_KERNELS=0 bench q4_1-ops -m "$MODEL" -p 512 -n 128 -r 3
 want smollm2-b1 && bench smollm2-b1 --preset smollm2-135m -p 512 -n 128 -r 3 --train --train-batch 8
-want smollm2-b1-ops && LLAMA3_FUSED_DECODE=0 bench smollm2-b1-ops --preset smollm2-135m -p 512 -n 128 -r 3 --train --train-batch 8
+want smollm2-b1-ops && LLAMA3_CUDA_KERNELS=0 bench smollm2-b1-ops --preset smollm2-135m -p 512 -n 128 -r 3 --train --train-batch 8
 want smollm2-b16 && bench smollm2-b16 --preset smollm2-135m -p 512 -n 128 -r 3 -b 16
 want llama1b-b1 && bench llama1b-b1 --preset llama3.2-1b -p 512 -n 128 -r 3 --train --train-batch 4
 want llama1b-b16 && bench llama1b-b16 --preset llama3.2-1b -p 512 -n 128 -r 3 -b 16

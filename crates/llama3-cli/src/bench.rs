@@ -320,7 +320,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 /// Whether our CUDA kernels run (a GPU, the `cuda` build, not turned off with
-/// `LLAMA3_FUSED_DECODE=0`).
+/// `LLAMA3_CUDA_KERNELS=0`).
 fn cuda_kernels(device: &candle_core::Device) -> bool {
     #[cfg(feature = "cuda")]
     return device.is_cuda() && llama3::cuda::enabled();

@@ -53,13 +53,13 @@ use gpu_only;
 static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
 
 fn switch() -> &'static AtomicBool {
-    // LLAMA3_FUSED_DECODE=0 keeps candle's ops (to compare, or to work around a driver issue).
+    // LLAMA3_CUDA_KERNELS=0 keeps candle's ops (to compare, or to work around a driver issue).
     ENABLED.get_or_init(|| {
-        AtomicBool::new(std::env::var("LLAMA3_FUSED_DECODE").map_or(true, |v| v != "0"))
+        AtomicBool::new(std::env::var("LLAMA3_CUDA_KERNELS").map_or(true, |v| v != "0"))
     })
 }
 
-/// Whether our kernels are on (default; `LLAMA3_FUSED_DECODE=0` turns them off).
+/// Whether our kernels are on (default; `LLAMA3_CUDA_KERNELS=0` turns them off).
 pub fn enabled() -> bool {
     switch().load(Ordering::Relaxed)
 }
