@@ -29,8 +29,6 @@
  * Launch: decode_attention grid (P, Hkv, B), decode_attention_combine grid (Hkv, B); blocks of
  * NWARPS*32 threads; needs Dh even, Dh <= 32*MAX_DPL, G <= MAX_G, G*Dh <= MAX_GD. */
 
-
-#define NWARPS 8
 #define MAX_DPL 8
 #define MAX_G 8
 #define MAX_GD 1024

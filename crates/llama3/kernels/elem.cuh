@@ -16,6 +16,8 @@ DEV unsigned short f32_to_f16(float f) { return __half_as_ushort(__float2half_rn
 DEV float shfl_xor(float x, int o) { return __shfl_xor_sync(0xffffffffu, x, o); }
 #endif
 
+/* Warps per block of every kernel: blocks of NWARPS*32 threads (THREADS in src/cuda/mod.rs). */
+#define NWARPS 8
 
 DEV float bf16_to_f32(unsigned short h) { return BITS_F32(((unsigned int)h) << 16); }
 

@@ -11,9 +11,6 @@
  * Launch: add_rms_norm grid (R), swiglu grid (ceil(F / threads), R); NWARPS*32 threads. The C
  * subset of CUDA again: tests/cuda_emu runs this file on the CPU. */
 
-
-#define NWARPS 8
-
 #include "elem.cuh"
 
 KAPI void add_rms_norm(const void *x, const void *y, long long x_rs, long long y_rs,

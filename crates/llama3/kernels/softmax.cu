@@ -11,8 +11,6 @@
  * x, y, dy, dx (rows, S) contiguous, all of element kind `xk` (elem.cuh). Launch: grid (rows),
  * NWARPS*32 threads. C subset of CUDA: tests/cuda_emu runs it on the CPU. */
 
-#define NWARPS 8
-
 #include "elem.cuh"
 
 /* The block's max (op 0) or sum (op 1) of x; every thread gets it. `red` holds NWARPS floats;

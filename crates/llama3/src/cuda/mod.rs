@@ -2,10 +2,9 @@
 //! steps where candle's per-op cost (a launch and an allocation each, ~10 µs) bounds a small
 //! model on a GPU: decode attention (`attention.rs`), the residual add with RMSNorm and SwiGLU
 //! (`rows.rs`) for inference, the causal softmax with its backward (`softmax.rs`) for prompts
-//! and training, and the AdamW step (`adamw.rs`). The CPU keeps its
-//! own paths. The kernels' logic
-//! is tested on the CPU by an emulator (`tests/cuda_kernels.rs`); the GPU suite checks the
-//! launches against candle's ops.
+//! and training, and the AdamW step (`adamw.rs`). The CPU keeps its own paths. The kernels'
+//! logic is tested on the CPU by an emulator (`tests/cuda_attention.rs`, `tests/cuda_ops.rs`);
+//! the GPU suite checks the launches against candle's ops.
 
 pub mod adamw;
 pub mod attention;

@@ -42,7 +42,7 @@ struct CausalSoftmax {
 struct CausalSoftmaxBwd(CausalSoftmax);
 
 /// Rows and row length of contiguous scores, checked against T.
-fn rows(l: &Layout, t: usize) -> candle_core::Result<(usize, usize)> {
+fn score_rows(l: &Layout, t: usize) -> candle_core::Result<(usize, usize)> {
     let s = *l.dims().last().unwrap_or(&0);
     let n = l.shape().elem_count();
     if !l.is_contiguous()
@@ -69,7 +69,7 @@ impl CausalSoftmax {
         ins: &[(&CudaStorage, &Layout)],
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let (x, xl) = ins[0];
-        let (r, s) = rows(xl, self.t)?;
+        let (r, s) = score_rows(xl, self.t)?;
         let dev = x.device.clone();
         let stream = dev.cuda_stream();
         let out = alloc(&dev, x.dtype(), r * s)?;
@@ -78,7 +78,7 @@ impl CausalSoftmax {
             let mut guards = Vec::with_capacity(3);
             let mut kinds = Vec::with_capacity(2);
             for (st, l) in ins {
-                if rows(l, self.t)? != (r, s) {
+                if score_rows(l, self.t)? != (r, s) {
                     bail!(
                         "causal softmax backward: y {:?}, dy {:?}",
                         xl.dims(),

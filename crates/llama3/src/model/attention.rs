@@ -60,11 +60,11 @@ impl Attention {
             Some((cache, layer)) if b == 1 && self.fuses(x) => {
                 // One sequence (a token or a prompt chunk): the fused CPU loop that batches
                 // use too; `mask` is the causal one, which it applies itself.
-                let rows = SeqRows {
+                let rows = SeqRows::new(
                     t,
-                    cos: cos.flatten_all()?.to_vec1()?,
-                    sin: sin.flatten_all()?.to_vec1()?,
-                };
+                    cos.flatten_all()?.to_vec1()?,
+                    sin.flatten_all()?.to_vec1()?,
+                );
                 let (q, k, v) = self.project_rows(x)?;
                 let y = decode::attend(self.heads(), &q, &k, &v, &[rows], &mut [cache], layer)?;
                 return self.o_proj.forward(&y.reshape((1, t, ()))?);
@@ -114,9 +114,7 @@ impl Attention {
             // (T, 1, ..) rows of this sequence as a (1, T, ..) batch of one.
             let rows = |a: &Tensor| a.narrow(0, r0, s.t)?.reshape((1, s.t, ()));
             let (q, k, v) = self.split_heads(rows(&q)?, rows(&k)?, rows(&v)?)?;
-            let half = s.cos.len() / s.t;
-            let cos = Tensor::from_slice(&s.cos, (s.t, half), x.device())?.to_dtype(x.dtype())?;
-            let sin = Tensor::from_slice(&s.sin, (s.t, half), x.device())?.to_dtype(x.dtype())?;
+            let (cos, sin) = s.tables(x.device(), x.dtype())?; // (T, Dh/2)
             #[cfg(feature = "cuda")]
             if s.t == 1 && crate::cuda::attention::applies(self.heads(), x) {
                 // A decode row on a GPU: the one-launch kernel, as `forward` does.
@@ -338,11 +336,11 @@ mod tests {
                     .enumerate()
                     .map(|(i, &t)| {
                         let rows: Vec<_> = (0..t).map(|j| rope_of(fused[i].len() + j)).collect();
-                        SeqRows {
+                        SeqRows::new(
                             t,
-                            cos: rows.iter().flat_map(|r| r.0.clone()).collect(),
-                            sin: rows.iter().flat_map(|r| r.1.clone()).collect(),
-                        }
+                            rows.iter().flat_map(|r| r.0.clone()).collect(),
+                            rows.iter().flat_map(|r| r.1.clone()).collect(),
+                        )
                     })
                     .collect();
                 let mut refs: Vec<&mut KvCache> = fused.iter_mut().take(ts.len()).collect();

@@ -12,6 +12,8 @@
 //! softmax with the max subtracted, and with an f16 cache the query and the probabilities
 //! rounded to f16 (as llama.cpp's f16 K/V matmuls do).
 
+use std::sync::OnceLock;
+
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -41,6 +43,34 @@ pub struct SeqRows {
     pub t: usize,
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
+    /// The tables as tensors, made by the first layer that asks ([`SeqRows::tables`]).
+    tensors: OnceLock<(Tensor, Tensor)>,
+}
+
+impl SeqRows {
+    pub fn new(t: usize, cos: Vec<f32>, sin: Vec<f32>) -> Self {
+        Self {
+            t,
+            cos,
+            sin,
+            tensors: OnceLock::new(),
+        }
+    }
+
+    /// cos and sin (T, Dh/2) on `device` in `dtype`: uploaded once per forward, not once per
+    /// layer (every layer of a forward asks for the same).
+    pub fn tables(&self, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        if let Some((c, s)) = self.tensors.get() {
+            if c.device().same_device(device) && c.dtype() == dtype {
+                return Ok((c.clone(), s.clone()));
+            }
+        }
+        let half = self.cos.len() / self.t.max(1);
+        let table = |v: &[f32]| Tensor::from_slice(v, (self.t, half), device)?.to_dtype(dtype);
+        let (c, s) = (table(&self.cos)?, table(&self.sin)?);
+        let _ = self.tensors.set((c.clone(), s.clone()));
+        Ok((c, s))
+    }
 }
 
 /// Positions of one sequence per attention task (tasks are (sequence, KV head, positions)

@@ -313,11 +313,7 @@ impl Llama {
                 cos.extend(c);
                 sin.extend(s);
             }
-            seqs.push(SeqRows {
-                t: p.len(),
-                cos,
-                sin,
-            });
+            seqs.push(SeqRows::new(p.len(), cos, sin));
         }
         let ids: Vec<u32> = parts.concat();
         let m = ids.len();

@@ -1,5 +1,5 @@
 /* Runs CUDA kernels written in the C subset of CUDA on the CPU, to test their logic where no
- * GPU is present (tests/cuda_kernels.rs). A block's threads are pthreads that run at once;
+ * GPU is present (tests/cuda_attention.rs, tests/cuda_ops.rs). A block's threads are pthreads that run at once;
  * blocks run one after another, so `__shared__` (here `static`) is the running block's.
  * __syncthreads is a barrier of the block, a warp shuffle a barrier of the warp with an
  * exchange slot per thread: kernels must call them where CUDA requires (the whole block,

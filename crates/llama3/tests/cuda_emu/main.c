@@ -1,4 +1,5 @@
-/* Runs our kernels (the .cu files in kernels/) on the CPU (emu.h) for tests/cuda_kernels.rs:
+/* Runs our kernels (the .cu files in kernels/) on the CPU (emu.h) for the tests
+ * cuda_attention.rs and cuda_ops.rs:
  *   main attention IN OUT B HKV G DH CAP POS XK CK ROUND_Q Q_RS K_RS V_RS SCALE
  *     IN: q, k, v, cos, sin (kind XK), kc, vc (kind CK) back to back; OUT: y, kc, vc.
  *   main add_rms_norm IN OUT R D X_RS Y_RS EPS XK
