@@ -13,10 +13,12 @@
 
 pub mod api;
 mod completions;
-pub mod engine;
 pub mod error;
-pub mod metrics;
 mod routes;
+
+/// The continuous-batching engine the routes submit to (no HTTP; `llama3-engine`).
+pub use llama3_engine as engine;
+pub use llama3_engine::metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -197,25 +197,30 @@ impl Llama {
     /// (B, T) u32 ids -> (B, T, D) hidden states after the final norm. Positions start at the
     /// cache length (0 without a cache).
     pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        in_pool(|| self.forward_hidden_here(ids, cache))
+        in_pool(|| {
+            self.check_ids(&ids.flatten_all()?.to_vec1::<u32>()?)?;
+            self.forward_hidden_here(ids, cache)
+        })
     }
 
+    /// An error naming the first id outside the vocabulary, checked on the host before ids
+    /// reach the device (an embedding lookup past the table is undefined on a GPU).
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
+            Some(bad) => Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.config.vocab_size
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Ids already checked by [`Self::check_ids`].
     fn forward_hidden_here(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let pos = cache.as_ref().map_or(0, |c| c.len());
         if let Some(c) = cache.as_ref() {
             c.reserve(t)?;
-        }
-        if let Some(bad) = ids
-            .flatten_all()?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .find(|&i| i as usize >= self.config.vocab_size)
-        {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.config.vocab_size
-            )));
         }
         let (cos, sin, mask) = self.positions(pos, t)?;
         let mut x = self.embed_tokens.forward(ids)?; // (B, T, D)
@@ -255,7 +260,29 @@ impl Llama {
         which: Logits,
     ) -> Result<Tensor> {
         in_pool(|| {
-            let x = self.forward_hidden_here(ids, cache)?;
+            self.check_ids(&ids.flatten_all()?.to_vec1::<u32>()?)?;
+            self.logits_of(self.forward_hidden_here(ids, cache)?, which)
+        })
+    }
+
+    /// One sequence's ids from the host (checked there, then uploaded), appended to `cache`:
+    /// (T) -> (1, T, V) logits, or (1, 1, V) with `Logits::Last`. What generation calls.
+    pub fn forward_tokens(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        in_pool(|| {
+            let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?; // (1, T)
+            self.logits_of(self.forward_hidden_here(&ids, Some(cache))?, which)
+        })
+    }
+
+    /// (B, T, D) final hidden states -> the logits `which` asks for.
+    fn logits_of(&self, x: Tensor, which: Logits) -> Result<Tensor> {
+        {
             let x = match which {
                 Logits::All => x,
                 Logits::Last => {
@@ -264,7 +291,7 @@ impl Llama {
                 }
             };
             self.lm_head.forward(&x)
-        })
+        }
     }
 
     /// One decode step for N independent sequences (continuous batching): `tokens[i]` is
@@ -294,15 +321,8 @@ impl Llama {
                 caches.len()
             )));
         }
-        if let Some(&bad) = parts
-            .iter()
-            .flat_map(|p| p.iter())
-            .find(|&&i| i as usize >= self.config.vocab_size)
-        {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.config.vocab_size
-            )));
+        for p in parts {
+            self.check_ids(p)?;
         }
         let mut seqs = Vec::with_capacity(n);
         for (c, p) in caches.iter().zip(parts) {

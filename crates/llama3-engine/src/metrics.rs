@@ -1,4 +1,4 @@
-//! Prometheus metrics (`GET /metrics`), kept with `prometheus-client`: request counts by route
+//! Prometheus metrics (the server's `GET /metrics`), kept with `prometheus-client`: request counts by route
 //! and status, tokens in and out, queue depth and busy slots, and latency histograms.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,6 +18,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub prompt_tokens: Counter,
+    /// Prompt tokens found in a slot's cache (a prefix shared with the slot's last request).
+    pub prompt_tokens_cached: Counter,
     pub generated_tokens: Counter,
     /// Requests waiting for a slot.
     pub queue_depth: Gauge,
@@ -41,6 +43,7 @@ impl Metrics {
         let m = Self {
             requests: requests.clone(),
             prompt_tokens: Counter::default(),
+            prompt_tokens_cached: Counter::default(),
             generated_tokens: Counter::default(),
             queue_depth: Gauge::default(),
             slots_busy: Gauge::default(),
@@ -58,6 +61,11 @@ impl Metrics {
             "prompt_tokens",
             "Prompt tokens processed",
             m.prompt_tokens.clone(),
+        );
+        registry.register(
+            "prompt_tokens_cached",
+            "Prompt tokens reused from a slot's KV cache",
+            m.prompt_tokens_cached.clone(),
         );
         registry.register(
             "generated_tokens",
