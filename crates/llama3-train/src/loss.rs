@@ -2,7 +2,7 @@
 //! logits in f32, position `t` predicts label `t + 1`, labels equal to -100 are not counted,
 //! and the loss is the mean over counted positions.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use llama3::Llama;
 
 use crate::{Error, Result};
@@ -67,9 +67,9 @@ pub fn causal_lm_loss_sum(model: &Llama, ids: &Tensor, labels: &Tensor) -> Resul
 }
 
 /// Summed cross-entropy of `rows` of `hidden` (B*T, D) through the head against `targets`;
-/// `hidden` is after the final norm. A plain f32 CPU head gives one item from the fused op
-/// (`llama3::fused::linear_cross_entropy_sum`: logits never held whole, gradients in the same
-/// pass); any other head HEAD_ROWS rows per item through candle's ops.
+/// `hidden` is after the final norm. Where the head fuses with the loss
+/// (`llama3::ops::loss`: logits never held whole, gradients in the same pass) one item; any
+/// other head HEAD_ROWS rows per item through candle's ops.
 pub fn head_chunks<'a>(
     model: &'a Llama,
     hidden: &'a Tensor,
@@ -81,11 +81,7 @@ pub fn head_chunks<'a>(
     };
     let fused = || -> Result<Option<Tensor>> {
         let h = select(rows)?;
-        Ok(llama3::fused::linear_cross_entropy_sum(
-            &model.lm_head,
-            &h,
-            targets,
-        )?)
+        Ok(model.lm_head.cross_entropy_sum(&h, targets)?)
     };
     match fused() {
         Ok(None) => {}
@@ -137,29 +133,10 @@ pub fn shifted_targets(labels: &[i64], b: usize, t: usize) -> Result<(Vec<u32>, 
     Ok((rows, targets))
 }
 
-/// Summed cross-entropy of logits (N, V) against targets (N) u32, in f32:
-/// `sum_i logsumexp(x_i) - x_i[target_i]`. The max is detached (logsumexp is shift-invariant).
+/// Summed cross-entropy of logits (N, V) against targets (N) u32, in f32
+/// (`llama3::ops::loss::cross_entropy_sum`).
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let (n, v) = logits.dims2()?;
-    let bad = targets
-        .to_vec1::<u32>()?
-        .into_iter()
-        .find(|&i| i as usize >= v);
-    if let Some(bad) = bad {
-        return Err(Error::Input(format!(
-            "label {bad} is outside the vocabulary of {v} tokens"
-        )));
-    }
-    let x = logits.to_dtype(DType::F32)?;
-    let max = x.max_keepdim(D::Minus1)?.detach(); // (N, 1)
-    let lse = (x
-        .broadcast_sub(&max)?
-        .exp()?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        + &max)?; // (N, 1)
-    let picked = x.gather(&targets.reshape((n, 1))?, 1)?; // (N, 1)
-    Ok((lse - picked)?.sum_all()?)
+    Ok(llama3::ops::loss::cross_entropy_sum(logits, targets)?)
 }
 
 #[cfg(test)]

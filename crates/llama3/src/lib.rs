@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
@@ -16,12 +17,15 @@ pub mod eval;
 pub mod fused;
 pub mod generate;
 pub mod hub;
+pub mod kv;
 pub mod loader;
 pub mod model;
+pub mod ops;
 pub mod peft;
 pub mod perplexity;
 pub mod quant;
 pub mod quantize;
+pub mod rng;
 pub mod sample;
 pub mod tokenizer;
 pub mod weights;

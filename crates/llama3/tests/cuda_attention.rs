@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use half::f16;
 use harness::{emulator, floats, run, Kind};
 use llama3::config::LlamaConfig;
-use llama3::model::decode::{self, Heads, SeqRows};
+use llama3::cpu::attend as decode;
+use llama3::kv::{Heads, SeqRows};
 use llama3::model::KvCache;
 use rand::{Rng, SeedableRng};
 

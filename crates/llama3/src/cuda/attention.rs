@@ -13,8 +13,7 @@ use candle_core::cuda::WrapErr;
 use candle_core::{bail, CudaStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::{alloc, cuda, grid, on_gpu, ptr, rows};
-use crate::model::cache::KvCache;
-use crate::model::decode::Heads;
+use crate::kv::{Heads, KvCache};
 use crate::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));

@@ -31,7 +31,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::Value as Json;
 
 use super::choice::ChoiceItem;
-use super::rng_for;
+use crate::rng::rng_for;
 use crate::{Error, Result};
 
 /// One multiple-choice example.

@@ -17,32 +17,13 @@ pub mod prompted;
 pub mod rotten;
 pub mod score;
 
-use rand::rngs::StdRng;
 use rand::seq::index;
-use rand::SeedableRng;
+
+use crate::rng::rng_for;
 
 pub use choice::{score_items, summarize, ChoiceItem, ChoiceSummary, ItemScores};
 pub use metrics::{ClassificationReport, ConfusionMatrix, MeanStat};
 pub use score::{encode_pair, ContinuationScore, Scorer};
-
-/// A generator for one purpose (`stream`) of one item (`index`) under `seed`, so that what is
-/// drawn for an item does not depend on the other items or on the order they are visited.
-/// The three numbers are mixed with SplitMix64's finalizer.
-pub(crate) fn rng_for(seed: u64, index: u64, stream: u64) -> StdRng {
-    let mut x = seed;
-    for v in [index, stream] {
-        x = splitmix(x ^ splitmix(v.wrapping_add(0x9E37_79B9_7F4A_7C15)));
-    }
-    StdRng::seed_from_u64(x)
-}
-
-/// SplitMix64's step: a well-mixed 64-bit value for each input (a counter-based generator).
-pub(crate) fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// The indices `0..n` to evaluate: all of them, or `limit` drawn by seed without replacement
 /// and put back in order. A random subset, not the first `limit`: task files are often sorted

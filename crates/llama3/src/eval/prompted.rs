@@ -18,7 +18,7 @@ use rand::seq::IndexedRandom;
 
 use super::choice::ChoiceItem;
 use super::data::LabelledExample;
-use super::rng_for;
+use crate::rng::rng_for;
 use crate::{Error, Result};
 
 /// A prompt template with exactly one `{text}` followed (somewhere later) by one `{label}`.

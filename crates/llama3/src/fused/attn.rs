@@ -16,15 +16,8 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm_with, Mat};
 use super::{f32_slice, with_f32};
+use crate::kv::Heads;
 use crate::{Error, Result};
-
-/// Query heads, KV heads, head dim.
-#[derive(Clone, Copy, Debug)]
-pub struct Heads {
-    pub h: usize,
-    pub hkv: usize,
-    pub dh: usize,
-}
 
 /// Causal attention with RoPE over q (B, T, H*Dh), k and v (B, T, Hkv*Dh), f32 on the CPU;
 /// `cos`/`sin` (T, Dh/2) row-major for positions 0..T. Query head `i` reads KV head
@@ -317,7 +310,7 @@ fn gemm1(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) -> candle_core::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{attention, rope};
+    use crate::ops::{rope, softmax};
     use candle_core::{Device, Var};
 
     /// The differentiable candle ops the model used before (RoPE, repeat_kv, masked softmax).
@@ -336,8 +329,8 @@ mod tests {
                 .transpose(1, 2)
                 .unwrap() // (B, n, T, Dh)
         };
-        let q = rope::apply(&split(q, hd.h), cos, sin).unwrap();
-        let k = rope::apply(&split(k, hd.hkv), cos, sin).unwrap();
+        let q = rope::rope(&split(q, hd.h), cos, sin).unwrap();
+        let k = rope::rope(&split(k, hd.hkv), cos, sin).unwrap();
         let v = split(v, hd.hkv);
         let g = hd.h / hd.hkv;
         let rep = |x: Tensor| {
@@ -346,8 +339,8 @@ mod tests {
         };
         let (k, v) = (rep(k), rep(v));
         let att = (q.matmul(&k.t().unwrap()).unwrap() / (hd.dh as f64).sqrt()).unwrap();
-        let mask = attention::causal_mask(t, 0, q.device()).unwrap();
-        let att = attention::softmax_last_dim(&att.broadcast_add(&mask).unwrap()).unwrap();
+        let mask = softmax::causal_mask(t, 0, q.device()).unwrap();
+        let att = softmax::softmax_last_dim(&att.broadcast_add(&mask).unwrap()).unwrap();
         let y = att.matmul(&v).unwrap(); // (B, H, T, Dh)
         y.transpose(1, 2)
             .unwrap()

@@ -13,7 +13,6 @@ use rayon::prelude::*;
 
 use super::f32_slice;
 use super::gemm::{gemm, Mat};
-use crate::model::{Linear, LinearWeight};
 use crate::{Error, Result};
 
 /// Rows of logits alive at once: about 64 MiB of them (512 rows of a 32k vocabulary, 130 of
@@ -22,19 +21,11 @@ fn chunk_rows(v: usize) -> usize {
     ((16 << 20) / v.max(1)).clamp(32, 512)
 }
 
-/// Summed cross-entropy of `head(h)` (N, D) against `targets` (N ids), as a scalar f32 tensor
-/// with gradients to `h` and to a trained head weight. None when the head is not a plain f32
-/// CPU matrix (quantized, LoRA, mixed precision, a GPU): callers then take the unfused path.
-pub fn linear_cross_entropy_sum(
-    head: &Linear,
-    h: &Tensor,
-    targets: &[u32],
-) -> Result<Option<Tensor>> {
-    let LinearWeight::Dense(w) = &head.weight else {
-        return Ok(None);
-    };
-    let plain = head.lora.is_empty() && head.compute_dtype.is_none();
-    if !plain || w.dtype() != DType::F32 || h.dtype() != DType::F32 || !w.device().is_cpu() {
+/// Summed cross-entropy of `h` (N, D) through the head weight `w` (V, D) against `targets`
+/// (N ids), as a scalar f32 tensor with gradients to `h` and to a trained `w`. None when the
+/// weight or the rows are not f32 on the CPU (the caller takes the unfused path).
+pub fn linear_cross_entropy_sum(w: &Tensor, h: &Tensor, targets: &[u32]) -> Result<Option<Tensor>> {
+    if w.dtype() != DType::F32 || h.dtype() != DType::F32 || !w.device().is_cpu() {
         return Ok(None);
     }
     let (n, d) = h.dims2()?;
@@ -179,7 +170,6 @@ fn row_loss(row: &mut [f32], t: usize, grad: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::Weight;
     use candle_core::{Device, Var, D};
 
     /// The unfused reference: logits, logsumexp, gather, as candle ops.
@@ -215,8 +205,7 @@ mod tests {
         let h = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap())).unwrap();
         let w = Var::from_tensor(&(Tensor::randn(0f32, 0.5, (v, d), &dev).unwrap())).unwrap();
         let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
-        let head = Linear::new(Weight::Dense(w.as_tensor().clone()));
-        let fused = linear_cross_entropy_sum(&head, h.as_tensor(), &targets)
+        let fused = linear_cross_entropy_sum(w.as_tensor(), h.as_tensor(), &targets)
             .unwrap()
             .unwrap();
         let want = reference(h.as_tensor(), w.as_tensor(), &targets);
@@ -244,7 +233,7 @@ mod tests {
         let dev = Device::Cpu;
         let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 1.0, (11, 8), &dev).unwrap();
-        let head = Linear::new(Weight::Dense(w.clone()));
+        let head = w.clone();
         let loss = linear_cross_entropy_sum(&head, h.as_tensor(), &[0, 1, 2, 3, 10])
             .unwrap()
             .unwrap();
@@ -254,7 +243,7 @@ mod tests {
         assert!(linear_cross_entropy_sum(&head, h.as_tensor(), &[0, 1, 2, 3, 11]).is_err());
         assert!(linear_cross_entropy_sum(&head, h.as_tensor(), &[0, 1]).is_err());
         // Not fusable: the caller's path.
-        let half = Linear::new(Weight::Dense(w.to_dtype(DType::F16).unwrap()));
+        let half = w.to_dtype(DType::F16).unwrap();
         assert!(linear_cross_entropy_sum(&half, h.as_tensor(), &[0; 5])
             .unwrap()
             .is_none());

@@ -34,15 +34,6 @@ pub(crate) fn f32_slice<'a>(
     }
 }
 
-/// Whether these activations carry gradients as f32 on the CPU: the fused training ops take
-/// them (the model's layers check this before choosing them over candle's ops).
-pub fn trains_on_cpu(xs: &[&Tensor]) -> bool {
-    xs.iter().any(|x| x.track_op())
-        && xs
-            .iter()
-            .all(|x| x.dtype() == DType::F32 && x.device().is_cpu())
-}
-
 /// Runs `f` on the f32 elements of each of `ts` (contiguous CPU tensors are read in place,
 /// others copied first): how the backward passes read their inputs and upstream gradient.
 pub(crate) fn with_f32<const N: usize, R>(

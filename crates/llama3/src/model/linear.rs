@@ -3,51 +3,14 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Module, Tensor, TensorId};
+use candle_core::{DType, Device, Tensor};
 
+pub use crate::ops::linear::LinearWeight;
+use crate::ops::linear::{self as op, Part};
 use crate::quant::Packed;
+use crate::rng::splitmix;
 use crate::weights::Weight;
 use crate::Result;
-
-#[derive(Clone, Debug)]
-pub enum LinearWeight {
-    /// (out, in), any float dtype; the input is cast to it and the output back.
-    Dense(Tensor),
-    /// (out, in) GGUF blocks; the input is f32 (candle quantizes it to Q8 blocks per row, as
-    /// llama.cpp does).
-    Quantized(QMatMul),
-    /// (out, in) Q4_1 or Q8_0 blocks on the CPU, repacked 8 rows at a time for our kernels
-    /// (`quant::Packed`); the usual form of a GGUF model's weights on the CPU.
-    Packed(Arc<Packed>),
-}
-
-impl LinearWeight {
-    /// GGUF blocks, in either form.
-    pub fn is_quantized(&self) -> bool {
-        !matches!(self, LinearWeight::Dense(_))
-    }
-
-    /// A quantized weight in its packed form where our kernels take it.
-    pub fn from_qtensor(q: Arc<candle_core::quantized::QTensor>) -> Self {
-        match Packed::new(&q) {
-            Ok(Some(p)) => LinearWeight::Packed(Arc::new(p)),
-            _ => LinearWeight::Quantized(QMatMul::QTensor(q)),
-        }
-    }
-
-    /// The weight as a tensor: dense as is, quantized dequantized to f32.
-    pub fn dequantize(&self) -> Result<Tensor> {
-        Ok(match self {
-            LinearWeight::Dense(t) => t.clone(),
-            LinearWeight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
-            LinearWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
-                t.to_dtype(DType::F32)?
-            }
-            LinearWeight::Packed(p) => p.dequantize()?,
-        })
-    }
-}
 
 /// A low-rank adapter: `A` (r, in), `B` (out, r), `scale` = alpha / r (or alpha / sqrt(r)
 /// with rsLoRA) times the user's weight for the adapter. See `crate::peft`.
@@ -62,6 +25,26 @@ pub struct Lora {
     pub dropout: f64,
     pub dropout_seed: Option<u64>,
     pub id: u64,
+}
+
+/// Inverted dropout of `x` with drop probability `p` (`torch.nn.Dropout` in training: kept
+/// elements scaled by `1 / (1 - p)`), the mask drawn from `seed` and the module `id`;
+/// differentiable in `x`.
+pub fn dropout(x: &Tensor, p: f64, seed: u64, id: u64) -> Result<Tensor> {
+    let key = splitmix(seed ^ id);
+    let keep = 1.0 / (1.0 - p) as f32;
+    // Drop when the top 24 bits, as a fraction of 2^24, fall below p.
+    let cut = (p * (1u64 << 24) as f64) as u64;
+    let mask: Vec<f32> = (0..x.elem_count() as u64)
+        .map(|i| match splitmix(key.wrapping_add(i)) >> 40 < cut {
+            true => 0.0,
+            false => keep,
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    Ok((x * mask)?)
 }
 
 #[derive(Clone, Debug)]
@@ -117,34 +100,13 @@ impl Linear {
 
     /// (.., in) -> (.., out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
-            LinearWeight::Dense(w) => self.dense(w, x)?,
-            // QLoRA: an input that carries gradients (LoRA upstream) needs the backward to x.
-            LinearWeight::Quantized(QMatMul::QTensor(w)) if x.track_op() => {
-                crate::quant::grad::matmul(x, crate::quant::grad::QWeight::Blocks(w.clone()))?
-            }
-            LinearWeight::Packed(p) if x.track_op() => {
-                crate::quant::grad::matmul(x, crate::quant::grad::QWeight::Packed(p.clone()))?
-            }
-            LinearWeight::Packed(p) => p.matmul(x)?,
-            LinearWeight::Quantized(q) => {
-                let own = match q {
-                    QMatMul::QTensor(w) => crate::quant::matmul(x, w)?,
-                    _ => None,
-                };
-                match own {
-                    Some(y) => y,
-                    None => q.forward(&x.contiguous()?)?,
-                }
-            }
-        };
+        let y = op::matmul(&self.weight, x, self.compute_dtype)?;
         self.add_lora(x, y)
     }
 
     /// Several layers applied to the same input (q/k/v, gate/up): dense weights stacked in
-    /// `stack` as one matmul; packed weights of one format with the input quantized once and
-    /// the products as one parallel pass (`quant::matmul_many`); otherwise each layer's own
-    /// forward.
+    /// `stack` as one matmul; packed weights of one format with the input quantized once
+    /// ([`op::matmul_many`]); otherwise each layer's own forward.
     pub fn forward_many<const N: usize>(
         ls: [&Linear; N],
         x: &Tensor,
@@ -153,18 +115,7 @@ impl Linear {
         if let Some(ys) = stack.map(|s| s.forward(ls, x)).transpose()?.flatten() {
             return Ok(ys);
         }
-        let packed: Vec<&Packed> = ls
-            .iter()
-            .filter_map(|l| match (&l.weight, l.compute_dtype) {
-                (LinearWeight::Packed(p), None) => Some(&**p),
-                _ => None,
-            })
-            .collect();
-        let fused = match packed.len() == N && !x.track_op() && x.device().is_cpu() {
-            true => crate::quant::matmul_many(&packed, x)?,
-            false => None,
-        };
-        let out: Vec<Tensor> = match fused {
+        let out: Vec<Tensor> = match op::matmul_many(ls.map(|l| (&l.weight, l.compute_dtype)), x)? {
             Some(ys) => ls
                 .iter()
                 .zip(ys)
@@ -176,21 +127,21 @@ impl Linear {
             .map_err(|_| crate::Error::Input("forward_many: wrong number of outputs".into()))
     }
 
-    /// (.., in) x (out, in) dense weight -> (.., out): the input cast to the compute dtype,
-    /// the product cast back (cuBLAS accumulates in f32).
-    fn dense(&self, w: &Tensor, x: &Tensor) -> Result<Tensor> {
-        let mut out_dims = x.dims().to_vec();
-        let last = out_dims.len() - 1;
-        out_dims[last] = w.dim(0)?;
-        let dt = self.compute_dtype.unwrap_or(w.dtype());
-        let x2 = x.reshape(((), self.in_features))?.to_dtype(dt)?;
-        let w = w.to_dtype(dt)?;
-        // (N, in) x (in, out) -> (N, out); training on the CPU: `fused::linear`.
-        let y = match crate::fused::trains_on_cpu(&[&x2, &w]) {
-            true => crate::fused::linear::linear(&x2, &w)?,
-            false => x2.matmul(&w.t()?)?,
-        };
-        Ok(y.to_dtype(x.dtype())?.reshape(out_dims)?)
+    /// Summed cross-entropy of `h` (N, D) through this layer (the LM head) against `targets`,
+    /// fused with the matmul where [`crate::ops::loss::linear_cross_entropy_sum`] can; None
+    /// elsewhere (run [`Self::forward`] and `ops::loss::cross_entropy_sum`).
+    pub fn cross_entropy_sum(&self, h: &Tensor, targets: &[u32]) -> Result<Option<Tensor>> {
+        let plain = self.lora.is_empty() && self.compute_dtype.is_none();
+        crate::ops::loss::linear_cross_entropy_sum(&self.weight, plain, h, targets)
+    }
+
+    /// What a [`Stack`] checks of this layer.
+    fn part(&self) -> Part<'_> {
+        Part {
+            weight: &self.weight,
+            adapters: !self.lora.is_empty(),
+            compute_dtype: self.compute_dtype,
+        }
     }
 
     /// `y` plus the adapters' `scale * B(A x)`.
@@ -200,7 +151,7 @@ impl Linear {
             // PEFT: lora_B(lora_A(dropout(x))) * scaling, in the adapter's dtype.
             let mut x2 = x.to_dtype(l.a.dtype())?;
             if let Some(seed) = l.dropout_seed.filter(|_| l.dropout > 0.0) {
-                x2 = crate::peft::dropout(&x2, l.dropout, seed, l.id)?;
+                x2 = dropout(&x2, l.dropout, seed, l.id)?;
             }
             let h = x2.broadcast_matmul(&l.a.t()?)?; // (.., r)
             let d = h.broadcast_matmul(&l.b.t()?)?; // (.., out)
@@ -211,83 +162,31 @@ impl Linear {
     }
 }
 
-/// Layers that read the same input (q/k/v, gate/up) with their dense weights stacked by rows
-/// in one tensor, each layer's weight a view of it: one matmul gives all their outputs (one
-/// launch on a GPU instead of two or three). Built at load; used only while every layer still
-/// holds its view (a weight replaced by training or a merge falls back to the layers' own
-/// forwards) and when nothing would differ from those: no adapters, no gradients.
+/// Dense q/k/v or gate/up weights stacked for one matmul ([`op::Stack`]), over the layers
+/// that hold views of it.
 #[derive(Clone, Debug)]
-pub struct Stack {
-    /// (Σ out_i, in)
-    w: Tensor,
-    /// Each layer's weight (the view's id) and rows, in order.
-    parts: Vec<(TensorId, usize)>,
-}
+pub struct Stack(op::Stack);
 
 impl Stack {
-    /// Stacks the layers' weights when all are dense, of one dtype, shape (.., in) and device,
-    /// without adapters; the layers then hold views of the stack. None otherwise (quantized
-    /// weights have their own fused pass, `Linear::forward_many`).
+    /// Stacks the layers' weights where [`op::Stack::new`] can; the layers then hold views.
     pub fn new(ls: &mut [&mut Linear]) -> Result<Option<Self>> {
-        let mut ws = Vec::with_capacity(ls.len());
-        for l in ls.iter() {
-            match &l.weight {
-                LinearWeight::Dense(w) if l.lora.is_empty() && !w.track_op() => ws.push(w),
-                _ => return Ok(None),
-            }
-        }
-        let Some(first) = ws.first() else {
-            return Ok(None);
-        };
-        let same = |w: &&Tensor| {
-            w.dtype() == first.dtype()
-                && w.device().same_device(first.device())
-                && w.dims().len() == 2
-                && w.dims()[1] == first.dims()[1]
-        };
-        if !ws.iter().all(same) {
-            return Ok(None);
-        }
-        let w = Tensor::cat(&ws, 0)?;
-        let mut parts = Vec::with_capacity(ls.len());
-        let mut r0 = 0;
-        for l in ls.iter_mut() {
-            let rows = l.out_features;
-            let view = w.narrow(0, r0, rows)?;
-            parts.push((view.id(), rows));
-            l.weight = LinearWeight::Dense(view);
-            r0 += rows;
-        }
-        Ok(Some(Self { w, parts }))
+        let mut ws: Vec<(&mut LinearWeight, bool)> = ls
+            .iter_mut()
+            .map(|l| {
+                let adapters = !l.lora.is_empty();
+                (&mut l.weight, adapters)
+            })
+            .collect();
+        Ok(op::Stack::new(&mut ws)?.map(Stack))
     }
 
-    /// The layers' outputs from one matmul (views of its result, split along the last dim),
-    /// or None where the stack does not apply (see [`Stack`]).
+    /// The layers' outputs from one matmul, or None where the stack does not apply.
     pub fn forward<const N: usize>(
         &self,
         ls: [&Linear; N],
         x: &Tensor,
     ) -> Result<Option<[Tensor; N]>> {
-        let holds = |l: &Linear, id: TensorId| match &l.weight {
-            LinearWeight::Dense(w) => w.id() == id && l.lora.is_empty() && !w.track_op(),
-            _ => false,
-        };
-        let ok = N == self.parts.len()
-            && !x.track_op()
-            && ls.iter().zip(&self.parts).all(|(l, (id, _))| holds(l, *id))
-            && ls.iter().all(|l| l.compute_dtype == ls[0].compute_dtype);
-        if !ok {
-            return Ok(None);
-        }
-        let y = ls[0].dense(&self.w, x)?; // (.., Σ out_i)
-        let last = y.rank() - 1;
-        let mut r0 = 0;
-        let mut out = Vec::with_capacity(N);
-        for (_, rows) in &self.parts {
-            out.push(y.narrow(last, r0, *rows)?);
-            r0 += rows;
-        }
-        Ok(out.try_into().ok())
+        self.0.forward(ls.map(Linear::part), x)
     }
 }
 

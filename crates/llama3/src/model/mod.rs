@@ -2,24 +2,20 @@
 //! One definition for every weight kind; see `linear.rs`.
 
 pub mod attention;
-pub mod cache;
-pub mod decode;
 mod layer;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod params;
 pub mod rope;
-mod sdpa;
 
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
+pub use crate::kv::{KvCache, SeqRows};
 pub use attention::Attention;
-pub use cache::KvCache;
-pub use decode::SeqRows;
 pub use layer::DecoderLayer;
 pub use linear::{Linear, LinearWeight, Lora, Stack};
 pub use mlp::Mlp;
@@ -172,12 +168,10 @@ impl Llama {
         Ok(model)
     }
 
-    /// On a GPU, stacks each layer's dense q/k/v and gate/up weights ([`Stack`]): three
-    /// launches fewer per layer and token. The CPU keeps separate weights: its quantized
-    /// kernels already share one pass, and some of candle's CPU functions read a view's
-    /// storage from its start (`QTensor::quantize`), so views stay off the CPU.
+    /// Where the device takes them (`ops::linear::stacks_on`: a GPU), stacks each layer's
+    /// dense q/k/v and gate/up weights ([`Stack`]): three launches fewer per layer and token.
     pub fn stack_projections(&mut self) -> Result<()> {
-        if self.device.is_cpu() {
+        if !crate::ops::linear::stacks_on(&self.device) {
             return Ok(());
         }
         for layer in self.layers.iter_mut() {

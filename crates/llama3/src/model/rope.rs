@@ -1,7 +1,8 @@
-//! Rotary position embedding, HF's half-rotation form (`rotate_half`: pairs `i`, `i + Dh/2`),
-//! with `linear` and `llama3` frequency scaling or GGUF `rope_freqs.weight` divisors.
+//! Rotary position embedding tables, HF's half-rotation form (`rotate_half`: pairs `i`,
+//! `i + Dh/2`), with `linear` and `llama3` frequency scaling or GGUF `rope_freqs.weight`
+//! divisors. The rotation itself is `ops::rope`.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::Result;
@@ -105,19 +106,7 @@ fn llama3_scale(inv_freq: &mut [f32], s: Option<&RopeScaling>) {
     }
 }
 
-/// Applies RoPE to (B, H, T, Dh) with cos/sin (T, Dh/2).
-/// HF: `q * cos + rotate_half(q) * sin`, `rotate_half(x) = cat(-x2, x1)`.
+/// Applies RoPE to (B, H, T, Dh) with cos/sin (T, Dh/2) (`ops::rope`).
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if !x.track_op() {
-        // Inference: candle's fused kernel computes the same half rotation (no backward).
-        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-        return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?);
-    }
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-    let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-    Ok(Tensor::cat(&[r1, r2], D::Minus1)?)
+    crate::ops::rope::rope(x, cos, sin)
 }

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::eval::splitmix;
+pub use crate::model::linear::dropout;
 use crate::model::{Linear, LinearWeight, Llama, Lora};
+use crate::rng::splitmix;
 use crate::{Error, Result};
 
 mod config;
@@ -199,26 +200,6 @@ fn module_id(name: &str) -> u64 {
     name.bytes().fold(0xcbf29ce484222325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
-}
-
-/// Inverted dropout of `x` with drop probability `p` (`torch.nn.Dropout` in training: kept
-/// elements scaled by `1 / (1 - p)`), the mask drawn from `seed` and the module `id`;
-/// differentiable in `x`.
-pub fn dropout(x: &Tensor, p: f64, seed: u64, id: u64) -> Result<Tensor> {
-    let key = splitmix(seed ^ id);
-    let keep = 1.0 / (1.0 - p) as f32;
-    // Drop when the top 24 bits, as a fraction of 2^24, fall below p.
-    let cut = (p * (1u64 << 24) as f64) as u64;
-    let mask: Vec<f32> = (0..x.elem_count() as u64)
-        .map(|i| match splitmix(key.wrapping_add(i)) >> 40 < cut {
-            true => 0.0,
-            false => keep,
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
-        .to_device(x.device())?
-        .to_dtype(x.dtype())?;
-    Ok((x * mask)?)
 }
 
 /// Adds a fresh adapter to every `targets` module (leaf names such as `q_proj`), initialized

@@ -1,11 +1,59 @@
-//! Preallocated KV cache: per layer one K and one V buffer of `capacity` positions, written in
-//! place. Zero-filled buffers are lazily committed by the OS, so a large capacity costs memory
-//! only as positions are used.
+//! What attention works over, shared by the model, the ops layer and the kernels: the
+//! preallocated KV cache (per layer one K and one V buffer of `capacity` positions, written in
+//! place; zero-filled buffers are lazily committed by the OS, so a large capacity costs memory
+//! only as positions are used), the head shapes, and one sequence's new rows in a batch.
+
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::LlamaConfig;
 use crate::{Error, Result};
+
+/// Shapes of one layer's attention: `h` query heads, `hkv` key/value heads, `dh` head dim.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub h: usize,
+    pub hkv: usize,
+    pub dh: usize,
+}
+
+/// One sequence's part of a batch: `t` new positions and their RoPE tables, (T, Dh/2)
+/// row-major each, for the positions after what its cache holds.
+#[derive(Clone, Debug)]
+pub struct SeqRows {
+    pub t: usize,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    /// The tables as tensors, made by the first layer that asks ([`SeqRows::tables`]).
+    tensors: OnceLock<(Tensor, Tensor)>,
+}
+
+impl SeqRows {
+    pub fn new(t: usize, cos: Vec<f32>, sin: Vec<f32>) -> Self {
+        Self {
+            t,
+            cos,
+            sin,
+            tensors: OnceLock::new(),
+        }
+    }
+
+    /// cos and sin (T, Dh/2) on `device` in `dtype`: uploaded once per forward, not once per
+    /// layer (every layer of a forward asks for the same).
+    pub fn tables(&self, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        if let Some((c, s)) = self.tensors.get() {
+            if c.device().same_device(device) && c.dtype() == dtype {
+                return Ok((c.clone(), s.clone()));
+            }
+        }
+        let half = self.cos.len() / self.t.max(1);
+        let table = |v: &[f32]| Tensor::from_slice(v, (self.t, half), device)?.to_dtype(dtype);
+        let (c, s) = (table(&self.cos)?, table(&self.sin)?);
+        let _ = self.tensors.set((c.clone(), s.clone()));
+        Ok((c, s))
+    }
+}
 
 pub struct KvCache {
     /// Per layer (K, V), each (B, Hkv, capacity, Dh).

@@ -12,66 +12,14 @@
 //! softmax with the max subtracted, and with an f16 cache the query and the probabilities
 //! rounded to f16 (as llama.cpp's f16 K/V matmuls do).
 
-use std::sync::OnceLock;
-
-use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Storage, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::cache::KvCache;
 use super::sdpa;
+use crate::kv::{Heads, KvCache, SeqRows};
 use crate::{Error, Result};
-
-/// Shapes of one layer's attention.
-#[derive(Clone, Copy, Debug)]
-pub struct Heads {
-    pub h: usize,
-    pub hkv: usize,
-    pub dh: usize,
-}
-
-/// True when the fused path applies: CPU, f32 activations, no autograd.
-pub fn applies(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op()
-}
-
-/// One sequence's part of a batch: `t` new positions and their RoPE tables, (T, Dh/2)
-/// row-major each, for the positions after what its cache holds.
-#[derive(Clone, Debug)]
-pub struct SeqRows {
-    pub t: usize,
-    pub cos: Vec<f32>,
-    pub sin: Vec<f32>,
-    /// The tables as tensors, made by the first layer that asks ([`SeqRows::tables`]).
-    tensors: OnceLock<(Tensor, Tensor)>,
-}
-
-impl SeqRows {
-    pub fn new(t: usize, cos: Vec<f32>, sin: Vec<f32>) -> Self {
-        Self {
-            t,
-            cos,
-            sin,
-            tensors: OnceLock::new(),
-        }
-    }
-
-    /// cos and sin (T, Dh/2) on `device` in `dtype`: uploaded once per forward, not once per
-    /// layer (every layer of a forward asks for the same).
-    pub fn tables(&self, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
-        if let Some((c, s)) = self.tensors.get() {
-            if c.device().same_device(device) && c.dtype() == dtype {
-                return Ok((c.clone(), s.clone()));
-            }
-        }
-        let half = self.cos.len() / self.t.max(1);
-        let table = |v: &[f32]| Tensor::from_slice(v, (self.t, half), device)?.to_dtype(dtype);
-        let (c, s) = (table(&self.cos)?, table(&self.sin)?);
-        let _ = self.tensors.set((c.clone(), s.clone()));
-        Ok((c, s))
-    }
-}
 
 /// Positions of one sequence per attention task (tasks are (sequence, KV head, positions)
 /// triples, so a lone sequence's heads and a long prompt's rows share the cores too).

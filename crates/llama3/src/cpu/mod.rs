@@ -1,0 +1,8 @@
+//! CPU inference kernels for attention: the fused loop over a KV cache (`attend`) and the
+//! per-row scaled dot-product attention it runs (`sdpa`, AVX2 in `sdpa_avx2.rs`). Leaves:
+//! slices and tensors in and out; `crate::ops::attention` decides when they run.
+
+pub mod attend;
+mod sdpa;
+
+pub use sdpa::round_f16;
