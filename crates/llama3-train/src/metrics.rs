@@ -1,14 +1,21 @@
 //! Metrics as JSONL (`<run>/metrics.jsonl`), one object per line with `kind` `train` or
-//! `eval`, and as TensorBoard event files (`<run>/events.out.tfevents.*`, see `tfevents`).
-//! A resume drops the JSONL lines past its checkpoint, so the file reads as one run; it
-//! starts a new event file (TensorBoard shows the resumed steps over the old ones).
+//! `eval`, and, with the `tensorboard` feature, as TensorBoard event files
+//! (`<run>/events.out.tfevents.*`, see `tfevents`). A resume drops the JSONL lines past its
+//! checkpoint, so the file reads as one run; it starts a new event file (TensorBoard shows the
+//! resumed steps over the old ones).
+//!
+//! Both files start through `llama3::weights::atomic` (0644, fsynced) and then grow by
+//! appends of whole records: rewriting them at every step would cost a copy of the log per
+//! step. A kill mid-append can only tear the last JSONL line, which [`read`] drops.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsio;
+use llama3::weights::atomic;
+
+#[cfg(feature = "tensorboard")]
 use crate::tfevents::EventWriter;
 use crate::{Error, Result};
 
@@ -52,17 +59,33 @@ impl Record {
     }
 }
 
+/// Fails when TensorBoard event files are asked for in a build without them: never a run
+/// that silently writes none.
+pub fn check_tensorboard(wanted: bool) -> Result<()> {
+    if wanted && !cfg!(feature = "tensorboard") {
+        return Err(Error::Input(
+            "TensorBoard event files need llama3-train built with its `tensorboard` cargo \
+             feature; set `tensorboard = false` or enable the feature"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub struct Metrics {
     file: std::fs::File,
     path: PathBuf,
-    events: EventWriter,
+    #[cfg(feature = "tensorboard")]
+    events: Option<EventWriter>,
 }
 
 impl Metrics {
     /// Opens `<run>/metrics.jsonl`, keeping only the records up to step `resume_step` (a
     /// resume from a checkpoint at that step, whose evaluation was done before it was saved);
-    /// a fresh run (`0`) starts an empty file.
-    pub fn open(run: &Path, resume_step: usize) -> Result<Self> {
+    /// a fresh run (`0`) starts an empty file. With `tensorboard`, also a new event file
+    /// (an error without the `tensorboard` feature).
+    pub fn open(run: &Path, resume_step: usize, tensorboard: bool) -> Result<Self> {
+        check_tensorboard(tensorboard)?;
         let path = run.join("metrics.jsonl");
         let kept: Vec<Record> = read(&path)?
             .into_iter()
@@ -72,7 +95,7 @@ impl Metrics {
         for r in &kept {
             text.push_str(&line(r, &path)?);
         }
-        fsio::write_atomic_bytes(&path, text.as_bytes())?;
+        atomic::write_bytes(&path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -83,8 +106,12 @@ impl Metrics {
                 std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
             }
         }
-        let events = EventWriter::create(run)?;
-        Ok(Self { file, path, events })
+        Ok(Self {
+            file,
+            path,
+            #[cfg(feature = "tensorboard")]
+            events: tensorboard.then(|| EventWriter::create(run)).transpose()?,
+        })
     }
 
     pub fn write(&mut self, r: &Record) -> Result<()> {
@@ -92,20 +119,27 @@ impl Metrics {
         self.file
             .write_all(l.as_bytes())
             .map_err(|e| Error::io(&self.path, e))?;
-        match r {
-            Record::Train(s) => self.events.scalars(
-                s.step,
-                &[
-                    ("train/loss", s.loss),
-                    ("train/lr", s.lr),
-                    ("train/grad_norm", s.grad_norm),
-                    ("train/tokens_per_s", s.tokens_per_s),
-                ],
-            ),
-            Record::Eval(e) => self
-                .events
-                .scalars(e.step, &[("eval/loss", e.loss), ("eval/ppl", e.ppl)]),
+        #[cfg(feature = "tensorboard")]
+        if let Some(events) = &mut self.events {
+            events_write(events, r)?;
         }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "tensorboard")]
+fn events_write(events: &mut EventWriter, r: &Record) -> Result<()> {
+    match r {
+        Record::Train(s) => events.scalars(
+            s.step,
+            &[
+                ("train/loss", s.loss),
+                ("train/lr", s.lr),
+                ("train/grad_norm", s.grad_norm),
+                ("train/tokens_per_s", s.tokens_per_s),
+            ],
+        ),
+        Record::Eval(e) => events.scalars(e.step, &[("eval/loss", e.loss), ("eval/ppl", e.ppl)]),
     }
 }
 
@@ -137,17 +171,24 @@ fn line(r: &Record, path: &Path) -> Result<String> {
     Ok(s)
 }
 
-/// The records of a metrics file (none when it does not exist).
+/// The records of a metrics file (none when it does not exist). A last line without its
+/// newline that does not parse was torn by a kill mid-append: dropped, not an error.
 pub fn read(path: &Path) -> Result<Vec<Record>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
-        })
-        .collect()
+    let n = text.lines().count();
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(l) {
+            Ok(r) => out.push(r),
+            Err(_) if i + 1 == n && !text.ends_with('\n') => {}
+            Err(e) => return Err(Error::format(path, format!("line {}: {e}", i + 1))),
+        }
+    }
+    Ok(out)
 }
