@@ -94,7 +94,7 @@ pub struct TrainArgs {
     /// Fraction of the steps spent in linear warmup (then cosine decay to 0).
     #[arg(long, default_value_t = 0.06, value_name = "F")]
     pub warmup_ratio: f64,
-    /// Clip the global gradient norm to this.
+    /// Clip the global gradient norm to this; 0 disables clipping.
     #[arg(long, default_value_t = 1.0, value_name = "NORM")]
     pub clip: f64,
     /// LoRA rank (`--method lora`).
