@@ -192,3 +192,62 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(step: usize) -> Record {
+        Record::Eval(EvalLog {
+            step,
+            loss: 2.0,
+            ppl: 7.4,
+        })
+    }
+
+    #[test]
+    fn a_resume_keeps_its_records_and_a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut m = Metrics::open(dir.path(), 0, false).unwrap();
+        for s in 1..=3 {
+            m.write(&eval(s)).unwrap();
+        }
+        drop(m);
+        // A kill mid-append: half a record, no newline.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(br#"{"kind":"eval","st"#).unwrap();
+        assert_eq!(read(&path).unwrap(), [eval(1), eval(2), eval(3)]);
+        Metrics::open(dir.path(), 2, false).unwrap();
+        assert_eq!(read(&path).unwrap(), [eval(1), eval(2)]);
+        // A bad line elsewhere is corruption, not a torn append.
+        std::fs::write(&path, "{\"kind\":\"eval\"\n").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert_eq!(event_files(dir.path()).unwrap().len(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_metrics_file_is_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        Metrics::open(dir.path(), 0, false).unwrap();
+        let meta = std::fs::metadata(dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    }
+
+    #[cfg(not(feature = "tensorboard"))]
+    #[test]
+    fn tensorboard_without_the_feature_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Metrics::open(dir.path(), 0, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("`tensorboard` cargo feature"), "{err}");
+    }
+}
