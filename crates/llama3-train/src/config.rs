@@ -364,12 +364,12 @@ mod tests {
             TrainConfig::default().tensorboard,
             cfg!(feature = "tensorboard")
         );
-        match c.validate() {
-            Ok(()) => assert!(cfg!(feature = "tensorboard")),
-            Err(e) => {
-                assert!(!cfg!(feature = "tensorboard"));
-                assert!(e.to_string().contains("`tensorboard` cargo feature"), "{e}");
-            }
+        #[cfg(feature = "tensorboard")]
+        c.validate().unwrap();
+        #[cfg(not(feature = "tensorboard"))]
+        {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("`tensorboard` cargo feature"), "{e}");
         }
         let off = TrainConfig {
             tensorboard: false,
