@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use llama3::classify::{default_pad, Classifier};
+use llama3::classify::{default_pad, encode, Classifier, PredictOptions};
 use llama3::eval::data::{read_labelled, Columns, LabelledExample};
-use llama3::eval::metrics::{ClassificationReport, ConfusionMatrix};
+use llama3::eval::metrics::ClassificationReport;
 use llama3::eval::prompted::Labels;
 use llama3::eval::subset;
 use llama3::loader::LoadOptions;
@@ -94,7 +94,7 @@ pub struct TrainArgs {
     /// Fraction of the steps spent in linear warmup (then cosine decay to 0).
     #[arg(long, default_value_t = 0.06, value_name = "F")]
     pub warmup_ratio: f64,
-    /// Clip the global gradient norm to this.
+    /// Clip the global gradient norm to this; 0 disables clipping.
     #[arg(long, default_value_t = 1.0, value_name = "NORM")]
     pub clip: f64,
     /// LoRA rank (`--method lora`).
@@ -196,13 +196,6 @@ fn read(path: &Path, d: &DataArgs) -> Result<Vec<LabelledExample>> {
         .into_iter()
         .map(|i| all[i].clone())
         .collect())
-}
-
-/// Token ids of `text`, truncated to `max_len`.
-fn encode(tok: &Tokenizer, text: &str, max_len: usize) -> Result<Vec<u32>> {
-    let mut ids = tok.encode(text, true, false)?;
-    ids.truncate(max_len);
-    Ok(ids)
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -357,77 +350,32 @@ fn evaluate(
     d: &DataArgs,
 ) -> Result<ClassificationReport> {
     let texts: Vec<&str> = data.iter().map(|e| e.text.as_str()).collect();
-    let probs = probabilities(cls, tok, &texts, d.max_len, d.batch_size)?;
-    let mut cm = ConfusionMatrix::new(cls.labels.clone());
-    for (p, &t) in probs.iter().zip(truth) {
-        cm.add(t, argmax(p))?;
-    }
-    Ok(cm.report())
-}
-
-fn argmax(p: &[f32]) -> usize {
-    p.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0
-}
-
-/// Softmax probabilities per text, batched by length, with progress.
-fn probabilities(
-    cls: &Classifier,
-    tok: &Tokenizer,
-    texts: &[&str],
-    max_len: usize,
-    batch: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let ids: Vec<Vec<u32>> = texts
-        .iter()
-        .map(|t| encode(tok, t, max_len))
-        .collect::<Result<_>>()?;
-    if let Some(i) = ids.iter().position(Vec::is_empty) {
-        bail!("text {} has no tokens", i + 1);
-    }
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| ids[i].len());
-    let mut out = vec![vec![]; ids.len()];
+    let opts = PredictOptions {
+        max_len: d.max_len,
+        batch_size: d.batch_size,
+    };
     let bar = crate::progress::bar("classify", "texts");
-    if let Some(b) = &bar {
-        b.set_length(ids.len() as u64);
-    }
-    for (n, chunk) in order.chunks(batch.max(1)).enumerate() {
-        let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-        let x = cls.batch(&rows, cls.model.device())?;
-        let logits = softmax_rows(&cls.forward(&x)?)?;
-        for (&i, p) in chunk.iter().zip(logits) {
-            out[i] = p;
-        }
-        match &bar {
-            Some(b) => b.inc(chunk.len() as u64),
-            None if n % 50 == 0 => eprintln!("classified {}/{}", (n + 1) * batch, ids.len()),
-            None => {}
-        }
-    }
+    let rep = cls.evaluate(tok, &texts, truth, &opts, &mut progress(&bar))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(out)
+    Ok(rep)
 }
 
-/// Row-wise probabilities of (B, L) logits.
-fn softmax_rows(logits: &candle_core::Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(logits
-        .to_vec2::<f32>()?
-        .iter()
-        .map(|row| {
-            llama3::sample::log_softmax(row)
-                .into_iter()
-                .map(f32::exp)
-                .collect()
-        })
-        .collect())
+/// Progress of a classification: the bar, or a line every 50 batches without a terminal.
+fn progress(bar: &Option<indicatif::ProgressBar>) -> impl FnMut(usize, usize) + '_ {
+    let mut batches = 0;
+    move |done, total| {
+        match bar {
+            Some(b) => {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            }
+            None if batches % 50 == 0 => eprintln!("classified {done}/{total}"),
+            None => {}
+        }
+        batches += 1;
+    }
 }
 
 fn load_classifier(dir: &Path, adapter: &AdapterArgs) -> Result<(Classifier, Tokenizer)> {
@@ -471,7 +419,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let rep = evaluate(&cls, &tok, &data, &truth, &a.data_args)?;
     print_report(&rep);
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&rep)?)
+        llama3::weights::atomic::write_json(p, &rep)
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(())
@@ -493,15 +441,23 @@ fn predict(a: PredictArgs) -> Result<()> {
     }
     let (cls, tok) = load_classifier(&a.model, &a.adapter)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let probs = probabilities(&cls, &tok, &refs, a.max_len, 8)?;
-    for (t, p) in texts.iter().zip(probs) {
+    let opts = PredictOptions {
+        max_len: a.max_len,
+        ..PredictOptions::default()
+    };
+    let bar = crate::progress::bar("classify", "texts");
+    let preds = cls.predict(&tok, &refs, &opts, &mut progress(&bar))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for (t, p) in texts.iter().zip(preds) {
         let scores: serde_json::Map<String, serde_json::Value> = cls
             .labels
             .iter()
-            .zip(&p)
+            .zip(&p.probs)
             .map(|(l, v)| (l.clone(), serde_json::json!(v)))
             .collect();
-        let line = serde_json::json!({"text": t, "label": cls.labels[argmax(&p)], "probs": scores});
+        let line = serde_json::json!({"text": t, "label": cls.labels[p.label], "probs": scores});
         println!("{line}");
     }
     Ok(())

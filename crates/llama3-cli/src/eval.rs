@@ -2,7 +2,7 @@
 //! how): BIG-bench multiple choice, zero-/k-shot classification, and the Rotten Tomatoes split.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -11,6 +11,7 @@ use llama3::eval::choice::ChoiceProgress;
 use llama3::eval::{score_items, ChoiceItem, ItemScores};
 use llama3::loader::Loaded;
 use llama3::tokenizer::Tokenizer;
+use llama3::weights::atomic;
 
 use crate::args::{need_tokenizer, ModelArgs};
 
@@ -118,11 +119,37 @@ fn write_predictions(
     Ok(())
 }
 
-/// Creates FILE for `--predictions`.
-fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
-    let f =
-        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(std::io::BufWriter::new(f))
+/// `--predictions FILE`: lines gathered in memory (a JSON line per example) and written
+/// atomically by [`Predictions::finish`], as every file we write.
+struct Predictions {
+    path: PathBuf,
+    buf: Vec<u8>,
+}
+
+impl Predictions {
+    fn finish(self) -> Result<()> {
+        atomic::write_bytes(&self.path, &self.buf)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+impl Write for Predictions {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// FILE for `--predictions`, created empty now so that an unwritable path fails before the
+/// evaluation runs.
+fn create(path: &Path) -> Result<Predictions> {
+    atomic::write_bytes(path, b"").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Predictions {
+        path: path.to_path_buf(),
+        buf: Vec::new(),
+    })
 }
 
 /// `\n`, `\t` and `\\` in a flag value become a newline, a tab and a backslash, so templates

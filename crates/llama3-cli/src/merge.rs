@@ -8,6 +8,7 @@ use clap::Args;
 use llama3::loader::LoadOptions;
 use llama3::peft::{self, Adapter};
 use llama3::quantize::{QuantType, Quantizer};
+use llama3::weights::hf_dir;
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -41,7 +42,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     peft::merge(&mut loaded.model)?;
     eprintln!("merged {} (x{scale}) into {n} modules", dir.display());
     if !gguf {
-        llama3_train::hf_dir::write_model_dir(&a.out, &loaded.model, loaded.tokenizer.as_ref())?;
+        hf_dir::write_model_dir(&a.out, &loaded.model, loaded.tokenizer.as_ref())?;
         println!("{}", a.out.display());
         return Ok(());
     }
@@ -50,7 +51,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty());
     let tmp = tempfile::tempdir_in(parent.unwrap_or(std::path::Path::new(".")))
         .context("cannot create a temporary directory beside OUT")?;
-    llama3_train::hf_dir::write_model_dir(tmp.path(), &loaded.model, loaded.tokenizer.as_ref())?;
+    hf_dir::write_model_dir(tmp.path(), &loaded.model, loaded.tokenizer.as_ref())?;
     let q = Quantizer::new(tmp.path(), &a.out, ty)?;
     for w in q.warnings() {
         eprintln!("warning: {w}");

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::optim::AdamW;
-use crate::{fsio, hf_dir};
 use crate::{Error, Result};
+use llama3::weights::{atomic, hf_dir, safetensors};
 
 /// Everything beyond weights and optimizer moments that a resume needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,17 +43,17 @@ pub fn checkpoints_dir(run: &Path) -> PathBuf {
 /// Writes a checkpoint of `state.step` and points `latest` at it.
 pub fn save(run: &Path, state: &TrainState, model: &Llama, opt: &AdamW) -> Result<PathBuf> {
     let root = checkpoints_dir(run);
-    fsio::create_dir_all(&root)?;
+    atomic::create_dir_all(&root)?;
     let name = format!("step-{:08}", state.step);
     let dir = root.join(&name);
     let tmp = root.join(format!(".{name}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    fsio::create_dir_all(&tmp)?;
+    atomic::create_dir_all(&tmp)?;
     if !state.config.method.is_lora() {
         hf_dir::save_weights(model, &tmp.join(WEIGHTS))?;
-        hf_dir::write_json(
+        atomic::write_json(
             &tmp.join("config.json"),
             &hf_dir::config_json(&model.config),
         )?;
@@ -64,22 +64,19 @@ pub fn save(run: &Path, state: &TrainState, model: &Llama, opt: &AdamW) -> Resul
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
             .collect();
-        hf_dir::save_tensors(&tensors, &tmp.join(ADAPTER_WEIGHTS))?;
-        let cfg = serde_json::to_value(state.config.lora_config())
-            .map_err(|e| Error::format(tmp.join(llama3::peft::CONFIG_FILE), e.to_string()))?;
-        hf_dir::write_json(&tmp.join(llama3::peft::CONFIG_FILE), &cfg)?;
+        safetensors::save(&tensors, &tmp.join(ADAPTER_WEIGHTS))?;
+        let cfg = state.config.lora_config();
+        atomic::write_json(&tmp.join(llama3::peft::CONFIG_FILE), &cfg)?;
     }
-    hf_dir::save_tensors(&opt.state_tensors()?, &tmp.join("optimizer.safetensors"))?;
-    let json = serde_json::to_string_pretty(state)
-        .map_err(|e| Error::format(tmp.join("state.json"), e.to_string()))?;
-    fsio::write_atomic_bytes(&tmp.join("state.json"), json.as_bytes())?;
-    fsio::sync_dir(&tmp)?;
+    safetensors::save(&opt.state_tensors()?, &tmp.join("optimizer.safetensors"))?;
+    atomic::write_json(&tmp.join("state.json"), state)?;
+    atomic::sync_dir(&tmp)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-    fsio::sync_dir(&root)?;
-    fsio::write_atomic_bytes(&root.join("latest"), name.as_bytes())?;
+    atomic::sync_dir(&root)?;
+    atomic::write_bytes(&root.join("latest"), name.as_bytes())?;
     remove_others(&root, &name)?;
     Ok(dir)
 }

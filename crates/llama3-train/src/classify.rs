@@ -17,13 +17,12 @@ use llama3::classify::{Classifier, ARCHITECTURE};
 use llama3::model::{Linear, Llama};
 use llama3::peft::{self, LoraConfig};
 use llama3::tokenizer::Tokenizer;
-use llama3::weights::Weight;
+use llama3::weights::{atomic, hf_dir, safetensors, Weight};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::grads::Grads;
-use crate::hf_dir;
 use crate::loss::cross_entropy_sum;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::schedule::{Decay, LrSchedule};
@@ -60,6 +59,7 @@ pub struct ClsConfig {
     pub weight_decay: f64,
     /// Fraction of the optimizer steps spent warming up.
     pub warmup_ratio: f64,
+    /// Clip gradients to this global L2 norm; 0 disables.
     pub clip: f64,
     pub seed: u64,
     /// LoRA rank, alpha and rsLoRA (with `Lora`).
@@ -196,7 +196,11 @@ pub fn train(
             let store = loss.backward()?;
             peft::set_dropout_seed(&mut cls.model, None);
             grads.accumulate(&params, &store)?;
-            grads.clip_global_norm(cfg.clip)?;
+            // 0 means no clipping, as in `TrainConfig::clip`: a norm of 0 would scale every
+            // gradient to 0 and leave the head untrained.
+            if cfg.clip > 0.0 {
+                grads.clip_global_norm(cfg.clip)?;
+            }
             let lr = schedule.lr_at(step);
             opt.step(&grads, lr)?;
             grads.clear();
@@ -285,7 +289,7 @@ pub fn save_adapter(dir: &Path, cls: &mut Classifier, lora: &LoraConfig, base: &
 /// Writes `cls` as an HF `LlamaForSequenceClassification` directory: config.json (with
 /// `id2label`, `label2id`, `pad_token_id`), model.safetensors (LoRA merged, f32), tokenizer.
 pub fn save(dir: &Path, cls: &mut Classifier, tok: Option<&Tokenizer>) -> Result<()> {
-    crate::fsio::create_dir_all(dir)?;
+    atomic::create_dir_all(dir)?;
     peft::merge(&mut cls.model)?;
     cls.model.dequantize()?;
     let c = &cls.model.config;
@@ -307,7 +311,7 @@ pub fn save(dir: &Path, cls: &mut Classifier, tok: Option<&Tokenizer>) -> Result
     config["id2label"] = json!(id2label);
     config["label2id"] = json!(label2id);
     config["pad_token_id"] = json!(cls.pad_token_id);
-    hf_dir::write_json(&dir.join("config.json"), &config)?;
+    atomic::write_json(&dir.join("config.json"), &config)?;
     let mut tensors = cls.model.named_tensors()?;
     let score = match &cls.score.weight {
         llama3::model::LinearWeight::Dense(t) => t.to_dtype(DType::F32)?,
@@ -318,7 +322,7 @@ pub fn save(dir: &Path, cls: &mut Classifier, tok: Option<&Tokenizer>) -> Result
         }
     };
     tensors.push(("score.weight".to_string(), score));
-    hf_dir::save_tensors(&tensors, &dir.join("model.safetensors"))?;
+    safetensors::save(&tensors, &dir.join("model.safetensors"))?;
     if let Some(tok) = tok {
         hf_dir::write_tokenizer(dir, tok, c.max_position_embeddings)?;
     }

@@ -148,6 +148,10 @@ pub struct TrainConfig {
     /// Recompute each layer's activations during backward instead of keeping them: memory of
     /// one layer's graph instead of all, for one extra forward (see `recompute`).
     pub gradient_checkpointing: bool,
+    /// Write TensorBoard event files beside `metrics.jsonl`. Default: on when llama3-train is
+    /// built with its `tensorboard` feature (as the `llama3` CLI is); asking for them
+    /// without the feature is an error.
+    pub tensorboard: bool,
 }
 
 impl Default for TrainConfig {
@@ -189,6 +193,7 @@ impl Default for TrainConfig {
             use_rslora: false,
             lora_dropout: 0.0,
             gradient_checkpointing: false,
+            tensorboard: cfg!(feature = "tensorboard"),
         }
     }
 }
@@ -228,6 +233,7 @@ impl TrainConfig {
             save_every: 0,
             device: String::new(),
             gradient_checkpointing: false,
+            tensorboard: false,
             ..c.clone()
         };
         strip(self) == strip(other)
@@ -302,6 +308,7 @@ impl TrainConfig {
                 return bad("no LoRA targets".into());
             }
         }
+        crate::metrics::check_tensorboard(self.tensorboard)?;
         self.device()?;
         Ok(())
     }
@@ -341,5 +348,33 @@ mod tests {
         let lrs: Vec<f64> = (0..=24).map(|i| s.lr_at(i)).collect();
         assert!(lrs.iter().all(|&l| l <= 5e-5 + 1e-18), "{lrs:?}");
         assert!(lrs[2..].windows(2).all(|w| w[1] <= w[0] + 1e-18), "{lrs:?}");
+    }
+
+    /// TensorBoard is on by default exactly when built in; asking for it without the feature
+    /// fails validation, naming the feature.
+    #[test]
+    fn tensorboard_without_the_feature_is_an_error() {
+        let c = TrainConfig {
+            data_path: vec!["data.txt".into()],
+            device: "cpu".into(),
+            tensorboard: true,
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            TrainConfig::default().tensorboard,
+            cfg!(feature = "tensorboard")
+        );
+        #[cfg(feature = "tensorboard")]
+        c.validate().unwrap();
+        #[cfg(not(feature = "tensorboard"))]
+        {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("`tensorboard` cargo feature"), "{e}");
+        }
+        let off = TrainConfig {
+            tensorboard: false,
+            ..c
+        };
+        off.validate().unwrap();
     }
 }

@@ -12,8 +12,8 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::fsio;
 use crate::{Error, Result};
+use llama3::weights::atomic;
 
 const MAGIC: &[u8; 8] = b"LL3TOK01";
 const HEADER: usize = 16; // magic, u64 token count
@@ -140,7 +140,7 @@ pub fn tokenize_cached(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    fsio::create_dir_all(cache_dir)?;
+    atomic::create_dir_all(cache_dir)?;
     let path = cache_dir.join(format!("tokens-{key}.bin"));
     if !path.exists() {
         write_tokens(&path, files, tok, eos, total, progress)?;
@@ -165,10 +165,11 @@ fn write_tokens(
 ) -> Result<()> {
     let done = AtomicU64::new(0);
     let mut n_tokens = 0u64;
-    fsio::write_atomic(path, |out| {
+    let io = |e: std::io::Error| Error::io(path, e);
+    atomic::write_with(path, |out| {
         let mut w = std::io::BufWriter::new(out);
-        w.write_all(MAGIC)?;
-        w.write_all(&0u64.to_le_bytes())?; // count, patched below
+        w.write_all(MAGIC).map_err(io)?;
+        w.write_all(&0u64.to_le_bytes()).map_err(io)?; // count, patched below
         for chunk in files.chunks(64) {
             let tokens: Vec<Vec<u32>> = chunk
                 .par_iter()
@@ -178,30 +179,17 @@ fn write_tokens(
                     progress(done.fetch_add(size, Ordering::Relaxed) + size, total);
                     t
                 })
-                .collect::<Result<_>>()
-                .map_err(std::io::Error::other)?;
+                .collect::<Result<_>>()?;
             for t in tokens.iter().flatten() {
-                w.write_all(&t.to_le_bytes())?;
+                w.write_all(&t.to_le_bytes()).map_err(io)?;
                 n_tokens += 1;
             }
         }
-        let out = w.into_inner().map_err(|e| e.into_error())?;
+        let out = w.into_inner().map_err(|e| io(e.into_error()))?;
         use std::io::Seek;
-        out.seek(std::io::SeekFrom::Start(8))?;
-        out.write_all(&n_tokens.to_le_bytes())
+        out.seek(std::io::SeekFrom::Start(8)).map_err(io)?;
+        out.write_all(&n_tokens.to_le_bytes()).map_err(io)
     })
-    .map_err(unwrap_io_other)
-}
-
-/// Our errors travel through `io::Error::other` inside `write_atomic`; take them back out.
-fn unwrap_io_other(e: Error) -> Error {
-    match e {
-        Error::Io { source, path } => match source.downcast::<Error>() {
-            Ok(inner) => inner,
-            Err(source) => Error::Io { path, source },
-        },
-        e => e,
-    }
 }
 
 /// The documents of one file, each encoded and followed by `eos`.

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use crate::Result;
 
 /// HF `initializer_range` default.
-pub const INIT_STD: f64 = 0.02;
+pub const INIT_STD: f64 = llama3::weights::hf_dir::INITIALIZER_RANGE;
 
 pub struct RandomInit {
     seed: u64,

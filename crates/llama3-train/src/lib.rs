@@ -3,6 +3,11 @@
 //! (tokenized once into a cached token file, packed into blocks), crash-safe checkpoints,
 //! and the training loop, a plain function that uses these helpers top to bottom.
 //!
+//! Reports that pull in heavy dependencies are cargo features, off by default (the `llama3`
+//! CLI turns them on): `plot` (loss-curve PNGs: plotters, an embedded font) and
+//! `tensorboard` (event files: prost, crc32c). Asking for either without it is an error that
+//! names the feature.
+//!
 //! Dim legend (as in `llama3`): `B` batch, `T` sequence, `D` model dim, `V` vocab,
 //! `N` counted (labelled) positions.
 
@@ -12,9 +17,7 @@ pub mod classify;
 pub mod config;
 pub mod corpus;
 pub mod error;
-pub mod fsio;
 pub mod grads;
-pub mod hf_dir;
 pub mod init;
 pub mod loss;
 pub mod metrics;
@@ -26,6 +29,7 @@ pub mod recompute;
 pub mod schedule;
 pub mod setup;
 pub mod sft;
+#[cfg(feature = "tensorboard")]
 pub mod tfevents;
 
 pub use config::{Method, Precision, TrainConfig};

@@ -1,14 +1,21 @@
 //! Metrics as JSONL (`<run>/metrics.jsonl`), one object per line with `kind` `train` or
-//! `eval`, and as TensorBoard event files (`<run>/events.out.tfevents.*`, see `tfevents`).
-//! A resume drops the JSONL lines past its checkpoint, so the file reads as one run; it
-//! starts a new event file (TensorBoard shows the resumed steps over the old ones).
+//! `eval`, and, with the `tensorboard` feature, as TensorBoard event files
+//! (`<run>/events.out.tfevents.*`, see `tfevents`). A resume drops the JSONL lines past its
+//! checkpoint, so the file reads as one run; it starts a new event file (TensorBoard shows the
+//! resumed steps over the old ones).
+//!
+//! Both files start through `llama3::weights::atomic` (0644, fsynced) and then grow by
+//! appends of whole records: rewriting them at every step would cost a copy of the log per
+//! step. A kill mid-append can only tear the last JSONL line, which [`read`] drops.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsio;
+use llama3::weights::atomic;
+
+#[cfg(feature = "tensorboard")]
 use crate::tfevents::EventWriter;
 use crate::{Error, Result};
 
@@ -52,17 +59,33 @@ impl Record {
     }
 }
 
+/// Fails when TensorBoard event files are asked for in a build without them: never a run
+/// that silently writes none.
+pub fn check_tensorboard(wanted: bool) -> Result<()> {
+    if wanted && !cfg!(feature = "tensorboard") {
+        return Err(Error::Input(
+            "TensorBoard event files need llama3-train built with its `tensorboard` cargo \
+             feature; set `tensorboard = false` or enable the feature"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub struct Metrics {
     file: std::fs::File,
     path: PathBuf,
-    events: EventWriter,
+    #[cfg(feature = "tensorboard")]
+    events: Option<EventWriter>,
 }
 
 impl Metrics {
     /// Opens `<run>/metrics.jsonl`, keeping only the records up to step `resume_step` (a
     /// resume from a checkpoint at that step, whose evaluation was done before it was saved);
-    /// a fresh run (`0`) starts an empty file.
-    pub fn open(run: &Path, resume_step: usize) -> Result<Self> {
+    /// a fresh run (`0`) starts an empty file. With `tensorboard`, also a new event file
+    /// (an error without the `tensorboard` feature).
+    pub fn open(run: &Path, resume_step: usize, tensorboard: bool) -> Result<Self> {
+        check_tensorboard(tensorboard)?;
         let path = run.join("metrics.jsonl");
         let kept: Vec<Record> = read(&path)?
             .into_iter()
@@ -72,7 +95,7 @@ impl Metrics {
         for r in &kept {
             text.push_str(&line(r, &path)?);
         }
-        fsio::write_atomic_bytes(&path, text.as_bytes())?;
+        atomic::write_bytes(&path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -83,8 +106,12 @@ impl Metrics {
                 std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
             }
         }
-        let events = EventWriter::create(run)?;
-        Ok(Self { file, path, events })
+        Ok(Self {
+            file,
+            path,
+            #[cfg(feature = "tensorboard")]
+            events: tensorboard.then(|| EventWriter::create(run)).transpose()?,
+        })
     }
 
     pub fn write(&mut self, r: &Record) -> Result<()> {
@@ -92,20 +119,27 @@ impl Metrics {
         self.file
             .write_all(l.as_bytes())
             .map_err(|e| Error::io(&self.path, e))?;
-        match r {
-            Record::Train(s) => self.events.scalars(
-                s.step,
-                &[
-                    ("train/loss", s.loss),
-                    ("train/lr", s.lr),
-                    ("train/grad_norm", s.grad_norm),
-                    ("train/tokens_per_s", s.tokens_per_s),
-                ],
-            ),
-            Record::Eval(e) => self
-                .events
-                .scalars(e.step, &[("eval/loss", e.loss), ("eval/ppl", e.ppl)]),
+        #[cfg(feature = "tensorboard")]
+        if let Some(events) = &mut self.events {
+            events_write(events, r)?;
         }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "tensorboard")]
+fn events_write(events: &mut EventWriter, r: &Record) -> Result<()> {
+    match r {
+        Record::Train(s) => events.scalars(
+            s.step,
+            &[
+                ("train/loss", s.loss),
+                ("train/lr", s.lr),
+                ("train/grad_norm", s.grad_norm),
+                ("train/tokens_per_s", s.tokens_per_s),
+            ],
+        ),
+        Record::Eval(e) => events.scalars(e.step, &[("eval/loss", e.loss), ("eval/ppl", e.ppl)]),
     }
 }
 
@@ -137,17 +171,83 @@ fn line(r: &Record, path: &Path) -> Result<String> {
     Ok(s)
 }
 
-/// The records of a metrics file (none when it does not exist).
+/// The records of a metrics file (none when it does not exist). A last line without its
+/// newline that does not parse was torn by a kill mid-append: dropped, not an error.
 pub fn read(path: &Path) -> Result<Vec<Record>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
+    let n = text.lines().count();
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(l) {
+            Ok(r) => out.push(r),
+            Err(_) if i + 1 == n && !text.ends_with('\n') => {}
+            Err(e) => return Err(Error::format(path, format!("line {}: {e}", i + 1))),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(step: usize) -> Record {
+        Record::Eval(EvalLog {
+            step,
+            loss: 2.0,
+            ppl: 7.4,
         })
-        .collect()
+    }
+
+    #[test]
+    fn a_resume_keeps_its_records_and_a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut m = Metrics::open(dir.path(), 0, false).unwrap();
+        for s in 1..=3 {
+            m.write(&eval(s)).unwrap();
+        }
+        drop(m);
+        // A kill mid-append: half a record, no newline.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(br#"{"kind":"eval","st"#).unwrap();
+        assert_eq!(read(&path).unwrap(), [eval(1), eval(2), eval(3)]);
+        Metrics::open(dir.path(), 2, false).unwrap();
+        assert_eq!(read(&path).unwrap(), [eval(1), eval(2)]);
+        // A bad line elsewhere is corruption, not a torn append.
+        std::fs::write(&path, "{\"kind\":\"eval\"\n").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert_eq!(event_files(dir.path()).unwrap().len(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_metrics_file_is_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        Metrics::open(dir.path(), 0, false).unwrap();
+        let meta = std::fs::metadata(dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    }
+
+    #[cfg(not(feature = "tensorboard"))]
+    #[test]
+    fn tensorboard_without_the_feature_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Metrics::open(dir.path(), 0, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("`tensorboard` cargo feature"), "{err}");
+    }
 }

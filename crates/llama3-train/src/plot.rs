@@ -1,18 +1,27 @@
 //! The loss curve of a run as a PNG (`plotters`, DejaVu Sans embedded, no system fonts):
 //! training loss per step (faint) with its running mean, and held-out loss at each eval.
+//! Drawing needs the `plot` feature; without it [`loss_png`] is an error naming it.
 
 use std::path::Path;
 
+#[cfg(feature = "plot")]
 use plotters::prelude::*;
 
 use crate::metrics::{read, Record};
 use crate::{Error, Result};
 
+#[cfg(feature = "plot")]
 const FONT: &str = "sans-serif";
 
-/// Reads `<run>/metrics.jsonl` and writes the curve to `out`. Returns how many train and eval
-/// points were drawn.
+/// Reads `<run>/metrics.jsonl` and writes the curve to `out` (atomically). Returns how many
+/// train and eval points were drawn.
 pub fn loss_png(run: &Path, out: &Path) -> Result<(usize, usize)> {
+    if !cfg!(feature = "plot") {
+        return Err(Error::Input(format!(
+            "cannot draw {}: plots need llama3-train built with its `plot` cargo feature",
+            out.display()
+        )));
+    }
     let metrics = run.join("metrics.jsonl");
     if !metrics.is_file() {
         return Err(Error::format(run, "not a training run: no metrics.jsonl"));
@@ -35,11 +44,23 @@ pub fn loss_png(run: &Path, out: &Path) -> Result<(usize, usize)> {
     if train.is_empty() && eval.is_empty() {
         return Err(Error::format(&metrics, "no loss to plot"));
     }
-    draw(&train, &eval, out).map_err(|e| Error::format(out, format!("cannot draw: {e}")))?;
+    llama3::weights::atomic::write_path_with(out, |tmp| draw(&train, &eval, tmp, out))?;
     Ok((train.len(), eval.len()))
 }
 
+#[cfg(not(feature = "plot"))]
+fn draw(_: &[(f64, f64)], _: &[(f64, f64)], _: &Path, out: &Path) -> Result<()> {
+    Err(Error::format(out, "built without the `plot` feature"))
+}
+
+/// Draws to `tmp` (renamed to `out` when done).
+#[cfg(feature = "plot")]
+fn draw(train: &[(f64, f64)], eval: &[(f64, f64)], tmp: &Path, out: &Path) -> Result<()> {
+    draw_to(train, eval, tmp).map_err(|e| Error::format(out, format!("cannot draw: {e}")))
+}
+
 /// Mean of the last `w` points at each point.
+#[cfg(feature = "plot")]
 fn running_mean(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
     let mut sum = 0.0;
     points
@@ -55,7 +76,8 @@ fn running_mean(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn draw(
+#[cfg(feature = "plot")]
+fn draw_to(
     train: &[(f64, f64)],
     eval: &[(f64, f64)],
     out: &Path,
@@ -119,6 +141,17 @@ fn draw(
 mod tests {
     use super::*;
 
+    #[cfg(not(feature = "plot"))]
+    #[test]
+    fn without_the_feature_a_plot_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("loss.png");
+        let err = loss_png(dir.path(), &out).unwrap_err().to_string();
+        assert!(err.contains("`plot` cargo feature"), "{err}");
+        assert!(!out.exists());
+    }
+
+    #[cfg(feature = "plot")]
     #[test]
     fn running_mean_window() {
         let p = [(1.0, 4.0), (2.0, 2.0), (3.0, 0.0)];
@@ -128,6 +161,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "plot")]
     #[test]
     fn writes_a_png_and_refuses_empty_metrics() {
         let dir = tempfile::tempdir().unwrap();

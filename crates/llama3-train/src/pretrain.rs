@@ -5,12 +5,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
+use llama3::weights::hf_dir;
 use llama3::Llama;
 
 use crate::batches::Dataset;
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
-use crate::hf_dir;
 use crate::loss::{causal_lm_loss_sum, counted_labels};
 use crate::metrics::{EvalLog, Metrics, Record, StepLog};
 use crate::optim::AdamW;
@@ -79,7 +79,7 @@ pub fn train(
         state.tokens_seen = saved.tokens_seen;
     }
     let start = state.step;
-    let mut metrics = Metrics::open(run, start)?;
+    let mut metrics = Metrics::open(run, start, cfg.tensorboard)?;
     let mut grads = Grads::new(opt.params().len());
     let mut final_eval = None;
     on_event(Event::Start {

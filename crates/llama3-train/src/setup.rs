@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use llama3::tokenizer::Tokenizer;
+use llama3::weights::atomic;
 use llama3::Llama;
 
 use crate::batches::{Blocks, Dataset, Shuffled};
@@ -14,7 +15,6 @@ use crate::corpus::{collect_files, tokenize_cached};
 use crate::init::RandomInit;
 use crate::presets::{preset, PRESETS};
 use crate::sft::{self, Examples};
-use crate::{fsio, hf_dir};
 use crate::{Error, Result};
 
 pub struct Setup {
@@ -159,15 +159,14 @@ fn check_run_dir(cfg: &TrainConfig, resume: bool) -> Result<()> {
             run.display()
         )));
     }
-    fsio::create_dir_all(run)
+    Ok(atomic::create_dir_all(run)?)
 }
 
 /// Marks the directory as this run's, once the inputs are known to be good (a run that failed
 /// on bad input can be retried without --resume).
 fn claim_run_dir(cfg: &TrainConfig) -> Result<()> {
     let saved = cfg.model_path.join("train_config.json");
-    let json = serde_json::to_value(cfg).map_err(|e| Error::format(&saved, e.to_string()))?;
-    hf_dir::write_json(&saved, &json)
+    Ok(atomic::write_json(&saved, cfg)?)
 }
 
 fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tokenizer)> {

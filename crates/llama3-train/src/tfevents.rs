@@ -1,12 +1,14 @@
 //! TensorBoard event files (`events.out.tfevents.<time>.<host>`): scalars written as
 //! TensorFlow `Event` protos (`tensorflow/core/util/event.proto`, `summary.proto`) framed as
 //! TFRecords (`u64 length`, masked CRC-32C of the length, data, masked CRC-32C of the data), so
-//! `tensorboard --logdir RUN` shows the run's curves.
+//! `tensorboard --logdir RUN` shows the run's curves. Built with the `tensorboard` feature
+//! (prost, crc32c).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use llama3::weights::atomic;
 use prost::Message;
 
 use crate::{Error, Result};
@@ -101,15 +103,19 @@ impl EventWriter {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let path = dir.join(format!("events.out.tfevents.{}.llama3", now as u64));
-        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let mut w = Self { file, path };
-        w.write(&Event {
+        let header = Event {
             wall_time: now,
             step: 0,
             file_version: Some("brain.Event:2".into()),
             summary: None,
-        })?;
-        Ok(w)
+        };
+        // Created whole (0644, fsynced) with its header, then appended to record by record.
+        atomic::write_bytes(&path, &record(&header.encode_to_vec()))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self { file, path })
     }
 
     pub fn path(&self) -> &Path {

@@ -173,3 +173,49 @@ fn bad_input_is_an_error() {
     }];
     assert!(err(two(), bad).contains("outside"));
 }
+
+/// The trained head's (L, D) weights.
+fn head(cls: &Classifier) -> Vec<f32> {
+    match &cls.score.weight {
+        llama3::model::LinearWeight::Dense(t) => t.flatten_all().unwrap().to_vec1().unwrap(),
+        _ => panic!("a dense head"),
+    }
+}
+
+/// `clip: 0` means no clipping, as in `TrainConfig::clip` and `llama3 train --clip 0`: the
+/// head trains. Clipping to a norm of 0 would scale every gradient to 0, leaving the head at
+/// its initial weights and the loss flat.
+#[test]
+fn clip_zero_means_no_clipping() {
+    let train = data(64, 1);
+    let run = |clip: f64, lr: f64| {
+        let mut losses = vec![];
+        let cfg = ClsConfig {
+            clip,
+            ..config(ClsMethod::Head, 20, lr)
+        };
+        let labels = vec!["low".into(), "high".into()];
+        let cls = classify::train(model(), labels, 0, &train, &cfg, &mut |p| {
+            if let Progress::Step { loss, .. } = p {
+                losses.push(loss)
+            }
+        })
+        .unwrap();
+        (head(&cls), losses)
+    };
+    // A learning rate of 0 leaves the seeded initial head.
+    let (initial, _) = run(1.0, 0.0);
+    let (trained, losses) = run(0.0, 3e-2);
+    let moved = initial
+        .iter()
+        .zip(&trained)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 1e-3,
+        "the head did not move from its initial weights ({moved})"
+    );
+    let k = losses.len() / 5;
+    let (first, last) = (mean(&losses[..k]), mean(&losses[losses.len() - k..]));
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+}

@@ -7,7 +7,7 @@ use candle_core::DType;
 use common::{golden, tensors, to_vec};
 use llama3::loader::{load, LoadOptions};
 use llama3::model::Logits;
-use llama3_train::hf_dir::write_model_dir;
+use llama3::weights::hf_dir::write_model_dir;
 use llama3_train::{causal_lm_loss, AdamW, AdamWConfig, Grads};
 
 fn round_trip(name: &str) {

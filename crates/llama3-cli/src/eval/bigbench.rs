@@ -1,6 +1,5 @@
 //! `llama3 eval bigbench TASK... [-k 0,3] [--limit N]`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -128,8 +127,8 @@ pub fn run(a: BigbenchArgs) -> Result<()> {
             });
         }
     }
-    if let Some(mut w) = preds {
-        w.flush()?;
+    if let Some(w) = preds {
+        w.finish()?;
     }
     if a.json {
         let out = serde_json::json!({

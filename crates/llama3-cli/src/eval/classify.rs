@@ -1,13 +1,13 @@
 //! `llama3 eval classify` (prompted zero-/k-shot classification) and `llama3 eval rt-split`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use llama3::eval::data::{read_labelled, write_jsonl, Columns, LabelledExample};
 use llama3::eval::prompted::{build_items, FewShot, Labels, Template, DEFAULT_TEMPLATE};
 use llama3::eval::{rotten, subset, summarize, ClassificationReport, ConfusionMatrix};
+use llama3::weights::atomic;
 
 use super::{create, load, path_str, score_with_progress, unescape, write_predictions};
 use crate::args::{need_tokenizer, ModelArgs};
@@ -147,8 +147,8 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
             tokens_run,
         });
     }
-    if let Some(mut w) = preds {
-        w.flush()?;
+    if let Some(w) = preds {
+        w.finish()?;
     }
     if a.json {
         let out = serde_json::json!({
@@ -235,8 +235,7 @@ pub struct RtSplitArgs {
 
 pub fn rt_split(a: RtSplitArgs) -> Result<()> {
     let s = rotten::split(&a.data, a.test_fraction, a.seed)?;
-    std::fs::create_dir_all(&a.out_dir)
-        .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+    atomic::create_dir_all(&a.out_dir)?;
     write_jsonl(&a.out_dir.join("train.jsonl"), &rotten::to_json(&s.train))?;
     write_jsonl(&a.out_dir.join("test.jsonl"), &rotten::to_json(&s.test))?;
     let count = |rs: &[rotten::Review], l: &str| rs.iter().filter(|r| r.example.label == l).count();
@@ -252,9 +251,8 @@ pub fn rt_split(a: RtSplitArgs) -> Result<()> {
         "test": {"reviews": s.test.len(), "fresh": count(&s.test, "fresh"), "rotten": count(&s.test, "rotten")},
     });
     let info_path = a.out_dir.join("split.json");
-    let mut f = std::fs::File::create(&info_path)
-        .with_context(|| format!("cannot write {}", info_path.display()))?;
-    writeln!(f, "{}", serde_json::to_string_pretty(&info)?)?;
+    let text = format!("{}\n", serde_json::to_string_pretty(&info)?);
+    atomic::write_bytes(&info_path, text.as_bytes())?;
     eprintln!(
         "{} movies: {} test ({} reviews), {} train ({} reviews); {} plot rows dropped; wrote {}",
         s.n_movies,

@@ -172,7 +172,7 @@ pub fn write_jsonl(path: &Path, rows: &[Json]) -> Result<()> {
         s.push_str(&serde_json::to_string(r).map_err(|e| Error::format(path, e.to_string()))?);
         s.push('\n');
     }
-    std::fs::write(path, s).map_err(|e| Error::io(path, e))
+    crate::weights::atomic::write_bytes(path, s.as_bytes())
 }
 
 #[cfg(test)]

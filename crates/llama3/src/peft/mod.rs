@@ -351,7 +351,7 @@ pub fn save_with(
     saved: &[(String, Tensor)],
     dir: &Path,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::weights::atomic::create_dir_all(dir)?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (name, lin) in model.linears_mut() {
         if let Some(l) = lin.lora.first() {
@@ -368,20 +368,8 @@ pub fn save_with(
         let t = t.detach().to_dtype(DType::F32)?.contiguous()?;
         tensors.push((format!("{PREFIX}{name}"), t));
     }
-    let file = dir.join(WEIGHTS_FILE);
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(meta),
-        tmp.path(),
-    )
-    .map_err(|e| Error::format(&file, e.to_string()))?;
-    tmp.persist(&file).map_err(|e| Error::io(&file, e.error))?;
-    let cfg_path = dir.join(CONFIG_FILE);
-    let json = serde_json::to_string_pretty(config)
-        .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
-    std::fs::write(&cfg_path, json).map_err(|e| Error::io(&cfg_path, e))
+    crate::weights::safetensors::save(&tensors, &dir.join(WEIGHTS_FILE))?;
+    crate::weights::atomic::write_json(&dir.join(CONFIG_FILE), config)
 }
 
 #[cfg(test)]

@@ -30,52 +30,32 @@ pub fn order_metadata(md: &mut [(String, Value)]) {
     md.sort_by(|a, b| group(&a.0).cmp(&group(&b.0)).then(a.0.cmp(&b.0)));
 }
 
-/// Writes a GGUF file to `path` atomically: the bytes go to a temporary file in the same
-/// directory, which is synced and renamed over `path` only when complete, so `path` is never
-/// left half-written (an error or a kill leaves at most the temporary file, removed on error).
-/// Returns the size of the file written.
+/// Writes a GGUF file to `path` through [`atomic`](super::atomic): `path` is never left
+/// half-written (an error or a kill leaves the old file, if any). Returns the size of the file
+/// written.
 pub fn write_gguf(
     path: &Path,
     metadata: &[(String, Value)],
     tensors: &[(String, QTensor)],
 ) -> Result<u64> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
     let md: Vec<(&str, &Value)> = metadata
         .iter()
         .filter(|(k, _)| k != ALIGNMENT_KEY)
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".llama3-gguf-").suffix(".tmp");
-    // A temporary file is private (0600); the model file gets what File::create would give
-    // (0666 less the umask).
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut w = BufWriter::new(tmp.as_file());
-    gguf_file::write(&mut w, &md, &ts).map_err(|e| {
-        Error::format(
-            &tmp_path,
-            format!("writing GGUF: {}", crate::error::candle_message(&e)),
-        )
+    super::atomic::write_with(path, |file| {
+        let mut w = BufWriter::new(file);
+        gguf_file::write(&mut w, &md, &ts).map_err(|e| {
+            Error::format(
+                path,
+                format!("writing GGUF: {}", crate::error::candle_message(&e)),
+            )
+        })?;
+        w.flush().map_err(|e| Error::io(path, e))
     })?;
-    w.flush().map_err(|e| Error::io(&tmp_path, e))?;
-    drop(w);
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(&tmp_path, e))?;
-    let file = tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    Ok(len)
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    Ok(meta.len())
 }
 
 #[cfg(test)]

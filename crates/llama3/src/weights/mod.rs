@@ -1,8 +1,11 @@
-//! Weight loaders. Both produce [`Weight`]s under HF tensor names, so the model is built by
-//! one piece of code whatever the file format.
+//! Weight loaders and writers. Both loaders produce [`Weight`]s under HF tensor names, so the
+//! model is built by one piece of code whatever the file format; every writer goes through
+//! [`atomic`].
 
+pub mod atomic;
 pub mod gguf;
 pub mod gguf_write;
+pub mod hf_dir;
 pub mod names;
 pub mod safetensors;
 

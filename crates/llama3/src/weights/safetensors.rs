@@ -1,5 +1,5 @@
 //! HF model directories: `model.safetensors`, or shards listed by
-//! `model.safetensors.index.json`; f32/f16/bf16 tensors, memory-mapped.
+//! `model.safetensors.index.json`; f32/f16/bf16 tensors, memory-mapped. [`save`] writes one.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,6 +12,17 @@ use safetensors::Dtype;
 
 use super::{Weight, WeightSource};
 use crate::{Error, Result};
+
+/// Named tensors to a safetensors file with `format: pt` metadata (what transformers expects),
+/// atomically.
+pub fn save(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let data = tensors.iter().map(|(n, t)| (n.as_str(), t));
+    super::atomic::write_path_with(path, |tmp| {
+        safetensors::serialize_to_file(data, Some(meta), tmp)
+            .map_err(|e| Error::format(path, format!("cannot write safetensors: {e}")))
+    })
+}
 
 struct Shard {
     path: PathBuf,

@@ -1,6 +1,11 @@
 //! Sequence classification as HF `LlamaForSequenceClassification`: the decoder's final hidden
 //! state at each row's last non-pad token, through a bias-free `score` head (labels, D).
-//! Loads and saves HF directories (`score.weight`, `id2label`/`label2id`, `pad_token_id`).
+//! Loads and saves HF directories (`score.weight`, `id2label`/`label2id`, `pad_token_id`);
+//! [`predict`] labels texts with one.
+
+mod predict;
+
+pub use predict::{argmax, encode, PredictOptions, Prediction};
 
 use std::path::Path;
 

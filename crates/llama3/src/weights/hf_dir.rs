@@ -1,16 +1,19 @@
 //! Writing a model as an HF directory that transformers and our loader read: config.json,
-//! generation_config.json, model.safetensors (HF names, `format: pt`), tokenizer files.
+//! generation_config.json, model.safetensors (HF names, `format: pt`), tokenizer files. Every
+//! file goes through [`atomic`](super::atomic).
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use llama3::config::RopeScaling;
-use llama3::tokenizer::Tokenizer;
-use llama3::{Llama, LlamaConfig};
 use serde_json::{json, Value};
 
-use crate::fsio;
-use crate::{Error, Result};
+use super::atomic;
+use crate::config::RopeScaling;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Llama, LlamaConfig, Result};
+
+/// HF `initializer_range`, the std of transformers' normal init; llama3-train initializes
+/// new weights with it.
+pub const INITIALIZER_RANGE: f64 = 0.02;
 
 /// HF `LlamaConfig` JSON (transformers `config.json`) for `c`.
 pub fn config_json(c: &LlamaConfig) -> Value {
@@ -35,7 +38,7 @@ pub fn config_json(c: &LlamaConfig) -> Value {
         "hidden_act": "silu",
         "attention_bias": false,
         "mlp_bias": false,
-        "initializer_range": crate::init::INIT_STD,
+        "initializer_range": INITIALIZER_RANGE,
         "torch_dtype": "float32",
         "bos_token_id": c.bos_token_id,
         "eos_token_id": eos,
@@ -63,30 +66,20 @@ pub fn config_json(c: &LlamaConfig) -> Value {
 /// Writes the weights under their HF names to `path` atomically.
 pub fn save_weights(model: &Llama, path: &Path) -> Result<()> {
     let tensors = model.named_tensors()?;
-    save_tensors(&tensors, path)
-}
-
-/// Named tensors to a safetensors file, atomically.
-pub fn save_tensors(tensors: &[(String, candle_core::Tensor)], path: &Path) -> Result<()> {
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let data = tensors.iter().map(|(n, t)| (n.as_str(), t));
-    fsio::write_atomic_path(path, |tmp| {
-        safetensors::serialize_to_file(data, Some(meta), tmp)
-            .map_err(|e| Error::format(path, format!("cannot write safetensors: {e}")))
-    })
+    super::safetensors::save(&tensors, path)
 }
 
 /// The model directory: config, generation config, weights and, when given, tokenizer.
 pub fn write_model_dir(dir: &Path, model: &Llama, tok: Option<&Tokenizer>) -> Result<()> {
-    fsio::create_dir_all(dir)?;
+    atomic::create_dir_all(dir)?;
     let c = &model.config;
-    write_json(&dir.join("config.json"), &config_json(c))?;
+    atomic::write_json(&dir.join("config.json"), &config_json(c))?;
     let gen = json!({
         "bos_token_id": c.bos_token_id,
         "eos_token_id": c.eos_token_ids,
         "do_sample": false,
     });
-    write_json(&dir.join("generation_config.json"), &gen)?;
+    atomic::write_json(&dir.join("generation_config.json"), &gen)?;
     save_weights(model, &dir.join("model.safetensors"))?;
     if let Some(tok) = tok {
         write_tokenizer(dir, tok, c.max_position_embeddings)?;
@@ -101,7 +94,7 @@ pub fn write_tokenizer(dir: &Path, tok: &Tokenizer, max_len: usize) -> Result<()
         .inner()
         .to_string(false)
         .map_err(|e| Error::format(&path, format!("cannot serialize the tokenizer: {e}")))?;
-    fsio::write_atomic_bytes(&path, text.as_bytes())?;
+    atomic::write_bytes(&path, text.as_bytes())?;
     let mut cfg = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_len,
@@ -112,11 +105,5 @@ pub fn write_tokenizer(dir: &Path, tok: &Tokenizer, max_len: usize) -> Result<()
     if let Some(t) = tok.chat_template() {
         cfg["chat_template"] = json!(t.source());
     }
-    write_json(&dir.join("tokenizer_config.json"), &cfg)
-}
-
-pub fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v)
-        .map_err(|e| Error::format(path, format!("cannot serialize JSON: {e}")))?;
-    fsio::write_atomic_bytes(path, text.as_bytes())
+    atomic::write_json(&dir.join("tokenizer_config.json"), &cfg)
 }
