@@ -77,12 +77,7 @@ pub(crate) fn run(
                 metrics.cancelled.inc();
                 continue;
             }
-            match admit(model, tok, cfg, job, &mut free, metrics) {
-                Ok(s) => seqs.push(s),
-                Err((job, e)) => {
-                    let _ = job.events.send(Event::Error(e));
-                }
-            }
+            seqs.extend(admit(model, tok, cfg, job, &mut free, metrics));
         }
         if seqs.is_empty() {
             if open {
@@ -154,7 +149,8 @@ pub(crate) fn run(
 }
 
 /// Starts `job` in the free slot whose cached tokens share the longest prefix with its prompt
-/// (or a new slot), keeping that prefix in the cache.
+/// (or a new slot), keeping that prefix in the cache. A job that cannot start gets its error
+/// event.
 fn admit<'t>(
     model: &Llama,
     tok: &'t Tokenizer,
@@ -162,20 +158,24 @@ fn admit<'t>(
     job: Job,
     free: &mut Vec<Session>,
     metrics: &Metrics,
-) -> Result<Seq<'t>, (Job, String)> {
+) -> Option<Seq<'t>> {
     let best = (0..free.len()).max_by_key(|&i| free[i].common_prefix(&job.prompt));
     let mut slot = match best {
         Some(i) => free.swap_remove(i),
         None => match Session::new(model, cfg.ctx) {
             Ok(s) => s,
-            Err(e) => return Err((job, format!("no KV cache: {e}"))),
+            Err(e) => {
+                let _ = job.events.send(Event::Error(format!("no KV cache: {e}")));
+                return None;
+            }
         },
     };
     let prefilled = match slot.reuse(&job.prompt) {
         Ok(n) => n,
         Err(e) => {
             free.push(slot);
-            return Err((job, e.to_string()));
+            let _ = job.events.send(Event::Error(e.to_string()));
+            return None;
         }
     };
     metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
@@ -187,7 +187,7 @@ fn admit<'t>(
         logprobs: job.logprobs,
         stop: job.stop.clone(),
     };
-    Ok(Seq {
+    Some(Seq {
         seq: Sequence::new(opts, Some(tok), &job.prompt),
         job,
         slot,

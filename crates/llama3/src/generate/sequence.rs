@@ -114,13 +114,11 @@ impl<'t> Sequence<'t> {
         if is_end {
             self.finish = Some(FinishReason::Stop);
         } else {
-            if let Some(piece) = self.decoder.as_mut().map(|d| d.step(token)).transpose()? {
-                if let Some(piece) = piece {
-                    let (emit, hit) = self.stops.push(&piece);
-                    text = emit;
-                    if hit {
-                        self.finish = Some(FinishReason::Stop);
-                    }
+            if let Some(Some(piece)) = self.decoder.as_mut().map(|d| d.step(token)).transpose()? {
+                let (emit, hit) = self.stops.push(&piece);
+                text = emit;
+                if hit {
+                    self.finish = Some(FinishReason::Stop);
                 }
             }
             if self.finish.is_none() && (self.generated >= self.max_tokens || !room) {
@@ -142,10 +140,8 @@ impl<'t> Sequence<'t> {
     pub fn finish(&mut self, otherwise: FinishReason) -> Result<(String, FinishReason)> {
         let mut text = String::new();
         if !self.stops.is_stopped() {
-            if let Some(piece) = self.decoder.as_mut().map(|d| d.flush()).transpose()? {
-                if let Some(piece) = piece {
-                    text.push_str(&self.stops.push(&piece).0);
-                }
+            if let Some(Some(piece)) = self.decoder.as_mut().map(|d| d.flush()).transpose()? {
+                text.push_str(&self.stops.push(&piece).0);
             }
             if !self.stops.is_stopped() {
                 text.push_str(&self.stops.flush());
