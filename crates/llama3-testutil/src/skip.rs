@@ -7,24 +7,37 @@
 //! their reasons, after `cargo test`.
 
 use std::io::Write;
+use std::path::Path;
 
 /// The environment variable naming the file that collects the skipped tests' lines.
 pub const SKIPPED_FILE_ENV: &str = "LLAMA3_SKIPPED_FILE";
 
 /// Reports that `test` did not run, and why. The caller returns right after.
 pub fn skip(test: &str, reason: &str) {
-    let line = format!("SKIPPED {test}: {}\n", reason.trim().replace('\n', " "));
+    let file = std::env::var_os(SKIPPED_FILE_ENV).filter(|p| !p.is_empty());
     // Straight to fd 2, past libtest's capture of `eprintln!`.
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    if let Some(path) = std::env::var_os(SKIPPED_FILE_ENV).filter(|p| !p.is_empty()) {
+    report(
+        test,
+        reason,
+        &mut std::io::stderr(),
+        file.as_deref().map(Path::new),
+    );
+}
+
+/// Writes the line `SKIPPED <test>: <reason>` to `out` and appends it to `file`.
+fn report(test: &str, reason: &str, out: &mut impl Write, file: Option<&Path>) {
+    let line = format!("SKIPPED {test}: {}\n", reason.trim().replace('\n', " "));
+    let _ = out.write_all(line.as_bytes());
+    if let Some(path) = file {
+        let what = format!("{SKIPPED_FILE_ENV}={}", path.display());
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("{SKIPPED_FILE_ENV}={}: {e}", path.to_string_lossy()));
-        // One write of one short line: appends from parallel test binaries do not interleave.
+            .open(path)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        // One O_APPEND write a line: lines from parallel test binaries do not interleave.
         f.write_all(line.as_bytes())
-            .unwrap_or_else(|e| panic!("{SKIPPED_FILE_ENV}={}: {e}", path.to_string_lossy()));
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
     }
 }
 
@@ -46,18 +59,18 @@ pub fn on_ci() -> bool {
 mod tests {
     use super::*;
 
-    /// The only test here that touches the environment (tests run in parallel threads).
     #[test]
-    fn skip_appends_a_line_to_the_named_file() {
+    fn report_writes_one_line_and_appends_it_to_the_file() {
         let dir = std::env::temp_dir().join(format!("llama3-skip-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("skipped.txt");
-        std::env::set_var(SKIPPED_FILE_ENV, &file);
-        skip("a::b", "no tool\nhere");
-        skip("c::d", "why");
-        std::env::remove_var(SKIPPED_FILE_ENV);
+        let mut out = Vec::new();
+        report("a::b", "no tool\nhere ", &mut out, Some(&file));
+        report("c::d", "why", &mut out, Some(&file));
         let text = std::fs::read_to_string(&file).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(text, "SKIPPED a::b: no tool here\nSKIPPED c::d: why\n");
+        let want = "SKIPPED a::b: no tool here\nSKIPPED c::d: why\n";
+        assert_eq!(text, want);
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 }
