@@ -27,21 +27,16 @@ fn main() {
     }
 }
 
-/// Deterministic values in [-1, 1) (an LCG, as the kernel tests use).
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect()
+/// Normal random values (the timing does not depend on them).
+fn data(len: usize) -> Vec<f32> {
+    Tensor::randn(0f32, 1.0, len, &Device::Cpu)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
-fn weight(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> QTensor {
-    let w = Tensor::from_vec(data(n * k, seed), (n, k), &Device::Cpu).unwrap();
+fn weight(dtype: GgmlDType, n: usize, k: usize) -> QTensor {
+    let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
     QTensor::quantize(&w, dtype).unwrap()
 }
 
@@ -49,7 +44,7 @@ fn weight(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> QTensor {
 fn speed() {
     let (n, k) = (1536, 576);
     for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-        let q = weight(dtype, n, k, 7);
+        let q = weight(dtype, n, k);
         let p = Packed::new(&q).unwrap().unwrap();
         let kind: Kind = match p.format() {
             Format::Blocks(kind) => kind,
@@ -57,7 +52,7 @@ fn speed() {
         };
         let raw = q.data().unwrap().to_vec();
         for m in [1, 16, 512] {
-            let x = data(m * k, 8);
+            let x = data(m * k);
             let reps = 4096 / m;
             let t = Instant::now();
             for _ in 0..reps {
@@ -85,8 +80,7 @@ fn gemv_bandwidth() {
     let (n, k) = (8192, 2048); // 9.4 MB Q4_1 each
     let ws: Vec<Packed> = (0..10)
         .map(|_| {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-            Packed::new(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap())
+            Packed::new(&weight(GgmlDType::Q4_1, n, k))
                 .unwrap()
                 .unwrap()
         })
