@@ -3,26 +3,10 @@
 //! (a held-out label unseen in training, empty text, unknown LoRA module) is a clear error;
 //! LoRA training also writes a PEFT SEQ_CLS adapter that predicts the same on the base.
 
-mod common;
-
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn llama3(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama3"))
-        .args(args)
-        .output()
-        .expect("run llama3")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "llama3 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use llama3_testutil::{llama3, ok};
 
 fn err(out: Output) -> String {
     assert!(!out.status.success(), "expected a failure");
@@ -77,12 +61,12 @@ fn head_trains_evaluates_and_predicts() {
         "classify", "train", "--data", d, "-o", o, "--method", "head", "--epochs", "60", "--lr",
         "1e-2",
     ];
-    ok(&llama3(&args));
+    ok(&llama3!(&args));
     assert!(out.join("config.json").is_file() && out.join("tokenizer.json").is_file());
     // The training texts are learned (a linear head on 576 features, 12 points).
     let report = dir.path().join("report.json");
     let r = report.to_str().unwrap();
-    let text = ok(&llama3(&[
+    let text = ok(&llama3!(&[
         "classify", "eval", "-m", o, "--data", d, "--json", r,
     ]));
     assert!(text.contains("accuracy"), "{text}");
@@ -91,7 +75,7 @@ fn head_trains_evaluates_and_predicts() {
     assert_eq!(rep["n"], 12);
     assert!(rep["accuracy"].as_f64().unwrap() >= 0.9, "{rep}");
     assert_eq!(rep["labels"], serde_json::json!(["fresh", "rotten"]));
-    let pred = ok(&llama3(&[
+    let pred = ok(&llama3!(&[
         "classify", "predict", "-m", o, "--text", GOOD[0], "--text", BAD[0],
     ]));
     let labels: Vec<String> = pred
@@ -106,7 +90,7 @@ fn head_trains_evaluates_and_predicts() {
         &valid,
         &[("Fine.", "fresh"), ("Meh, it was okay.", "mixed")],
     );
-    let e = err(llama3(&[
+    let e = err(llama3!(&[
         "classify",
         "train",
         "--data",
@@ -122,7 +106,7 @@ fn head_trains_evaluates_and_predicts() {
     );
     let empty = dir.path().join("empty.jsonl");
     write(&empty, &[("Great.", "fresh"), ("  ", "rotten")]);
-    let e = err(llama3(&[
+    let e = err(llama3!(&[
         "classify",
         "train",
         "--data",
@@ -131,7 +115,7 @@ fn head_trains_evaluates_and_predicts() {
         o,
     ]));
     assert!(e.contains("line 2") && e.contains("empty text"), "{e}");
-    let e = err(llama3(&[
+    let e = err(llama3!(&[
         "classify",
         "train",
         "--data",
@@ -142,7 +126,7 @@ fn head_trains_evaluates_and_predicts() {
         "q_proj,attn",
     ]));
     assert!(e.contains("\"attn\""), "{e}");
-    let e = err(llama3(&["classify", "eval", "-m", d, "--data", d]));
+    let e = err(llama3!(&["classify", "eval", "-m", d, "--data", d]));
     assert!(e.contains("cannot load the classifier"), "{e}");
 }
 
@@ -154,7 +138,7 @@ fn lora_writes_a_peft_adapter_that_predicts_the_same() {
     let data = reviews(dir.path());
     let out = dir.path().join("cls");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    ok(&llama3(&[
+    ok(&llama3!(&[
         "classify", "train", "--data", d, "-o", o, "--method", "lora", "--epochs", "1", "--lora-r",
         "4",
     ]));
@@ -169,26 +153,24 @@ fn lora_writes_a_peft_adapter_that_predicts_the_same() {
         serde_json::json!(["classifier", "score"])
     );
     let texts = ["--text", GOOD[0], "--text", BAD[1]];
-    let merged = ok(&llama3(
+    let merged = ok(&llama3!(
         &[&["classify", "predict", "-m", o][..], &texts].concat(),
     ));
-    let base = common::default_model();
+    let base = llama3_testutil::default_model();
     let a = adapter.to_str().unwrap();
-    let via_adapter = ok(&llama3(
+    let via_adapter = ok(&llama3!(&[
         &[
-            &[
-                "classify",
-                "predict",
-                "-m",
-                base.to_str().unwrap(),
-                "--adapter",
-                a,
-            ][..],
-            &["--labels", "fresh,rotten"],
-            &texts,
-        ]
-        .concat(),
-    ));
+            "classify",
+            "predict",
+            "-m",
+            base.to_str().unwrap(),
+            "--adapter",
+            a,
+        ][..],
+        &["--labels", "fresh,rotten"],
+        &texts,
+    ]
+    .concat(),));
     let probs = |s: &str| -> Vec<(String, f64)> {
         s.lines()
             .map(|l| {
@@ -207,7 +189,7 @@ fn lora_writes_a_peft_adapter_that_predicts_the_same() {
         assert!((pm - pv).abs() < 1e-3, "{pm} vs {pv}");
     }
     // The adapter is not a language model's, and its labels must fit its head.
-    let e = err(llama3(&[
+    let e = err(llama3!(&[
         "generate",
         "-m",
         base.to_str().unwrap(),
@@ -219,21 +201,19 @@ fn lora_writes_a_peft_adapter_that_predicts_the_same() {
         "Hi",
     ]));
     assert!(e.contains("classif"), "{e}");
-    let e = err(llama3(
+    let e = err(llama3!(&[
         &[
-            &[
-                "classify",
-                "predict",
-                "-m",
-                base.to_str().unwrap(),
-                "--adapter",
-                a,
-                "--labels",
-                "x",
-            ][..],
-            &texts,
-        ]
-        .concat(),
-    ));
+            "classify",
+            "predict",
+            "-m",
+            base.to_str().unwrap(),
+            "--adapter",
+            a,
+            "--labels",
+            "x",
+        ][..],
+        &texts,
+    ]
+    .concat(),));
     assert!(e.contains("label"), "{e}");
 }

@@ -2,30 +2,21 @@
 //! (acceptance 5 of the engine issue), and the main commands work end to end.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-mod common;
-use common::{default_model, llama3, shared};
-
-/// Fails unless the command failed with exactly one line on stderr that contains `needle`.
-fn assert_one_line_error(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(
-        lines[0].to_lowercase().contains(&needle.to_lowercase()),
-        "{needle:?} not in: {err}"
-    );
-}
+use llama3_testutil::{assert_one_line_error, default_model, llama3, ok, shared};
 
 fn write_prefix(src: &Path, dst: &Path, n: usize) {
     let bytes = std::fs::read(src).unwrap();
     std::fs::write(dst, &bytes[..n]).unwrap();
+}
+
+/// `llama3 pull` prints the path of the default model, the file the library fetches.
+#[test]
+fn pull_prints_the_default_model_path() {
+    let want = default_model();
+    let out = ok(&llama3!(&["pull"]));
+    assert_eq!(out.trim(), want.to_str().unwrap());
 }
 
 #[test]
@@ -34,13 +25,13 @@ fn truncated_gguf_is_an_error() {
     let bad = dir.path().join("truncated.gguf");
     write_prefix(&default_model(), &bad, 50_000_000);
     assert_one_line_error(
-        &llama3(&["generate", "-m", bad.to_str().unwrap(), "-p", "hi"]),
+        &llama3!(&["generate", "-m", bad.to_str().unwrap(), "-p", "hi"]),
         "truncated",
     );
     // Cut inside the header too.
     write_prefix(&default_model(), &bad, 1000);
     assert_one_line_error(
-        &llama3(&["info", "-m", bad.to_str().unwrap()]),
+        &llama3!(&["info", "-m", bad.to_str().unwrap()]),
         "truncated.gguf",
     );
 }
@@ -54,7 +45,7 @@ fn wrong_magic_is_an_error() {
     bytes[..4].copy_from_slice(b"GGUX");
     std::fs::write(&bad, bytes).unwrap();
     assert_one_line_error(
-        &llama3(&["generate", "-m", bad.to_str().unwrap(), "-p", "hi"]),
+        &llama3!(&["generate", "-m", bad.to_str().unwrap(), "-p", "hi"]),
         "magic",
     );
 }
@@ -79,7 +70,7 @@ fn safetensors_with_wrong_shape_is_an_error() {
         }
     }
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
-    let out = llama3(&[
+    let out = llama3!(&[
         "generate",
         "-m",
         dir.path().to_str().unwrap(),
@@ -95,10 +86,10 @@ fn missing_tokenizer_is_an_error_and_prompt_ids_work() {
     let model = shared().join("golden/hf/gqa/model");
     let m = model.to_str().unwrap();
     assert_one_line_error(
-        &llama3(&["generate", "-m", m, "-p", "hello"]),
+        &llama3!(&["generate", "-m", m, "-p", "hello"]),
         "no tokenizer",
     );
-    let out = llama3(&[
+    let out = llama3!(&[
         "generate",
         "-m",
         m,
@@ -122,23 +113,23 @@ fn missing_tokenizer_is_an_error_and_prompt_ids_work() {
 #[test]
 fn missing_model_path_is_an_error() {
     assert_one_line_error(
-        &llama3(&["generate", "-m", "/no/such/model.gguf", "-p", "hi"]),
+        &llama3!(&["generate", "-m", "/no/such/model.gguf", "-p", "hi"]),
         "does not exist",
     );
 }
 
 #[test]
 fn bad_cli_values_are_errors() {
-    let out = llama3(&["generate", "--top-p", "1.5", "-p", "hi"]);
+    let out = llama3!(&["generate", "--top-p", "1.5", "-p", "hi"]);
     assert!(!out.status.success());
-    let out = llama3(&["generate", "--logit-bias", "abc", "-p", "hi"]);
+    let out = llama3!(&["generate", "--logit-bias", "abc", "-p", "hi"]);
     assert!(!out.status.success());
 }
 
 #[test]
 fn every_subcommand_has_help() {
     for sub in ["generate", "chat", "tokenize", "info", "pull", "quantize"] {
-        let out = llama3(&[sub, "--help"]);
+        let out = llama3!(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Usage: llama3"), "{sub}: {text}");
@@ -157,7 +148,7 @@ fn generate_json_greedy_equals_llamacpp_first_tokens() {
         .find(|p| p["name"] == "p5_count")
         .unwrap();
     let model = default_model();
-    let out = llama3(&[
+    let out = llama3!(&[
         "generate",
         "-m",
         model.to_str().unwrap(),
@@ -267,7 +258,7 @@ fn unreachable_hub_model_is_a_clear_error() {
 fn stop_strings_end_generation_and_are_not_printed() {
     // p1_capital's greedy continuation is " Paris.\n\nThe United States has a population..."
     let model = default_model();
-    let out = llama3(&[
+    let out = llama3!(&[
         "generate",
         "-m",
         model.to_str().unwrap(),
@@ -303,7 +294,7 @@ fn unsupported_quant_type_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("iq2.gguf");
     std::fs::write(&bad, bytes).unwrap();
-    assert_one_line_error(&llama3(&["info", "-m", bad.to_str().unwrap()]), "IQ2_XXS");
+    assert_one_line_error(&llama3!(&["info", "-m", bad.to_str().unwrap()]), "IQ2_XXS");
 }
 
 /// PEFT's next token after the gqa golden prompt (row 0): the prompt as `--prompt-ids`, the
@@ -342,7 +333,7 @@ fn first_step(model: &str, prompt: &str, extra: &[&str]) -> (usize, f64) {
     let mut args = vec!["generate", "-m", model, "--prompt-ids", prompt];
     args.extend(["-n", "1", "--greedy", "--json"]);
     args.extend(extra);
-    let out = llama3(&args);
+    let out = llama3!(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -373,7 +364,7 @@ fn lora_flag_applies_a_peft_adapter() {
     let (_, plain_lp) = first_step(m, &prompt, &[]);
     assert!((base_lp - plain_lp).abs() < 1e-6);
     assert_one_line_error(
-        &llama3(&[
+        &llama3!(&[
             "generate",
             "-m",
             m,
@@ -400,7 +391,7 @@ fn merge_writes_hf_and_gguf_models_with_the_adapter_folded_in() {
         let mut args = vec!["merge", base.to_str().unwrap(), lora.to_str().unwrap()];
         args.push(out.to_str().unwrap());
         args.extend(extra);
-        let o = llama3(&args);
+        let o = llama3!(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let (id, lp) = first_step(out.to_str().unwrap(), &prompt, &[]);
         assert_eq!(id, best, "{}", out.display());
@@ -411,7 +402,7 @@ fn merge_writes_hf_and_gguf_models_with_the_adapter_folded_in() {
         );
     }
     assert_one_line_error(
-        &llama3(&[
+        &llama3!(&[
             "merge",
             base.to_str().unwrap(),
             lora.to_str().unwrap(),
@@ -429,7 +420,7 @@ fn export_writes_a_gguf_with_the_same_outputs() {
     let dir = shared().join("golden/hf/gqa/model");
     let tmp = tempfile::tempdir().unwrap();
     let gguf = tmp.path().join("gqa.gguf");
-    let o = llama3(&[
+    let o = llama3!(&[
         "export",
         dir.to_str().unwrap(),
         "--gguf",

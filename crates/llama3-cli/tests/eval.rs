@@ -2,22 +2,12 @@
 //! BIG-bench task 0- and 1-shot, the Rotten Tomatoes split and a prompted classification, and
 //! bad input (each rejected before the model loads).
 
-use std::process::Output;
-
-mod common;
-use common::{llama3, shared};
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use llama3_testutil::{json_of, llama3, shared};
 
 fn model() -> String {
-    common::default_model().to_string_lossy().into_owned()
+    llama3_testutil::default_model()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn task(name: &str) -> String {
@@ -30,7 +20,7 @@ fn task(name: &str) -> String {
 
 /// Fails with a one-line error naming `want` on stderr.
 fn fails_with(args: &[&str], want: &str) {
-    let out = llama3(args);
+    let out = llama3!(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");
     assert!(err.contains(want), "{args:?}: {err}");
@@ -45,7 +35,7 @@ fn bigbench_zero_and_one_shot_json() {
     let args = [
         "eval", "bigbench", "-m", &m, &t, "-k", "0,1", "--limit", "4", "--seed", "3",
     ];
-    let j = json_of(&llama3(
+    let j = json_of(&llama3!(
         &[&args[..], &["--json", "--predictions", p]].concat(),
     ));
     assert_eq!(
@@ -96,7 +86,7 @@ fn rt_split_then_classify_zero_and_few_shot() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rt");
     let data = shared().join("data/rotten-tomatoes/rotten_tomatoes_corpus_full.csv.bz2");
-    let o = llama3(&[
+    let o = llama3!(&[
         "eval",
         "rt-split",
         out.to_str().unwrap(),
@@ -124,7 +114,7 @@ fn rt_split_then_classify_zero_and_few_shot() {
 
     let (test, train) = (out.join("test.jsonl"), out.join("train.jsonl"));
     let m = model();
-    let j = json_of(&llama3(&[
+    let j = json_of(&llama3!(&[
         "eval",
         "classify",
         "-m",

@@ -2,13 +2,11 @@
 //! killed run resumes exactly, the PEFT adapter it writes loads with `--lora`, and the
 //! settings that cannot work are refused.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{default_model, llama3, shared};
+use llama3_testutil::{default_model, llama3, shared};
 
 fn train_cmd(model: &Path, out: &Path, extra: &[&str]) -> Command {
     let data = shared().join("data/sotu/data/1790_george_washington_n.txt");
@@ -45,11 +43,7 @@ fn train_on(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Command {
 
 fn ok(mut c: Command) -> Output {
     let out = c.output().expect("run llama3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    llama3_testutil::ok(&out);
     out
 }
 
@@ -130,7 +124,7 @@ fn qlora_with_dropout_trains_resumes_exactly_and_writes_a_peft_adapter() {
     assert!(a == b, "adapters differ after resume");
 
     // The adapter applies at inference on the quantized base.
-    let out = llama3(&[
+    let out = llama3!(&[
         "generate",
         "-m",
         model.to_str().unwrap(),
@@ -150,11 +144,7 @@ fn qlora_with_dropout_trains_resumes_exactly_and_writes_a_peft_adapter() {
 }
 
 fn assert_error(mut c: Command, needle: &str) {
-    let out = c.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "succeeded, expected {needle:?}");
-    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    llama3_testutil::assert_one_line_error(&c.output().expect("run llama3"), needle);
 }
 
 #[test]

@@ -2,22 +2,12 @@
 //! context of 64, a few chunks; a 16-token bench). The full-text PPL against llama.cpp is in
 //! crates/llama3/tests/perplexity.rs.
 
-use std::process::Output;
-
-mod common;
-use common::{llama3, shared};
+use llama3_testutil::{json_of, llama3, shared};
 
 fn default_model() -> String {
-    common::default_model().to_string_lossy().into_owned()
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    llama3_testutil::default_model()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The first `bytes` of the held-out text in a temp dir.
@@ -46,7 +36,7 @@ fn perplexity_both_protocols_json() {
 
     let mut args = base.to_vec();
     args.extend(["--chunks", "3", "-b", "2"]);
-    let j = json_of(&llama3(&args));
+    let j = json_of(&llama3!(&args));
     assert_eq!(j["protocol"], "llama.cpp");
     assert_eq!((j["ctx"].as_u64(), j["stride"].as_u64()), (Some(64), None));
     assert_eq!(j["n_windows"], 3);
@@ -60,14 +50,14 @@ fn perplexity_both_protocols_json() {
 
     let mut args = base.to_vec();
     args.extend(["--stride", "32", "--chunks", "2"]);
-    let j = json_of(&llama3(&args));
+    let j = json_of(&llama3!(&args));
     assert_eq!(j["protocol"], "sliding-window");
     assert_eq!(j["stride"], 32);
     assert_eq!(j["n_windows"], 2);
     assert_eq!(j["n_scored"], 63 + 32);
 
     // Plain output: the final line llama.cpp prints, on stdout.
-    let out = llama3(&[
+    let out = llama3!(&[
         "perplexity",
         "-m",
         &model,
@@ -98,7 +88,7 @@ fn perplexity_bad_inputs_are_one_line_errors() {
     ] {
         let mut args = vec!["perplexity", "-m", &model, "-f", &file];
         args.extend(extra);
-        let out = llama3(&args);
+        let out = llama3!(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{err}");
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -113,7 +103,7 @@ fn perplexity_bad_inputs_are_one_line_errors() {
 #[test]
 fn bench_json_reports_every_measure() {
     let model = default_model();
-    let j = json_of(&llama3(&[
+    let j = json_of(&llama3!(&[
         "bench", "-m", &model, "-p", "16", "-n", "4", "-r", "2", "-t", "1", "--json",
     ]));
     assert_eq!(

@@ -3,26 +3,11 @@
 //! commands load.
 
 use std::path::Path;
-use std::process::Output;
 
-mod common;
-use common::{default_model, llama3, shared};
+use llama3_testutil::{assert_one_line_error, default_model, llama3, shared};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Fails unless the command failed with exactly one line on stderr that contains `needle`.
-fn assert_one_line_error(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure; stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(
-        lines[0].to_lowercase().contains(&needle.to_lowercase()),
-        "{needle:?} not in: {err}"
-    );
 }
 
 /// Names in `dir`, sorted (to see leftovers such as temporary files).
@@ -42,23 +27,23 @@ fn bad_input_is_a_one_line_error() {
     let out = dir.path().join("out.gguf");
     let o = s(&out);
     assert_one_line_error(
-        &llama3(&["quantize", s(&model), o, "--type", "q3_k"]),
+        &llama3!(&["quantize", s(&model), o, "--type", "q3_k"]),
         "unknown quantization type \"q3_k\"",
     );
     assert_one_line_error(
-        &llama3(&["quantize", "/no/such/model.gguf", o, "--type", "q8_0"]),
+        &llama3!(&["quantize", "/no/such/model.gguf", o, "--type", "q8_0"]),
         "/no/such/model.gguf",
     );
     assert_one_line_error(
-        &llama3(&["quantize", s(&model), s(&model), "--type", "q8_0"]),
+        &llama3!(&["quantize", s(&model), s(&model), "--type", "q8_0"]),
         "is the input",
     );
     assert_one_line_error(
-        &llama3(&["quantize", s(&model), s(dir.path()), "--type", "q8_0"]),
+        &llama3!(&["quantize", s(&model), s(dir.path()), "--type", "q8_0"]),
         "is a directory",
     );
     assert_one_line_error(
-        &llama3(&[
+        &llama3!(&[
             "quantize",
             s(&model),
             "/no/such/dir/x.gguf",
@@ -92,7 +77,7 @@ fn bad_input_is_a_one_line_error() {
     safetensors::serialize_to_file(views, None, &hf.join("model.safetensors")).unwrap();
     std::fs::write(&out, b"previous content").unwrap();
     assert_one_line_error(
-        &llama3(&["quantize", s(&hf), o, "--type", "f16"]),
+        &llama3!(&["quantize", s(&hf), o, "--type", "f16"]),
         "model.norm.weight",
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"previous content");
@@ -101,7 +86,7 @@ fn bad_input_is_a_one_line_error() {
 
 #[test]
 fn help_documents_every_flag() {
-    let out = llama3(&["quantize", "--help"]);
+    let out = llama3!(&["quantize", "--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -132,7 +117,7 @@ fn q4_k_reports_fallbacks_and_the_result_runs() {
     let model = default_model();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("smol-q4_k.gguf");
-    let r = llama3(&["quantize", s(&model), s(&out), "--type", "q4_k"]);
+    let r = llama3!(&["quantize", s(&model), s(&out), "--type", "q4_k"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), s(&out));
@@ -149,7 +134,7 @@ fn q4_k_reports_fallbacks_and_the_result_runs() {
         "temporary file left"
     );
 
-    let info = llama3(&["info", "-m", s(&out), "--json"]);
+    let info = llama3!(&["info", "-m", s(&out), "--json"]);
     assert!(
         info.status.success(),
         "{}",
@@ -159,7 +144,7 @@ fn q4_k_reports_fallbacks_and_the_result_runs() {
     let types = j["info"]["tensor_types"].to_string();
     assert!(types.contains("Q4_K") && types.contains("Q6_K"), "{types}");
 
-    let g = llama3(&[
+    let g = llama3!(&[
         "generate",
         "-m",
         s(&out),

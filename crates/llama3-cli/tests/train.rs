@@ -1,16 +1,11 @@
 //! `llama3 train` as a user runs it: exact resume after SIGKILL (acceptance 2 of the training
 //! issue) and one-line errors for bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn shared() -> PathBuf {
-    match std::env::var_os("LLAMA3_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
+use llama3_testutil::{assert_one_line_error, ok, shared};
 
 /// Llama 2's 32000-token SentencePiece vocabulary (llama.cpp's vocab-only GGUF).
 fn tokenizer() -> String {
@@ -53,11 +48,7 @@ fn train_cmd(data: &str, out: &Path, extra: &[&str]) -> Command {
 
 fn run(mut c: Command) -> Output {
     let out = c.output().expect("run llama3");
-    assert!(
-        out.status.success(),
-        "llama3 train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     out
 }
 
@@ -136,12 +127,7 @@ fn resume_after_sigkill_is_exact() {
 
 /// Fails unless the command failed with a one-line error containing `needle`.
 fn assert_error(mut c: Command, needle: &str) {
-    let out = c.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure; stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
-    assert!(lines[0].contains(needle), "{needle:?} not in: {err}");
+    assert_one_line_error(&c.output().expect("run llama3"), needle);
 }
 
 #[test]

@@ -40,7 +40,7 @@ fn receive(mut rx: mpsc::UnboundedReceiver<Event>) -> Answer {
 
 #[test]
 fn engine_equals_one_sequence_path_with_prefix_reuse() {
-    let path = llama3::hub::ensure_default_model(|m| eprintln!("{m}")).expect("default model");
+    let path = llama3_testutil::default_model();
     let loaded = load(&path, &LoadOptions::default()).expect("load");
     let tok = loaded.tokenizer.expect("tokenizer");
     let model = loaded.model;

@@ -3,8 +3,6 @@
 //! directory (`Classifier::load`) and PEFT SEQ_CLS adapter (`Classifier::with_adapter`)
 //! reload with the same logits; bad input is an error.
 
-mod common;
-
 use llama3::classify::Classifier;
 use llama3::loader::{load, LoadOptions};
 use llama3::peft::LoraConfig;
@@ -12,9 +10,12 @@ use llama3_train::classify::{self, ClsConfig, ClsMethod, Example, Progress};
 use rand::{Rng, SeedableRng};
 
 fn model() -> llama3::Llama {
-    load(&common::golden("hf/gqa/model"), &LoadOptions::default())
-        .unwrap()
-        .model
+    load(
+        &llama3_testutil::golden("hf/gqa/model"),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+    .model
 }
 
 /// Label 0 when the text ends in token 10 or 11, label 1 for 20 or 21; random prefixes.

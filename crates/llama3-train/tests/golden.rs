@@ -3,13 +3,11 @@
 //! made by make_hf_golden.py: HF LlamaForCausalLM, labels with the first 3 positions -100,
 //! torch.optim.AdamW with the hyper-parameters in meta.json).
 
-mod common;
-
 use std::collections::BTreeSet;
 
 use candle_core::DType;
-use common::{golden, max_abs, max_abs_diff, tensors, to_vec};
 use llama3::loader::{load, LoadOptions};
+use llama3_testutil::{golden, max_abs, max_abs_diff, tensors, to_vec};
 use llama3_train::{causal_lm_loss, causal_lm_loss_sum, counted_labels, AdamW, AdamWConfig, Grads};
 
 const LOSS_RTOL: f64 = 1e-5;

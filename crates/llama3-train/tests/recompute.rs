@@ -1,12 +1,10 @@
 //! Gradient checkpointing gives PyTorch's gradients (the training goldens) for full training,
 //! and the same LoRA gradients as the plain backward.
 
-mod common;
-
 use candle_core::DType;
-use common::{golden, max_abs, max_abs_diff, tensors, to_vec};
 use llama3::loader::{load, LoadOptions};
 use llama3::peft::{self, LoraConfig};
+use llama3_testutil::{golden, max_abs, max_abs_diff, tensors, to_vec};
 use llama3_train::recompute::loss_and_grads;
 use llama3_train::{causal_lm_loss, counted_labels, Grads};
 

@@ -1,13 +1,11 @@
 //! A trained model written as an HF directory loads back in our engine with bit-identical
 //! logits (first half of acceptance 6 of the training issue), tied heads staying tied.
 
-mod common;
-
 use candle_core::DType;
-use common::{golden, tensors, to_vec};
 use llama3::loader::{load, LoadOptions};
 use llama3::model::Logits;
 use llama3::weights::hf_dir::write_model_dir;
+use llama3_testutil::{golden, tensors, to_vec};
 use llama3_train::{causal_lm_loss, AdamW, AdamWConfig, Grads};
 
 fn round_trip(name: &str) {

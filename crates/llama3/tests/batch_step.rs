@@ -1,8 +1,7 @@
 //! Continuous batching: `Llama::forward_step` over sequences at different positions, each with
 //! its own cache, gives every sequence bit-for-bit the logits it gets decoded alone (the
-//! server's promise that greedy results do not depend on what else is in the batch).
-
-mod common;
+//! server's promise that greedy results do not depend on what else is in the batch). The step's
+//! timing is a benchmark: `crates/llama3/benches/batch_step.rs`.
 
 use candle_core::Tensor;
 use llama3::generate::prefill;
@@ -11,7 +10,7 @@ use llama3::model::Logits;
 
 #[test]
 fn batched_step_equals_lone_decode_on_the_default_model() {
-    let loaded = load(&common::default_model(), &LoadOptions::default()).unwrap();
+    let loaded = load(&llama3_testutil::default_model(), &LoadOptions::default()).unwrap();
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().unwrap());
     // Different lengths, so the sequences sit at different positions; five rows exercise the
     // 4-row kernel and its 1-row tail.
@@ -80,7 +79,7 @@ fn batched_step_equals_lone_decode_on_the_default_model() {
 /// logits it gets alone.
 #[test]
 fn prefill_mixed_with_decode_equals_lone_runs() {
-    let loaded = load(&common::default_model(), &LoadOptions::default()).unwrap();
+    let loaded = load(&llama3_testutil::default_model(), &LoadOptions::default()).unwrap();
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().unwrap());
     let enc = |p: &str| tok.encode(p, true, false).unwrap();
     let (a, b) = (enc("The capital of France is"), enc("1, 2, 3,"));
@@ -151,7 +150,9 @@ fn mixed_batch_on_the_unfused_path() {
         tokenizer: false,
         ..LoadOptions::default()
     };
-    let model = load(&common::golden("hf/gqa/model"), &opts).unwrap().model;
+    let model = load(&llama3_testutil::golden("hf/gqa/model"), &opts)
+        .unwrap()
+        .model;
     let (a, b): (Vec<u32>, Vec<u32>) = ((3..12).collect(), (40..45).collect());
     let lone = |p: &[u32]| {
         let mut c = model.new_cache(1, 64).unwrap();
@@ -168,45 +169,8 @@ fn mixed_batch_on_the_unfused_path() {
         .to_vec2::<f32>()
         .unwrap();
     for (got, want) in rows.iter().zip([lone(&a), lone(&b)]) {
-        let d = common::max_abs_diff(got, &want);
+        let d = llama3_testutil::max_abs_diff(got, &want);
         assert!(d < 2e-2, "unfused mixed batch differs by {d}");
     }
     assert_eq!((caches[0].len(), caches[1].len()), (a.len(), b.len()));
-}
-
-/// Timing of a 16-sequence step against a lone one (not an assertion): `cargo test --release
-/// -p llama3 --test batch_step step_timing -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn step_timing() {
-    let loaded = load(&common::default_model(), &LoadOptions::default()).unwrap();
-    let model = &loaded.model;
-    // STEP_TIMING_N=16 STEP_TIMING_STEPS=200 times one batch size (for a profiler).
-    let sizes: Vec<usize> = match std::env::var("STEP_TIMING_N") {
-        Ok(v) => v.split(',').map(|n| n.parse().unwrap()).collect(),
-        Err(_) => vec![1, 16],
-    };
-    let steps: u32 = std::env::var("STEP_TIMING_STEPS").map_or(40, |v| v.parse().unwrap());
-    for n in sizes {
-        let mut caches: Vec<_> = (0..n)
-            .map(|i| {
-                let mut c = model.new_cache(1, 512).unwrap();
-                let p: Vec<u32> = (0..(20 + 7 * i) as u32).map(|t| 100 + t).collect();
-                prefill(model, &mut c, &p, 512).unwrap();
-                c
-            })
-            .collect();
-        let t = std::time::Instant::now();
-        for s in 0..steps {
-            let mut refs: Vec<_> = caches.iter_mut().collect();
-            let toks: Vec<u32> = (0..n as u32).map(|i| 200 + i + s).collect();
-            model.forward_step(&toks, &mut refs).unwrap();
-        }
-        let dt = t.elapsed().as_secs_f64() / steps as f64;
-        println!(
-            "{n} sequences: {:.1} ms/step, {:.1} tok/s",
-            dt * 1e3,
-            n as f64 / dt
-        );
-    }
 }

@@ -1,12 +1,10 @@
 //! Acceptance 2 of the PEFT issue: `LlamaForSequenceClassification` logits (HF transformers,
 //! ../shared/golden/hf/*/cls) on a right-padded batch (pad id 0, lengths 12, 7, 3).
 
-mod common;
-
 use candle_core::DType;
-use common::{golden, max_abs_diff, tensors};
 use llama3::classify::Classifier;
 use llama3::loader::LoadOptions;
+use llama3_testutil::{golden, max_abs_diff, tensors};
 
 fn check(name: &str) {
     let g = tensors(&golden(&format!("hf/{name}/cls_golden.safetensors")));

@@ -11,11 +11,12 @@ use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
-use harness::{emulator, floats, run, Kind};
+use harness::{emulator, run, Kind};
 use llama3::config::LlamaConfig;
 use llama3::cpu::attend as decode;
 use llama3::kv::{Heads, SeqRows};
 use llama3::model::KvCache;
+use llama3_testutil::to_vec;
 use rand::{Rng, SeedableRng};
 
 /// The emulator's f16 conversions (the GPU's cvt instructions there) are IEEE's, as `half`'s.
@@ -136,13 +137,13 @@ fn check(c: &Case) -> (f32, f32) {
         let (kc, vc) = cache.layer(0).unwrap();
         if c.c == Kind::Bf16 {
             for t in [kc, vc] {
-                let r = Kind::Bf16.round(&floats(t));
+                let r = Kind::Bf16.round(&to_vec(t));
                 t.slice_set(&Tensor::from_vec(r, t.shape(), &dev).unwrap(), 0, 0)
                     .unwrap();
             }
         }
-        kc_in.extend(floats(kc));
-        vc_in.extend(floats(vc));
+        kc_in.extend(to_vec(kc));
+        vc_in.extend(to_vec(vc));
         let (q, k, v) = (
             c.x.round(&randn(h * dh)),
             c.x.round(&randn(hkv * dh)),
@@ -161,9 +162,9 @@ fn check(c: &Case) -> (f32, f32) {
         )
         .unwrap();
         let (kc, vc) = cache.layer(0).unwrap();
-        ys.extend(floats(&y));
-        kcs.extend(floats(kc));
-        vcs.extend(floats(vc));
+        ys.extend(to_vec(&y));
+        kcs.extend(to_vec(kc));
+        vcs.extend(to_vec(vc));
         let junk = |x: Vec<f32>| -> Vec<f32> {
             x.into_iter().chain((0..c.pad).map(|_| f32::NAN)).collect()
         };

@@ -3,12 +3,12 @@
 //! (`tests/cuda_emu`) against candle's ops and PyTorch's optimizer step; then every kernel
 //! under ThreadSanitizer. The GPU suite (`llama3-cli/tests/gpu.rs`) checks the launches.
 
-mod common;
 #[path = "cuda_emu/harness.rs"]
 mod harness;
 
 use candle_core::{DType, Device, Tensor};
-use harness::{floats, max_rel, run, run_with, strided, tsan_emulator, Kind};
+use harness::{run, run_with, strided, tsan_emulator, Kind};
+use llama3_testutil::{max_rel, to_vec};
 use rand::{Rng, SeedableRng};
 
 /// The residual add and RMSNorm kernel against candle's add and fused rms_norm on the CPU.
@@ -47,8 +47,8 @@ fn emulated_add_rms_norm_matches_candle() {
             let n = r * d * k.size();
             assert_eq!(out.len(), 2 * n);
             let (got_s, got_h) = (k.floats(&out[..n]), k.floats(&out[n..]));
-            assert_eq!(got_s, floats(&sum), "{k:?} {r}x{d}: the sum differs");
-            let e = max_rel(&got_h, &floats(&h));
+            assert_eq!(got_s, to_vec(&sum), "{k:?} {r}x{d}: the sum differs");
+            let e = max_rel(&got_h, &to_vec(&h));
             assert!(e <= tol, "{k:?} {r}x{d}: normed rows differ by {e:e}");
         }
     }
@@ -64,7 +64,7 @@ fn emulated_swiglu_matches_candle() {
             let (u, us) = strided(r, f, f + pad, 5);
             let (g, u) = (k.round(&g), k.round(&u));
             let t = |v: &[f32]| Tensor::from_slice(v, (r, f), &dev).unwrap();
-            let want = floats(&(t(&g).silu().unwrap() * t(&u)).unwrap());
+            let want = to_vec(&(t(&g).silu().unwrap() * t(&u)).unwrap());
             let mut input = k.bytes(&gs);
             input.extend(k.bytes(&us));
             let args: Vec<String> = [r, f, f + pad, f + pad, k as usize]
@@ -104,8 +104,8 @@ fn emulated_causal_softmax_matches_candle() {
             let dy = k.round(&dy);
             let dyt = Tensor::from_vec(dy.clone(), (groups, t, s), &dev).unwrap();
             let grads = (&y * &dyt).unwrap().sum_all().unwrap().backward().unwrap();
-            let dx_want = floats(grads.get(xt.as_tensor()).unwrap());
-            let y_want = floats(&y);
+            let dx_want = to_vec(grads.get(xt.as_tensor()).unwrap());
+            let y_want = to_vec(&y);
 
             let args = |kind: Kind| -> Vec<String> {
                 vec![
@@ -142,11 +142,13 @@ fn emulated_causal_softmax_matches_candle() {
 /// weights within 1e-6, as the CPU optimizer does (`llama3-train/tests/golden.rs`).
 #[test]
 fn emulated_adamw_matches_pytorch() {
-    let g = common::tensors(&common::golden("hf/gqa/train_golden.safetensors"));
-    let model = common::tensors(&common::golden("hf/gqa/model/model.safetensors"));
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::golden("hf/gqa/meta.json")).unwrap())
-            .unwrap();
+    let g = llama3_testutil::tensors(&llama3_testutil::golden("hf/gqa/train_golden.safetensors"));
+    let model =
+        llama3_testutil::tensors(&llama3_testutil::golden("hf/gqa/model/model.safetensors"));
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(llama3_testutil::golden("hf/gqa/meta.json")).unwrap(),
+    )
+    .unwrap();
     let t = &meta["train"];
     let (lr, wd, eps) = (
         t["lr"].as_f64().unwrap(),
@@ -175,7 +177,7 @@ fn emulated_adamw_matches_pytorch() {
         ) else {
             continue;
         };
-        let (p, grad, want) = (floats(p), floats(grad), floats(want));
+        let (p, grad, want) = (to_vec(p), to_vec(grad), to_vec(want));
         let n = p.len();
         let mut input = Kind::F32.bytes(&p);
         input.extend(Kind::F32.bytes(&grad));
@@ -185,7 +187,7 @@ fn emulated_adamw_matches_pytorch() {
             .collect();
         let out = Kind::F32.floats(&run("adamw", &args, &input));
         assert_eq!(out.len(), 3 * n);
-        let d = common::max_abs_diff(&out[..n], &want);
+        let d = llama3_testutil::max_abs_diff(&out[..n], &want);
         assert!(d <= 1e-6, "{name}: {d:e} from PyTorch's step");
         // The moments after one step: (1 - beta1) g and (1 - beta2) g^2.
         for i in 0..n {
@@ -206,7 +208,12 @@ fn emulated_adamw_matches_pytorch() {
 /// shows as a race even when the values happen to come out right).
 #[test]
 fn emulated_kernels_have_no_data_races() {
-    let Some(bin) = tsan_emulator() else { return };
+    let bin = match tsan_emulator() {
+        Ok(bin) => bin,
+        Err(why) => {
+            return llama3_testutil::skip("cuda_ops::emulated_kernels_have_no_data_races", &why)
+        }
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
     let strs = |v: &[usize]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };

@@ -2,8 +2,6 @@
 //! direct full-sequence forward of the default model, joint tokenization, BIG-bench tasks from
 //! ../shared/data/bigbench, the Rotten Tomatoes split, and bad input.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::PathBuf;
 
@@ -16,15 +14,15 @@ use llama3::model::{Llama, Logits};
 use llama3::sample::log_softmax;
 
 fn default_model() -> Loaded {
-    load(&common::default_model(), &LoadOptions::default()).unwrap()
+    load(&llama3_testutil::default_model(), &LoadOptions::default()).unwrap()
 }
 
 fn bigbench_dir() -> PathBuf {
-    common::shared().join("data/bigbench/tasks")
+    llama3_testutil::shared().join("data/bigbench/tasks")
 }
 
 fn rt_file() -> PathBuf {
-    common::shared()
+    llama3_testutil::shared()
         .join("data/rotten-tomatoes")
         .join(rotten::FILE_NAME)
 }

@@ -2,14 +2,12 @@
 //! convert_hf_to_gguf.py does (Q/K rows permuted for interleaved RoPE pairs, tied head without
 //! `output.weight`) must give HF transformers' logits after our loader converts it back.
 
-mod common;
-
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
-use common::{golden, max_abs_diff, tensors};
 use llama3::loader::{load, LoadOptions};
 use llama3::model::Logits;
+use llama3_testutil::{golden, max_abs_diff, tensors};
 
 /// convert_hf_to_gguf.py `LlamaModel.permute`:
 /// `w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)`.

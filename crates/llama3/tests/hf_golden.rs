@@ -1,14 +1,12 @@
 //! Acceptance 1 of the engine issue: logits and greedy generation equal HF transformers'
 //! on tiny random Llama models (../shared/golden/hf, made by make_hf_golden.py).
 
-mod common;
-
 use candle_core::{DType, Tensor};
-use common::{golden, max_abs_diff, tensors};
 use llama3::generate::{GenerateOptions, Generator, Session};
 use llama3::loader::{load, LoadOptions};
 use llama3::model::Logits;
 use llama3::sample::SamplingParams;
+use llama3_testutil::{golden, max_abs_diff, tensors};
 
 const TOL: f32 = 1e-4;
 

@@ -2,32 +2,15 @@
 //! against llama.cpp (../shared/golden/llamacpp; its README explains the tolerances: llama.cpp
 //! differs from itself by up to ~1.0 in a logit between its batched and one-token paths).
 
-mod common;
-
 use candle_core::Tensor;
-use common::golden;
 use llama3::generate::{GenerateOptions, Generator, Session};
 use llama3::loader::{load, LoadOptions, Loaded};
 use llama3::model::Logits;
 use llama3::sample::SamplingParams;
-use serde_json::Value;
+use llama3_testutil::{golden, llamacpp_prompts};
 
 fn model() -> Loaded {
-    load(&common::default_model(), &LoadOptions::default()).unwrap()
-}
-
-fn prompts() -> Vec<Value> {
-    let text = std::fs::read_to_string(golden("llamacpp/golden.json")).unwrap();
-    let g: Value = serde_json::from_str(&text).unwrap();
-    g["prompts"].as_array().unwrap().clone()
-}
-
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    load(&llama3_testutil::default_model(), &LoadOptions::default()).unwrap()
 }
 
 fn read_f32(rel: &str) -> Vec<f32> {
@@ -71,27 +54,27 @@ fn last_logits(l: &Loaded, ids: &[u32], one_by_one: bool) -> Vec<f32> {
 fn prompt_tokenization_equals_llamacpp() {
     let l = model();
     let tok = l.tokenizer.as_ref().unwrap();
-    for p in prompts() {
+    for p in llamacpp_prompts() {
         let name = p["name"].as_str().unwrap();
         let text =
             std::fs::read_to_string(golden(&format!("llamacpp/prompts/{name}.txt"))).unwrap();
         let got = tok.encode(&text, true, true).unwrap();
-        assert_eq!(got, ids_of(&p["prompt_ids"]), "{name}");
+        assert_eq!(got, llama3_testutil::ids(&p["prompt_ids"]), "{name}");
     }
 }
 
 #[test]
 fn last_logits_and_greedy_match_llamacpp() {
     let l = model();
-    for p in prompts() {
+    for p in llamacpp_prompts() {
         let name = p["name"].as_str().unwrap();
-        let ids = ids_of(&p["prompt_ids"]);
+        let ids = llama3_testutil::ids(&p["prompt_ids"]);
         let want = read_f32(&format!("llamacpp/logits/{name}.last.f32"));
         let got = last_logits(&l, &ids, false);
         let (tg, tw) = (top_k(&got, 5), top_k(&want, 5));
         let overlap = tg.iter().filter(|i| tw.contains(i)).count();
         let cos = cosine(&got, &want);
-        let maxd = common::max_abs_diff(&got, &want);
+        let maxd = llama3_testutil::max_abs_diff(&got, &want);
         eprintln!("{name}: cosine {cos:.6} max|d| {maxd:.3} top5 overlap {overlap}");
         assert_eq!(tg[0], tw[0], "{name}: argmax differs");
         assert!(overlap >= 4, "{name}: top-5 overlap {overlap}");
@@ -104,7 +87,7 @@ fn last_logits_and_greedy_match_llamacpp() {
             .iter()
             .position(|s| s["margin_top1_top2"].as_f64().unwrap() < 0.2)
             .unwrap_or(steps.len());
-        let want_ids = ids_of(&p["greedy_ids"]);
+        let want_ids = llama3_testutil::ids(&p["greedy_ids"]);
         let opts = GenerateOptions {
             max_tokens: want_ids.len(),
             sampling: SamplingParams::greedy(),
@@ -139,12 +122,12 @@ fn batched_and_one_token_paths_agree_like_llamacpp() {
     let l = model();
     let mut ours_max = 0f32;
     let mut theirs_max = 0f32;
-    for p in prompts() {
+    for p in llamacpp_prompts() {
         let name = p["name"].as_str().unwrap();
-        let ids = ids_of(&p["prompt_ids"]);
+        let ids = llama3_testutil::ids(&p["prompt_ids"]);
         let a = last_logits(&l, &ids, false);
         let b = last_logits(&l, &ids, true);
-        let ours = common::max_abs_diff(&a, &b);
+        let ours = llama3_testutil::max_abs_diff(&a, &b);
         let theirs = p["one_by_one_prompt_mode"]["last_position_max_abs_logit_diff"]
             .as_f64()
             .unwrap() as f32;
@@ -166,7 +149,7 @@ fn weights_without_the_tokenizer() {
         tokenizer: false,
         ..LoadOptions::default()
     };
-    let bare = load(&common::default_model(), &opts).unwrap();
+    let bare = load(&llama3_testutil::default_model(), &opts).unwrap();
     assert!(bare.tokenizer.is_none());
     let full = model();
     assert!(full.tokenizer.is_some());

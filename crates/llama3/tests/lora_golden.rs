@@ -2,13 +2,11 @@
 //! alpha=8 on all seven projections, B != 0) give PEFT's logits; merged weights give the same;
 //! an adapter saved here has PEFT's key names and loads back identically.
 
-mod common;
-
 use candle_core::{DType, Device, Tensor};
-use common::{golden, max_abs_diff, tensors};
 use llama3::loader::{load, LoadOptions};
 use llama3::model::{Llama, Logits};
 use llama3::peft::{self, Adapter};
+use llama3_testutil::{golden, max_abs_diff, tensors};
 
 const TOL: f32 = 1e-4;
 

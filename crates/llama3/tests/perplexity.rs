@@ -2,13 +2,11 @@
 //! from its logits, and the default model on the held-out text against llama-perplexity
 //! (../shared/golden/llamacpp/perplexity.json).
 
-mod common;
-
 use candle_core::{DType, Tensor};
-use common::{golden, tensors};
 use llama3::loader::{load, LoadOptions};
 use llama3::model::{Llama, Logits};
 use llama3::perplexity::{perplexity, PerplexityOptions, Protocol};
+use llama3_testutil::{golden, tensors};
 
 /// -log softmax(row)[target], in f64 throughout (independent of the library's f32/f64 mix).
 fn nll(row: &[f32], target: u32) -> f64 {
@@ -194,10 +192,11 @@ fn heldout_ppl_matches_llama_perplexity() {
         serde_json::from_str(&std::fs::read_to_string(golden("llamacpp/perplexity.json")).unwrap())
             .unwrap();
     let want_ppl = want["ppl"].as_f64().unwrap();
-    let loaded = load(&common::default_model(), &LoadOptions::default()).unwrap();
+    let loaded = load(&llama3_testutil::default_model(), &LoadOptions::default()).unwrap();
     let tok = loaded.tokenizer.as_ref().unwrap();
     let text =
-        std::fs::read_to_string(common::shared().join("data/sotu/heldout-last10.txt")).unwrap();
+        std::fs::read_to_string(llama3_testutil::shared().join("data/sotu/heldout-last10.txt"))
+            .unwrap();
     let ids = tok.encode(&text, true, false).unwrap();
     let bos = if tok.adds_bos() { tok.bos_id() } else { None };
     let o = opts(Protocol::LlamaCpp, 512, 1, bos);

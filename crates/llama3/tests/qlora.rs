@@ -4,16 +4,14 @@
 //! own loss and (b) match the exact gradients of the same model held dense (its weights
 //! dequantized), up to the activation quantization the forward applies.
 
-mod common;
-
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var, D};
-use common::golden;
 use llama3::loader::{load, LoadOptions};
 use llama3::model::{LinearWeight, Llama, Logits};
 use llama3::peft::{self, LoraConfig};
+use llama3_testutil::golden;
 
 /// The gqa golden model with q/k/v/o in Q4_1 and gate/up in Q8_0 (down_proj's rows of 176
 /// are not whole blocks and stay dense), and its dense twin with the same dequantized values.

@@ -2,18 +2,16 @@
 //! made by llama.cpp) requantized must keep its blocks, types, tokenizer and generations, and
 //! HF golden models converted to GGUF must give HF transformers' logits (../shared/golden).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
-use common::{golden, max_abs_diff, tensors};
 use llama3::generate::{GenerateOptions, Generator, Session};
 use llama3::loader::{load, LoadOptions, Loaded};
 use llama3::model::Logits;
 use llama3::quantize::{quantize, QuantType, QuantizeOptions, QuantizeReport};
 use llama3::sample::SamplingParams;
+use llama3_testutil::{gguf_header, golden, ids, llamacpp_prompts, max_abs_diff, tensors};
 use serde_json::Value as Json;
 
 fn convert(input: &Path, ty: QuantType, dir: &Path) -> (PathBuf, QuantizeReport) {
@@ -25,25 +23,6 @@ fn convert(input: &Path, ty: QuantType, dir: &Path) -> (PathBuf, QuantizeReport)
 
 fn open(path: &Path) -> Loaded {
     load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn header(path: &Path) -> Content {
-    let mut f = std::fs::File::open(path).unwrap();
-    Content::read(&mut f).unwrap()
-}
-
-fn golden_prompts() -> Vec<Json> {
-    let text = std::fs::read_to_string(golden("llamacpp/golden.json")).unwrap();
-    let g: Json = serde_json::from_str(&text).unwrap();
-    g["prompts"].as_array().unwrap().clone()
-}
-
-fn ids_of(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// Greedy ids and, per step, the top-1 minus top-2 logit.
@@ -87,7 +66,7 @@ fn argmax(v: &[f32]) -> usize {
 #[test]
 fn q8_0_of_the_default_model_generates_like_the_original() {
     let dir = tempfile::tempdir().unwrap();
-    let src = common::default_model();
+    let src = llama3_testutil::default_model();
     let (out, report) = convert(&src, QuantType::Q8_0, dir.path());
     assert!(
         report
@@ -110,9 +89,9 @@ fn q8_0_of_the_default_model_generates_like_the_original() {
     // from the Q4_1 one by 0.5-1.0 too). Greedy tokens are compared up to the first step where
     // the original's own top-1/top-2 gap is below 0.3; p1 and p3 have such steps within 16
     // tokens (0.23 at step 5, 0.01 at step 13); the others must agree for all 16.
-    for p in golden_prompts().iter().take(5) {
+    for p in llamacpp_prompts().iter().take(5) {
         let name = p["name"].as_str().unwrap();
-        let ids = ids_of(&p["prompt_ids"]);
+        let ids = ids(&p["prompt_ids"]);
         let (want, margins) = greedy(&orig, &ids, 16);
         let (got, _) = greedy(&q8, &ids, 16);
         let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
@@ -134,7 +113,7 @@ fn exact_weights_requantize_to_the_original_q4_1_file() {
     // blocks llama-quantize wrote, including its choice of Q8_0 for the tied embedding
     // (Q6_K wanted, 576 not a multiple of 256).
     let dir = tempfile::tempdir().unwrap();
-    let src = common::default_model();
+    let src = llama3_testutil::default_model();
     let (f32_path, r32) = convert(&src, QuantType::F32, dir.path());
     assert!(r32.tensors.iter().all(|t| t.target == "F32"));
     let (q41_path, r41) = convert(&f32_path, QuantType::Q4_1, dir.path());
@@ -146,7 +125,7 @@ fn exact_weights_requantize_to_the_original_q4_1_file() {
         ("Q8_0", Some("Q6_K"))
     );
 
-    let (a, b) = (header(&src), header(&q41_path));
+    let (a, b) = (gguf_header(&src), gguf_header(&q41_path));
     assert_eq!(a.tensor_infos.len(), b.tensor_infos.len());
     let mut fa = std::fs::File::open(&src).unwrap();
     let mut fb = std::fs::File::open(&q41_path).unwrap();
@@ -166,7 +145,7 @@ fn exact_weights_requantize_to_the_original_q4_1_file() {
         }
     }
     assert_eq!(format!("{:?}", b.metadata["general.file_type"]), "U32(3)");
-    let c32 = header(&f32_path);
+    let c32 = gguf_header(&f32_path);
     assert_eq!(format!("{:?}", c32.metadata["general.file_type"]), "U32(0)");
     assert_eq!(
         format!("{:?}", c32.metadata["general.quantization_version"]),
@@ -177,7 +156,11 @@ fn exact_weights_requantize_to_the_original_q4_1_file() {
 #[test]
 fn q4_k_of_the_default_model_falls_back_and_generates() {
     let dir = tempfile::tempdir().unwrap();
-    let (out, report) = convert(&common::default_model(), QuantType::Q4K, dir.path());
+    let (out, report) = convert(
+        &llama3_testutil::default_model(),
+        QuantType::Q4K,
+        dir.path(),
+    );
     let count = |wanted: &str, target: &str| {
         report
             .fallbacks()
@@ -206,13 +189,13 @@ fn q4_k_of_the_default_model_falls_back_and_generates() {
     assert_eq!(t("blk.5.ffn_down.weight"), "Q6_K");
     assert_eq!(t("token_embd.weight"), "Q8_0");
     assert_eq!(
-        format!("{:?}", header(&out).metadata["general.file_type"]),
+        format!("{:?}", gguf_header(&out).metadata["general.file_type"]),
         "U32(15)"
     );
 
     let l = open(&out);
-    let p1 = &golden_prompts()[0];
-    let (ids, _) = greedy(&l, &ids_of(&p1["prompt_ids"]), 8);
+    let p1 = &llamacpp_prompts()[0];
+    let (ids, _) = greedy(&l, &ids(&p1["prompt_ids"]), 8);
     let text = l.tokenizer.as_ref().unwrap().decode(&ids, false).unwrap();
     eprintln!("q4_k p1 continuation: {text:?}");
     assert_eq!(ids[0], 7042, "first token of p1 must be \" Paris\"");
@@ -221,17 +204,17 @@ fn q4_k_of_the_default_model_falls_back_and_generates() {
 #[test]
 fn f16_of_the_default_model_keeps_tokenizer_and_chat_template() {
     let dir = tempfile::tempdir().unwrap();
-    let src = common::default_model();
+    let src = llama3_testutil::default_model();
     let (out, _) = convert(&src, QuantType::F16, dir.path());
     let (orig, conv) = (open(&src), open(&out));
     let (a, b) = (orig.tokenizer.unwrap(), conv.tokenizer.unwrap());
-    for p in golden_prompts() {
+    for p in llamacpp_prompts() {
         let name = p["name"].as_str().unwrap();
         let text =
             std::fs::read_to_string(golden(&format!("llamacpp/prompts/{name}.txt"))).unwrap();
         assert_eq!(
             b.encode(&text, true, true).unwrap(),
-            ids_of(&p["prompt_ids"]),
+            ids(&p["prompt_ids"]),
             "{name}"
         );
     }
@@ -269,7 +252,7 @@ fn hf_logits(name: &str, ty: QuantType) -> (Vec<f32>, Vec<f32>, Content) {
     (
         got.flatten_all().unwrap().to_vec1().unwrap(),
         want,
-        header(&out),
+        gguf_header(&out),
     )
 }
 
@@ -355,7 +338,7 @@ fn rope_scaling_survives_conversion_at_long_context() {
         .unsqueeze(0)
         .unwrap();
     let (out, _) = convert(&hf, QuantType::F32, tmp.path());
-    let h = header(&out);
+    let h = gguf_header(&out);
     assert!(matches!(&h.metadata["llama.rope.scaling.type"], Value::String(s) if s == "linear"));
     let scaled = all_logits(&hf, &ids);
     let d = max_abs_diff(&scaled, &all_logits(&out, &ids));

@@ -3,14 +3,11 @@
 //! and the default model written out as an HF directory must convert back to its own weights,
 //! hyperparameters and tokenizer.
 
-mod common;
-
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
-use common::{golden, shared};
 use llama3::config::LlamaConfig;
 use llama3::loader::{load, LoadOptions};
 use llama3::quantize::{quantize, QuantType, QuantizeOptions};
@@ -18,12 +15,8 @@ use llama3::tokenizer::{gguf_metadata_from_hf_dir, Tokenizer};
 use llama3::weights::gguf::{GgufFile, GgufSource};
 use llama3::weights::names::gguf_to_hf;
 use llama3::weights::WeightSource;
+use llama3_testutil::{gguf_header, golden, ids, llama3_home, shared};
 use serde_json::{json, Value as Json};
-
-fn header(path: &Path) -> Content {
-    let mut f = std::fs::File::open(path).unwrap();
-    Content::read(&mut f).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn strings(v: &Value) -> Vec<String> {
     match v {
@@ -46,21 +39,6 @@ fn ints(v: &Value) -> Vec<i64> {
     }
 }
 
-fn llama3_home() -> PathBuf {
-    match std::env::var_os("LLAMA3_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/llama3"),
-    }
-}
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn llama32_tokenizer_exports_like_llama_cpp() {
     let dir = llama3_home().join("llama3.2-tokenizer");
@@ -73,7 +51,7 @@ fn llama32_tokenizer_exports_like_llama_cpp() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("<|image|>") && err.contains("128256"), "{err}");
-    let reference = header(&shared().join("data/llama-vocab-gguf/ggml-vocab-llama-bpe.gguf"));
+    let reference = gguf_header(&shared().join("data/llama-vocab-gguf/ggml-vocab-llama-bpe.gguf"));
     let r = &reference.metadata;
     for key in ["tokenizer.ggml.model", "tokenizer.ggml.pre"] {
         assert_eq!(
@@ -126,8 +104,8 @@ fn llama32_tokenizer_exports_like_llama_cpp() {
 /// The default model as an HF directory: f32 safetensors under HF names (Q/K rows in HF's
 /// layout, tied head), config.json, tokenizer.json and tokenizer_config.json as SmolLM2's.
 fn default_model_as_hf_dir(dir: &Path) -> Content {
-    let src_path = common::default_model();
-    let original = header(&src_path);
+    let src_path = llama3_testutil::default_model();
+    let original = gguf_header(&src_path);
     let file = GgufFile::open(&src_path).unwrap();
     let md = file.metadata().clone();
     let cfg = LlamaConfig::from_gguf(&md).unwrap();
@@ -184,11 +162,11 @@ fn default_model_as_hf_dir_converts_back_to_itself() {
     let out = tmp.path().join("smol-f32.gguf");
     let report = quantize(&hf, &out, &QuantizeOptions::new(QuantType::F32)).unwrap();
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-    let conv = header(&out);
+    let conv = gguf_header(&out);
 
     // Same tensors, values exactly the dequantized originals: Q/K rows permuted back into
     // GGUF's layout, no output.weight for the tied head.
-    let src = common::default_model();
+    let src = llama3_testutil::default_model();
     let (mut fa, mut fb) = (
         std::fs::File::open(&src).unwrap(),
         std::fs::File::open(&out).unwrap(),

@@ -11,21 +11,8 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file;
 use llama3::tokenizer::{ChatTemplate, Message, Tokenizer};
 use llama3::Error;
+use llama3_testutil::{ids, llama3_home, shared};
 use serde_json::Value as Json;
-
-fn llama3_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("LLAMA3_HOME") {
-        return PathBuf::from(h);
-    }
-    let home = std::env::var_os("HOME").expect("HOME is not set and LLAMA3_HOME neither");
-    PathBuf::from(home).join(".cache/llama3")
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("LLAMA3_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
 
 /// The path, or a failure that says what to put where.
 fn require(path: PathBuf) -> PathBuf {
@@ -43,16 +30,7 @@ fn llama32_dir() -> PathBuf {
 }
 
 fn read_json(path: PathBuf) -> Json {
-    let path = require(path);
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
-}
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    llama3_testutil::read_json(&require(path))
 }
 
 fn gguf_tokenizer(path: PathBuf) -> Tokenizer {

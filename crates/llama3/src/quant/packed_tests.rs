@@ -1,4 +1,4 @@
-//! Tests of the packed kernels (`packed.rs`).
+//! Tests of the packed kernels (`packed.rs`). Their speed: `crates/llama3/benches/quant.rs`.
 
 mod unit {
     use super::super::*;
@@ -143,90 +143,6 @@ mod unit {
             kernel(blocks(&p), w, xs, &mut simd, has_avx2());
             kernel(blocks(&p), w, xs, &mut scalar, false);
             assert_eq!(simd, scalar, "{dtype:?}");
-        }
-    }
-
-    /// Timing against the row-dot kernels (not an assertion): `cargo test --release -p llama3
-    /// packed::tests::speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn speed() {
-        let (n, k) = (1536, 576);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let q = weight(dtype, n, k, 7);
-            let p = Packed::new(&q).unwrap().unwrap();
-            let raw = q.data().unwrap().to_vec();
-            for m in [1, 16, 512] {
-                let x = data(m * k, 8);
-                let reps = 4096 / m;
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    std::hint::black_box(p.gemm(&x, m));
-                }
-                let packed = t.elapsed().as_secs_f64();
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    std::hint::black_box(crate::quant::gemm(blocks(&p), &x, &raw, m, k, n));
-                }
-                let rows = t.elapsed().as_secs_f64();
-                let gops = (reps * m * n * k) as f64 * 2e-9;
-                println!(
-                    "{dtype:?} m={m}: packed {:.1} GOP/s, rows {:.1} GOP/s, x{:.2}",
-                    gops / packed,
-                    gops / rows,
-                    rows / packed
-                );
-            }
-        }
-    }
-}
-
-mod bw {
-    use super::super::*;
-
-    /// GEMV over ~100 MB of Q4_1 weights against plain reading bandwidth (not an assertion).
-    #[test]
-    #[ignore]
-    fn gemv_bandwidth() {
-        let (n, k) = (8192, 2048); // 9.4 MB Q4_1 each
-        let ws: Vec<Packed> = (0..10)
-            .map(|i| {
-                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-                let _ = i;
-                Packed::new(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap())
-                    .unwrap()
-                    .unwrap()
-            })
-            .collect();
-        let bytes: usize = ws.iter().map(|w| w.data.len()).sum();
-        let x = vec![0.5f32; k];
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            for _ in 0..5 {
-                for w in &ws {
-                    std::hint::black_box(w.gemm(&x, 1));
-                }
-            }
-            let s = t.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            let mut total = 0u64;
-            for _ in 0..5 {
-                for w in &ws {
-                    total += w
-                        .data
-                        .par_chunks(1 << 16)
-                        .map(|c| {
-                            c.chunks_exact(8)
-                                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-                                .fold(0u64, |a, b| a ^ b)
-                        })
-                        .reduce(|| 0, |a, b| a ^ b);
-                }
-            }
-            std::hint::black_box(total);
-            let r = t.elapsed().as_secs_f64();
-            let gb = 5.0 * bytes as f64 * 1e-9;
-            println!("gemv {:.1} GB/s, read {:.1} GB/s", gb / s, gb / r);
         }
     }
 }

@@ -1,13 +1,12 @@
 //! What the emulated-kernel tests share (`cuda_attention.rs`, `cuda_ops.rs`): building the
 //! emulator (`main.c`, plain and under ThreadSanitizer), running a kernel on a file of inputs,
-//! element kinds, and comparison helpers. Each test binary uses part of it.
+//! and element kinds (comparisons: `llama3_testutil`). Each test binary uses part of it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
 
@@ -58,11 +57,11 @@ pub fn run_with(bin: &Path, kernel: &str, args: &[String], input: &[u8]) -> Vec<
 }
 
 /// The emulator built with ThreadSanitizer (races between a block's threads: a missing
-/// __syncthreads, a shuffle outside its warp), or None with the reason printed where the C
-/// compiler or the machine cannot run it.
-pub fn tsan_emulator() -> Option<&'static Path> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
+/// __syncthreads, a shuffle outside its warp), or why the C compiler or the machine cannot run
+/// it (the caller reports its test as skipped).
+pub fn tsan_emulator() -> Result<&'static Path, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let bin = BIN.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("cuda_emu_tsan_{}", std::process::id()));
@@ -84,33 +83,28 @@ pub fn tsan_emulator() -> Option<&'static Path> {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
                 let e = String::from_utf8_lossy(&o.stderr);
-                eprintln!("SKIPPED race checks: `{cc} -fsanitize=thread` failed: {e}");
-                return None;
+                return Err(format!("`{cc} -fsanitize=thread` failed: {e}"));
             }
-            Err(e) => {
-                eprintln!("SKIPPED race checks: cannot run `{cc}`: {e}");
-                return None;
-            }
+            Err(e) => return Err(format!("cannot run `{cc}`: {e}")),
         }
         // Some kernels' address layouts stop the sanitizer's runtime at start: a run that does
         // not start is no verdict on our kernels.
-        let tmp = tempfile::tempdir().ok()?;
+        let tmp = tempfile::tempdir().unwrap();
         let (i, o) = (tmp.path().join("in"), tmp.path().join("out"));
-        std::fs::write(&i, 1f32.to_le_bytes()).ok()?;
+        std::fs::write(&i, 1f32.to_le_bytes()).unwrap();
         let probe = Command::new(&out)
             .arg("f16")
             .arg(&i)
             .arg(&o)
             .output()
-            .ok()?;
+            .map_err(|e| format!("cannot run the ThreadSanitizer build: {e}"))?;
         if !probe.status.success() {
             let e = String::from_utf8_lossy(&probe.stderr);
-            eprintln!("SKIPPED race checks: ThreadSanitizer does not run here: {e}");
-            return None;
+            return Err(format!("ThreadSanitizer does not run here: {e}"));
         }
-        Some(out)
-    })
-    .as_deref()
+        Ok(out)
+    });
+    bin.as_deref().map_err(Clone::clone)
 }
 
 /// Element kinds as the kernel numbers them.
@@ -163,21 +157,6 @@ impl Kind {
             _ => 2,
         }
     }
-}
-
-pub fn floats(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-pub fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / max
 }
 
 /// Rows of `n` values `rs` apart (the rest NaN: the kernels must not read it).

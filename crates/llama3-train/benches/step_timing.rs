@@ -1,6 +1,10 @@
 //! Where a training step's time goes, for the `15m` preset at 8 x 256 tokens with a 32000
 //! vocabulary (the shape of `scripts/train_bench.sh`). A measurement, not a check:
-//! `cargo test --release -p llama3-train --test step_timing -- --ignored --nocapture`.
+//!
+//!     cargo bench -p llama3-train --bench step_timing                # the phases of a step
+//!     cargo bench -p llama3-train --bench step_timing -- layer_parts # one layer's parts
+//!
+//! `cargo test --benches` only builds and starts it; it measures when cargo passes `--bench`.
 
 use std::time::Instant;
 
@@ -10,8 +14,22 @@ use llama3_train::init::RandomInit;
 use llama3_train::presets::preset;
 use llama3_train::{causal_lm_loss_sum, AdamW, AdamWConfig, Grads};
 
-#[test]
-#[ignore]
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!(
+            "step_timing: a benchmark; run it with `cargo bench -p llama3-train --bench step_timing`"
+        );
+        return;
+    }
+    if args.iter().any(|a| a == "layer_parts") {
+        layer_parts();
+    } else {
+        step_timing();
+    }
+}
+
+/// Forward, loss, backward, gradient clip and AdamW of whole training steps.
 fn step_timing() {
     let dev = Device::Cpu;
     let (b, t, v) = (8, 256, 32000);
@@ -58,8 +76,6 @@ fn step_timing() {
 }
 
 /// Forward + backward of each part of one layer alone, at the same shape.
-#[test]
-#[ignore]
 fn layer_parts() {
     use candle_core::Var;
     let dev = Device::Cpu;
