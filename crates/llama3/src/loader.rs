@@ -233,3 +233,66 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
 fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
+
+/// How [`open`] finds and prepares a model: what the CLI's model flags and the Python
+/// package's `Llama3(...)` arguments say.
+#[derive(Clone, Default)]
+pub struct OpenOptions {
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (empty: auto).
+    pub device: String,
+    /// `f32`, `f16`, `bf16` or `auto` (empty: auto: f32 on the CPU, bf16 on a GPU).
+    pub dtype: String,
+    /// A tokenizer file used instead of the model's.
+    pub tokenizer: Option<PathBuf>,
+    /// PEFT LoRA adapters applied without merging, `PATH` or `PATH:SCALE` each.
+    pub lora: Vec<String>,
+    /// Skip building the tokenizer (work on token ids alone).
+    pub no_tokenizer: bool,
+    pub progress: Option<ProgressFn>,
+}
+
+/// `f32`, `f16` or `bf16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => {
+            return Err(Error::Input(format!(
+                "dtype {other:?}: expected auto, f32, f16 or bf16"
+            )))
+        }
+    })
+}
+
+/// Resolves `spec` (a GGUF, an HF directory, `hf:owner/name[/file.gguf]`, or None for the
+/// default model, fetched on first use with `say` telling what happens), loads it on the chosen
+/// device and dtype, swaps in the tokenizer and applies the adapters.
+pub fn open(spec: Option<&str>, o: &OpenOptions, say: impl FnMut(&str)) -> Result<Loaded> {
+    let device = match o.device.as_str() {
+        "" => crate::device::parse("auto")?,
+        d => crate::device::parse(d)?,
+    };
+    let dtype = match o.dtype.as_str() {
+        "" | "auto" => crate::device::default_dtype(&device),
+        d => parse_dtype(d)?,
+    };
+    let path = crate::hub::resolve_model(spec, say)?;
+    let opts = LoadOptions {
+        dtype,
+        device,
+        progress: o.progress.clone(),
+        tokenizer: !o.no_tokenizer,
+    };
+    let mut loaded = load(&path, &opts)?;
+    if let Some(t) = o.tokenizer.as_ref().filter(|_| !o.no_tokenizer) {
+        loaded.tokenizer = Some(Tokenizer::from_file(t)?);
+    }
+    for spec in &o.lora {
+        let (dir, scale) = crate::peft::parse_spec(spec)?;
+        let adapter = crate::peft::Adapter::load(&dir, loaded.model.device())?;
+        let n = adapter.apply(&mut loaded.model, scale)?;
+        tracing::info!("LoRA {} (x{scale}) on {n} modules", dir.display());
+    }
+    Ok(loaded)
+}
