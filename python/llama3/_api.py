@@ -242,7 +242,8 @@ class Llama3:
 
     def _prompt_ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
         if isinstance(prompt, str):
-            return self.tokenize(prompt)
+            # As `llama3 generate -p` does: BOS if the model adds one, special tokens parsed.
+            return self.tokenize(prompt, add_special=True, special=True)
         return [_number("token id", i, int) for i in prompt]
 
     def generate(

@@ -129,13 +129,13 @@ impl Model {
 
     #[pyo3(signature = (ids, skip_special=false))]
     fn detokenize(&self, ids: Vec<u32>, skip_special: bool) -> PyResult<String> {
-        let vocab = self.inner.model.config.vocab_size;
+        let tok = self.inner.tokenizer()?;
+        let vocab = tok.vocab_size();
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(invalid(format!(
                 "token id {bad} is outside the vocabulary of {vocab} tokens"
             )));
         }
-        let tok = self.inner.tokenizer()?;
         tok.decode(&ids, skip_special).map_err(to_py)
     }
 

@@ -219,7 +219,9 @@ pub fn resolve_model(spec: Option<&str>, say: impl FnMut(&str)) -> Result<PathBu
         Some(s) => {
             let p = PathBuf::from(s);
             if !p.exists() {
-                return Err(Error::Input(format!("model path {s} does not exist")));
+                let e =
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "model path does not exist");
+                return Err(Error::io(p, e));
             }
             Ok(p)
         }

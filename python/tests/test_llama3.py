@@ -1,0 +1,253 @@
+"""The installed `llama3` package against references: the `llama3` command line (the same
+engine run by the binary), llama.cpp's and HF tokenizers' token ids, the `openai` package's
+response types and llama-cpp-python's README. Run by scripts/test.sh against the wheel
+installed in a fresh venv, never the source tree."""
+
+import json
+import math
+import os
+import subprocess
+import threading
+import time
+import _thread
+from pathlib import Path
+
+import pytest
+
+import llama3
+from llama3 import Llama3
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("LLAMA3_SHARED", HERE.parent.parent.parent / "shared"))
+GOLDEN = SHARED / "golden"
+HOME = Path(os.environ.get("LLAMA3_HOME", Path.home() / ".cache" / "llama3"))
+CLI = os.environ.get("LLAMA3_BIN", "llama3")
+
+
+def cli(*args):
+    out = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return Llama3(verbose=False)
+
+
+def golden_prompts():
+    return json.loads((GOLDEN / "llamacpp" / "golden.json").read_text())["prompts"]
+
+
+def test_the_installed_package_is_tested():
+    assert "site-packages" in llama3.__file__, llama3.__file__
+    assert llama3.__version__
+
+
+@pytest.mark.parametrize("prompt", golden_prompts(), ids=lambda p: p["name"])
+def test_greedy_generate_equals_the_cli(llm, prompt):
+    ids = prompt["prompt_ids"]
+    want = json.loads(cli("generate", "--prompt-ids", ",".join(map(str, ids)), "--greedy", "--json", "-n", 24))
+    got = llm.generate(ids, max_tokens=24, temperature=0)
+    want_ids = [s["id"] for s in want["steps"]]
+    # The CLI's steps include an end token when one ended generation; text never does.
+    assert got.token_ids == [i for i in want_ids if i not in (0, 2)][: len(got.token_ids)]
+    assert str(got) == want["text"]
+    assert got.finish_reason == want["finish_reason"]
+
+
+def test_text_prompts_parse_special_tokens_like_the_cli(llm):
+    text = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    want = json.loads(cli("generate", "-p", text, "--greedy", "--json", "-n", 8))
+    got = llm.generate(text, max_tokens=8, temperature=0)
+    assert str(got) == want["text"]
+
+
+def test_stream_pieces_join_to_the_text(llm):
+    whole = llm.generate("Once upon a time", max_tokens=40, temperature=0)
+    pieces = list(llm.generate("Once upon a time", max_tokens=40, temperature=0, stream=True))
+    assert len(pieces) > 5
+    assert "".join(pieces) == str(whole)
+    # Stopping early is fine, and the next call is unaffected.
+    it = llm.generate("Once upon a time", max_tokens=200, temperature=0, stream=True)
+    next(it)
+    del it
+    assert str(llm.generate("Once upon a time", max_tokens=40, temperature=0)) == str(whole)
+
+
+def test_seeded_sampling_reproduces(llm):
+    a = llm.generate("Tell me a story", max_tokens=20, seed=7)
+    b = llm.generate("Tell me a story", max_tokens=20, seed=7)
+    assert str(a) == str(b)
+
+
+def test_stop_strings_and_finish_reasons(llm):
+    full = llm.generate("The capital of France is", max_tokens=20, temperature=0)
+    assert full.finish_reason == "length" and full.completion_tokens == 20
+    stopped = llm.generate("The capital of France is", max_tokens=20, temperature=0, stop=".")
+    assert stopped.finish_reason == "stop"
+    assert str(stopped) == str(full).split(".")[0]
+
+
+def test_chat_is_an_openai_chat_completion(llm):
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hi."}]
+    out = llm.chat(msgs, max_tokens=16, temperature=0)
+    c = ChatCompletion.model_validate(out)
+    assert c.choices[0].message.role == "assistant"
+    assert c.choices[0].message.content
+    assert c.choices[0].finish_reason in ("stop", "length")
+    assert c.usage.completion_tokens >= 1 and c.usage.prompt_tokens > 5
+    chunks = list(llm.chat(msgs, max_tokens=16, temperature=0, stream=True))
+    for ch in chunks:
+        ChatCompletionChunk.model_validate(ch)
+    streamed = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks)
+    assert streamed == c.choices[0].message.content
+    assert chunks[-1]["choices"][0]["finish_reason"] == c.choices[0].finish_reason
+    with_lp = llm.chat(msgs, max_tokens=4, temperature=0, logprobs=3)
+    lp = ChatCompletion.model_validate(with_lp).choices[0].logprobs.content
+    assert len(lp) >= 1 and len(lp[0].top_logprobs) == 3
+    assert lp[0].logprob == pytest.approx(lp[0].top_logprobs[0].logprob, abs=1e-6)
+
+
+def test_completion_is_an_openai_completion(llm):
+    from openai.types import Completion
+
+    out = llm.create_completion("The capital of France is", max_tokens=8, temperature=0, logprobs=2)
+    c = Completion.model_validate(out)
+    assert c.choices[0].text == str(llm.generate("The capital of France is", max_tokens=8, temperature=0))
+    assert len(c.choices[0].logprobs.tokens) == 8
+
+
+def test_llama_cpp_python_readme_snippet_runs_with_the_import_changed(llm):
+    # llama-cpp-python's README, with `from llama_cpp import Llama` changed.
+    from llama3 import Llama
+
+    llm2 = Llama(model_path=str(HOME / "SmolLM2-135M-Instruct.Q4_1.gguf"), verbose=False)
+    output = llm2(
+        "Q: Name the planets in the solar system? A: ",  # Prompt
+        max_tokens=32,  # Generate up to 32 tokens
+        stop=["Q:", "\n"],  # Stop generating just before the model would generate a new question
+        echo=True,  # Echo the prompt back in the output
+    )
+    assert output["object"] == "text_completion"
+    assert output["choices"][0]["text"].startswith("Q: Name the planets in the solar system? A: ")
+    chat = llm2.create_chat_completion(
+        messages=[
+            {"role": "system", "content": "You are an assistant who perfectly describes images."},
+            {"role": "user", "content": "Describe this image in detail please."},
+        ]
+    )
+    assert chat["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_tokenize_equals_llama_cpp_and_hf_tokenizers(llm):
+    for case in json.loads((GOLDEN / "llamacpp" / "tokenize.json").read_text())["strings"]:
+        assert llm.tokenize(case["text"], add_special=True, special=True) == case["ids"], case["name"]
+        assert llm.tokenize(case["text"].encode("utf-8"), add_special=True, special=True) == case["ids"]
+    tok_dir = HOME / "llama3.2-tokenizer"
+    llm3 = Llama3(tokenizer=str(tok_dir / "tokenizer.json"), verbose=False)
+    samples = json.loads((GOLDEN / "tokenizer" / "llama3.2.json").read_text())["samples"]
+    for s in samples:
+        # HF `tokenizers` matches added special tokens in any text.
+        assert llm3.tokenize(s["text"], add_special=False, special=True) == s["ids"], s["text"]
+        assert llm3.tokenize(s["text"], special=True) == s["ids_with_special"], s["text"]
+        assert llm3.detokenize(s["ids"]) == s["decoded"]
+
+
+def test_logits_equal_the_cli_logprobs(llm):
+    import numpy as np
+
+    ids = golden_prompts()[0]["prompt_ids"]
+    want = json.loads(cli("generate", "--prompt-ids", ",".join(map(str, ids)), "--greedy", "--json",
+                          "-n", 1, "--top-logprobs", 5))
+    logits = llm.logits(ids)
+    assert logits.shape == (len(ids), 49152) and logits.dtype == np.float32
+    last = logits[-1].astype(np.float64)
+    logprobs = last - (np.log(np.exp(last - last.max()).sum()) + last.max())
+    for t in want["steps"][0]["top_logprobs"]:
+        assert abs(logprobs[t["id"]] - t["logprob"]) < 1e-5
+
+
+def test_score_and_perplexity(llm):
+    paris, london = llm.score("The capital of France is", [" Paris", " London"])
+    assert paris > london and paris < 0
+    report = llm.perplexity((SHARED / "data" / "sotu" / "data").glob("*.txt").__next__().read_text()[:6000],
+                            n_ctx=128, max_chunks=4)
+    assert report["protocol"] == "llama.cpp" and math.isfinite(report["ppl"]) and report["ppl"] > 1
+    info = llm.info
+    assert info["vocab_size"] == 49152 and info["chat_template"] and info["parameters"] > 100e6
+
+
+def test_two_threads_get_their_lone_answers(llm):
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    alone = [str(llm.generate(p, max_tokens=32, temperature=0)) for p in prompts]
+    got = [None, None]
+
+    def run(i):
+        got[i] = str(llm.generate(prompts[i], max_tokens=32, temperature=0))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    ticks = 0
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        ticks += 1  # the main thread runs Python meanwhile: the GIL is released
+        time.sleep(0.001)
+    assert got == alone
+    assert ticks > 10
+
+
+def test_bad_inputs_raise_their_documented_exceptions(llm, tmp_path):
+    with pytest.raises(llama3.ModelNotFoundError) as e:
+        Llama3(str(tmp_path / "missing.gguf"), verbose=False)
+    assert isinstance(e.value, FileNotFoundError) and "missing.gguf" in str(e.value)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOPE" + b"\0" * 64)
+    with pytest.raises(llama3.ModelFormatError) as e:
+        Llama3(str(bad), verbose=False)
+    assert isinstance(e.value, ValueError)
+    for kwargs in ({"temperature": -1}, {"top_p": 2.0}, {"max_tokens": "ten"}, {"seed": 1.5}):
+        with pytest.raises(ValueError):
+            llm.generate("Hi", **kwargs)
+    with pytest.raises(llama3.InvalidArgumentError):
+        llm.generate([10**9], max_tokens=2)
+    with pytest.raises(llama3.InvalidArgumentError):
+        llm.generate([], max_tokens=2)
+    with pytest.raises(llama3.InvalidArgumentError):
+        llm.detokenize([10**9])
+    with pytest.raises(ValueError):
+        Llama3(n_ctx=0, verbose=False)
+    small = Llama3(n_ctx=8, verbose=False)
+    with pytest.raises(llama3.InvalidArgumentError, match="does not fit"):
+        small.generate("one two three four five six seven eight nine ten", max_tokens=2)
+    with pytest.raises(llama3.InvalidArgumentError):
+        llm.chat([], max_tokens=2)
+    with pytest.raises(llama3.InvalidArgumentError):
+        llm.chat([{"content": "no role"}], max_tokens=2)
+    with pytest.raises(TypeError):
+        llm.create_completion("Hi", no_such_argument=1)
+    with pytest.raises(llama3.InvalidArgumentError):
+        llm.create_chat_completion([{"role": "user", "content": "Hi"}], tools=[{"type": "function"}])
+    assert issubclass(llama3.InvalidArgumentError, llama3.Llama3Error)
+
+
+def test_keyboard_interrupt_stops_a_long_generate_within_a_second(llm):
+    fired = []
+
+    def interrupt():
+        fired.append(time.monotonic())
+        _thread.interrupt_main()
+
+    timer = threading.Timer(0.5, interrupt)
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        # About 4000 tokens with the end tokens banned: tens of seconds if not interrupted.
+        llm.generate("Count to a million:", max_tokens=4000, logit_bias={0: -1e30, 2: -1e30})
+    took = time.monotonic() - fired[0]
+    assert took < 1.0, f"returned {took:.2f} s after the interrupt"
+    assert time.monotonic() - start < 5
+    # The model still works afterwards.
+    assert llm.generate("Hi", max_tokens=2, temperature=0).completion_tokens == 2
