@@ -29,6 +29,7 @@ pub mod recompute;
 pub mod schedule;
 pub mod setup;
 pub mod sft;
+pub mod stop;
 #[cfg(feature = "tensorboard")]
 pub mod tfevents;
 
@@ -39,4 +40,6 @@ pub use loss::{
     causal_lm_loss, causal_lm_loss_sum, counted_labels, cross_entropy_sum, IGNORE_INDEX,
 };
 pub use optim::{AdamW, AdamWConfig};
+pub use pretrain::{Event as TrainEvent, Summary as TrainSummary};
 pub use schedule::{Decay, LrSchedule};
+pub use stop::{clear_stop, request_stop, stop_requested};
