@@ -10,7 +10,7 @@ use super::TrainArgs;
 /// The config `a` describes; `say` hears each default taken that the user may not expect.
 pub(super) fn to_config(a: &TrainArgs, say: &mut dyn FnMut(&str)) -> Result<TrainConfig> {
     let (mut c, in_file) = from_file(a)?;
-    apply_flags(&mut c, a);
+    apply_flags(&mut c, a)?;
     let given = |flag: bool, key: &str| flag || in_file.contains_key(key);
     // `--num-gpus 0` says "no GPU": the CPU, unless --device says where (the config's own
     // default, `device = "auto"`, would take a GPU when there is one).
@@ -67,7 +67,7 @@ fn from_file(a: &TrainArgs) -> Result<(TrainConfig, toml::Table)> {
     Ok((c, keys))
 }
 
-fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) {
+fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     if !a.data_path.is_empty() {
         c.data_path = a.data_path.clone();
     }
@@ -120,6 +120,10 @@ fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) {
         c.max_steps = a.max_steps;
     }
     if let Some(b) = &a.betas {
-        c.betas = (b[0], b[1]);
+        match b[..] {
+            [b1, b2] => c.betas = (b1, b2),
+            _ => anyhow::bail!("--betas takes two numbers, B1,B2 (e.g. 0.9,0.95); got {b:?}"),
+        }
     }
+    Ok(())
 }

@@ -96,7 +96,9 @@ pub struct TrainArgs {
     )]
     pub weight_decay: Option<f64>,
     /// AdamW betas as B1,B2. Default 0.9,0.95.
-    #[arg(long, value_name = "B1,B2", value_delimiter = ',', num_args = 2)]
+    // One value split at the comma (`num_args = 2` made `--betas 0.9,0.95` an error, as clap
+    // counts values before splitting); the count is checked when mapped to the config.
+    #[arg(long, value_name = "B1,B2", value_delimiter = ',')]
     pub betas: Option<Vec<f64>>,
     /// Clip gradients to this global norm (0 = off). Default 1.0.
     #[arg(long, value_name = "NORM")]

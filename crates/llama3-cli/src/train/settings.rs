@@ -192,8 +192,6 @@ mod tests {
         assert!(e.contains("takes one value"), "{e}");
         let e = err(&[("resume", &["maybe"])]);
         assert!(e.contains("switch"), "{e}");
-        let e = err(&[("betas", &["0.9"])]);
-        assert!(e.contains("betas"), "{e}");
         let e = err(&[("method", &["dora"])]);
         assert!(e.contains("dora"), "{e}");
     }
