@@ -145,6 +145,10 @@ fn bad_input_gives_clear_errors() {
         train_cmd(&data, &out, &["--num_gpus", "2"]),
         "0 GPUs available",
     );
+    assert_error(
+        train_cmd(&data, &out, &["--betas", "0.9"]),
+        "--betas takes two numbers",
+    );
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
     let empty = empty.to_string_lossy().into_owned();
@@ -208,6 +212,8 @@ fn toml_config_and_flags_override_it() {
         "full",
         "--lora-r",
         "4",
+        "--betas",
+        "0.8,0.9",
         "-t",
         "2",
         "--model-path",
@@ -219,7 +225,12 @@ fn toml_config_and_flags_override_it() {
             .unwrap();
     assert_eq!(saved["seq_len"], 16);
     assert_eq!(saved["max_steps"], 2, "the flag overrides the file");
-    assert_eq!(saved["betas"], serde_json::json!([0.9, 0.99]));
+    assert_eq!(saved["learning_rate"], 0.002, "the file's value stays");
+    assert_eq!(
+        saved["betas"],
+        serde_json::json!([0.8, 0.9]),
+        "B1,B2 as --help says"
+    );
     assert_eq!(saved["lr_schedule"], "linear");
     // Every flag reaches the config.
     assert_eq!(saved["eval_batches"], 3);

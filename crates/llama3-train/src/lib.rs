@@ -1,7 +1,9 @@
 //! `llama3-train`: training for the one `llama3::Llama` model. Causal-LM loss, AdamW with
 //! PyTorch's semantics, learning-rate schedules, gradient accumulation and clipping, data
 //! (tokenized once into a cached token file, packed into blocks), crash-safe checkpoints,
-//! and the training loop, a plain function that uses these helpers top to bottom.
+//! and the training loop, a plain function that uses these helpers top to bottom. It reports
+//! through an observer (`pretrain::Event`) and stops between steps, checkpointed, when asked
+//! ([`request_stop`], process-wide for signal handlers and other threads).
 //!
 //! Reports that pull in heavy dependencies are cargo features, off by default (the `llama3`
 //! CLI turns them on): `plot` (loss-curve PNGs: plotters, an embedded font) and

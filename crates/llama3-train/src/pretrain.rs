@@ -286,7 +286,7 @@ fn summary(
         start_step,
         tokens_seen: state.tokens_seen,
         final_loss,
-        final_eval: evals.clone().last().cloned(),
+        final_eval: evals.clone().next_back().cloned(),
         best_eval: evals.min_by(|a, b| a.loss.total_cmp(&b.loss)).cloned(),
         seconds: started.elapsed().as_secs_f64(),
         interrupted: model.is_none(),

@@ -33,9 +33,11 @@ pub(super) fn to_config(a: &TrainArgs, say: &mut dyn FnMut(&str)) -> Result<Trai
     // one every other command already fetches, is a real Llama-style BPE (49152 tokens, with
     // a chat template) whose size keeps the tiny preset trainable on a CPU in minutes, and the
     // run directory then carries it, so `llama3 generate -m <run>` works. Fine-tuning the
-    // default model instead was rejected as the default: 135M parameters trained in full on
-    // a CPU take hours for the seed's three epochs, and an unattended fine-tune of a chat
-    // model is rarely what a first `train` means; `--init <model>` is one flag away.
+    // default model instead was rejected as the default: a full step of 8 x 256 tokens on
+    // its 135M parameters is ~1.7 TFLOP, ~17 s on two cores at the ~100 GFLOP/s of
+    // docs/training.md, so hours per epoch of a million-token corpus; and an unattended
+    // fine-tune of a chat model is rarely what a first `train` means; `--init <model>` is one
+    // flag away.
     // (LoRA needs a model, which setup says; nothing to fetch for it.)
     if preset && c.tokenizer.is_none() && !c.method.is_lora() {
         let path = llama3::hub::ensure_default_model(|m| say(m)).with_context(|| {
