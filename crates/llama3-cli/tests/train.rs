@@ -145,6 +145,10 @@ fn bad_input_gives_clear_errors() {
         train_cmd(&data, &out, &["--num_gpus", "2"]),
         "0 GPUs available",
     );
+    assert_error(
+        train_cmd(&data, &out, &["--betas", "0.9"]),
+        "--betas takes two numbers",
+    );
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
     let empty = empty.to_string_lossy().into_owned();
@@ -208,6 +212,8 @@ fn toml_config_and_flags_override_it() {
         "full",
         "--lora-r",
         "4",
+        "--betas",
+        "0.8,0.9",
         "-t",
         "2",
         "--model-path",
@@ -219,7 +225,12 @@ fn toml_config_and_flags_override_it() {
             .unwrap();
     assert_eq!(saved["seq_len"], 16);
     assert_eq!(saved["max_steps"], 2, "the flag overrides the file");
-    assert_eq!(saved["betas"], serde_json::json!([0.9, 0.99]));
+    assert_eq!(saved["learning_rate"], 0.002, "the file's value stays");
+    assert_eq!(
+        saved["betas"],
+        serde_json::json!([0.8, 0.9]),
+        "B1,B2 as --help says"
+    );
     assert_eq!(saved["lr_schedule"], "linear");
     // Every flag reaches the config.
     assert_eq!(saved["eval_batches"], 3);
@@ -273,4 +284,108 @@ fn trained_model_exports_to_gguf_with_the_same_greedy_text() {
         let greedy = ["generate", "-n", "16", "--greedy"];
         assert_eq!(gen(&out, &greedy), gen(&gguf, &greedy), "{vocab}");
     }
+}
+
+/// `n` lines of plain English, varied enough to tokenize into many distinct tokens.
+fn sentences(n: usize, seed: usize) -> String {
+    let who = [
+        "The farmer",
+        "A sailor",
+        "Our teacher",
+        "The old king",
+        "My sister",
+    ];
+    let did = ["walked to", "wrote about", "looked at", "sold", "painted"];
+    let what = [
+        "the river",
+        "a small house",
+        "the market",
+        "seven apples",
+        "the hills",
+    ];
+    (0..n)
+        .map(|i| {
+            let k = i * 7 + seed;
+            format!(
+                "{} {} {} on day {}.\n",
+                who[k % 5],
+                did[(k / 5) % 5],
+                what[(k / 25) % 5],
+                k % 31
+            )
+        })
+        .collect()
+}
+
+/// The seed's training line as its README writes it, but `--num_gpus=0` (no GPU is needed)
+/// and a small corpus: no --init, no --tokenizer. The defaults taken are said, and the run
+/// directory is a model that `llama3 generate -m` loads. `--num_gpus=1` without a GPU is a
+/// one-line error that says how to train on the CPU.
+#[test]
+fn the_seeds_train_line_works_as_written() {
+    llama3_testutil::default_model(); // its tokenizer is the default; fetched once, up front
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/train.txt"), sentences(600, 0)).unwrap();
+    std::fs::write(dir.path().join("data/valid.txt"), sentences(120, 3)).unwrap();
+    let seed_line = |gpus: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
+        c.current_dir(dir.path()).args([
+            "train",
+            "--data_path=data/train.txt",
+            "--valid_data_path=data/valid.txt",
+            "--model_path=model",
+            gpus,
+            "--batch_size=8",
+            "--learning_rate=0.0001",
+            "--num_epochs=3",
+        ]);
+        c
+    };
+    if llama3::device::gpu_count() == 0 {
+        assert_error(
+            seed_line("--num_gpus=1"),
+            "train on the CPU with --num-gpus 0",
+        );
+    }
+    let out = seed_line("--num_gpus=0").output().unwrap();
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no --init: training the preset \"tiny\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("no --tokenizer: using the default model's"),
+        "{err}"
+    );
+    let model = dir.path().join("model");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["device"], "cpu", "--num_gpus=0 trains on the CPU");
+    assert_eq!(saved["num_epochs"], 3);
+    assert_eq!(saved["learning_rate"], 0.0001);
+    let evals = losses(&model)
+        .iter()
+        .filter(|l| l.contains("\"eval\""))
+        .count();
+    assert!(evals >= 1, "the valid data was evaluated");
+    let gen = Command::new(env!("CARGO_BIN_EXE_llama3"))
+        .args(["generate", "-m"])
+        .arg(&model)
+        .args(["-p", "The farmer walked to", "-n", "8", "--greedy"])
+        .output()
+        .unwrap();
+    ok(&gen);
+    let info = Command::new(env!("CARGO_BIN_EXE_llama3"))
+        .args(["info", "--json", "-m"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let info = ok(&info);
+    assert!(
+        info.contains("49152"),
+        "the default model's vocabulary: {info}"
+    );
 }

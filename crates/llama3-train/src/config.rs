@@ -86,7 +86,7 @@ pub struct TrainConfig {
     /// or an HF model directory / GGUF file to continue from. Default `tiny`.
     pub init: String,
     /// Tokenizer file (`tokenizer.json`, Llama 3 `tokenizer.model`, `.gguf`); required with
-    /// a preset, else the init model's own.
+    /// a preset (the CLI fills in the default model's), else the init model's own.
     pub tokenizer: Option<PathBuf>,
     /// Tokens per training block (sequence length). Default 256.
     pub seq_len: usize,
@@ -125,6 +125,7 @@ pub struct TrainConfig {
     /// Held-out share of the training blocks when no valid data is given. Default 0.05.
     pub valid_fraction: f64,
     /// GPUs to use: 0 trains where `device` says, 1 on the first CUDA GPU (one GPU at most).
+    /// (The CLI maps an explicit `--num-gpus 0` without `--device` to `device = "cpu"`.)
     pub num_gpus: usize,
     /// `auto` (default: the first GPU when built with CUDA and one is present), `cpu`, `cuda`,
     /// `cuda:N`.
@@ -267,7 +268,8 @@ impl TrainConfig {
             let have = llama3::device::gpu_count();
             if self.num_gpus > have {
                 return bad(format!(
-                    "--num-gpus {} asked, but {have} GPUs available{}",
+                    "--num-gpus {} asked, but {have} GPUs available{}; train on the CPU with \
+                     --num-gpus 0",
                     self.num_gpus,
                     if cfg!(feature = "cuda") {
                         ""

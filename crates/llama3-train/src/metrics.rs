@@ -75,6 +75,8 @@ pub fn check_tensorboard(wanted: bool) -> Result<()> {
 pub struct Metrics {
     file: std::fs::File,
     path: PathBuf,
+    /// Every record of the run so far: those kept on opening, then those written.
+    records: Vec<Record>,
     #[cfg(feature = "tensorboard")]
     events: Option<EventWriter>,
 }
@@ -109,6 +111,7 @@ impl Metrics {
         Ok(Self {
             file,
             path,
+            records: kept,
             #[cfg(feature = "tensorboard")]
             events: tensorboard.then(|| EventWriter::create(run)).transpose()?,
         })
@@ -123,7 +126,13 @@ impl Metrics {
         if let Some(events) = &mut self.events {
             events_write(events, r)?;
         }
+        self.records.push(r.clone());
         Ok(())
+    }
+
+    /// The run's records so far, in order (a resumed run's earlier ones included).
+    pub fn records(&self) -> &[Record] {
+        &self.records
     }
 }
 
@@ -221,8 +230,10 @@ mod tests {
             .unwrap();
         f.write_all(br#"{"kind":"eval","st"#).unwrap();
         assert_eq!(read(&path).unwrap(), [eval(1), eval(2), eval(3)]);
-        Metrics::open(dir.path(), 2, false).unwrap();
+        let mut m = Metrics::open(dir.path(), 2, false).unwrap();
         assert_eq!(read(&path).unwrap(), [eval(1), eval(2)]);
+        m.write(&eval(3)).unwrap();
+        assert_eq!(m.records(), [eval(1), eval(2), eval(3)]);
         // A bad line elsewhere is corruption, not a torn append.
         std::fs::write(&path, "{\"kind\":\"eval\"\n").unwrap();
         let err = read(&path).unwrap_err().to_string();

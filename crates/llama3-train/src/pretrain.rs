@@ -1,12 +1,13 @@
 //! The training loop: causal-LM training of every weight (pretraining from scratch or
 //! continued, full fine-tuning), read top to bottom as nanoGPT's train.py.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
 use llama3::weights::hf_dir;
 use llama3::Llama;
+use serde::{Deserialize, Serialize};
 
 use crate::batches::Dataset;
 use crate::checkpoint::{self, TrainState};
@@ -15,27 +16,65 @@ use crate::loss::{causal_lm_loss_sum, counted_labels};
 use crate::metrics::{EvalLog, Metrics, Record, StepLog};
 use crate::optim::AdamW;
 use crate::setup::Setup;
+use crate::stop::stop_requested;
 use crate::{recompute, Error, Grads, Result};
 
-/// What the loop reports as it goes (the CLI draws a progress bar from these).
+/// What the loop reports as it goes: the CLI draws its progress bar from these, the Python
+/// binding hands them to a callback. Serialized, `kind` names the variant (`step` and `eval`
+/// carry the fields of their `metrics.jsonl` records).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Event<'a> {
-    /// Training starts at `step` of `total`.
-    Start {
-        step: usize,
-        total: usize,
-    },
+    /// Training starts at `step` (0, or the resumed checkpoint's) of `total`.
+    Start { step: usize, total: usize },
+    /// An optimizer step, as logged.
     Step(&'a StepLog),
+    /// An evaluation on the held-out data, as logged.
     Eval(&'a EvalLog),
-    Saved(&'a Path),
+    /// A checkpoint of `step` was written to `path`.
+    Saved { step: usize, path: &'a Path },
+    /// A stop was requested ([`crate::stop`]): the loop ends after `step` steps;
+    /// `checkpoint` is what `--resume` continues from (None when the run has none yet).
+    Stopped {
+        step: usize,
+        checkpoint: Option<&'a Path>,
+    },
 }
 
+/// What a run did, for the caller (the CLI's last lines, Python's return value).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The run directory (`model_path`).
+    pub run_dir: PathBuf,
+    /// Optimizer steps done, those of the run this one resumed included.
     pub steps: usize,
+    /// Steps the run was set to take.
+    pub total_steps: usize,
+    /// The step this call started at: 0, or the resumed checkpoint's.
+    pub start_step: usize,
+    /// Tokens trained on over the whole run.
+    pub tokens_seen: u64,
+    /// Training loss of the last step (None when the run has no step yet).
+    pub final_loss: Option<f64>,
+    /// The run's last evaluation.
     pub final_eval: Option<EvalLog>,
+    /// The run's evaluation with the lowest held-out loss.
+    pub best_eval: Option<EvalLog>,
+    /// Wall-clock seconds of this call's loop (setup and tokenizing excluded).
+    pub seconds: f64,
+    /// Whether a stop request ended the run before its last step; resume it with `--resume`.
+    pub interrupted: bool,
+    /// The latest checkpoint (what `--resume` continues from).
+    pub checkpoint: Option<PathBuf>,
+    /// The trained model (an HF directory, or a PEFT adapter for LoRA runs): the run
+    /// directory once finished, None when interrupted.
+    pub model: Option<PathBuf>,
 }
 
 /// Trains `setup.model` on `setup.train` as `cfg` says, resuming from the run's latest
 /// checkpoint when `resume`; writes the final model into `cfg.model_path` as an HF directory.
+/// A stop request ([`crate::stop`]) ends it between two steps: the last step done is
+/// checkpointed and the summary says `interrupted` (the caller clears old requests first).
 pub fn train(
     cfg: &TrainConfig,
     setup: Setup,
@@ -68,11 +107,13 @@ pub fn train(
               micro-batch index"
             .into(),
     };
-    if let Some(dir) = checkpoint::latest(run)?.filter(|_| resume) {
+    let started = Instant::now();
+    let mut last_checkpoint = checkpoint::latest(run)?.filter(|_| resume);
+    if let Some(dir) = &last_checkpoint {
         let params = opt.params().to_vec();
-        let saved = checkpoint::restore(&dir, &params, &mut opt)?;
+        let saved = checkpoint::restore(dir, &params, &mut opt)?;
         if saved.model_config != model.config {
-            return Err(Error::format(&dir, "checkpoint of a different model shape"));
+            return Err(Error::format(dir, "checkpoint of a different model shape"));
         }
         state.step = saved.step;
         state.micro_batches = saved.micro_batches;
@@ -81,21 +122,37 @@ pub fn train(
     let start = state.step;
     let mut metrics = Metrics::open(run, start, cfg.tensorboard)?;
     let mut grads = Grads::new(opt.params().len());
-    let mut final_eval = None;
+    let done = |state: &TrainState, metrics: &Metrics, checkpoint, model| {
+        summary(
+            state,
+            metrics,
+            total_steps,
+            start,
+            started,
+            checkpoint,
+            model,
+        )
+    };
     on_event(Event::Start {
         step: start,
         total: total_steps,
     });
+    // The step of the latest checkpoint: the resumed one's, then each written here.
+    let mut saved_step = start;
     loop {
         let step = state.step;
         let last = step >= total_steps;
         // Learning rate of this step.
         let lr = schedule.lr_at(step);
 
-        // Eval and checkpoint. A resumed run did both at its first step before stopping.
-        let resumed_here = step == start && start > 0;
+        // Eval and checkpoint, unless the run this one resumes did them at this step. A stop
+        // asked for by now skips the evaluation: a resume runs it (none in the metrics).
         let eval_due = cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || last);
-        if let (Some(v), true, false) = (&valid, eval_due, resumed_here) {
+        let evaluated = metrics
+            .records()
+            .iter()
+            .any(|r| matches!(r, Record::Eval(e) if e.step == step));
+        if let (Some(v), true, false, false) = (&valid, eval_due, evaluated, stop_requested()) {
             let loss = evaluate(&model, v.as_ref(), cfg, &device)?;
             let log = EvalLog {
                 step,
@@ -104,12 +161,20 @@ pub fn train(
             };
             metrics.write(&Record::Eval(log.clone()))?;
             on_event(Event::Eval(&log));
-            final_eval = Some(log);
         }
+        let stop = stop_requested();
         let save_due = cfg.save_every > 0 && step.is_multiple_of(cfg.save_every);
-        if step > start && (save_due || last) {
+        if step > saved_step && (save_due || last || stop) {
             let dir = checkpoint::save(run, &state, &model, &opt)?;
-            on_event(Event::Saved(&dir));
+            on_event(Event::Saved { step, path: &dir });
+            (saved_step, last_checkpoint) = (step, Some(dir));
+        }
+
+        // Stop when asked: between steps, the last one done checkpointed.
+        if stop {
+            let checkpoint = last_checkpoint.as_deref();
+            on_event(Event::Stopped { step, checkpoint });
+            return Ok(done(&state, &metrics, last_checkpoint, None));
         }
         if last {
             break;
@@ -188,10 +253,46 @@ pub fn train(
         }
         false => hf_dir::write_model_dir(run, &model, Some(&tokenizer))?,
     }
-    Ok(Summary {
+    Ok(done(
+        &state,
+        &metrics,
+        last_checkpoint,
+        Some(run.to_path_buf()),
+    ))
+}
+
+/// The summary at one of the loop's two exits (finished, or stopped).
+fn summary(
+    state: &TrainState,
+    metrics: &Metrics,
+    total_steps: usize,
+    start_step: usize,
+    started: Instant,
+    checkpoint: Option<PathBuf>,
+    model: Option<PathBuf>,
+) -> Summary {
+    let evals = metrics.records().iter().filter_map(|r| match r {
+        Record::Eval(e) => Some(e),
+        Record::Train(_) => None,
+    });
+    let final_loss = metrics.records().iter().rev().find_map(|r| match r {
+        Record::Train(s) => Some(s.loss),
+        Record::Eval(_) => None,
+    });
+    Summary {
+        run_dir: state.config.model_path.clone(),
         steps: state.step,
-        final_eval,
-    })
+        total_steps,
+        start_step,
+        tokens_seen: state.tokens_seen,
+        final_loss,
+        final_eval: evals.clone().next_back().cloned(),
+        best_eval: evals.min_by(|a, b| a.loss.total_cmp(&b.loss)).cloned(),
+        seconds: started.elapsed().as_secs_f64(),
+        interrupted: model.is_none(),
+        checkpoint,
+        model,
+    }
 }
 
 /// Mean loss over the first `eval_batches` batches of the held-out blocks, in order.

@@ -1,19 +1,34 @@
-//! `llama3 train`: flags and TOML map onto `TrainConfig` here, in one place; the loop is
-//! `llama3_train::pretrain::train`.
+//! `llama3 train` and `llama3.train(...)` from Python: one settings type (the flags below),
+//! mapped onto `TrainConfig` in one place (`config`), run by one function (`session`) over
+//! the loop `llama3_train::pretrain::train`. The CLI parses the flags from its command line,
+//! Python's keyword arguments become the same flags (`settings`).
 
-use std::io::IsTerminal;
+mod config;
+mod session;
+pub mod settings;
+#[cfg(unix)]
+mod sigint;
+
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use llama3_train::pretrain::{train, Event};
-use llama3_train::setup::{prepare, Phase};
-use llama3_train::{Decay, Method, Precision, TrainConfig};
+use llama3_train::{Decay, Method, Precision, TrainEvent, TrainSummary};
+
+/// Said after the flags in `llama3 train --help`.
+const AFTER_HELP: &str = "\
+Without --init and --tokenizer, the preset \"tiny\" is trained from scratch with the default \
+model's tokenizer (SmolLM2-135M-Instruct's, fetched into the cache on first use, as `llama3 \
+pull` does); both are said on stderr when taken. To fine-tune instead, give --init a model \
+(an HF directory or a GGUF file).
+
+Ctrl-C stops after the current step: a checkpoint is written, the command says how to \
+continue (the same command with --resume) and exits with status 130. A second Ctrl-C quits \
+at once.";
 
 #[derive(Args, Debug)]
 // A flag given twice takes the last value (shell aliases, scripts that append flags).
-#[command(args_override_self = true)]
+#[command(args_override_self = true, after_help = AFTER_HELP)]
 pub struct TrainArgs {
     /// TOML file with any of the settings below (keys as the flags, with underscores);
     /// flags given on the command line override it.
@@ -34,10 +49,12 @@ pub struct TrainArgs {
     )]
     pub model_path: Option<PathBuf>,
     /// Preset to train from scratch (tiny, 15m, smollm2-135m, llama3.2-1b) or a model
-    /// (HF directory or GGUF file) to continue training. Default: tiny.
+    /// (HF directory or GGUF file) to continue training. Default: tiny, from scratch.
     #[arg(long, value_name = "PRESET|MODEL")]
     pub init: Option<String>,
-    /// Tokenizer (tokenizer.json, Llama 3 tokenizer.model, .gguf); required with a preset.
+    /// Tokenizer (tokenizer.json, Llama 3 tokenizer.model, .gguf). Default: the --init
+    /// model's own; with a preset, the default model's (SmolLM2-135M-Instruct's 49152-token
+    /// BPE with its chat template).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Tokens per training block. Default 256.
@@ -79,7 +96,9 @@ pub struct TrainArgs {
     )]
     pub weight_decay: Option<f64>,
     /// AdamW betas as B1,B2. Default 0.9,0.95.
-    #[arg(long, value_name = "B1,B2", value_delimiter = ',', num_args = 2)]
+    // One value split at the comma (`num_args = 2` made `--betas 0.9,0.95` an error, as clap
+    // counts values before splitting); the count is checked when mapped to the config.
+    #[arg(long, value_name = "B1,B2", value_delimiter = ',')]
     pub betas: Option<Vec<f64>>,
     /// Clip gradients to this global norm (0 = off). Default 1.0.
     #[arg(long, value_name = "NORM")]
@@ -100,8 +119,8 @@ pub struct TrainArgs {
     /// Seed of the initial weights and the data order. Default 1337.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// GPUs to use: 1 trains on the first CUDA GPU (builds with --features cuda); 0 follows
-    /// --device.
+    /// GPUs to use: 1 trains on the first CUDA GPU (builds with --features cuda); 0 trains on
+    /// the CPU (or where --device says). Default: where --device says.
     #[arg(long = "num-gpus", visible_alias = "num_gpus", value_name = "N")]
     pub num_gpus: Option<usize>,
     /// Where to train: cpu, cuda, cuda:N or auto (a GPU when built with CUDA and present).
@@ -136,7 +155,12 @@ pub struct TrainArgs {
     pub lora_dropout: Option<f64>,
     /// Modules that get adapters, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,
     /// up_proj,down_proj,lm_head). Default: the seven projections.
-    #[arg(long = "lora-targets", value_name = "LIST", value_delimiter = ',')]
+    #[arg(
+        long = "lora-targets",
+        visible_alias = "lora_targets",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
     pub lora_targets: Option<Vec<String>>,
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
@@ -156,179 +180,38 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
 }
 
-/// The TOML file (or defaults), then each flag given.
-fn to_config(a: &TrainArgs) -> Result<TrainConfig> {
-    let mut c = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read config {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("bad config {}", p.display()))?
-        }
-        None => TrainConfig::default(),
-    };
-    if !a.data_path.is_empty() {
-        c.data_path = a.data_path.clone();
-    }
-    if !a.valid_data_path.is_empty() {
-        c.valid_data_path = a.valid_data_path.clone();
-    }
-    macro_rules! set {
-        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
-    }
-    set!(
-        model_path,
-        init,
-        seq_len,
-        batch_size,
-        grad_accum,
-        num_epochs,
-        learning_rate
-    );
-    set!(
-        min_lr,
-        warmup,
-        lr_schedule,
-        weight_decay,
-        clip,
-        eval_every,
-        save_every,
-        seed
-    );
-    set!(
-        num_gpus,
-        device,
-        precision,
-        method,
-        lora_r,
-        lora_alpha,
-        lora_dropout,
-        lora_targets,
-        eval_batches
-    );
-    if a.rslora {
-        c.use_rslora = true;
-    }
-    if a.gradient_checkpointing {
-        c.gradient_checkpointing = true;
-    }
-    if a.tokenizer.is_some() {
-        c.tokenizer = a.tokenizer.clone();
-    }
-    if a.max_steps.is_some() {
-        c.max_steps = a.max_steps;
-    }
-    if let Some(b) = &a.betas {
-        c.betas = (b[0], b[1]);
-    }
-    Ok(c)
+/// Trains as `llama3 train` would with these settings: the names of its flags (`data_path`
+/// or `data-path`, and their aliases such as `lr`), each with its values: one for most, any
+/// number for `data_path` / `valid_data_path`, a list for `betas` and `lora_targets`,
+/// `true`/`false` for switches (`resume`, `rslora`, `gradient_checkpointing`); no values
+/// leaves a setting unset. Same defaults and checks as the CLI (a bad name or value is a
+/// [`SettingsError`]); `on_event` sees each logged step and evaluation (and the start,
+/// checkpoints and a stop). Progress goes to stderr as in the CLI. No signal handler is
+/// installed: a host that sees an interrupt calls [`llama3_train::request_stop`], and the
+/// run returns at the next step's end with a checkpoint and `interrupted` set.
+///
+/// [`SettingsError`]: settings::SettingsError
+pub fn train(
+    settings: &[(String, Vec<String>)],
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
+    let args = settings::parse(settings)?;
+    session::train(
+        &args,
+        "call again with the same settings and resume=True",
+        on_event,
+    )
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
-    if let Some(t) = a.threads {
-        anyhow::ensure!(t > 0, "--threads must be at least 1");
-        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-    }
-    let cfg = to_config(&a)?;
-    let tty = std::io::stderr().is_terminal();
-    let tok_bar = bar(
-        tty,
-        "tokenize",
-        "{prefix} [{bar:30}] {bytes}/{total_bytes} eta {eta}",
-    );
-    let setup = prepare(&cfg, a.resume, &|phase| match phase {
-        Phase::Tokenizing(what, done, total) => {
-            if let Some(b) = &tok_bar {
-                b.set_prefix(format!("tokenize {what}"));
-                b.set_length(total);
-                b.set_position(done);
-            }
-        }
-        Phase::Examples(what, kept, dropped) => {
-            eprintln!("{what}: {kept} fine-tuning examples");
-            if dropped > 0 {
-                eprintln!(
-                    "{what}: {dropped} examples dropped: no assistant turn, or nothing to learn \
-                     left within --seq-len {}",
-                    cfg.seq_len
-                );
-            }
+/// `llama3 train`: a Ctrl-C during the loop stops it at a safe point (exit status 130).
+pub(crate) fn run(args: TrainArgs) -> Result<i32> {
+    #[cfg(unix)]
+    let _sigint = sigint::Handler::install()?;
+    let summary = session::train(&args, "run the same command with --resume", &mut |e| {
+        if let TrainEvent::Start { .. } = e {
+            #[cfg(unix)]
+            sigint::arm();
         }
     })?;
-    if let Some(b) = tok_bar {
-        b.finish_and_clear();
-    }
-    eprintln!(
-        "model: {:.2} M parameters; {} steps of {} x {} x {} tokens; output {}",
-        setup.model.config.num_parameters() as f64 / 1e6,
-        setup.total_steps,
-        cfg.grad_accum,
-        cfg.batch_size,
-        cfg.seq_len,
-        cfg.model_path.display()
-    );
-    let step_bar = bar(
-        tty,
-        "train",
-        "{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
-    );
-    let summary = train(&cfg, setup, a.resume, &mut |e| match e {
-        Event::Start { step, total } => {
-            if let Some(b) = &step_bar {
-                b.set_length(total as u64);
-                b.set_position(step as u64);
-            }
-        }
-        Event::Step(s) => {
-            let msg = format!(
-                "loss {:.4} lr {:.2e} {:.0} tok/s",
-                s.loss, s.lr, s.tokens_per_s
-            );
-            match &step_bar {
-                Some(b) => {
-                    b.set_position(s.step as u64);
-                    b.set_message(msg);
-                }
-                None if s.step % 10 == 0 => eprintln!("step {} {msg}", s.step),
-                None => {}
-            }
-        }
-        Event::Eval(e) => {
-            let line = format!("eval step {}: loss {:.4} ppl {:.2}", e.step, e.loss, e.ppl);
-            match &step_bar {
-                Some(b) => b.println(line),
-                None => eprintln!("{line}"),
-            }
-        }
-        Event::Saved(dir) => tracing::info!("checkpoint {}", dir.display()),
-    })?;
-    if let Some(b) = step_bar {
-        b.finish_and_clear();
-    }
-    eprintln!(
-        "done: {} steps{}; model in {}",
-        summary.steps,
-        summary
-            .final_eval
-            .map(|e| format!(", held-out loss {:.4} (ppl {:.2})", e.loss, e.ppl))
-            .unwrap_or_default(),
-        cfg.model_path.display()
-    );
-    let png = cfg.model_path.join("loss.png");
-    match llama3_train::plot::loss_png(&cfg.model_path, &png) {
-        Ok(_) => eprintln!("loss curve: {}", png.display()),
-        Err(e) => eprintln!("warning: no loss curve: {e}"),
-    }
-    Ok(())
-}
-
-fn bar(tty: bool, prefix: &str, template: &str) -> Option<ProgressBar> {
-    if !tty {
-        return None;
-    }
-    let style = ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    let b = ProgressBar::new(0).with_style(style);
-    b.set_prefix(prefix.to_string());
-    Some(b)
+    Ok(if summary.interrupted { 130 } else { 0 })
 }

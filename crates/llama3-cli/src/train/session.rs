@@ -1,0 +1,152 @@
+//! One training run as `llama3 train` shows it: defaults reported, a progress bar on a
+//! terminal (lines otherwise), the loop, and the last lines (where the model is, or how to
+//! continue a stopped run). The CLI and Python's `llama3.train` both come through here.
+
+use std::io::IsTerminal;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use llama3_train::pretrain::Event;
+use llama3_train::setup::{prepare, Phase};
+use llama3_train::TrainSummary;
+
+use super::config::to_config;
+use super::TrainArgs;
+
+/// Runs `a`; `resume_hint` says how to continue a stopped run in the caller's terms.
+pub(super) fn train(
+    a: &TrainArgs,
+    resume_hint: &str,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<TrainSummary> {
+    // A stop asked for before this run (an earlier run's Ctrl-C) is not meant for it.
+    llama3_train::clear_stop();
+    if let Some(t) = a.threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let cfg = to_config(a, &mut |m| eprintln!("{m}"))?;
+    let tty = std::io::stderr().is_terminal();
+    let tok_bar = bar(
+        tty,
+        "tokenize",
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} eta {eta}",
+    );
+    let setup = prepare(&cfg, a.resume, &|phase| match phase {
+        Phase::Tokenizing(what, done, total) => {
+            if let Some(b) = &tok_bar {
+                b.set_prefix(format!("tokenize {what}"));
+                b.set_length(total);
+                b.set_position(done);
+            }
+        }
+        Phase::Examples(what, kept, dropped) => {
+            eprintln!("{what}: {kept} fine-tuning examples");
+            if dropped > 0 {
+                eprintln!(
+                    "{what}: {dropped} examples dropped: no assistant turn, or nothing to learn \
+                     left within --seq-len {}",
+                    cfg.seq_len
+                );
+            }
+        }
+    })?;
+    if let Some(b) = tok_bar {
+        b.finish_and_clear();
+    }
+    eprintln!(
+        "model: {:.2} M parameters; {} steps of {} x {} x {} tokens; output {}",
+        setup.model.config.num_parameters() as f64 / 1e6,
+        setup.total_steps,
+        cfg.grad_accum,
+        cfg.batch_size,
+        cfg.seq_len,
+        cfg.model_path.display()
+    );
+    let step_bar = bar(
+        tty,
+        "train",
+        "{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+    );
+    let summary = llama3_train::pretrain::train(&cfg, setup, a.resume, &mut |e| {
+        show(&e, step_bar.as_ref());
+        on_event(&e);
+    })?;
+    if let Some(b) = step_bar {
+        b.finish_and_clear();
+    }
+    if summary.interrupted {
+        let at = match &summary.checkpoint {
+            Some(dir) => format!("checkpoint {}", dir.display()),
+            None => "no checkpoint yet".into(),
+        };
+        eprintln!(
+            "stopped after step {} of {}; {at}. To continue, {resume_hint}.",
+            summary.steps, summary.total_steps
+        );
+        return Ok(summary);
+    }
+    eprintln!(
+        "done: {} steps{}; model in {}",
+        summary.steps,
+        summary
+            .final_eval
+            .as_ref()
+            .map(|e| format!(", held-out loss {:.4} (ppl {:.2})", e.loss, e.ppl))
+            .unwrap_or_default(),
+        cfg.model_path.display()
+    );
+    let png = cfg.model_path.join("loss.png");
+    match llama3_train::plot::loss_png(&cfg.model_path, &png) {
+        Ok(_) => eprintln!("loss curve: {}", png.display()),
+        Err(e) => eprintln!("warning: no loss curve: {e}"),
+    }
+    Ok(summary)
+}
+
+/// The progress bar, or a line every 10 steps and each evaluation without a terminal.
+fn show(e: &Event, step_bar: Option<&ProgressBar>) {
+    match e {
+        Event::Start { step, total } => {
+            if let Some(b) = step_bar {
+                b.set_length(*total as u64);
+                b.set_position(*step as u64);
+            }
+        }
+        Event::Step(s) => {
+            let msg = format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                s.loss, s.lr, s.tokens_per_s
+            );
+            match step_bar {
+                Some(b) => {
+                    b.set_position(s.step as u64);
+                    b.set_message(msg);
+                }
+                None if s.step % 10 == 0 => eprintln!("step {} {msg}", s.step),
+                None => {}
+            }
+        }
+        Event::Eval(e) => {
+            let line = format!("eval step {}: loss {:.4} ppl {:.2}", e.step, e.loss, e.ppl);
+            match step_bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        Event::Saved { path, .. } => tracing::info!("checkpoint {}", path.display()),
+        Event::Stopped { .. } => {}
+    }
+}
+
+fn bar(tty: bool, prefix: &str, template: &str) -> Option<ProgressBar> {
+    if !tty {
+        return None;
+    }
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let b = ProgressBar::new(0).with_style(style);
+    b.set_prefix(prefix.to_string());
+    Some(b)
+}
