@@ -85,6 +85,31 @@ export LLAMA3_SKIPPED_FILE
 trap 'rm -f "$LLAMA3_SKIPPED_FILE"' EXIT
 status=0
 cargo test --release --workspace "$@" || status=$?
+
+# The Python package (docs/python.md), unless only some Rust tests were asked for: the wheel
+# built by maturin, installed into a fresh venv with pytest and the openai package, and
+# python/tests run against the installed package from outside the source tree.
+if [ $# -eq 0 ]; then
+  tools="$home/pyvenv-maturin"
+  if [ ! -x "$tools/bin/maturin" ]; then
+    echo "installing maturin==1.16.0 into $tools" >&2
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install -q --disable-pip-version-check maturin==1.16.0
+  fi
+  pywork=$(mktemp -d)
+  echo "== building the Python wheel (maturin)"
+  if ! "$tools/bin/maturin" build --release -o "$pywork/wheels" >"$pywork/build.log" 2>&1; then
+    tail -40 "$pywork/build.log"
+    exit 1
+  fi
+  python3 -m venv "$pywork/venv"
+  "$pywork/venv/bin/pip" install -q --disable-pip-version-check "$pywork"/wheels/llama3-*.whl \
+    pytest==9.2.0 openai==3.54.0
+  repo=$PWD
+  (cd "$pywork" && LLAMA3_BIN="$repo/target/release/llama3" LLAMA3_HOME="$home" \
+    "$pywork/venv/bin/python" -m pytest -q -p no:cacheprovider "$repo/python/tests") || status=$?
+  rm -rf "$pywork"
+fi
 if [ -s "$LLAMA3_SKIPPED_FILE" ]; then
   echo "== $(sort -u "$LLAMA3_SKIPPED_FILE" | wc -l) test(s) skipped, shown as ok by cargo test:"
   sort -u "$LLAMA3_SKIPPED_FILE" | cut -c1-300 | sed 's/^/  /'

@@ -6,8 +6,9 @@
 
 ``Llama3`` loads a GGUF file, a Hugging Face model directory or ``hf:owner/name``; its
 ``create_completion`` / ``create_chat_completion`` follow llama-cpp-python (``Llama`` is an
-alias). Errors are :class:`Llama3Error` subclasses. The same wheel installs the ``llama3``
-command line.
+alias). ``llama3.train(...)`` trains with every setting of ``llama3 train``; ``quantize``,
+``merge``, ``export`` and ``classify`` run those tools. Errors are :class:`Llama3Error`
+subclasses. The same wheel installs the ``llama3`` command line.
 """
 
 from ._api import Generation, Llama3
@@ -20,6 +21,7 @@ from ._errors import (
     UnsupportedError,
 )
 from ._llama3 import __version__
+from ._tools import classify, export, merge, quantize, train
 
 #: llama-cpp-python's name for the model class, so ``from llama3 import Llama`` works as
 #: ``from llama_cpp import Llama`` does.
@@ -35,5 +37,10 @@ __all__ = [
     "ModelFormatError",
     "UnsupportedError",
     "TokenizerError",
+    "train",
+    "quantize",
+    "merge",
+    "export",
+    "classify",
     "__version__",
 ]

@@ -232,9 +232,11 @@ class Llama3:
         })
 
     def _start(self, prompt_ids: List[int], max_tokens: Optional[int], stop, logprobs, **sampling):
-        if max_tokens is None or max_tokens < 0:
+        if max_tokens is None:
             max_tokens = self.n_ctx  # up to the end of the context
         max_tokens = _number("max_tokens", max_tokens, int)
+        if max_tokens < 0:
+            max_tokens = self.n_ctx  # llama-cpp-python: <= 0 or None, the rest of the context
         k = 0 if logprobs is None or logprobs is False else (1 if logprobs is True else _number("logprobs", logprobs, int))
         if k < 0:
             raise InvalidArgumentError("logprobs must be at least 0")

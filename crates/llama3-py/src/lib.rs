@@ -5,6 +5,7 @@
 mod errors;
 mod model;
 mod stream;
+mod tools;
 
 use pyo3::prelude::*;
 
@@ -12,6 +13,12 @@ use pyo3::prelude::*;
 fn _llama3(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::Model>()?;
     m.add_class::<stream::Stream>()?;
+    m.add_function(wrap_pyfunction!(tools::run_cli, m)?)?;
+    m.add_function(wrap_pyfunction!(tools::call_cli, m)?)?;
+    m.add_function(wrap_pyfunction!(tools::train, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The CLI's process settings (thread pools, allocator thresholds, logging): the model
+    // runs as fast here as in the binary.
+    llama3_cli::setup_process();
     Ok(())
 }

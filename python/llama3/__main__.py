@@ -1,0 +1,3 @@
+from ._tools import main
+
+main()
