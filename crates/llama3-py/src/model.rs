@@ -30,21 +30,28 @@ pub struct Inner {
 }
 
 impl Inner {
-    /// The pooled session sharing the longest prefix with `prompt`, or a new one.
-    pub fn take_session(&self, prompt: &[u32]) -> llama3::Result<Session> {
+    /// The pooled session sharing the longest prefix with `prompt` among those with room for
+    /// `needed` positions, or a new one of `needed` positions. Sized to the request as the
+    /// CLI's are: a cache of the whole context decodes ~10% slower here (measured with the
+    /// default model: 133 vs 147 tok/s at n_ctx 4096 vs 160).
+    pub fn take_session(&self, prompt: &[u32], needed: usize) -> llama3::Result<Session> {
+        let needed = needed.clamp(1, self.n_ctx);
         let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let best = (0..pool.len()).max_by_key(|&i| pool[i].common_prefix(prompt));
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].cache.capacity() >= needed)
+            .max_by_key(|&i| pool[i].common_prefix(prompt));
         match best {
             Some(i) => Ok(pool.swap_remove(i)),
-            None => Session::new(&self.model, self.n_ctx),
+            None => Session::new(&self.model, needed),
         }
     }
 
     pub fn give_session(&self, s: Session) {
         let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL {
-            pool.push(s);
+        if pool.len() >= POOL {
+            pool.remove(0); // the oldest
         }
+        pool.push(s);
     }
 
     fn tokenizer(&self) -> PyResult<&Tokenizer> {

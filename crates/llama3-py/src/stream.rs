@@ -71,7 +71,8 @@ fn run(
     cancel: &AtomicBool,
     tx: &mpsc::Sender<Msg>,
 ) -> llama3::Result<()> {
-    let mut session = inner.take_session(&req.prompt)?;
+    let needed = req.prompt.len() + req.opts.max_tokens;
+    let mut session = inner.take_session(&req.prompt, needed)?;
     let result = (|| {
         let tok = inner.tokenizer.as_ref();
         let mut gen = Generator::with_text(

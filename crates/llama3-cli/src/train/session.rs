@@ -96,10 +96,13 @@ pub(super) fn train(
             .unwrap_or_default(),
         cfg.model_path.display()
     );
-    let png = cfg.model_path.join("loss.png");
-    match llama3_train::plot::loss_png(&cfg.model_path, &png) {
-        Ok(_) => eprintln!("loss curve: {}", png.display()),
-        Err(e) => eprintln!("warning: no loss curve: {e}"),
+    // Built without plots (the Python wheel): `llama3 plot RUN` draws the curve elsewhere.
+    if cfg!(feature = "plot") {
+        let png = cfg.model_path.join("loss.png");
+        match llama3_train::plot::loss_png(&cfg.model_path, &png) {
+            Ok(_) => eprintln!("loss curve: {}", png.display()),
+            Err(e) => eprintln!("warning: no loss curve: {e}"),
+        }
     }
     Ok(summary)
 }
