@@ -291,3 +291,45 @@ def test_quantize_from_python_and_the_cli_in_the_wheel(llm, tmp_path):
     assert json.loads(r.stdout) == llm.tokenize("Hello world")
     bad = subprocess.run([str(exe), "generate", "--temp", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_ctrl_c_stops_training_at_a_safe_point_and_resume_goes_on(tmp_path):
+    data = tmp_path / "train.txt"
+    data.write_text((SHARED / "data" / "sotu" / "data").glob("*.txt").__next__().read_text()[:60000])
+    settings = dict(data_path=str(data), model_path=str(tmp_path / "run"), num_gpus=0,
+                    batch_size=2, seq_len=64, max_steps=100000, eval_every=0, save_every=0)
+    steps, fired = [], []
+
+    def interrupt():
+        fired.append(time.monotonic())
+        _thread.interrupt_main()
+
+    def on_event(e):
+        if e["kind"] == "step":
+            steps.append(e["step"])
+            if len(steps) == 3:
+                threading.Timer(0.05, interrupt).start()
+
+    with pytest.raises(KeyboardInterrupt):
+        llama3.train(callback=on_event, **settings)
+    # The step that was running ends, the checkpoint is written, then the interrupt is raised.
+    assert time.monotonic() - fired[0] < 2.0
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").is_file(), list(ckpts.iterdir()) if ckpts.exists() else "no checkpoints"
+    saved = json.loads((ckpts / (ckpts / "latest").read_text().strip() / "state.json").read_text())["step"]
+    # Saved at the end of the step that was running when the stop was seen.
+    assert saved >= steps[-1], (steps, saved)
+
+    # Resumed, it starts after the saved step; an exception in the callback stops it the same
+    # way and is raised.
+    resumed = []
+
+    def stop_soon(e):
+        if e["kind"] == "step":
+            resumed.append(e["step"])
+            if len(resumed) == 2:
+                raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        llama3.train(callback=stop_soon, resume=True, **settings)
+    assert resumed[0] == saved + 1, (saved, resumed)

@@ -4,6 +4,7 @@
 //! iterator (leaving a `for` loop early) or an interrupt cancels the generation thread after
 //! its current token.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use llama3::generate::{GenerateOptions, Generator};
 use pyo3::prelude::*;
 
-use crate::errors::to_py;
+use crate::errors::{raise, to_py};
 use crate::model::Inner;
 
 /// What the generation thread sends.
@@ -32,6 +33,8 @@ enum Msg {
         completion_tokens: usize,
     },
     Failed(llama3::Error),
+    /// The generation thread panicked (a bug).
+    Panic,
 }
 
 /// One generation request.
@@ -49,8 +52,15 @@ pub fn start(inner: Arc<Inner>, req: Request) -> PyResult<Stream> {
     std::thread::Builder::new()
         .name("llama3-generate".into())
         .spawn(move || {
-            if let Err(e) = run(&inner, req, &stop, &tx) {
-                let _ = tx.send(Msg::Failed(e));
+            // A panic (a bug) becomes the caller's exception, not a silently short answer.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| run(&inner, req, &stop, &tx))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = tx.send(Msg::Failed(e));
+                }
+                Err(_) => {
+                    let _ = tx.send(Msg::Panic);
+                }
             }
         })
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
@@ -177,6 +187,10 @@ impl Stream {
                     return Ok((!text.is_empty()).then(|| (text, None, 0.0, vec![])));
                 }
                 Ok(Msg::Failed(e)) => return Err(to_py(e)),
+                Ok(Msg::Panic) => {
+                    let msg = "internal error in generation (panic); the answer was stopped";
+                    return Err(raise("Llama3Error", msg.into()));
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if let Err(e) = py.check_signals() {
                         self.close();
@@ -185,8 +199,13 @@ impl Stream {
                     *self.rx.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(rx);
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    // Cancelled, or the thread ended without a word (it always sends one).
-                    return Ok(None);
+                    // After a cancel the thread stops without a word; otherwise it always
+                    // sends one, so its absence is an error, never a short answer.
+                    if self.cancel.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    let msg = "the generation thread ended without a result";
+                    return Err(raise("Llama3Error", msg.into()));
                 }
             }
         }

@@ -113,18 +113,18 @@ pub fn train(
                 }
             }
             Ok(Msg::Done(out)) => break out,
-            Err(RecvTimeoutError::Timeout) => {
-                if pending.is_none() {
-                    if let Err(e) = py.check_signals() {
-                        llama3_cli::request_stop();
-                        pending = Some(e);
-                    }
-                }
-            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 break Err(anyhow::anyhow!(
                     "the training thread ended without a result"
                 ))
+            }
+        }
+        // Ctrl-C, checked after each event and at least every 100 ms.
+        if pending.is_none() {
+            if let Err(e) = py.check_signals() {
+                llama3_cli::request_stop();
+                pending = Some(e);
             }
         }
     };
