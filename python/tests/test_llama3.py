@@ -333,3 +333,42 @@ def test_ctrl_c_stops_training_at_a_safe_point_and_resume_goes_on(tmp_path):
     with pytest.raises(RuntimeError, match="enough"):
         llama3.train(callback=stop_soon, resume=True, **settings)
     assert resumed[0] == saved + 1, (saved, resumed)
+
+
+def read_safetensors(path):
+    """name -> numpy array (the format: u64 header size, JSON header, raw little-endian data)."""
+    import numpy as np
+    import struct
+
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    dtypes = {"F32": np.float32, "I64": np.int64, "F16": np.float16}
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = t["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + a : 8 + n + b], dtype=dtypes[t["dtype"]]).reshape(t["shape"])
+    return out
+
+
+def test_lora_merge_and_export_from_python_give_peft_logits(tmp_path):
+    import numpy as np
+
+    gqa = GOLDEN / "hf" / "gqa"
+    g = read_safetensors(gqa / "lora_golden.safetensors")
+    ids = [int(i) for i in g["input_ids"][0]]
+    want = g["logits_lora"][0]  # PEFT's logits with the adapter (transformers + peft)
+    adapted = Llama3(str(gqa / "model"), lora=str(gqa / "lora"), verbose=False)
+    assert np.abs(adapted.logits(ids) - want).max() < 1e-4
+    base = Llama3(str(gqa / "model"), verbose=False).logits(ids)
+    off = Llama3(str(gqa / "model"), lora=[str(gqa / "lora") + ":0"], verbose=False).logits(ids)
+    assert np.abs(off - base).max() < 1e-6 and np.abs(base - want).max() > 1e-3
+    llama3.merge(gqa / "model", gqa / "lora", tmp_path / "merged")
+    merged = Llama3(str(tmp_path / "merged"), verbose=False)
+    assert np.abs(merged.logits(ids) - want).max() < 1e-4
+    llama3.export(tmp_path / "merged", tmp_path / "merged.gguf", type="f32")
+    assert np.abs(Llama3(str(tmp_path / "merged.gguf"), verbose=False).logits(ids) - want).max() < 1e-4
+    with pytest.raises(llama3.ModelNotFoundError):
+        Llama3(str(gqa / "model"), lora=str(tmp_path / "no-adapter"), verbose=False)
