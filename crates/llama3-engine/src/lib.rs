@@ -63,6 +63,8 @@ pub struct Done {
     /// Text held back until the end (it turned out not to be a stop string).
     pub text: String,
     pub prompt_tokens: usize,
+    /// Prompt tokens found in the slot's cache (not run again).
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
 }
 

@@ -32,6 +32,8 @@ struct Seq<'t> {
     slot: Session,
     /// Prompt tokens already in the cache.
     prefilled: usize,
+    /// Of those, found in the slot's cache at admission.
+    cached: usize,
     seq: Sequence<'t>,
     /// Sampled, not yet run through the model.
     pending: Option<u32>,
@@ -192,6 +194,7 @@ fn admit<'t>(
         job,
         slot,
         prefilled,
+        cached: prefilled,
         pending: None,
         last_token: None,
         done: false,
@@ -343,6 +346,7 @@ fn finish(s: &mut Seq) {
         finish,
         text,
         prompt_tokens: s.job.prompt.len(),
+        cached_tokens: s.cached,
         completion_tokens: s.seq.generated(),
     }));
 }

@@ -15,6 +15,7 @@ struct Answer {
     ids: Vec<u32>,
     text: String,
     finish: FinishReason,
+    cached: usize,
 }
 
 fn receive(mut rx: mpsc::UnboundedReceiver<Event>) -> Answer {
@@ -31,6 +32,7 @@ fn receive(mut rx: mpsc::UnboundedReceiver<Event>) -> Answer {
                     ids,
                     text,
                     finish: d.finish,
+                    cached: d.cached_tokens,
                 };
             }
             Event::Error(e) => panic!("engine error: {e}"),
@@ -106,6 +108,10 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
         assert_eq!(got.ids, gen, "prompt {i}: tokens");
         assert_eq!(got.text, w.text, "prompt {i}: text");
         assert_eq!(got.finish, w.finish_reason, "prompt {i}: finish");
+        if i == 1 {
+            // The first prompt is a prefix of the second: its tokens came from the cache.
+            assert_eq!(got.cached, prompts[0].len(), "cached tokens reported");
+        }
     }
     let cached = metrics.prompt_tokens_cached.get();
     assert!(

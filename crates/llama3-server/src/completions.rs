@@ -75,6 +75,8 @@ struct Reply {
     logprobs: bool,
     tok: Arc<Tokenizer>,
     prompt_tokens: usize,
+    /// Choices per prompt (`n`): the first of each prompt's reports its cached tokens.
+    n: usize,
 }
 
 /// Validates the knobs, submits one job per (prompt, choice), and answers whole or streamed.
@@ -132,6 +134,7 @@ async fn start(
         logprobs: logprobs.is_some(),
         tok: served.tokenizer.clone(),
         prompt_tokens,
+        n,
     };
     let events = stream::select_all(
         receivers
@@ -158,6 +161,7 @@ struct Choice {
     tokens: Vec<TokenOut>,
     finish: Option<FinishReason>,
     completion_tokens: usize,
+    cached_tokens: usize,
 }
 
 /// Waits for every choice, then answers with one JSON object.
@@ -177,11 +181,17 @@ async fn whole_reply(r: Reply, mut events: impl Stream<Item = (usize, Event)> + 
                 c.text.push_str(&d.text);
                 c.finish = Some(d.finish);
                 c.completion_tokens = d.completion_tokens;
+                c.cached_tokens = d.cached_tokens;
             }
             Event::Error(e) => return ApiError::internal(e).into_response(),
         }
     }
     let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    let cached: usize = choices
+        .iter()
+        .step_by(r.n.max(1))
+        .map(|c| c.cached_tokens)
+        .sum();
     let out: Vec<Value> = choices
         .iter()
         .enumerate()
@@ -213,7 +223,7 @@ async fn whole_reply(r: Reply, mut events: impl Stream<Item = (usize, Event)> + 
         "created": r.created,
         "model": r.model,
         "choices": out,
-        "usage": usage(r.prompt_tokens, completion),
+        "usage": usage(r.prompt_tokens, cached, completion),
     }))
     .into_response()
 }
@@ -228,7 +238,8 @@ fn stream_reply(
     include_usage: bool,
 ) -> Response {
     let r = Arc::new(r);
-    let completion = Arc::new(Mutex::new(0usize));
+    // (completion tokens, cached prompt tokens) over the choices.
+    let completion = Arc::new(Mutex::new((0usize, 0usize)));
     let head: Vec<Value> = match r.kind {
         Kind::Chat => (0..choices)
             .map(|i| r.chunk(json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})))
@@ -251,7 +262,10 @@ fn stream_reply(
             }
             Event::Done(d) => {
                 if let Ok(mut c) = c2.lock() {
-                    *c += d.completion_tokens;
+                    c.0 += d.completion_tokens;
+                    if i % r2.n.max(1) == 0 {
+                        c.1 += d.cached_tokens;
+                    }
                 }
                 match r2.kind {
                     Kind::Chat => {
@@ -272,10 +286,10 @@ fn stream_reply(
     let tail = stream::once(async move {
         let mut v = vec![];
         if include_usage {
-            let c = completion.lock().map_or(0, |c| *c);
+            let (c, cached) = completion.lock().map_or((0, 0), |c| *c);
             let mut u = r.chunk(json!(null));
             u["choices"] = json!([]);
-            u["usage"] = usage(r.prompt_tokens, c);
+            u["usage"] = usage(r.prompt_tokens, cached, c);
             v.push(Sse::default().data(u.to_string()));
         }
         v.push(Sse::default().data("[DONE]"));
@@ -317,11 +331,13 @@ impl Reply {
     }
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
+/// OpenAI's usage object; `cached`: prompt tokens reused from a slot's KV cache.
+fn usage(prompt: usize, cached: usize, completion: usize) -> Value {
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     })
 }
 

@@ -95,6 +95,15 @@ def auth():
     return {"Authorization": "Bearer " + KEY, "Content-Type": "application/json"}
 
 
+def generate_messages(messages, n):
+    """`llama3 generate` alone, greedy, on a conversation in SmolLM2's ChatML template (the
+    caller checks the prompt length against the server's, so a rendering that differs fails)."""
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    args = [BIN, "generate", "-p", text + "<|im_start|>assistant\n", "--greedy", "-n", str(n),
+            "--json"]
+    return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+
+
 def generate(prompt, n, chat):
     """`llama3 generate` greedy output for the same prompt: the reference."""
     args = [BIN, "generate", "-p", prompt, "--greedy", "-n", str(n), "--json"]
@@ -277,6 +286,23 @@ class ServerTest(unittest.TestCase):
         self.assertEqual((s, body["content"]), (200, "Hello world"))
 
     # -- acceptance 2: concurrency ---------------------------------------------------------
+
+    def test_prefix_reuse_keeps_answers_and_reports_cached_tokens(self):
+        # A conversation's second turn shares its first turn's prompt and answer: the slot
+        # that served it keeps them, and the answer equals `llama3 generate` run alone.
+        system = {"role": "system", "content": "You are a helpful assistant who answers briefly."}
+        turn1 = [system, {"role": "user", "content": PROMPTS[4]}]
+        r1 = self.client.chat.completions.create(
+            model=self.model, messages=turn1, temperature=0, max_tokens=16)
+        turn2 = turn1 + [{"role": "assistant", "content": r1.choices[0].message.content},
+                         {"role": "user", "content": PROMPTS[5]}]
+        r2 = self.client.chat.completions.create(
+            model=self.model, messages=turn2, temperature=0, max_tokens=16)
+        self.assertGreater(r2.usage.prompt_tokens_details.cached_tokens, 10)
+        self.assertLess(r2.usage.prompt_tokens_details.cached_tokens, r2.usage.prompt_tokens)
+        ref = generate_messages(turn2, 16)
+        self.assertEqual(r2.usage.prompt_tokens, len(ref["prompt_ids"]))
+        self.assertEqual(r2.choices[0].message.content, ref["text"])
 
     def test_concurrent_equals_sequential(self):
         def ask(i):
