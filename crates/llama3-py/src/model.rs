@@ -31,9 +31,8 @@ pub struct Inner {
 
 impl Inner {
     /// The pooled session sharing the longest prefix with `prompt` among those with room for
-    /// `needed` positions, or a new one of `needed` positions. Sized to the request as the
-    /// CLI's are: a cache of the whole context decodes ~10% slower here (measured with the
-    /// default model: 133 vs 147 tok/s at n_ctx 4096 vs 160).
+    /// `needed` positions, or a new one of `needed` positions (sized to the request as the
+    /// CLI's are: a new session costs what it holds, not the whole context).
     pub fn take_session(&self, prompt: &[u32], needed: usize) -> llama3::Result<Session> {
         let needed = needed.clamp(1, self.n_ctx);
         let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());

@@ -56,7 +56,7 @@ impl SeqRows {
 }
 
 pub struct KvCache {
-    /// Per layer (K, V), each (B, Hkv, capacity, Dh).
+    /// Per layer (K, V), each (B, Hkv, R, Dh) with R = `rows_for(capacity)` >= capacity.
     layers: Vec<(Tensor, Tensor)>,
     /// Keys and values are stored as f16 though activations are wider (llama.cpp's default
     /// f16 cache): half the memory and half the bytes the attention loop reads per token.
@@ -78,7 +78,12 @@ impl KvCache {
         precision: DType,
         device: &Device,
     ) -> Result<Self> {
-        let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim);
+        let shape = (
+            batch,
+            cfg.num_key_value_heads,
+            rows_for(capacity),
+            cfg.head_dim,
+        );
         let round_f16 = precision == DType::F16 && dtype != DType::F16;
         let stored = if round_f16 { DType::F16 } else { dtype };
         let layers = (0..cfg.num_hidden_layers)
@@ -98,13 +103,19 @@ impl KvCache {
         })
     }
 
+    /// Rows each head's buffer holds (at least [`Self::capacity`], see [`rows_for`]): the
+    /// stride between heads, in positions.
+    pub fn rows(&self) -> usize {
+        self.layers.first().map_or(0, |(k, _)| k.dims()[2])
+    }
+
     /// True when K/V are stored as f16 under wider activations; the attention then rounds
     /// queries and probabilities to f16 too (as llama.cpp does with an f16 cache).
     pub fn rounds_to_f16(&self) -> bool {
         self.round_f16
     }
 
-    /// The K and V buffers of `layer`, each (B, Hkv, capacity, Dh), f16 when
+    /// The K and V buffers of `layer`, each (B, Hkv, R, Dh) (R: [`Self::rows`]), f16 when
     /// [`KvCache::rounds_to_f16`].
     pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         self.layers
@@ -159,4 +170,12 @@ impl KvCache {
     pub fn advance(&mut self, t: usize) {
         self.len += t;
     }
+}
+
+/// Rows allocated for `capacity` positions per head: an odd multiple of 8. Heads' buffers a
+/// power of two apart (a 4096-position cache: 512 KiB) map the attention's streams onto the
+/// same cache sets; measured with the default model, decoding at capacity 4096 ran at 127 tok/s
+/// against 152 at 4104 and 158 at 160. An odd multiple of 8 rows is never such a stride.
+pub fn rows_for(capacity: usize) -> usize {
+    (capacity.div_ceil(8) | 1) * 8
 }

@@ -118,6 +118,9 @@ fn check(c: &Case) -> (f32, f32) {
     let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
     let (cos, sin) = rope(c.pos, dh);
     let (cos, sin) = (c.x.round(&cos), c.x.round(&sin));
+    // Rows the cache allocates per head (its capacity padded, `llama3::kv::rows_for`): the
+    // kernel's C, as the GPU path reads it from the buffers' shape.
+    let rows = llama3::kv::rows_for(c.cap);
     for _ in 0..c.b {
         let mut cache = KvCache::new(&cfg(c), 1, c.cap, DType::F32, precision, &dev).unwrap();
         if c.pos > 0 {
@@ -185,7 +188,7 @@ fn check(c: &Case) -> (f32, f32) {
         c.hkv,
         c.g,
         dh,
-        c.cap,
+        rows,
         c.pos,
         c.x as usize,
         c.c as usize,
@@ -200,7 +203,7 @@ fn check(c: &Case) -> (f32, f32) {
     .collect();
     let out = run("attention", &args, &input);
     let ny = c.b * h * dh * c.x.size();
-    let nc = c.b * hkv * c.cap * dh * c.c.size();
+    let nc = c.b * hkv * rows * dh * c.c.size();
     assert_eq!(out.len(), ny + 2 * nc);
     let y = c.x.floats(&out[..ny]);
     let kc = c.c.floats(&out[ny..ny + nc]);

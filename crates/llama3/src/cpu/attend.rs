@@ -110,7 +110,7 @@ pub fn attend(
         Vec::new,
         |scratch, (i, j, t0, at, o)| -> Result<()> {
             let c = caches[i];
-            let (cap, round) = (c.capacity(), c.rounds_to_f16());
+            let (cap, round) = (c.rows(), c.rounds_to_f16());
             with_cache(c, layer, |kv| {
                 let qr = &qh[at..][..o.len()];
                 attend_group(&kv, heads, j, cap, qr, firsts[i] + t0, round, o, scratch);
@@ -171,7 +171,7 @@ fn write_rows(c: &mut KvCache, layer: usize, k: &[f32], v: &[f32]) -> Result<()>
     Ok(())
 }
 
-/// The K and V buffers of one layer, (Hkv, capacity, Dh) each.
+/// The K and V buffers of one layer, (Hkv, R, Dh) each (R: `KvCache::rows`).
 enum KvSlices<'a> {
     F32(&'a [f32], &'a [f32]),
     F16(&'a [f16], &'a [f16]),
@@ -232,7 +232,7 @@ fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Writes (T, Hkv*Dh) rows into a (1, Hkv, capacity, Dh) cache buffer from `pos` on.
+/// Writes (T, Hkv*Dh) rows into a (1, Hkv, R, Dh) cache buffer from `pos` on.
 struct WriteRows {
     pos: usize,
     round: bool,
