@@ -20,6 +20,8 @@ pub struct Metrics {
     pub prompt_tokens: Counter,
     /// Prompt tokens found in a slot's cache (a prefix shared with the slot's last request).
     pub prompt_tokens_cached: Counter,
+    /// Requests that found part of their prompt in a slot's cache.
+    pub prefix_hits: Counter,
     pub generated_tokens: Counter,
     /// Requests waiting for a slot.
     pub queue_depth: Gauge,
@@ -44,6 +46,7 @@ impl Metrics {
             requests: requests.clone(),
             prompt_tokens: Counter::default(),
             prompt_tokens_cached: Counter::default(),
+            prefix_hits: Counter::default(),
             generated_tokens: Counter::default(),
             queue_depth: Gauge::default(),
             slots_busy: Gauge::default(),
@@ -66,6 +69,11 @@ impl Metrics {
             "prompt_tokens_cached",
             "Prompt tokens reused from a slot's KV cache",
             m.prompt_tokens_cached.clone(),
+        );
+        registry.register(
+            "prefix_hits",
+            "Requests that reused a prefix from a slot's KV cache",
+            m.prefix_hits.clone(),
         );
         registry.register(
             "generated_tokens",

@@ -182,6 +182,9 @@ fn admit<'t>(
     };
     metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
     metrics.prompt_tokens_cached.inc_by(prefilled as u64);
+    if prefilled > 0 {
+        metrics.prefix_hits.inc();
+    }
     let opts = SequenceOptions {
         max_tokens: job.max_tokens,
         sampling: job.sampling.clone(),

@@ -113,6 +113,7 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
             assert_eq!(got.cached, prompts[0].len(), "cached tokens reported");
         }
     }
+    assert!(metrics.prefix_hits.get() >= 1, "a prefix hit is counted");
     let cached = metrics.prompt_tokens_cached.get();
     assert!(
         cached >= prompts[0].len() as u64,

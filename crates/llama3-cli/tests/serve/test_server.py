@@ -299,6 +299,10 @@ class ServerTest(unittest.TestCase):
         r2 = self.client.chat.completions.create(
             model=self.model, messages=turn2, temperature=0, max_tokens=16)
         self.assertGreater(r2.usage.prompt_tokens_details.cached_tokens, 10)
+        s, _, text = self.srv.request("GET", "/metrics", headers=auth())
+        self.assertGreater(float(re.search(r"^llama3_prefix_hits_total (\S+)", text, re.M).group(1)), 0)
+        self.assertGreater(
+            float(re.search(r"^llama3_prompt_tokens_cached_total (\S+)", text, re.M).group(1)), 10)
         self.assertLess(r2.usage.prompt_tokens_details.cached_tokens, r2.usage.prompt_tokens)
         ref = generate_messages(turn2, 16)
         self.assertEqual(r2.usage.prompt_tokens, len(ref["prompt_ids"]))
