@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import json
 import random
-import time
-import uuid
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from . import _llama3
+from ._compat import DEFAULT_MIN_P, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, LlamaCppApi
 from ._errors import InvalidArgumentError
 
 __all__ = ["Llama3", "Generation"]
 
 # The CLI's sampling defaults (`llama3 generate --help`; llama.cpp's).
 DEFAULT_MAX_TOKENS = 256
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_P = 0.95
-DEFAULT_TOP_K = 40
-DEFAULT_MIN_P = 0.05
 
 
 class Generation(str):
@@ -59,36 +54,7 @@ def _number(name: str, value: Any, kind: type) -> Any:
     return float(value)
 
 
-def _content(message: Dict[str, Any]) -> str:
-    """A message's text: a string, or the text parts of OpenAI's content list."""
-    c = message.get("content")
-    if c is None:
-        return ""
-    if isinstance(c, str):
-        return c
-    if isinstance(c, list):
-        return "".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text")
-    raise InvalidArgumentError(f"message content must be a string or a list of parts, got {type(c).__name__}")
-
-
-# llama-cpp-python arguments accepted at their neutral value only (llama.cpp-only samplers,
-# grammars, tools: not in llama3 yet).
-_NEUTRAL: Dict[str, Any] = {
-    "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
-    "stopping_criteria": None, "logits_processor": None, "grammar": None, "response_format": None,
-    "tools": None, "tool_choice": None, "functions": None, "function_call": None, "n": 1,
-}
-
-
-def _check_unsupported(fn: str, kwargs: Dict[str, Any]) -> None:
-    for name, value in kwargs.items():
-        if name not in _NEUTRAL:
-            raise TypeError(f"{fn}() got an unexpected keyword argument {name!r}")
-        if value is not None and value != _NEUTRAL[name] and name not in ("mirostat_tau", "mirostat_eta"):
-            raise InvalidArgumentError(f"{name}={value!r} is not supported by llama3")
-
-
-class Llama3:
+class Llama3(LlamaCppApi):
     """A Llama-family model loaded for inference.
 
     ``model_path``: a GGUF file, a Hugging Face model directory (``config.json`` +
@@ -302,10 +268,6 @@ class Llama3:
         out.completion_tokens = it.completion_tokens
         return out
 
-    def __call__(self, prompt: Union[str, Sequence[int]], *args: Any, **kwargs: Any):
-        """``create_completion`` (llama-cpp-python's ``llm(prompt, ...)``)."""
-        return self.create_completion(prompt, *args, **kwargs)
-
     def chat(
         self,
         messages: Sequence[Dict[str, Any]],
@@ -336,165 +298,3 @@ class Llama3:
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             logit_bias=logit_bias, seed=seed, stop=stop,
             logprobs=logprobs is not None, top_logprobs=logprobs, stream=stream)
-
-    # ----- llama-cpp-python's API --------------------------------------------------------
-
-    def _model_name(self, model: Optional[str]) -> str:
-        return model or str(self.model_path or self.info.get("path", "llama3"))
-
-    def _piece(self, tid: int) -> str:
-        return self._native.detokenize([tid], False)
-
-    def create_completion(
-        self,
-        prompt: Union[str, Sequence[int]],
-        suffix: Optional[str] = None,
-        max_tokens: Optional[int] = 16,
-        temperature: float = DEFAULT_TEMPERATURE,
-        top_p: float = DEFAULT_TOP_P,
-        min_p: float = DEFAULT_MIN_P,
-        typical_p: float = 1.0,
-        logprobs: Optional[int] = None,
-        echo: bool = False,
-        stop: Union[None, str, List[str]] = None,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        top_k: int = DEFAULT_TOP_K,
-        stream: bool = False,
-        seed: Optional[int] = None,
-        model: Optional[str] = None,
-        logit_bias: Optional[Dict[int, float]] = None,
-        **unsupported: Any,
-    ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
-        """A text completion in llama-cpp-python's shape (``{"id", "object":
-        "text_completion", "created", "model", "choices": [{"text", "index", "logprobs",
-        "finish_reason"}], "usage"}``), or its stream of chunks with ``stream=True``.
-        ``max_tokens=None`` generates up to the end of the context; ``echo`` puts the prompt
-        before the answer. ``suffix`` (infill) and llama.cpp-only knobs (mirostat, grammar,
-        logits processors...) raise ``InvalidArgumentError`` when set."""
-        _check_unsupported("create_completion", unsupported)
-        if suffix is not None:
-            raise InvalidArgumentError("suffix (infill) is not supported by llama3")
-        ids = self._prompt_ids(prompt)
-        prompt_text = prompt if isinstance(prompt, str) else self.detokenize(ids)
-        it = self._start(ids, max_tokens, stop, logprobs, temperature=temperature, top_p=top_p,
-                         top_k=top_k, min_p=min_p, typical_p=typical_p,
-                         repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                         presence_penalty=presence_penalty, seed=seed, logit_bias=logit_bias)
-        cid = f"cmpl-{uuid.uuid4()}"
-        created = int(time.time())
-        name = self._model_name(model)
-
-        def lp_entry(tid, lp, top, offset):
-            return {"tokens": [self._piece(tid)], "text_offset": [offset], "token_logprobs": [lp],
-                    "top_logprobs": [{self._piece(t): l for t, l in top}]}
-
-        if stream:
-            def chunks():
-                offset = len(prompt_text) if echo else 0
-                if echo:
-                    yield {"id": cid, "object": "text_completion", "created": created, "model": name,
-                           "choices": [{"text": prompt_text, "index": 0, "logprobs": None, "finish_reason": None}]}
-                for text, tid, lp, top in it:
-                    lpo = lp_entry(tid, lp, top, offset) if logprobs is not None and tid is not None else None
-                    offset += len(text)
-                    yield {"id": cid, "object": "text_completion", "created": created, "model": name,
-                           "choices": [{"text": text, "index": 0, "logprobs": lpo, "finish_reason": None}]}
-                yield {"id": cid, "object": "text_completion", "created": created, "model": name,
-                       "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": it.finish_reason}]}
-            return chunks()
-
-        text, toks, offsets, lps, tops = "", [], [], [], []
-        base = len(prompt_text) if echo else 0
-        for piece, tid, lp, top in it:
-            if tid is not None:
-                toks.append(self._piece(tid))
-                offsets.append(base + len(text))
-                lps.append(lp)
-                tops.append({self._piece(t): l for t, l in top})
-            text += piece
-        lp_obj = None
-        if logprobs is not None:
-            lp_obj = {"tokens": toks, "text_offset": offsets, "token_logprobs": lps, "top_logprobs": tops}
-        return {
-            "id": cid, "object": "text_completion", "created": created, "model": name,
-            "choices": [{"text": (prompt_text + text) if echo else text, "index": 0,
-                         "logprobs": lp_obj, "finish_reason": it.finish_reason}],
-            "usage": {"prompt_tokens": it.prompt_tokens, "completion_tokens": it.completion_tokens,
-                      "total_tokens": it.prompt_tokens + it.completion_tokens},
-        }
-
-    def create_chat_completion(
-        self,
-        messages: List[Dict[str, Any]],
-        temperature: float = DEFAULT_TEMPERATURE,
-        top_p: float = DEFAULT_TOP_P,
-        top_k: int = DEFAULT_TOP_K,
-        min_p: float = DEFAULT_MIN_P,
-        typical_p: float = 1.0,
-        stream: bool = False,
-        stop: Union[None, str, List[str]] = None,
-        seed: Optional[int] = None,
-        max_tokens: Optional[int] = None,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        model: Optional[str] = None,
-        logit_bias: Optional[Dict[int, float]] = None,
-        logprobs: Optional[bool] = None,
-        top_logprobs: Optional[int] = None,
-        **unsupported: Any,
-    ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
-        """A chat completion in OpenAI's (and llama-cpp-python's) shape, or its stream of
-        ``chat.completion.chunk`` dicts with ``stream=True``. Tools, response formats and
-        grammars raise ``InvalidArgumentError`` when set."""
-        _check_unsupported("create_chat_completion", unsupported)
-        if not isinstance(messages, (list, tuple)) or not messages:
-            raise InvalidArgumentError("messages must be a non-empty list of {'role', 'content'} dicts")
-        pairs = []
-        for m in messages:
-            if not isinstance(m, dict) or "role" not in m:
-                raise InvalidArgumentError(f"each message needs a 'role': {m!r}")
-            pairs.append((str(m["role"]), _content(m)))
-        ids = self._native.chat_ids(pairs, True)
-        k = (top_logprobs or 0) if logprobs else None
-        it = self._start(ids, max_tokens, stop, k, temperature=temperature, top_p=top_p, top_k=top_k,
-                         min_p=min_p, typical_p=typical_p, repetition_penalty=repeat_penalty,
-                         frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                         seed=seed, logit_bias=logit_bias)
-        cid = f"chatcmpl-{uuid.uuid4()}"
-        created = int(time.time())
-        name = self._model_name(model)
-
-        def entry(tid, lp, top):
-            piece = self._piece(tid)
-            return {"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8")),
-                    "top_logprobs": [{"token": self._piece(t), "logprob": l,
-                                      "bytes": list(self._piece(t).encode("utf-8"))} for t, l in top]}
-
-        if stream:
-            def chunks():
-                def chunk(delta, finish=None, lp=None):
-                    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                            "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
-                yield chunk({"role": "assistant", "content": ""})
-                for text, tid, lp, top in it:
-                    lpo = {"content": [entry(tid, lp, top)]} if logprobs and tid is not None else None
-                    yield chunk({"content": text}, lp=lpo)
-                yield chunk({}, it.finish_reason)
-            return chunks()
-
-        text, content_lps = "", []
-        for piece, tid, lp, top in it:
-            text += piece
-            if logprobs and tid is not None:
-                content_lps.append(entry(tid, lp, top))
-        return {
-            "id": cid, "object": "chat.completion", "created": created, "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": {"content": content_lps} if logprobs else None,
-                         "finish_reason": it.finish_reason}],
-            "usage": {"prompt_tokens": it.prompt_tokens, "completion_tokens": it.completion_tokens,
-                      "total_tokens": it.prompt_tokens + it.completion_tokens},
-        }

@@ -67,11 +67,11 @@ def train(
         vals = _values(name, value)
         if vals is not None:
             pairs.append((name, vals))
-    cb = None
-    if callback is not None:
-        def cb(event_json: str) -> None:
+    def forward(event_json: str) -> None:
+        if callback is not None:
             callback(json.loads(event_json))
-    return json.loads(_llama3.train(pairs, cb))
+
+    return json.loads(_llama3.train(pairs, forward if callback is not None else None))
 
 
 def _flags(settings: Dict[str, Any]) -> List[str]:
