@@ -1,6 +1,6 @@
 //! GGUF weights repacked eight rows at a time, for the kernels in `x8.rs`.
 //!
-//! A (N, K) weight of Q4_0, Q4_1 or Q8_0 blocks becomes N/8 groups; a group is K/32 "blocks of 8",
+//! A (N, K) weight of Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 blocks becomes N/8 groups; a group is K/32 "blocks of 8",
 //! each holding block `b` of the group's 8 rows (c = 0..8 below); F16 is the same with blocks
 //! of one element:
 //!
@@ -8,6 +8,7 @@
 //! Q4_0 (144 bytes): d[c] f16 x 8 | 4 x 32 bytes of nibbles as Q4_1's
 //! Q4_1 (160 bytes): d[c] f16 x 8 | m[c] f16 x 8 | 4 x 32 bytes: byte 4c+j of vector v is
 //!                   byte 4v+j of row c's nibbles (low nibble: element 4v+j, high: 16+4v+j)
+//! Q5_0 (176 bytes): d[c] f16 x 8 | qh[c] u32 x 8 | nibbles as Q4_1's (Q5_1, 192: d, m, ...)
 //! Q8_0 (272 bytes): d[c] f16 x 8 | 8 x 32 bytes: byte 4c+j of vector s is element 4s+j of row c
 //! F16  (16 bytes):  element k of row c at 2c
 //! ```
@@ -24,7 +25,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::q8::{has_avx2, BlockQ8};
-use super::{q4_0, q4_1, q8_0, x8, Kind, SyncPtr};
+use super::{q4_0, q4_1, q5, q8_0, x8, x8_q5, Kind, SyncPtr};
 use crate::{Error, Result};
 
 #[derive(Debug)]
@@ -71,6 +72,8 @@ impl Format {
         match self {
             Format::Blocks(Kind::Q4_0) => x8::Q4_0_GROUP,
             Format::Blocks(Kind::Q4_1) => x8::Q4_1_GROUP,
+            Format::Blocks(Kind::Q5_0) => x8_q5::group(1),
+            Format::Blocks(Kind::Q5_1) => x8_q5::group(2),
             Format::Blocks(Kind::Q8_0) => x8::Q8_0_GROUP,
             Format::F16 => x8::F16_GROUP,
         }
@@ -80,6 +83,8 @@ impl Format {
         match self {
             Format::Blocks(Kind::Q4_0) => GgmlDType::Q4_0,
             Format::Blocks(Kind::Q4_1) => GgmlDType::Q4_1,
+            Format::Blocks(Kind::Q5_0) => GgmlDType::Q5_0,
+            Format::Blocks(Kind::Q5_1) => GgmlDType::Q5_1,
             Format::Blocks(Kind::Q8_0) => GgmlDType::Q8_0,
             Format::F16 => GgmlDType::F16,
         }
@@ -218,6 +223,8 @@ impl Packed {
             match self.kind {
                 Format::Blocks(Kind::Q4_0) => q4_0::dequantize(&blocks, &mut out),
                 Format::Blocks(Kind::Q4_1) => q4_1::dequantize(&blocks, &mut out),
+                Format::Blocks(Kind::Q5_0) => q5::dequantize(&blocks, false, &mut out),
+                Format::Blocks(Kind::Q5_1) => q5::dequantize(&blocks, true, &mut out),
                 Format::Blocks(Kind::Q8_0) => q8_0::dequantize(&blocks, &mut out),
                 Format::F16 => out.extend(
                     blocks
@@ -420,6 +427,8 @@ fn kernel<const R: usize>(
             match kind {
                 Kind::Q4_0 => x8::q4_0_avx2(w, x, out),
                 Kind::Q4_1 => x8::q4_1_avx2(w, x, out),
+                Kind::Q5_0 => x8_q5::q5_avx2::<R, false>(w, x, out),
+                Kind::Q5_1 => x8_q5::q5_avx2::<R, true>(w, x, out),
                 Kind::Q8_0 => x8::q8_0_avx2(w, x, out),
             }
         }
@@ -429,15 +438,17 @@ fn kernel<const R: usize>(
     match kind {
         Kind::Q4_0 => x8::q4_0_scalar(w, x, out),
         Kind::Q4_1 => x8::q4_1_scalar(w, x, out),
+        Kind::Q5_0 => x8_q5::q5_scalar::<R, false>(w, x, out),
+        Kind::Q5_1 => x8_q5::q5_scalar::<R, true>(w, x, out),
         Kind::Q8_0 => x8::q8_0_scalar(w, x, out),
     }
 }
 
-/// f16 header fields at the start of a GGUF block (d; d and m for Q4_1).
+/// f16 header fields at the start of a GGUF block (d; d and m for Q4_1 and Q5_1).
 fn header_fields(kind: Kind) -> usize {
     match kind {
-        Kind::Q4_1 => 2,
-        Kind::Q4_0 | Kind::Q8_0 => 1,
+        Kind::Q4_1 | Kind::Q5_1 => 2,
+        Kind::Q4_0 | Kind::Q5_0 | Kind::Q8_0 => 1,
     }
 }
 

@@ -22,6 +22,8 @@ mod unit {
         for dtype in [
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
             GgmlDType::Q8_0,
             GgmlDType::F16,
         ] {
@@ -47,7 +49,13 @@ mod unit {
     #[test]
     fn gemm_matches_references() {
         let (n, k) = (48, 320);
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let q = weight(dtype, n, k, 3);
             let p = Packed::new(&q).unwrap().unwrap();
             let kind = blocks(&p);
@@ -76,6 +84,8 @@ mod unit {
         for dtype in [
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
             GgmlDType::Q8_0,
             GgmlDType::F16,
         ] {
@@ -134,7 +144,13 @@ mod unit {
     #[test]
     fn rows_do_not_depend_on_the_batch_or_the_path() {
         let (n, k, m) = (16, 256, 9);
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let p = Packed::new(&weight(dtype, n, k, 5)).unwrap().unwrap();
             let x = data(m * k, 6);
             let all = p.gemm(&x, m);
@@ -156,14 +172,19 @@ mod unit {
         }
     }
 
-    /// Q4_0 at the ends of its range: nibbles 0 and 15 against activations of +-127 (even rows
-    /// are the int16 sums' near-worst case, 31 nibbles of 15 per block against x = +127; the
-    /// offset of 8 comes off exactly), odd M, K = 96 and 608.
+    /// Q4_0 and Q5_0 at the ends of their range: quants 0 and 15 (31) against activations of
+    /// +-127 (even rows are the int16 sums' near-worst case, 31 quants of 15 (31) per block
+    /// against x = +127; the offset of 8 (16) comes off exactly), odd M, K = 96 and 608.
     #[test]
-    fn q4_0_extremes_match_dense() {
-        for k in [96, 608] {
+    fn q4_0_and_q5_0_extremes_match_dense() {
+        for (dtype, k) in [
+            (GgmlDType::Q4_0, 96),
+            (GgmlDType::Q4_0, 608),
+            (GgmlDType::Q5_0, 96),
+            (GgmlDType::Q5_0, 608),
+        ] {
             let n = 16;
-            // d = -1/8 per block: 1 -> nibble 0, 0 -> 8, -1 -> 15.
+            // d = -1/8 (-1/16) per block: 1 -> 0, 0 -> 8 (16), -1 -> 15 (31).
             let w: Vec<f32> = (0..n * k)
                 .map(|i| match ((i / k) % 2, i % k) {
                     (0, j) if j % 32 == 0 => 1.0,
@@ -172,7 +193,7 @@ mod unit {
                 })
                 .collect();
             let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
             let p = Packed::new(&q).unwrap().unwrap();
             let deq = q.dequantize(&Device::Cpu).unwrap();
             for (m, sign) in [(1, 1.0f32), (5, -1.0)] {
@@ -190,7 +211,7 @@ mod unit {
                     let want = dense[i] * scale;
                     assert!(
                         (got[i] - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "k={k} m={m} {i}: {} vs {}",
+                        "{dtype:?} k={k} m={m} {i}: {} vs {}",
                         got[i],
                         dense[i]
                     );

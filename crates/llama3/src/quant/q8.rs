@@ -1,6 +1,6 @@
 //! Activation blocks: rows of f32 quantized to 32 x i8 with one scale, as llama.cpp quantizes
-//! the input of a quantized matmul (`vec_dot_type` of the weight type: Q8_1 for Q4_1, Q8_0 for
-//! Q4_0 and Q8_0). `d` and `s` are rounded to f16 as ggml stores them but kept as f32 so the dot loops
+//! the input of a quantized matmul (`vec_dot_type` of the weight type: Q8_1 for Q4_1 and Q5_1,
+//! Q8_0 for Q4_0, Q5_0 and Q8_0). `d` and `s` are rounded to f16 as ggml stores them but kept as f32 so the dot loops
 //! convert nothing.
 
 use half::f16;
@@ -11,7 +11,7 @@ pub struct BlockQ8 {
     /// Scale: value = d * q.
     pub d: f32,
     /// Q8_1: `d * Σq` (rounded to f16). Q8_0: `Σq` itself (exact in f32), which the Q4_0
-    /// kernels use to take the weights' offset of 8 out of the integer sums.
+    /// and Q5_0 kernels use to take the weights' offset (8, 16) out of the integer sums.
     pub s: f32,
     pub qs: [i8; 32],
 }
