@@ -43,7 +43,7 @@ fn weight(dtype: GgmlDType, n: usize, k: usize) -> QTensor {
 /// Packed GEMM against the row-dot kernels, at decode (m = 1), batch (16) and prompt (512) rows.
 fn speed() {
     let (n, k) = (1536, 576);
-    for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
         let q = weight(dtype, n, k);
         let p = Packed::new(&q).unwrap().unwrap();
         let kind: Kind = match p.format() {

@@ -32,7 +32,7 @@ use crate::{Error, Result};
 pub enum Embedding {
     Dense(Tensor),
     Quantized(Arc<QTensor>),
-    /// Q4_1/Q8_0 on the CPU, packed as the head's weight (a tied head shares it).
+    /// Q4_0/1, Q5_0/1 or Q8_0 on the CPU, packed as the head's weight (a tied head shares it).
     Packed(Arc<Packed>),
 }
 

@@ -5,7 +5,7 @@
 //! |-----------------------------|---------------------------------------------|------------------------------------|
 //! | dense, CPU f32              | candle matmul (gemm)                        | `fused::linear` (own backward)     |
 //! | dense, CUDA / other dtypes  | candle matmul in the compute dtype (cuBLAS) | the same (differentiable)          |
-//! | Q4_1 / Q8_0 packed (CPU)    | `quant::Packed` kernels; q/k/v and gate/up in one pass (`quant::matmul_many`) | `quant::grad` (backward to x, QLoRA) |
+//! | Q4_0/1, Q5_0/1, Q8_0, F16 packed (CPU) | `quant::Packed` kernels; q/k/v and gate/up in one pass (`quant::matmul_many`) | `quant::grad` (backward to x, QLoRA) |
 //! | other GGUF blocks           | `quant::matmul` where it takes them, else candle's `QMatMul` | `quant::grad`      |
 //! | dense q/k/v, gate/up on a GPU | one matmul over the [`Stack`]ed weights    | each weight's own (stack steps aside) |
 
@@ -25,8 +25,8 @@ pub enum LinearWeight {
     /// (out, in) GGUF blocks; the input is f32 (candle quantizes it to Q8 blocks per row, as
     /// llama.cpp does).
     Quantized(QMatMul),
-    /// (out, in) Q4_1 or Q8_0 blocks on the CPU, repacked 8 rows at a time for our kernels
-    /// (`quant::Packed`); the usual form of a GGUF model's weights on the CPU.
+    /// (out, in) Q4_0/1, Q5_0/1, Q8_0 or F16 blocks on the CPU, repacked 8 rows at a time for our
+    /// kernels (`quant::Packed`); the usual form of a GGUF model's weights on the CPU.
     Packed(Arc<Packed>),
 }
 

@@ -11,10 +11,13 @@
 
 pub mod grad;
 mod packed;
+mod q4_0;
 mod q4_1;
+mod q5;
 mod q8;
 mod q8_0;
 mod x8;
+mod x8_q5;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -31,14 +34,20 @@ pub use q8::{quantize_row_q8_0, quantize_row_q8_1, BlockQ8};
 /// The weight types with kernels here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
 }
 
 impl Kind {
     pub fn of(dtype: GgmlDType) -> Option<Self> {
         match dtype {
+            GgmlDType::Q4_0 => Some(Kind::Q4_0),
             GgmlDType::Q4_1 => Some(Kind::Q4_1),
+            GgmlDType::Q5_0 => Some(Kind::Q5_0),
+            GgmlDType::Q5_1 => Some(Kind::Q5_1),
             GgmlDType::Q8_0 => Some(Kind::Q8_0),
             _ => None,
         }
@@ -46,7 +55,10 @@ impl Kind {
 
     fn block_bytes(self) -> usize {
         match self {
+            Kind::Q4_0 => q4_0::BYTES,
             Kind::Q4_1 => q4_1::BYTES,
+            Kind::Q5_0 => q5::BYTES_0,
+            Kind::Q5_1 => q5::BYTES_1,
             Kind::Q8_0 => q8_0::BYTES,
         }
     }
@@ -54,8 +66,8 @@ impl Kind {
     /// Quantizes one activation row to this type's `vec_dot_type`.
     fn quantize(self, x: &[f32]) -> Vec<BlockQ8> {
         match self {
-            Kind::Q4_1 => quantize_row_q8_1(x),
-            Kind::Q8_0 => quantize_row_q8_0(x),
+            Kind::Q4_1 | Kind::Q5_1 => quantize_row_q8_1(x),
+            Kind::Q4_0 | Kind::Q5_0 | Kind::Q8_0 => quantize_row_q8_0(x),
         }
     }
 
@@ -66,14 +78,25 @@ impl Kind {
             // SAFETY: AVX2/FMA/F16C were detected (`q8::has_avx2`); slices are checked inside.
             return unsafe {
                 match self {
+                    Kind::Q4_0 => q4_0::dot1_avx2(w, x),
                     Kind::Q4_1 => q4_1::dot1_avx2(w, x),
                     Kind::Q8_0 => q8_0::dot1_avx2(w, x),
+                    Kind::Q5_0 | Kind::Q5_1 => self.dot_portable(w, x),
                 }
             };
         }
         let _ = avx2;
+        self.dot_portable(w, x)
+    }
+
+    /// The portable row dot. Q5's row dots have no AVX2 code: they only run for weights with
+    /// rows not a multiple of 8 (a Llama's are all packed, `x8_q5.rs`).
+    fn dot_portable(self, w: &[u8], x: &[BlockQ8]) -> f32 {
         match self {
+            Kind::Q4_0 => q4_0::dot_scalar(w, x),
             Kind::Q4_1 => q4_1::dot_scalar(w, x),
+            Kind::Q5_0 => q5::dot_scalar(w, x, false),
+            Kind::Q5_1 => q5::dot_scalar(w, x, true),
             Kind::Q8_0 => q8_0::dot_scalar(w, x),
         }
     }
@@ -85,18 +108,21 @@ impl Kind {
             // SAFETY: AVX2/FMA/F16C were detected (`q8::has_avx2`); slices are checked inside.
             unsafe {
                 match self {
+                    Kind::Q4_0 => q4_0::dot_avx2(w, x, out),
                     Kind::Q4_1 => q4_1::dot_avx2(w, x, out),
                     Kind::Q8_0 => q8_0::dot_avx2(w, x, out),
+                    Kind::Q5_0 | Kind::Q5_1 => {
+                        for (o, x) in out.iter_mut().zip(x) {
+                            *o = self.dot_portable(w, x);
+                        }
+                    }
                 }
             }
             return;
         }
         let _ = avx2;
         for (o, x) in out.iter_mut().zip(x) {
-            *o = match self {
-                Kind::Q4_1 => q4_1::dot_scalar(w, x),
-                Kind::Q8_0 => q8_0::dot_scalar(w, x),
-            };
+            *o = self.dot_portable(w, x);
         }
     }
 }
@@ -226,7 +252,13 @@ mod tests {
     /// exact .5 ties) and against the f32 matmul of the dequantized weights.
     #[test]
     fn kernels_match_references() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             for m in [1, 3, 4, 9] {
                 let (k, n) = (256, 70);
                 let w = Tensor::from_vec(data(n * k, 1), (n, k), &Device::Cpu).unwrap();
@@ -247,7 +279,13 @@ mod tests {
     #[test]
     fn gemm_rows_do_not_depend_on_the_batch() {
         let (k, n, m) = (256, 37, 9);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let kind = Kind::of(dtype).unwrap();
             let w = Tensor::from_vec(data(n * k, 5), (n, k), &Device::Cpu).unwrap();
             let raw = QTensor::quantize(&w, dtype)
@@ -267,7 +305,13 @@ mod tests {
     #[test]
     fn simd_and_scalar_dots_agree() {
         let (k, n) = (32 * 9, 5);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let kind = Kind::of(dtype).unwrap();
             let w = Tensor::from_vec(data(n * k, 3), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();

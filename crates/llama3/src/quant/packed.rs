@@ -1,15 +1,20 @@
 //! GGUF weights repacked eight rows at a time, for the kernels in `x8.rs`.
 //!
-//! A (N, K) weight of Q4_1 or Q8_0 blocks becomes N/8 groups; a group is K/32 "blocks of 8",
+//! A (N, K) weight of Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 blocks becomes N/8 groups; a group is K/32 "blocks of 8",
 //! each holding block `b` of the group's 8 rows (c = 0..8 below); F16 is the same with blocks
 //! of one element:
 //!
 //! ```text
+//! Q4_0 (144 bytes): d[c] f16 x 8 | 4 x 32 bytes of nibbles as Q4_1's
 //! Q4_1 (160 bytes): d[c] f16 x 8 | m[c] f16 x 8 | 4 x 32 bytes: byte 4c+j of vector v is
 //!                   byte 4v+j of row c's nibbles (low nibble: element 4v+j, high: 16+4v+j)
+//! Q5_0 (176 bytes): d[c] f16 x 8 | qh[c] u32 x 8 | nibbles as Q4_1's (Q5_1, 192: d, m, ...)
 //! Q8_0 (272 bytes): d[c] f16 x 8 | 8 x 32 bytes: byte 4c+j of vector s is element 4s+j of row c
 //! F16  (16 bytes):  element k of row c at 2c
 //! ```
+//!
+//! In general the GGUF block's f16 header fields go first, field i of row c at 16i + 2c, and
+//! then its payload in 4-byte pieces, piece v of row c at 16h + 32v + 4c (h header fields).
 //!
 //! It is a permutation of the GGUF bytes (the same size, lossless: `to_qtensor` gives the
 //! original back), done once at load. Weight rows of a group are then read as one stream and
@@ -20,7 +25,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::q8::{has_avx2, BlockQ8};
-use super::{q4_1, q8_0, x8, Kind, SyncPtr};
+use super::{q4_0, q4_1, q5, q8_0, x8, x8_q5, Kind, SyncPtr};
 use crate::{Error, Result};
 
 #[derive(Debug)]
@@ -65,7 +70,10 @@ impl Format {
     /// Bytes of one block of 8 rows.
     fn group_bytes(self) -> usize {
         match self {
+            Format::Blocks(Kind::Q4_0) => x8::Q4_0_GROUP,
             Format::Blocks(Kind::Q4_1) => x8::Q4_1_GROUP,
+            Format::Blocks(Kind::Q5_0) => x8_q5::group(1),
+            Format::Blocks(Kind::Q5_1) => x8_q5::group(2),
             Format::Blocks(Kind::Q8_0) => x8::Q8_0_GROUP,
             Format::F16 => x8::F16_GROUP,
         }
@@ -73,7 +81,10 @@ impl Format {
 
     fn dtype(self) -> GgmlDType {
         match self {
+            Format::Blocks(Kind::Q4_0) => GgmlDType::Q4_0,
             Format::Blocks(Kind::Q4_1) => GgmlDType::Q4_1,
+            Format::Blocks(Kind::Q5_0) => GgmlDType::Q5_0,
+            Format::Blocks(Kind::Q5_1) => GgmlDType::Q5_1,
             Format::Blocks(Kind::Q8_0) => GgmlDType::Q8_0,
             Format::F16 => GgmlDType::F16,
         }
@@ -210,7 +221,10 @@ impl Packed {
             blocks.clear();
             self.row_blocks(r, &mut blocks);
             match self.kind {
+                Format::Blocks(Kind::Q4_0) => q4_0::dequantize(&blocks, &mut out),
                 Format::Blocks(Kind::Q4_1) => q4_1::dequantize(&blocks, &mut out),
+                Format::Blocks(Kind::Q5_0) => q5::dequantize(&blocks, false, &mut out),
+                Format::Blocks(Kind::Q5_1) => q5::dequantize(&blocks, true, &mut out),
                 Format::Blocks(Kind::Q8_0) => q8_0::dequantize(&blocks, &mut out),
                 Format::F16 => out.extend(
                     blocks
@@ -411,7 +425,10 @@ fn kernel<const R: usize>(
         // SAFETY: AVX2/FMA/F16C were detected; the kernels check the slice lengths.
         unsafe {
             match kind {
+                Kind::Q4_0 => x8::q4_0_avx2(w, x, out),
                 Kind::Q4_1 => x8::q4_1_avx2(w, x, out),
+                Kind::Q5_0 => x8_q5::q5_avx2::<R, false>(w, x, out),
+                Kind::Q5_1 => x8_q5::q5_avx2::<R, true>(w, x, out),
                 Kind::Q8_0 => x8::q8_0_avx2(w, x, out),
             }
         }
@@ -419,48 +436,49 @@ fn kernel<const R: usize>(
     }
     let _ = avx2;
     match kind {
+        Kind::Q4_0 => x8::q4_0_scalar(w, x, out),
         Kind::Q4_1 => x8::q4_1_scalar(w, x, out),
+        Kind::Q5_0 => x8_q5::q5_scalar::<R, false>(w, x, out),
+        Kind::Q5_1 => x8_q5::q5_scalar::<R, true>(w, x, out),
         Kind::Q8_0 => x8::q8_0_scalar(w, x, out),
     }
 }
 
-/// Row `c`'s GGUF block `src` into the block of 8 `dst`.
-fn pack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
+/// f16 header fields at the start of a GGUF block (d; d and m for Q4_1 and Q5_1).
+fn header_fields(kind: Kind) -> usize {
     match kind {
-        Format::F16 => dst[2 * c..2 * c + 2].copy_from_slice(src),
-        Format::Blocks(Kind::Q4_1) => {
-            dst[2 * c..2 * c + 2].copy_from_slice(&src[0..2]);
-            dst[16 + 2 * c..16 + 2 * c + 2].copy_from_slice(&src[2..4]);
-            for v in 0..4 {
-                dst[32 + 32 * v + 4 * c..][..4].copy_from_slice(&src[4 + 4 * v..][..4]);
-            }
-        }
-        Format::Blocks(Kind::Q8_0) => {
-            dst[2 * c..2 * c + 2].copy_from_slice(&src[0..2]);
-            for s in 0..8 {
-                dst[16 + 32 * s + 4 * c..][..4].copy_from_slice(&src[2 + 4 * s..][..4]);
-            }
-        }
+        Kind::Q4_1 | Kind::Q5_1 => 2,
+        Kind::Q4_0 | Kind::Q5_0 | Kind::Q8_0 => 1,
+    }
+}
+
+/// Row `c`'s GGUF block `src` into the block of 8 `dst` (the module docs' general rule).
+fn pack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
+    let Format::Blocks(k) = kind else {
+        dst[2 * c..2 * c + 2].copy_from_slice(src);
+        return;
+    };
+    let h = header_fields(k);
+    for i in 0..h {
+        dst[16 * i + 2 * c..][..2].copy_from_slice(&src[2 * i..][..2]);
+    }
+    for (v, piece) in src[2 * h..].chunks_exact(4).enumerate() {
+        dst[16 * h + 32 * v + 4 * c..][..4].copy_from_slice(piece);
     }
 }
 
 /// The inverse of `pack_block`.
 fn unpack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
-    match kind {
-        Format::F16 => dst.copy_from_slice(&src[2 * c..2 * c + 2]),
-        Format::Blocks(Kind::Q4_1) => {
-            dst[0..2].copy_from_slice(&src[2 * c..2 * c + 2]);
-            dst[2..4].copy_from_slice(&src[16 + 2 * c..16 + 2 * c + 2]);
-            for v in 0..4 {
-                dst[4 + 4 * v..][..4].copy_from_slice(&src[32 + 32 * v + 4 * c..][..4]);
-            }
-        }
-        Format::Blocks(Kind::Q8_0) => {
-            dst[0..2].copy_from_slice(&src[2 * c..2 * c + 2]);
-            for s in 0..8 {
-                dst[2 + 4 * s..][..4].copy_from_slice(&src[16 + 32 * s + 4 * c..][..4]);
-            }
-        }
+    let Format::Blocks(k) = kind else {
+        dst.copy_from_slice(&src[2 * c..2 * c + 2]);
+        return;
+    };
+    let h = header_fields(k);
+    for i in 0..h {
+        dst[2 * i..][..2].copy_from_slice(&src[16 * i + 2 * c..][..2]);
+    }
+    for (v, piece) in dst[2 * h..].chunks_exact_mut(4).enumerate() {
+        piece.copy_from_slice(&src[16 * h + 32 * v + 4 * c..][..4]);
     }
 }
 

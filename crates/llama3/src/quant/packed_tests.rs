@@ -19,7 +19,14 @@ mod unit {
 
     #[test]
     fn packing_is_lossless_and_rows_dequantize() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F16] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::F16,
+        ] {
             let q = weight(dtype, 24, 96, 1);
             let p = Packed::new(&q).unwrap().unwrap();
             assert_eq!(p.to_qtensor().unwrap().data().unwrap(), q.data().unwrap());
@@ -42,7 +49,13 @@ mod unit {
     #[test]
     fn gemm_matches_references() {
         let (n, k) = (48, 320);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let q = weight(dtype, n, k, 3);
             let p = Packed::new(&q).unwrap().unwrap();
             let kind = blocks(&p);
@@ -68,7 +81,14 @@ mod unit {
     #[test]
     fn gemm_many_equals_each_gemm() {
         let k = 96;
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F16] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::F16,
+        ] {
             let ws: Vec<Packed> = [(16, 1), (40, 2), (8, 3)]
                 .iter()
                 .map(|&(n, seed)| Packed::new(&weight(dtype, n, k, seed)).unwrap().unwrap())
@@ -124,7 +144,13 @@ mod unit {
     #[test]
     fn rows_do_not_depend_on_the_batch_or_the_path() {
         let (n, k, m) = (16, 256, 9);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let p = Packed::new(&weight(dtype, n, k, 5)).unwrap().unwrap();
             let x = data(m * k, 6);
             let all = p.gemm(&x, m);
@@ -143,6 +169,54 @@ mod unit {
             kernel(blocks(&p), w, xs, &mut simd, has_avx2());
             kernel(blocks(&p), w, xs, &mut scalar, false);
             assert_eq!(simd, scalar, "{dtype:?}");
+        }
+    }
+
+    /// Q4_0 and Q5_0 at the ends of their range: quants 0 and 15 (31) against activations of
+    /// +-127 (even rows are the int16 sums' near-worst case, 31 quants of 15 (31) per block
+    /// against x = +127; the offset of 8 (16) comes off exactly), odd M, K = 96 and 608.
+    #[test]
+    fn q4_0_and_q5_0_extremes_match_dense() {
+        for (dtype, k) in [
+            (GgmlDType::Q4_0, 96),
+            (GgmlDType::Q4_0, 608),
+            (GgmlDType::Q5_0, 96),
+            (GgmlDType::Q5_0, 608),
+        ] {
+            let n = 16;
+            // d = -1/8 (-1/16) per block: 1 -> 0, 0 -> 8 (16), -1 -> 15 (31).
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| match ((i / k) % 2, i % k) {
+                    (0, j) if j % 32 == 0 => 1.0,
+                    (0, _) => -1.0,
+                    (_, j) => [1.0, -1.0, 0.0, 1.0, 1.0][(j / 3 + i / k) % 5],
+                })
+                .collect();
+            let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let p = Packed::new(&q).unwrap().unwrap();
+            let deq = q.dequantize(&Device::Cpu).unwrap();
+            for (m, sign) in [(1, 1.0f32), (5, -1.0)] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| sign * (1.0 - (m > 1 && i % 7 == 0) as u8 as f32 * 2.0))
+                    .collect();
+                let got = p.gemm(&x, m);
+                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+                let dense = xt.matmul(&deq.t().unwrap()).unwrap();
+                let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                // x = +-1 becomes q = +-127 with d = f16(1/127): the integer sums are exact, so
+                // the product is the dense one times 127 d, up to f32 rounding.
+                let scale = 127.0 * half::f16::from_f32(1.0 / 127.0).to_f32();
+                for i in 0..m * n {
+                    let want = dense[i] * scale;
+                    assert!(
+                        (got[i] - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{dtype:?} k={k} m={m} {i}: {} vs {}",
+                        got[i],
+                        dense[i]
+                    );
+                }
+            }
         }
     }
 }

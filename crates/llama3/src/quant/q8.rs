@@ -1,6 +1,6 @@
 //! Activation blocks: rows of f32 quantized to 32 x i8 with one scale, as llama.cpp quantizes
-//! the input of a quantized matmul (`vec_dot_type` of the weight type: Q8_1 for Q4_1, Q8_0 for
-//! Q8_0). `d` and `s` are rounded to f16 as ggml stores them but kept as f32 so the dot loops
+//! the input of a quantized matmul (`vec_dot_type` of the weight type: Q8_1 for Q4_1 and Q5_1,
+//! Q8_0 for Q4_0, Q5_0 and Q8_0). `d` and `s` are rounded to f16 as ggml stores them but kept as f32 so the dot loops
 //! convert nothing.
 
 use half::f16;
@@ -10,7 +10,8 @@ use half::f16;
 pub struct BlockQ8 {
     /// Scale: value = d * q.
     pub d: f32,
-    /// `d * Σq` (Q8_1 only; 0 for Q8_0).
+    /// Q8_1: `d * Σq` (rounded to f16). Q8_0: `Σq` itself (exact in f32), which the Q4_0
+    /// and Q5_0 kernels use to take the weights' offset (8, 16) out of the integer sums.
     pub s: f32,
     pub qs: [i8; 32],
 }
@@ -33,7 +34,7 @@ pub fn quantize_row_q8_1(x: &[f32]) -> Vec<BlockQ8> {
     quantize(x, true)
 }
 
-/// llama.cpp `quantize_row_q8_0` (x86 flavour, as above, without the sum).
+/// llama.cpp `quantize_row_q8_0` (x86 flavour, as above; `s` holds the plain Σq).
 pub fn quantize_row_q8_0(x: &[f32]) -> Vec<BlockQ8> {
     quantize(x, false)
 }
@@ -51,7 +52,7 @@ fn quantize(x: &[f32], with_sum: bool) -> Vec<BlockQ8> {
             let s = if with_sum {
                 f16::from_f32(d * sum as f32).to_f32()
             } else {
-                0.0
+                sum as f32
             };
             BlockQ8 { d: d16, s, qs }
         })
@@ -163,7 +164,7 @@ mod tests {
         assert_eq!(q.s, 125.0);
         assert_eq!(round_block(&x, 1.0, &mut [0; 32]), 125);
         let q0 = &quantize_row_q8_0(&x)[0];
-        assert_eq!((q0.d, q0.s), (1.0, 0.0));
+        assert_eq!((q0.d, q0.s), (1.0, 125.0));
         assert_eq!(q0.qs, q.qs);
     }
 

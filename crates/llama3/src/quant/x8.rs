@@ -10,7 +10,8 @@
 //!
 //! Order of the float work, the same for every `R` and in the scalar code (which uses
 //! `mul_add`, so results are bit-identical across paths and batch sizes):
-//! `acc = fma(isum as f32, d_w * d_x, acc)`, then for Q4_1 `acc = fma(m_w, s_x, acc)`.
+//! `acc = fma(isum as f32, d_w * d_x, acc)`, then for Q4_1 `acc = fma(m_w, s_x, acc)`. Q4_0's
+//! `isum` is `Σ q_w q_x - 8 Σ q_x`, the exact integer `Σ (q_w - 8) q_x` of ggml.
 
 use half::f16;
 
@@ -18,6 +19,8 @@ use super::q8::BlockQ8;
 
 /// Bytes of one block of 8 rows: Q4_1 8 x (d, m) f16 + 8 x 16 nibble bytes.
 pub const Q4_1_GROUP: usize = 32 + 128;
+/// Q4_0: 8 x d f16 + 8 x 16 nibble bytes (the nibbles laid out as Q4_1's).
+pub const Q4_0_GROUP: usize = 16 + 128;
 /// Q8_0: 8 x d f16 + 8 x 32 i8.
 pub const Q8_0_GROUP: usize = 16 + 256;
 /// F16: one element of each of the 8 rows.
@@ -51,6 +54,29 @@ pub fn q4_1_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32
     *out = acc;
 }
 
+/// Q4_0 x Q8_0, portable (see `q4_1_scalar`).
+pub fn q4_0_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+    let mut acc = [[0f32; 8]; R];
+    for (b, g) in w.chunks_exact(Q4_0_GROUP).enumerate() {
+        for c in 0..8 {
+            let d = f16_at(g, 2 * c);
+            for r in 0..R {
+                let xb = &x[r][b];
+                let mut isum = 0i32;
+                for v in 0..4 {
+                    for j in 0..4 {
+                        let byte = g[16 + 32 * v + 4 * c + j];
+                        isum += ((byte & 0x0f) as i32 - 8) * xb.qs[4 * v + j] as i32
+                            + ((byte >> 4) as i32 - 8) * xb.qs[16 + 4 * v + j] as i32;
+                    }
+                }
+                acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
+            }
+        }
+    }
+    *out = acc;
+}
+
 /// Q8_0 x Q8_0, portable (see `q4_1_scalar`).
 pub fn q8_0_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     let mut acc = [[0f32; 8]; R];
@@ -75,7 +101,7 @@ pub fn q8_0_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32
 /// Broadcast of the 4 activation bytes at `qs[i..i + 4]` to all 8 lanes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn bcast4(qs: &[i8; 32], i: usize) -> std::arch::x86_64::__m256i {
+pub(crate) unsafe fn bcast4(qs: &[i8; 32], i: usize) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     _mm256_set1_epi32(std::ptr::read_unaligned(qs.as_ptr().add(i) as *const i32))
 }
@@ -113,6 +139,46 @@ pub unsafe fn q4_1_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut 
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
             acc[r] = _mm256_fmadd_ps(sumf, scale, acc[r]);
             acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), acc[r]);
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// Q4_0 x Q8_0 with AVX2: the unsigned nibbles go through `maddubs` as Q4_1's (int16 sums
+/// bounded the same way), and the offset comes off the int32 sums as `8 Σ q_x` (`BlockQ8::s`,
+/// exact for Q8_0 activations): no per-byte subtraction or sign juggling.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+    use std::arch::x86_64::*;
+    let nb = w.len() / Q4_0_GROUP;
+    assert!(x.iter().all(|r| r.len() >= nb));
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let g = w.as_ptr().add(b * Q4_0_GROUP);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+        let mut isum = [_mm256_setzero_si256(); R];
+        for v in 0..4 {
+            let raw = _mm256_loadu_si256(g.add(16 + 32 * v) as *const __m256i);
+            let lo = _mm256_and_si256(raw, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            for r in 0..R {
+                let qs = &x[r].get_unchecked(b).qs;
+                let p = _mm256_maddubs_epi16(lo, bcast4(qs, 4 * v));
+                let q = _mm256_maddubs_epi16(hi, bcast4(qs, 16 + 4 * v));
+                isum[r] = _mm256_add_epi16(isum[r], _mm256_add_epi16(p, q));
+            }
+        }
+        for r in 0..R {
+            let xb = x[r].get_unchecked(b);
+            let offset = _mm256_set1_epi32(8 * xb.s as i32);
+            let sumi = _mm256_sub_epi32(_mm256_madd_epi16(isum[r], ones), offset);
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), scale, acc[r]);
         }
     }
     for r in 0..R {

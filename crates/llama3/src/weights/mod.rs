@@ -19,7 +19,8 @@ use crate::quant::Packed;
 use crate::Result;
 
 /// One weight as stored: dense (f32/f16/bf16, converted to the requested dtype) or GGUF blocks,
-/// as candle holds them or (Q4_1/Q8_0 on the CPU) packed for our kernels straight from the file.
+/// as candle holds them or (Q4_0/1, Q5_0/1, Q8_0 on the CPU) packed for our kernels straight
+/// from the file.
 #[derive(Clone, Debug)]
 pub enum Weight {
     Dense(Tensor),

@@ -1,0 +1,130 @@
+//! Q5_0 / Q5_1 kernels over weights packed eight rows at a time (`packed.rs`; the arithmetic
+//! order of `x8.rs`). A block of 8 is the rows' `d` (and `m`), then the 8 rows' `qh` as one
+//! 256-bit vector of u32, then the nibbles as Q4_1's. `MIN` selects Q5_1 (`d * q + m`, Q8_1
+//! activations) over Q5_0 (`d * (q - 16)`, Q8_0 activations, the offset taken off the int32
+//! sums as `16 Σ q_x`, as Q4_0's).
+
+use half::f16;
+
+use super::q8::BlockQ8;
+
+/// Bytes of one block of 8 rows with `h` f16 header fields: 8 x `h` f16, 8 x u32 `qh`, 8 x 16
+/// nibble bytes.
+pub const fn group(h: usize) -> usize {
+    16 * h + 32 + 128
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Portable: 8 columns of `R` rows.
+pub fn q5_scalar<const R: usize, const MIN: bool>(
+    w: &[u8],
+    x: [&[BlockQ8]; R],
+    out: &mut [[f32; 8]; R],
+) {
+    let h = if MIN { 2 } else { 1 };
+    let offset = if MIN { 0 } else { 16 };
+    let mut acc = [[0f32; 8]; R];
+    for (b, g) in w.chunks_exact(group(h)).enumerate() {
+        for c in 0..8 {
+            let d = f16_at(g, 2 * c);
+            let qh = u32::from_le_bytes(std::array::from_fn(|i| g[16 * h + 4 * c + i]));
+            for r in 0..R {
+                let xb = &x[r][b];
+                let mut isum = 0i32;
+                for v in 0..4 {
+                    for j in 0..4 {
+                        let e = 4 * v + j;
+                        let byte = g[16 * h + 32 + 32 * v + 4 * c + j];
+                        let lo = (byte & 0x0f) as i32 | (((qh >> e) & 1) << 4) as i32;
+                        let hi = (byte >> 4) as i32 | (((qh >> (16 + e)) & 1) << 4) as i32;
+                        isum +=
+                            (lo - offset) * xb.qs[e] as i32 + (hi - offset) * xb.qs[16 + e] as i32;
+                    }
+                }
+                acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
+                if MIN {
+                    acc[r][c] = f16_at(g, 16 + 2 * c).mul_add(xb.s, acc[r][c]);
+                }
+            }
+        }
+    }
+    *out = acc;
+}
+
+/// The fifth bits (0 or 0x10) of elements `shift..shift + 4` of each column: byte `j` of
+/// column `c`'s lane is bit `shift + j` of its `qh`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bit5(qh: std::arch::x86_64::__m256i, shift: i32) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let s = _mm256_srl_epi32(qh, _mm_cvtsi32_si128(shift));
+    // The low byte of each u32 lane copied to its 4 bytes.
+    let spread = _mm256_shuffle_epi8(
+        s,
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8,
+            12, 12, 12, 12,
+        ),
+    );
+    let sel = _mm256_set1_epi32(0x0804_0201); // bytes 1, 2, 4, 8
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, sel), sel);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// With AVX2. 5-bit values against i8 through `maddubs`: a lane is at most 2 * 31 * 127 =
+/// 7874, two of them 15748 < 32767, widened to int32 after each pair.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_avx2<const R: usize, const MIN: bool>(
+    w: &[u8],
+    x: [&[BlockQ8]; R],
+    out: &mut [[f32; 8]; R],
+) {
+    use std::arch::x86_64::*;
+    let h = if MIN { 2 } else { 1 };
+    let gb = group(h);
+    let nb = w.len() / gb;
+    assert!(x.iter().all(|r| r.len() >= nb));
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let g = w.as_ptr().add(b * gb);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+        let qh = _mm256_loadu_si256(g.add(16 * h) as *const __m256i);
+        let mut isum = [_mm256_setzero_si256(); R];
+        for v in 0..4 {
+            let raw = _mm256_loadu_si256(g.add(16 * h + 32 + 32 * v) as *const __m256i);
+            let lo = _mm256_or_si256(_mm256_and_si256(raw, low), bit5(qh, 4 * v as i32));
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            let hi = _mm256_or_si256(hi, bit5(qh, 16 + 4 * v as i32));
+            for r in 0..R {
+                let qs = &x[r].get_unchecked(b).qs;
+                let p = _mm256_maddubs_epi16(lo, super::x8::bcast4(qs, 4 * v));
+                let q = _mm256_maddubs_epi16(hi, super::x8::bcast4(qs, 16 + 4 * v));
+                let pq = _mm256_madd_epi16(_mm256_add_epi16(p, q), ones);
+                isum[r] = _mm256_add_epi32(isum[r], pq);
+            }
+        }
+        for r in 0..R {
+            let xb = x[r].get_unchecked(b);
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+            let sumi = if MIN {
+                isum[r]
+            } else {
+                _mm256_sub_epi32(isum[r], _mm256_set1_epi32(16 * xb.s as i32))
+            };
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), scale, acc[r]);
+            if MIN {
+                let mw = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16) as *const __m128i));
+                acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), acc[r]);
+            }
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
