@@ -181,6 +181,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.n_gen
         );
     }
+    let kernels = model.matmul_kernels();
+    for (k, n) in kernels.iter().filter(|(k, _)| k.contains("generic")) {
+        eprintln!("note: {n} weight matmuls run through {k}; see `llama3 info`");
+    }
     let vocab = model.config.vocab_size;
     let prompt = tokens(a.n_prompt, vocab, 1);
     let gen = tokens(a.n_gen, vocab, 2);
@@ -249,6 +253,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "threads": threads,
             "device": device,
             "cuda_kernels": cuda_kernels(model.device()),
+            "matmul_kernels": kernels,
             "dtype": format!("{:?}", model.dtype()),
             "batch": a.batch,
             "n_prompt": a.n_prompt,

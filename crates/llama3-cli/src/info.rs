@@ -84,6 +84,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
             "info": i, "config": c,
             "bos_id": tok.and_then(|t| t.bos_id()), "end_ids": tok.map(|t| t.end_ids().to_vec()),
             "chat_template": template,
+            "matmul_kernels": loaded.model.matmul_kernels(),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
@@ -109,6 +110,13 @@ pub fn info(a: InfoArgs) -> Result<()> {
         .map(|(t, n)| format!("{t} x{n}"))
         .collect();
     println!("tensor types    {}", types.join(", "));
+    let kernels: Vec<String> = loaded
+        .model
+        .matmul_kernels()
+        .iter()
+        .map(|(k, n)| format!("{k} x{n}"))
+        .collect();
+    println!("matmuls         {}", kernels.join(", "));
     println!("layers          {}", c.num_hidden_layers);
     println!(
         "hidden / ffn    {} / {}",

@@ -19,6 +19,37 @@ fn pull_prints_the_default_model_path() {
     assert_eq!(out.trim(), want.to_str().unwrap());
 }
 
+/// `info` says which kernel each weight matmul takes: ours for the default Q4_1 file, and
+/// candle's generic path, named as slow, for K-quant tensors (no kernels of ours yet).
+#[test]
+fn info_names_the_matmul_kernels() {
+    let j: serde_json::Value = serde_json::from_str(&ok(&llama3!(&["info", "--json"]))).unwrap();
+    assert_eq!(
+        j["matmul_kernels"],
+        serde_json::json!([
+            ["Q4_1 packed (llama3 kernels)", 210],
+            ["Q8_0 packed (llama3 kernels)", 1]
+        ])
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let q4k = dir.path().join("m.q4_k.gguf");
+    let (src, dst) = (default_model(), q4k.to_str().unwrap().to_string());
+    ok(&llama3!(&[
+        "quantize",
+        src.to_str().unwrap(),
+        &dst,
+        "--type",
+        "q4_k"
+    ]));
+    let text = ok(&llama3!(&["info", "-m", &dst]));
+    let line = text.lines().find(|l| l.starts_with("matmuls")).unwrap();
+    assert!(
+        line.contains("Q4_K candle's generic quantized matmul (slow) x16"),
+        "{line}"
+    );
+    assert!(line.contains("Q5_0 packed (llama3 kernels)"), "{line}");
+}
+
 #[test]
 fn truncated_gguf_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

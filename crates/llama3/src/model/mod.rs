@@ -390,6 +390,32 @@ impl Llama {
         }
     }
 
+    /// How many weight matmuls take each kernel (`ops::linear::kernel`), most first: what
+    /// `llama3 info` and `bench` report, so a type without our kernels is visible.
+    pub fn matmul_kernels(&self) -> Vec<(String, usize)> {
+        let mut count = std::collections::BTreeMap::<String, usize>::new();
+        let layers = self.layers.iter().flat_map(|l| {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ]
+        });
+        for lin in layers.chain([&self.lm_head]) {
+            *count
+                .entry(crate::ops::linear::kernel(&lin.weight))
+                .or_default() += 1;
+        }
+        let mut out: Vec<(String, usize)> = count.into_iter().collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out
+    }
+
     /// Every `Linear` with its HF module name (`model.layers.0.self_attn.q_proj`, ...,
     /// `lm_head`), in checkpoint order. A tied head is listed as `lm_head` too (it holds its
     /// own `Linear` over the embedding's storage).

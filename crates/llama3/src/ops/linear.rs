@@ -57,6 +57,27 @@ impl LinearWeight {
     }
 }
 
+/// Which implementation a weight's products take (for `info` and `bench`): our packed or row
+/// kernels, a dense gemm, or candle's generic quantized matmul, which is slow and said so.
+pub fn kernel(w: &LinearWeight) -> String {
+    // GGUF's names (candle's Debug writes `Q4K` for `Q4_K`).
+    let name = |t: candle_core::quantized::GgmlDType| format!("{t:?}").replace('K', "_K");
+    match w {
+        LinearWeight::Dense(t) => format!("dense {}", t.dtype().as_str()),
+        LinearWeight::Packed(p) => format!("{} packed (llama3 kernels)", name(p.dtype())),
+        LinearWeight::Quantized(QMatMul::QTensor(q)) => {
+            match crate::quant::Kind::of(q.dtype()).is_some() && q.device().is_cpu() {
+                true => format!("{} row kernels (llama3)", name(q.dtype())),
+                false => format!(
+                    "{} candle's generic quantized matmul (slow)",
+                    name(q.dtype())
+                ),
+            }
+        }
+        LinearWeight::Quantized(_) => "dequantized (candle)".into(),
+    }
+}
+
 /// x (.., in) · weight (out, in)ᵀ -> (.., out); dense products in `compute_dtype` when set.
 pub fn matmul(w: &LinearWeight, x: &Tensor, compute_dtype: Option<DType>) -> Result<Tensor> {
     Ok(match w {
