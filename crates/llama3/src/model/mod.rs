@@ -412,7 +412,7 @@ impl Llama {
                 .or_default() += 1;
         }
         let mut out: Vec<(String, usize)> = count.into_iter().collect();
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|k| std::cmp::Reverse(k.1));
         out
     }
 
