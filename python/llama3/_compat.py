@@ -136,7 +136,8 @@ class LlamaCppApi:
             "choices": [{"text": (prompt_text + text) if echo else text, "index": 0,
                          "logprobs": lp_obj, "finish_reason": it.finish_reason}],
             "usage": {"prompt_tokens": it.prompt_tokens, "completion_tokens": it.completion_tokens,
-                      "total_tokens": it.prompt_tokens + it.completion_tokens},
+                      "total_tokens": it.prompt_tokens + it.completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": it.cached_tokens}},
         }
 
     def create_chat_completion(
@@ -210,5 +211,6 @@ class LlamaCppApi:
                          "logprobs": {"content": content_lps} if logprobs else None,
                          "finish_reason": it.finish_reason}],
             "usage": {"prompt_tokens": it.prompt_tokens, "completion_tokens": it.completion_tokens,
-                      "total_tokens": it.prompt_tokens + it.completion_tokens},
+                      "total_tokens": it.prompt_tokens + it.completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": it.cached_tokens}},
         }

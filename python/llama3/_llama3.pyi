@@ -35,6 +35,7 @@ class Model:
 class Stream:
     finish_reason: Optional[str]
     prompt_tokens: int
+    cached_tokens: int
     completion_tokens: int
     def __iter__(self) -> "Stream": ...
     def __next__(self) -> Tuple[str, Optional[int], float, List[Tuple[int, float]]]: ...

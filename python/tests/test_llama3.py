@@ -372,3 +372,16 @@ def test_lora_merge_and_export_from_python_give_peft_logits(tmp_path):
     assert np.abs(Llama3(str(tmp_path / "merged.gguf"), verbose=False).logits(ids) - want).max() < 1e-4
     with pytest.raises(llama3.ModelNotFoundError):
         Llama3(str(gqa / "model"), lora=str(tmp_path / "no-adapter"), verbose=False)
+
+
+def test_a_repeated_prompt_reuses_the_cached_session():
+    llm = Llama3(verbose=False)
+    msgs = [{"role": "system", "content": "You are a helpful assistant. " * 30},
+            {"role": "user", "content": "Name a color."}]
+    first = llm.chat(msgs, max_tokens=8, temperature=0)
+    again = llm.chat(msgs, max_tokens=8, temperature=0)
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    # All but the last prompt token (run again for fresh logits) come from the cache.
+    n = again["usage"]["prompt_tokens"]
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == n - 1
+    assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]

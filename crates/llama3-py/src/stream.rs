@@ -30,6 +30,7 @@ enum Msg {
         text: String,
         finish: &'static str,
         prompt_tokens: usize,
+        cached_tokens: usize,
         completion_tokens: usize,
     },
     Failed(llama3::Error),
@@ -69,6 +70,7 @@ pub fn start(inner: Arc<Inner>, req: Request) -> PyResult<Stream> {
         cancel,
         finish_reason: None,
         prompt_tokens: 0,
+        cached_tokens: 0,
         completion_tokens: 0,
     })
 }
@@ -119,6 +121,7 @@ fn run(
             text,
             finish,
             prompt_tokens: req.prompt.len(),
+            cached_tokens: gen.cached_tokens,
             completion_tokens: completion,
         });
         Ok(())
@@ -141,6 +144,9 @@ pub struct Stream {
     finish_reason: Option<&'static str>,
     #[pyo3(get)]
     prompt_tokens: usize,
+    /// Prompt tokens found in a cached session (not run again).
+    #[pyo3(get)]
+    cached_tokens: usize,
     #[pyo3(get)]
     completion_tokens: usize,
 }
@@ -179,10 +185,12 @@ impl Stream {
                     text,
                     finish,
                     prompt_tokens,
+                    cached_tokens,
                     completion_tokens,
                 }) => {
                     self.finish_reason = Some(finish);
                     self.prompt_tokens = prompt_tokens;
+                    self.cached_tokens = cached_tokens;
                     self.completion_tokens = completion_tokens;
                     return Ok((!text.is_empty()).then(|| (text, None, 0.0, vec![])));
                 }

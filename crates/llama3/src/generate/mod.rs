@@ -113,12 +113,18 @@ impl Session {
         Ok(keep)
     }
 
-    /// Prefills `prompt` reusing the longest cached prefix; returns the last logits (V).
-    fn prefill(&mut self, model: &Llama, prompt: &[u32], chunk: usize) -> Result<Vec<f32>> {
+    /// Prefills `prompt` reusing the longest cached prefix; returns the last logits (V) and
+    /// how many prompt tokens came from the cache.
+    fn prefill(
+        &mut self,
+        model: &Llama,
+        prompt: &[u32],
+        chunk: usize,
+    ) -> Result<(Vec<f32>, usize)> {
         let keep = self.reuse(prompt)?;
         let logits = prefill(model, &mut self.cache, &prompt[keep..], chunk)?;
         self.tokens.extend_from_slice(&prompt[keep..]);
-        Ok(logits)
+        Ok((logits, keep))
     }
 
     /// Whether the cache has a position for one more token.
@@ -137,6 +143,8 @@ pub struct Generator<'m, 's, 't> {
     /// Token chosen last step, not yet run through the model.
     pending: Option<u32>,
     pub prompt_time: Duration,
+    /// Prompt tokens the session's cache already held (not run again).
+    pub cached_tokens: usize,
 }
 
 impl<'m, 's> Generator<'m, 's, 'static> {
@@ -162,7 +170,7 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
         stop: &[String],
     ) -> Result<Self> {
         let start = Instant::now();
-        let logits = session.prefill(model, prompt, opts.prefill_chunk)?;
+        let (logits, cached_tokens) = session.prefill(model, prompt, opts.prefill_chunk)?;
         let seq_opts = SequenceOptions {
             max_tokens: opts.max_tokens,
             sampling: opts.sampling,
@@ -177,6 +185,7 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             logits,
             pending: None,
             prompt_time: start.elapsed(),
+            cached_tokens,
         })
     }
 
@@ -198,8 +207,8 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             self.logits = out.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         }
         let room = self.session.has_room();
-        let mut logits = self.logits.clone();
-        let out = self.seq.sample(&mut logits, room)?;
+        // The sampler changes the logits in place; the next token's come from a new forward.
+        let out = self.seq.sample(&mut self.logits, room)?;
         if self.seq.finished().is_none() {
             self.pending = Some(out.step.token);
         }
