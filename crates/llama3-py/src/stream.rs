@@ -85,7 +85,7 @@ fn run(
 ) -> llama3::Result<()> {
     let needed = req.prompt.len() + req.opts.max_tokens;
     let mut session = inner.take_session(&req.prompt, needed)?;
-    let result = (|| {
+    let result = (|| -> llama3::Result<Option<Msg>> {
         let tok = inner.tokenizer.as_ref();
         let mut gen = Generator::with_text(
             &inner.model,
@@ -109,7 +109,7 @@ fn run(
             };
             // A closed receiver or a cancel: the caller is gone or interrupted.
             if tx.send(msg).is_err() || cancel.load(Ordering::Relaxed) {
-                return Ok(());
+                return Ok(None);
             }
         }
         let (text, finish) = gen.finish()?;
@@ -117,17 +117,20 @@ fn run(
             llama3::generate::FinishReason::Stop => "stop",
             llama3::generate::FinishReason::Length => "length",
         };
-        let _ = tx.send(Msg::Done {
+        Ok(Some(Msg::Done {
             text,
             finish,
             prompt_tokens: req.prompt.len(),
             cached_tokens: gen.cached_tokens,
             completion_tokens: completion,
-        });
-        Ok(())
+        }))
     })();
+    // Back in the pool before the caller hears it is done, so its next call finds it.
     inner.give_session(session);
-    result
+    if let Some(done) = result? {
+        let _ = tx.send(done);
+    }
+    Ok(())
 }
 
 /// An iterator over a generation's tokens: each item is `(text, token_id, logprob,
