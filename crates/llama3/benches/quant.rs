@@ -2,6 +2,7 @@
 //! correctness is `src/quant/packed_tests.rs`):
 //!
 //!     cargo bench -p llama3 --bench quant              # packed GEMM against the row-dot kernels
+//!     cargo bench -p llama3 --bench quant -- types     # every packed type at one Llama shape
 //!     cargo bench -p llama3 --bench quant -- bandwidth # GEMV over ~100 MB against plain reading
 //!
 //! `cargo test --benches` only builds and starts it; it measures when cargo passes `--bench`.
@@ -22,6 +23,8 @@ fn main() {
     }
     if args.iter().any(|a| a == "bandwidth") {
         gemv_bandwidth();
+    } else if args.iter().any(|a| a == "types") {
+        types();
     } else {
         speed();
     }
@@ -48,7 +51,7 @@ fn speed() {
         let p = Packed::new(&q).unwrap().unwrap();
         let kind: Kind = match p.format() {
             Format::Blocks(kind) => kind,
-            Format::F16 => unreachable!("{dtype:?} packs as blocks"),
+            Format::F16 | Format::Super(_) => unreachable!("{dtype:?} packs as blocks of 32"),
         };
         let raw = q.data().unwrap().to_vec();
         for m in [1, 16, 512] {
@@ -72,6 +75,40 @@ fn speed() {
                 rows / packed
             );
         }
+    }
+}
+
+/// Every packed type on an FFN-sized weight (2816 x 1024, multiples of 256 so K-quants apply)
+/// at decode (m = 1) and prompt (512) rows: GOP/s and bytes of weight per element.
+fn types() {
+    let (n, k) = (2816, 1024);
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+        GgmlDType::F16,
+    ] {
+        let q = weight(dtype, n, k);
+        let p = Packed::new(&q).unwrap().unwrap();
+        let bytes = q.data().unwrap().len() as f64 / (n * k) as f64;
+        let mut line = format!("{dtype:?} ({bytes:.3} B/elem):");
+        for m in [1, 512] {
+            let x = data(m * k);
+            let reps = (2048 / m).max(4);
+            black_box(p.gemm(&x, m));
+            let t = Instant::now();
+            for _ in 0..reps {
+                black_box(p.gemm(&x, m));
+            }
+            let gops = (reps * m * n * k) as f64 * 2e-9 / t.elapsed().as_secs_f64();
+            line += &format!(" m={m} {gops:.1} GOP/s");
+        }
+        println!("{line}");
     }
 }
 

@@ -10,6 +10,9 @@
 //! go through candle.
 
 pub mod grad;
+mod kquant;
+#[cfg(test)]
+mod kquant_tests;
 mod packed;
 mod q4_0;
 mod q4_1;
@@ -17,6 +20,7 @@ mod q5;
 mod q8;
 mod q8_0;
 mod x8;
+mod x8_k;
 mod x8_q5;
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -25,6 +29,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 
+pub use kquant::Super;
 pub use packed::{gemm_many, matmul_many, Format, Packed};
 pub(crate) use q8::has_avx2;
 #[cfg(target_arch = "x86_64")]

@@ -24,7 +24,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::q8::{has_avx2, BlockQ8};
+use super::kquant::{self, Super};
+use super::q8::{has_avx2, quantize_row_q8_0, BlockQ8};
 use super::{q4_0, q4_1, q5, q8_0, x8, x8_q5, Kind, SyncPtr};
 use crate::{Error, Result};
 
@@ -36,11 +37,13 @@ pub struct Packed {
     data: Vec<u8>,
 }
 
-/// What a packed weight holds: GGUF blocks with an 8-bit-activation kernel, or f16 values
-/// (f32 activations; a GGUF or `quantize --type f16` file's matrices).
+/// What a packed weight holds: GGUF blocks of 32 or K-quant super-blocks of 256 (with
+/// 8-bit-activation kernels), or f16 values (f32 activations; a GGUF or `quantize --type f16`
+/// file's matrices).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Blocks(Kind),
+    Super(Super),
     F16,
 }
 
@@ -48,6 +51,9 @@ impl Format {
     fn of(dtype: GgmlDType) -> Option<Self> {
         match dtype {
             GgmlDType::F16 => Some(Format::F16),
+            GgmlDType::Q4K => Some(Format::Super(Super::Q4K)),
+            GgmlDType::Q5K => Some(Format::Super(Super::Q5K)),
+            GgmlDType::Q6K => Some(Format::Super(Super::Q6K)),
             d => Kind::of(d).map(Format::Blocks),
         }
     }
@@ -56,6 +62,7 @@ impl Format {
     fn block_elems(self) -> usize {
         match self {
             Format::Blocks(_) => 32,
+            Format::Super(_) => kquant::QK,
             Format::F16 => 1,
         }
     }
@@ -63,6 +70,7 @@ impl Format {
     fn block_bytes(self) -> usize {
         match self {
             Format::Blocks(k) => k.block_bytes(),
+            Format::Super(s) => s.block_bytes(),
             Format::F16 => 2,
         }
     }
@@ -75,6 +83,7 @@ impl Format {
             Format::Blocks(Kind::Q5_0) => x8_q5::group(1),
             Format::Blocks(Kind::Q5_1) => x8_q5::group(2),
             Format::Blocks(Kind::Q8_0) => x8::Q8_0_GROUP,
+            Format::Super(s) => s.group_bytes(),
             Format::F16 => x8::F16_GROUP,
         }
     }
@@ -86,6 +95,9 @@ impl Format {
             Format::Blocks(Kind::Q5_0) => GgmlDType::Q5_0,
             Format::Blocks(Kind::Q5_1) => GgmlDType::Q5_1,
             Format::Blocks(Kind::Q8_0) => GgmlDType::Q8_0,
+            Format::Super(Super::Q4K) => GgmlDType::Q4K,
+            Format::Super(Super::Q5K) => GgmlDType::Q5K,
+            Format::Super(Super::Q6K) => GgmlDType::Q6K,
             Format::F16 => GgmlDType::F16,
         }
     }
@@ -175,6 +187,13 @@ impl Packed {
         &self.shape
     }
 
+    /// The packed bytes of group `g` (rows 8g..8g + 8).
+    #[cfg(test)]
+    pub(super) fn group_data(&self, g: usize) -> &[u8] {
+        let size = self.k() / self.kind.block_elems() * self.kind.group_bytes();
+        &self.data[g * size..][..size]
+    }
+
     /// Row `r` in GGUF's block layout.
     fn row_blocks(&self, r: usize, out: &mut Vec<u8>) {
         let kb = self.k() / self.kind.block_elems();
@@ -218,6 +237,10 @@ impl Packed {
                     self.n()
                 )));
             }
+            if matches!(self.kind, Format::Super(_)) {
+                self.row_blocks(r, &mut blocks); // all rows, dequantized by candle below
+                continue;
+            }
             blocks.clear();
             self.row_blocks(r, &mut blocks);
             match self.kind {
@@ -231,7 +254,17 @@ impl Packed {
                         .chunks_exact(2)
                         .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
                 ),
+                Format::Super(_) => {}
             }
+        }
+        if let Format::Super(_) = self.kind {
+            let storage = candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Owned(blocks),
+                &Device::Cpu,
+                self.dtype(),
+            )?;
+            let q = QTensor::new(storage, (ids.len(), self.k()))?;
+            return Ok(q.dequantize(&Device::Cpu)?);
         }
         Ok(Tensor::from_vec(out, (ids.len(), self.k()), &Device::Cpu)?)
     }
@@ -279,6 +312,23 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
                 m,
                 |w, xs, out| kernel(kind, w, xs, out, avx2),
                 |w, xs, out| kernel(kind, w, xs, out, avx2),
+            )
+        }
+        Format::Super(sup) => {
+            let xq: Vec<BlockQ8> = match m {
+                0..4 => x.chunks_exact(k).flat_map(quantize_row_q8_0).collect(),
+                _ => x
+                    .par_chunks_exact(k)
+                    .flat_map_iter(quantize_row_q8_0)
+                    .collect(),
+            };
+            drive(
+                ws,
+                &xq,
+                k / 32,
+                m,
+                |w, xs, out| kernel_k(sup, w, xs, out, avx2),
+                |w, xs, out| kernel_k(sup, w, xs, out, avx2),
             )
         }
         Format::F16 => drive(
@@ -444,6 +494,33 @@ fn kernel<const R: usize>(
     }
 }
 
+pub(super) fn kernel_k<const R: usize>(
+    sup: Super,
+    w: &[u8],
+    x: [&[BlockQ8]; R],
+    out: &mut [[f32; 8]; R],
+    avx2: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2/FMA/F16C were detected; the kernels check the slice lengths.
+        unsafe {
+            match sup {
+                Super::Q4K => super::x8_k::q4k_avx2::<R, false>(w, x, out),
+                Super::Q5K => super::x8_k::q4k_avx2::<R, true>(w, x, out),
+                Super::Q6K => super::x8_k::q6k_avx2(w, x, out),
+            }
+        }
+        return;
+    }
+    let _ = avx2;
+    match sup {
+        Super::Q4K => kquant::q4k_scalar::<R, false>(w, x, out),
+        Super::Q5K => kquant::q4k_scalar::<R, true>(w, x, out),
+        Super::Q6K => kquant::q6k_scalar(w, x, out),
+    }
+}
+
 /// f16 header fields at the start of a GGUF block (d; d and m for Q4_1 and Q5_1).
 fn header_fields(kind: Kind) -> usize {
     match kind {
@@ -454,9 +531,10 @@ fn header_fields(kind: Kind) -> usize {
 
 /// Row `c`'s GGUF block `src` into the block of 8 `dst` (the module docs' general rule).
 fn pack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
-    let Format::Blocks(k) = kind else {
-        dst[2 * c..2 * c + 2].copy_from_slice(src);
-        return;
+    let k = match kind {
+        Format::Blocks(k) => k,
+        Format::Super(s) => return s.pack(src, dst, c),
+        Format::F16 => return dst[2 * c..2 * c + 2].copy_from_slice(src),
     };
     let h = header_fields(k);
     for i in 0..h {
@@ -469,9 +547,10 @@ fn pack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
 
 /// The inverse of `pack_block`.
 fn unpack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
-    let Format::Blocks(k) = kind else {
-        dst.copy_from_slice(&src[2 * c..2 * c + 2]);
-        return;
+    let k = match kind {
+        Format::Blocks(k) => k,
+        Format::Super(s) => return s.unpack(src, dst, c),
+        Format::F16 => return dst.copy_from_slice(&src[2 * c..2 * c + 2]),
     };
     let h = header_fields(k);
     for i in 0..h {

@@ -8,7 +8,7 @@ mod unit {
     fn blocks(p: &Packed) -> Kind {
         match p.format() {
             Format::Blocks(k) => k,
-            Format::F16 => panic!("not a block format"),
+            Format::F16 | Format::Super(_) => panic!("not a block format of 32"),
         }
     }
 

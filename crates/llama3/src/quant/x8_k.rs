@@ -1,0 +1,153 @@
+//! AVX2 kernels for K-quants packed eight rows at a time (`kquant.rs` has the layout and the
+//! portable kernels, whose float work these repeat in the same order: results are
+//! bit-identical). As `x8.rs`: a 256-bit register holds 4 weight bytes of each of the 8
+//! columns, the activation row's 4 bytes are broadcast, `maddubs` + `madd` leave one int32
+//! per column; the sub-block's small scales come as 8 bytes widened to 8 lanes.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::kquant::{Super, MN, Q4K_QS, Q5K_QH, Q5K_QS, Q6K_QH, Q6K_QL, Q6K_SC, SC};
+use super::q8::BlockQ8;
+use super::x8::bcast4;
+
+/// 8 bytes at `p` (one per column) as 8 f32, unsigned.
+#[inline(always)]
+unsafe fn u8x8_ps(p: *const u8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+}
+
+/// Q4_K (`Q5 = false`) or Q5_K x Q8_0. The 4-bit values' `maddubs` lanes reach 2 * 15 * 127
+/// = 3810 and 8 of them add up in int16; the 5-bit values' reach 7874, so those are widened
+/// to int32 after 4.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4k_avx2<const R: usize, const Q5: bool>(
+    w: &[u8],
+    x: [&[BlockQ8]; R],
+    out: &mut [[f32; 8]; R],
+) {
+    let (gb, qs) = match Q5 {
+        false => (Super::Q4K.group_bytes(), Q4K_QS),
+        true => (Super::Q5K.group_bytes(), Q5K_QS),
+    };
+    let nb = w.len() / gb;
+    assert!(x.iter().all(|r| r.len() >= 8 * nb));
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for sb in 0..nb {
+        let g = w.as_ptr().add(sb * gb);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+        let dmw = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16) as *const __m128i));
+        // Sub-blocks 2p (low nibbles) and 2p + 1 (high) share their bytes.
+        for p in 0..4 {
+            let (mut a16, mut b16) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+            let (mut a32, mut b32) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+            for i in 0..8 {
+                let raw = _mm256_loadu_si256(g.add(qs + 32 * (8 * p + i)) as *const __m256i);
+                let mut lo = _mm256_and_si256(raw, low);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                if Q5 {
+                    let qh = _mm256_loadu_si256(g.add(Q5K_QH + 32 * i) as *const __m256i);
+                    lo = _mm256_or_si256(lo, bit5(qh, 2 * p as i32));
+                    hi = _mm256_or_si256(hi, bit5(qh, 2 * p as i32 + 1));
+                }
+                for r in 0..R {
+                    let xr = x[r].as_ptr().add(8 * sb + 2 * p);
+                    let pa = _mm256_maddubs_epi16(lo, bcast4(&(*xr).qs, 4 * i));
+                    let pb = _mm256_maddubs_epi16(hi, bcast4(&(*xr.add(1)).qs, 4 * i));
+                    a16[r] = _mm256_add_epi16(a16[r], pa);
+                    b16[r] = _mm256_add_epi16(b16[r], pb);
+                }
+                if i == 7 || (Q5 && i == 3) {
+                    for r in 0..R {
+                        a32[r] = _mm256_add_epi32(a32[r], _mm256_madd_epi16(a16[r], ones));
+                        b32[r] = _mm256_add_epi32(b32[r], _mm256_madd_epi16(b16[r], ones));
+                        a16[r] = _mm256_setzero_si256();
+                        b16[r] = _mm256_setzero_si256();
+                    }
+                }
+            }
+            for (s, isum) in [(2 * p, a32), (2 * p + 1, b32)] {
+                let dsc = _mm256_mul_ps(dw, u8x8_ps(g.add(SC + 8 * s)));
+                let dm = _mm256_mul_ps(dmw, u8x8_ps(g.add(MN + 8 * s)));
+                for r in 0..R {
+                    let xb = x[r].get_unchecked(8 * sb + s);
+                    let scale = _mm256_mul_ps(dsc, _mm256_set1_ps(xb.d));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale, acc[r]);
+                    acc[r] = _mm256_fmadd_ps(dm, _mm256_set1_ps(-(xb.d * xb.s)), acc[r]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// Bit `shift` of every byte of `qh` as 0 or 0x10.
+#[inline(always)]
+unsafe fn bit5(qh: __m256i, shift: i32) -> __m256i {
+    let m = _mm256_set1_epi8(1 << shift);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Q6_K x Q8_0. The 6-bit values less 32 are signed, so `maddubs` takes |q - 32| and the
+/// activations with its sign (as Q8_0's kernel); lanes reach 2 * 32 * 127 = 8128 and the 4
+/// steps of a 16-element sub-block add up in int16. Sub-block sums are scaled by their i8
+/// scales in int32 (at most 2 * 16 * 32 * 127 * 128 < 2^24, exact in f32).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6k_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+    let gb = Super::Q6K.group_bytes();
+    let nb = w.len() / gb;
+    assert!(x.iter().all(|r| r.len() >= 8 * nb));
+    let low = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    let off = _mm256_set1_epi8(32);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for sb in 0..nb {
+        let g = w.as_ptr().add(sb * gb);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+        for b in 0..8 {
+            let (n, bp) = (b / 4, b % 4);
+            let shift = _mm_cvtsi32_si128(2 * bp as i32);
+            let mut halves = [[_mm256_setzero_si256(); R]; 2];
+            for i in 0..8 {
+                let ql = g.add(Q6K_QL + 32 * (16 * n + 8 * (bp % 2) + i));
+                let raw = _mm256_loadu_si256(ql as *const __m256i);
+                let nib = match bp < 2 {
+                    true => _mm256_and_si256(raw, low),
+                    false => _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
+                };
+                let qh = _mm256_loadu_si256(g.add(Q6K_QH + 32 * (8 * n + i)) as *const __m256i);
+                let hb = _mm256_and_si256(_mm256_srl_epi16(qh, shift), three);
+                let q = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hb, 4)), off);
+                let aq = _mm256_sign_epi8(q, q);
+                for r in 0..R {
+                    let xq = bcast4(&x[r].get_unchecked(8 * sb + b).qs, 4 * i);
+                    let p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(xq, q));
+                    halves[i / 4][r] = _mm256_add_epi16(halves[i / 4][r], p);
+                }
+            }
+            let sc = |h: usize| {
+                let p = g.add(Q6K_SC + 8 * (8 * n + 2 * bp + h));
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))
+            };
+            let (sa, sbv) = (sc(0), sc(1));
+            for r in 0..R {
+                let xb = x[r].get_unchecked(8 * sb + b);
+                let ia = _mm256_mullo_epi32(_mm256_madd_epi16(halves[0][r], ones), sa);
+                let ib = _mm256_mullo_epi32(_mm256_madd_epi16(halves[1][r], ones), sbv);
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+                let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(ia, ib));
+                acc[r] = _mm256_fmadd_ps(isum, scale, acc[r]);
+            }
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
