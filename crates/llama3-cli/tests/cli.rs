@@ -43,11 +43,10 @@ fn info_names_the_matmul_kernels() {
     ]));
     let text = ok(&llama3!(&["info", "-m", &dst]));
     let line = text.lines().find(|l| l.starts_with("matmuls")).unwrap();
-    assert!(
-        line.contains("Q4_K candle's generic quantized matmul (slow) x16"),
-        "{line}"
-    );
+    assert!(line.contains("Q4_K packed (llama3 kernels) x16"), "{line}");
     assert!(line.contains("Q5_0 packed (llama3 kernels)"), "{line}");
+    assert!(line.contains("Q6_K packed (llama3 kernels)"), "{line}");
+    // Types without our kernels (Q2_K, Q3_K) say so: `ops::linear`'s unit test.
 }
 
 #[test]

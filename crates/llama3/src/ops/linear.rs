@@ -235,3 +235,32 @@ impl Stack {
         Ok(out.try_into().ok())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
+
+    /// Each weight kind names its kernel; a type without ours says it takes candle's slow path.
+    #[test]
+    fn kernel_names_the_path() {
+        let w = Tensor::from_vec(
+            crate::quant::test_data(16 * 256, 1),
+            (16, 256),
+            &Device::Cpu,
+        );
+        let w = w.unwrap();
+        let name = |dtype| {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            kernel(&LinearWeight::from_qtensor(Arc::new(q)))
+        };
+        assert_eq!(name(GgmlDType::Q4K), "Q4_K packed (llama3 kernels)");
+        assert_eq!(name(GgmlDType::Q6K), "Q6_K packed (llama3 kernels)");
+        assert_eq!(
+            name(GgmlDType::Q2K),
+            "Q2_K candle's generic quantized matmul (slow)"
+        );
+        assert_eq!(kernel(&LinearWeight::Dense(w)), "dense f32");
+    }
+}

@@ -16,8 +16,14 @@
 //! ```text
 //! Q4_K (1184 bytes): d[c] f16 x 8 | dmin[c] f16 x 8 | sc[s][c] u8 8x8 | m[s][c] u8 8x8 | qs 32 pieces
 //! Q5_K (1440 bytes): as Q4_K, then qh 8 pieces before qs
-//! Q6_K (1680 bytes): d[c] f16 x 8 | sc[s][c] i8 16x8 | ql 32 pieces | qh 16 pieces
+//! Q6_K (1680 bytes): d[c] f16 x 8 | sc[s][c] i8 16x8 | 8 x (activation block b: 4 nibble
+//!                   vectors | 2 high-bit vectors), 192 bytes each
 //! ```
+//!
+//! Q6_K's values are regrouped by activation block (32 elements e, each q(e) of 6 bits) so
+//! that one load of high bits serves 4 value vectors: byte 4c + j of nibble vector v is
+//! `q(4v+j) & 15 | (q(16+4v+j) & 15) << 4` (Q4_1's order), and of high vector u it is the top
+//! two bits of q(8u+j), q(16+8u+j), q(8u+4+j), q(16+8u+4+j) at bits 0, 2, 4, 6.
 //!
 //! Packing is lossless (16 values of 6 bits fill the 12 scale bytes exactly), so `Packed`
 //! gives the GGUF bytes back.
@@ -44,8 +50,8 @@ pub(crate) const Q4K_QS: usize = 160;
 pub(crate) const Q5K_QH: usize = 160;
 pub(crate) const Q5K_QS: usize = 416;
 pub(crate) const Q6K_SC: usize = 16;
-pub(crate) const Q6K_QL: usize = 144;
-pub(crate) const Q6K_QH: usize = 1168;
+/// Activation block b's bytes (4 nibble vectors, then 2 high-bit vectors) at `Q6K_B + 192 b`.
+pub(crate) const Q6K_B: usize = 144;
 
 impl Super {
     /// Bytes of one GGUF block.
@@ -62,7 +68,7 @@ impl Super {
         match self {
             Super::Q4K => Q4K_QS + 1024,
             Super::Q5K => Q5K_QS + 1024,
-            Super::Q6K => Q6K_QH + 512,
+            Super::Q6K => Q6K_B + 8 * 192,
         }
     }
 
@@ -90,8 +96,24 @@ impl Super {
                 }
             }
             Super::Q6K => {
-                pieces(&src[0..128], &mut dst[Q6K_QL..]);
-                pieces(&src[128..192], &mut dst[Q6K_QH..]);
+                let q = q6_values(src);
+                for (b, q) in q.chunks_exact(32).enumerate() {
+                    let blk = &mut dst[Q6K_B + 192 * b..][..192];
+                    for v in 0..4 {
+                        for j in 0..4 {
+                            let e = 4 * v + j;
+                            blk[32 * v + 4 * c + j] = q[e] & 15 | (q[16 + e] & 15) << 4;
+                        }
+                    }
+                    for u in 0..2 {
+                        for j in 0..4 {
+                            let e = 8 * u + j;
+                            let fields = [q[e], q[16 + e], q[e + 4], q[16 + e + 4]];
+                            blk[128 + 32 * u + 4 * c + j] =
+                                fields.iter().rev().fold(0, |acc, f| acc << 2 | f >> 4);
+                        }
+                    }
+                }
                 for s in 0..16 {
                     dst[Q6K_SC + 8 * s + c] = src[192 + s];
                 }
@@ -126,14 +148,63 @@ impl Super {
                 }
             }
             Super::Q6K => {
-                pieces(&src[Q6K_QL..], &mut dst[0..128]);
-                pieces(&src[Q6K_QH..], &mut dst[128..192]);
+                let mut q = [0u8; QK];
+                for (b, q) in q.chunks_exact_mut(32).enumerate() {
+                    let blk = &src[Q6K_B + 192 * b..][..192];
+                    for v in 0..4 {
+                        for j in 0..4 {
+                            let (e, byte) = (4 * v + j, blk[32 * v + 4 * c + j]);
+                            q[e] = byte & 15;
+                            q[16 + e] = byte >> 4;
+                        }
+                    }
+                    for u in 0..2 {
+                        for j in 0..4 {
+                            let e = 8 * u + j;
+                            let h = blk[128 + 32 * u + 4 * c + j];
+                            for (i, at) in [e, 16 + e, e + 4, 16 + e + 4].into_iter().enumerate() {
+                                q[at] |= (h >> (2 * i) & 3) << 4;
+                            }
+                        }
+                    }
+                }
+                q6_store(&q, &mut dst[..192]);
                 for s in 0..16 {
                     dst[192 + s] = src[Q6K_SC + 8 * s + c];
                 }
                 dst[208..210].copy_from_slice(&src[2 * c..][..2]);
             }
         }
+    }
+}
+
+/// Q6_K element `128 n + 32 p + l` (p, l < 32): low bits in ql byte `64 n + 32 (p % 2) + l`
+/// (high nibble for p >= 2), high bits 2p..2p + 2 of qh byte `32 n + l` (ggml's layout).
+fn q6_index(e: usize) -> (usize, u32, usize, u32) {
+    let (n, p, l) = (e / 128, (e % 128) / 32, e % 32);
+    (
+        64 * n + 32 * (p % 2) + l,
+        4 * (p / 2) as u32,
+        128 + 32 * n + l,
+        2 * p as u32,
+    )
+}
+
+/// The 256 6-bit values of a GGUF Q6_K block.
+fn q6_values(src: &[u8]) -> [u8; QK] {
+    std::array::from_fn(|e| {
+        let (ql, lo_shift, qh, hi_shift) = q6_index(e);
+        (src[ql] >> lo_shift) & 15 | ((src[qh] >> hi_shift) & 3) << 4
+    })
+}
+
+/// The inverse of `q6_values`: ql and qh (the first 192 bytes) of a GGUF Q6_K block.
+fn q6_store(q: &[u8; QK], dst: &mut [u8]) {
+    dst.fill(0);
+    for (e, &v) in q.iter().enumerate() {
+        let (ql, lo_shift, qh, hi_shift) = q6_index(e);
+        dst[ql] |= (v & 15) << lo_shift;
+        dst[qh] |= (v >> 4) << hi_shift;
     }
 }
 
@@ -194,10 +265,9 @@ pub fn q4k_scalar<const R: usize, const Q5: bool>(
     *out = acc;
 }
 
-/// Q6_K x Q8_0, portable. Activation block `b` of a super-block is elements 32b..32b+32: low
-/// (b % 4 < 2) or high nibbles of ql bytes 64n + 32(b % 2)..+32 with bits 2(b % 4) of qh
-/// bytes 32n..+32 (n = b / 4), two sub-blocks of 16 with scales 8n + 2(b % 4) and the next.
-/// Per block and column: the exact `Σ sc_i Σ (q - 32) q_x` then `acc = fma(isum, d d_x, acc)`.
+/// Q6_K x Q8_0, portable. Per activation block and column: the exact
+/// `Σ_h sc_h (Σ q q_x - 32 Σ q_x)` over its two sub-blocks of 16, then
+/// `acc = fma(isum, d d_x, acc)`; the AVX2 code does the same.
 pub fn q6k_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     let gb = Super::Q6K.group_bytes();
     let mut acc = [[0f32; 8]; R];
@@ -205,24 +275,24 @@ pub fn q6k_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32;
         for c in 0..8 {
             let d = f16_at(g, 2 * c);
             for b in 0..8 {
-                let (n, bp) = (b / 4, b % 4);
+                let blk = &g[Q6K_B + 192 * b..][..192];
+                // q(e) for e < 16 (lo) and 16 + e (hi), as the packing put them.
+                let q = |e: usize| {
+                    let (v, j) = (e % 16 / 4, e % 4);
+                    let byte = blk[32 * v + 4 * c + j];
+                    let h = blk[128 + 32 * (v / 2) + 4 * c + j] >> (4 * (v % 2) + 2 * (e / 16));
+                    (if e < 16 { byte & 15 } else { byte >> 4 }) | (h & 3) << 4
+                };
+                let sc = |h: usize| g[Q6K_SC + 8 * (2 * b + h) + c] as i8 as i32;
                 for r in 0..R {
                     let xb = &x[r][8 * sb + b];
-                    let mut isum = 0i32;
-                    for half in 0..2 {
-                        let sc = g[Q6K_SC + 8 * (8 * n + 2 * bp + half) + c] as i8 as i32;
-                        let mut hsum = 0i32;
-                        for i in 4 * half..4 * half + 4 {
-                            for j in 0..4 {
-                                let byte = g[Q6K_QL + 32 * (16 * n + 8 * (bp % 2) + i) + 4 * c + j];
-                                let lo = if bp < 2 { byte & 0x0f } else { byte >> 4 };
-                                let hb = (g[Q6K_QH + 32 * (8 * n + i) + 4 * c + j] >> (2 * bp)) & 3;
-                                let q = (lo | hb << 4) as i32 - 32;
-                                hsum += q * xb.qs[4 * i + j] as i32;
-                            }
-                        }
-                        isum += sc * hsum;
-                    }
+                    let dot = |h: usize| -> i32 {
+                        (16 * h..16 * h + 16)
+                            .map(|e| q(e) as i32 * xb.qs[e] as i32)
+                            .sum()
+                    };
+                    let (sa, sbx) = (xb.s0, xb.s as i32 - xb.s0);
+                    let isum = sc(0) * (dot(0) - 32 * sa) + sc(1) * (dot(1) - 32 * sbx);
                     acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
                 }
             }

@@ -13,6 +13,8 @@ pub struct BlockQ8 {
     /// Q8_1: `d * Σq` (rounded to f16). Q8_0: `Σq` itself (exact in f32), which the Q4_0
     /// and Q5_0 kernels use to take the weights' offset (8, 16) out of the integer sums.
     pub s: f32,
+    /// Σq of the first 16 (exact): Q6_K's sub-blocks of 16 take their offset of 32 out with it.
+    pub s0: i32,
     pub qs: [i8; 32],
 }
 
@@ -54,7 +56,8 @@ fn quantize(x: &[f32], with_sum: bool) -> Vec<BlockQ8> {
             } else {
                 sum as f32
             };
-            BlockQ8 { d: d16, s, qs }
+            let s0 = qs[..16].iter().map(|&q| q as i32).sum();
+            BlockQ8 { d: d16, s, s0, qs }
         })
         .collect()
 }

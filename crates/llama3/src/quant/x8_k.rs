@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{Super, MN, Q4K_QS, Q5K_QH, Q5K_QS, Q6K_QH, Q6K_QL, Q6K_SC, SC};
+use super::kquant::{Super, MN, Q4K_QS, Q5K_QH, Q5K_QS, Q6K_B, Q6K_SC, SC};
 use super::q8::BlockQ8;
 use super::x8::bcast4;
 
@@ -94,56 +94,67 @@ unsafe fn bit5(qh: __m256i, shift: i32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// Q6_K x Q8_0. The 6-bit values less 32 are signed, so `maddubs` takes |q - 32| and the
-/// activations with its sign (as Q8_0's kernel); lanes reach 2 * 32 * 127 = 8128 and the 4
-/// steps of a 16-element sub-block add up in int16. Sub-block sums are scaled by their i8
-/// scales in int32 (at most 2 * 16 * 32 * 127 * 128 < 2^24, exact in f32).
+/// Q6_K x Q8_0. One high-bit vector completes 4 value vectors (`kquant.rs`'s layout); the
+/// values 0..63 go through `maddubs` unsigned (lanes reach 2 * 63 * 127 = 16002, so two add
+/// up in int16) and the offset of 32 comes off the int32 sums as `32 Σq_x` per sub-block of 16
+/// (`BlockQ8::s0`). Sub-block sums, each |Σ (q - 32) q_x| <= 16 * 32 * 127, are scaled by
+/// their i8 scales in int32: two of them stay below 2^24, exact in f32.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6k_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     let gb = Super::Q6K.group_bytes();
     let nb = w.len() / gb;
     assert!(x.iter().all(|r| r.len() >= 8 * nb));
     let low = _mm256_set1_epi8(0x0f);
-    let three = _mm256_set1_epi8(3);
-    let off = _mm256_set1_epi8(32);
+    let top = _mm256_set1_epi8(0x30);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for sb in 0..nb {
         let g = w.as_ptr().add(sb * gb);
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
         for b in 0..8 {
-            let (n, bp) = (b / 4, b % 4);
-            let shift = _mm_cvtsi32_si128(2 * bp as i32);
-            let mut halves = [[_mm256_setzero_si256(); R]; 2];
-            for i in 0..8 {
-                let ql = g.add(Q6K_QL + 32 * (16 * n + 8 * (bp % 2) + i));
-                let raw = _mm256_loadu_si256(ql as *const __m256i);
-                let nib = match bp < 2 {
-                    true => _mm256_and_si256(raw, low),
-                    false => _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
-                };
-                let qh = _mm256_loadu_si256(g.add(Q6K_QH + 32 * (8 * n + i)) as *const __m256i);
-                let hb = _mm256_and_si256(_mm256_srl_epi16(qh, shift), three);
-                let q = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hb, 4)), off);
-                let aq = _mm256_sign_epi8(q, q);
+            let blk = g.add(Q6K_B + 192 * b);
+            let (mut a32, mut b32) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+            for u in 0..2 {
+                let h = _mm256_loadu_si256(blk.add(128 + 32 * u) as *const __m256i);
+                let (mut a16, mut b16) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+                for t in 0..2 {
+                    let v = 2 * u + t;
+                    let raw = _mm256_loadu_si256(blk.add(32 * v) as *const __m256i);
+                    // Bits 0-1 / 2-3 (t = 0) or 4-5 / 6-7 (t = 1) of h moved to 4-5.
+                    let (ha, hb) = match t {
+                        0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 2)),
+                        _ => (h, _mm256_srli_epi16(h, 2)),
+                    };
+                    let lo = _mm256_or_si256(_mm256_and_si256(raw, low), _mm256_and_si256(ha, top));
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    let hi = _mm256_or_si256(hi, _mm256_and_si256(hb, top));
+                    for r in 0..R {
+                        let qs = &x[r].get_unchecked(8 * sb + b).qs;
+                        let pa = _mm256_maddubs_epi16(lo, bcast4(qs, 4 * v));
+                        let pb = _mm256_maddubs_epi16(hi, bcast4(qs, 16 + 4 * v));
+                        a16[r] = _mm256_add_epi16(a16[r], pa);
+                        b16[r] = _mm256_add_epi16(b16[r], pb);
+                    }
+                }
                 for r in 0..R {
-                    let xq = bcast4(&x[r].get_unchecked(8 * sb + b).qs, 4 * i);
-                    let p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(xq, q));
-                    halves[i / 4][r] = _mm256_add_epi16(halves[i / 4][r], p);
+                    a32[r] = _mm256_add_epi32(a32[r], _mm256_madd_epi16(a16[r], ones));
+                    b32[r] = _mm256_add_epi32(b32[r], _mm256_madd_epi16(b16[r], ones));
                 }
             }
             let sc = |h: usize| {
-                let p = g.add(Q6K_SC + 8 * (8 * n + 2 * bp + h));
+                let p = g.add(Q6K_SC + 8 * (2 * b + h));
                 _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))
             };
             let (sa, sbv) = (sc(0), sc(1));
             for r in 0..R {
                 let xb = x[r].get_unchecked(8 * sb + b);
-                let ia = _mm256_mullo_epi32(_mm256_madd_epi16(halves[0][r], ones), sa);
-                let ib = _mm256_mullo_epi32(_mm256_madd_epi16(halves[1][r], ones), sbv);
+                let (s0, s1) = (xb.s0, xb.s as i32 - xb.s0);
+                let ia = _mm256_sub_epi32(a32[r], _mm256_set1_epi32(32 * s0));
+                let ib = _mm256_sub_epi32(b32[r], _mm256_set1_epi32(32 * s1));
+                let isum =
+                    _mm256_add_epi32(_mm256_mullo_epi32(ia, sa), _mm256_mullo_epi32(ib, sbv));
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
-                let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(ia, ib));
-                acc[r] = _mm256_fmadd_ps(isum, scale, acc[r]);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
             }
         }
     }
