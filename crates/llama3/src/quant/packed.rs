@@ -8,7 +8,8 @@
 //! Q4_0 (144 bytes): d[c] f16 x 8 | 4 x 32 bytes of nibbles as Q4_1's
 //! Q4_1 (160 bytes): d[c] f16 x 8 | m[c] f16 x 8 | 4 x 32 bytes: byte 4c+j of vector v is
 //!                   byte 4v+j of row c's nibbles (low nibble: element 4v+j, high: 16+4v+j)
-//! Q5_0 (176 bytes): d[c] f16 x 8 | qh[c] u32 x 8 | nibbles as Q4_1's (Q5_1, 192: d, m, ...)
+//! Q5_0 (176 bytes): d[c] f16 x 8 | qh[c] u32 x 8 (bits regrouped, `x8_q5::spread`) | nibbles
+//!                   as Q4_1's (Q5_1, 192: d, m, ...)
 //! Q8_0 (272 bytes): d[c] f16 x 8 | 8 x 32 bytes: byte 4c+j of vector s is element 4s+j of row c
 //! F16  (16 bytes):  element k of row c at 2c
 //! ```
@@ -543,6 +544,11 @@ fn pack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
     for (v, piece) in src[2 * h..].chunks_exact(4).enumerate() {
         dst[16 * h + 32 * v + 4 * c..][..4].copy_from_slice(piece);
     }
+    if matches!(k, Kind::Q5_0 | Kind::Q5_1) {
+        let qh = &mut dst[16 * h + 4 * c..][..4];
+        let spread = x8_q5::spread(u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]));
+        qh.copy_from_slice(&spread.to_le_bytes());
+    }
 }
 
 /// The inverse of `pack_block`.
@@ -558,6 +564,11 @@ fn unpack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
     }
     for (v, piece) in dst[2 * h..].chunks_exact_mut(4).enumerate() {
         piece.copy_from_slice(&src[16 * h + 32 * v + 4 * c..][..4]);
+    }
+    if matches!(k, Kind::Q5_0 | Kind::Q5_1) {
+        let qh = &mut dst[2 * h..][..4];
+        let gathered = x8_q5::gather(u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]));
+        qh.copy_from_slice(&gathered.to_le_bytes());
     }
 }
 

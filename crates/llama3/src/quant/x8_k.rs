@@ -11,6 +11,7 @@ use std::arch::x86_64::*;
 use super::kquant::{Super, MN, Q4K_QS, Q5K_QH, Q5K_QS, Q6K_B, Q6K_SC, SC};
 use super::q8::BlockQ8;
 use super::x8::bcast4;
+use super::x8_q5::bit5;
 
 /// 8 bytes at `p` (one per column) as 8 f32, unsigned.
 #[inline(always)]
@@ -50,8 +51,8 @@ pub unsafe fn q4k_avx2<const R: usize, const Q5: bool>(
                 let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
                 if Q5 {
                     let qh = _mm256_loadu_si256(g.add(Q5K_QH + 32 * i) as *const __m256i);
-                    lo = _mm256_or_si256(lo, bit5(qh, 2 * p as i32));
-                    hi = _mm256_or_si256(hi, bit5(qh, 2 * p as i32 + 1));
+                    lo = _mm256_or_si256(lo, bit5(qh, p, 0)); // bit 2p of each byte
+                    hi = _mm256_or_si256(hi, bit5(qh, p, 1));
                 }
                 for r in 0..R {
                     let xr = x[r].as_ptr().add(8 * sb + 2 * p);
@@ -84,14 +85,6 @@ pub unsafe fn q4k_avx2<const R: usize, const Q5: bool>(
     for r in 0..R {
         _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
     }
-}
-
-/// Bit `shift` of every byte of `qh` as 0 or 0x10.
-#[inline(always)]
-unsafe fn bit5(qh: __m256i, shift: i32) -> __m256i {
-    let m = _mm256_set1_epi8(1 << shift);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
 /// Q6_K x Q8_0. One high-bit vector completes 4 value vectors (`kquant.rs`'s layout); the

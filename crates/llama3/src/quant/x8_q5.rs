@@ -1,6 +1,7 @@
 //! Q5_0 / Q5_1 kernels over weights packed eight rows at a time (`packed.rs`; the arithmetic
 //! order of `x8.rs`). A block of 8 is the rows' `d` (and `m`), then the 8 rows' `qh` as one
-//! 256-bit vector of u32, then the nibbles as Q4_1's. `MIN` selects Q5_1 (`d * q + m`, Q8_1
+//! 256-bit vector of u32 with its bits regrouped (`spread`: byte j holds the fifth bits of
+//! nibble byte 4v + j, v = 0..4, so two shifts give them), then the nibbles as Q4_1's. `MIN` selects Q5_1 (`d * q + m`, Q8_1
 //! activations) over Q5_0 (`d * (q - 16)`, Q8_0 activations, the offset taken off the int32
 //! sums as `16 Σ q_x`, as Q4_0's).
 
@@ -12,6 +13,31 @@ use super::q8::BlockQ8;
 /// nibble bytes.
 pub const fn group(h: usize) -> usize {
     16 * h + 32 + 128
+}
+
+/// GGUF's `qh` (bit e: element e) regrouped: bit 2v of byte j is element 4v + j's (the low
+/// nibble of nibble byte 4v + j), bit 2v + 1 is element 16 + 4v + j's (its high nibble).
+pub fn spread(qh: u32) -> u32 {
+    let mut out = 0;
+    for j in 0..4 {
+        for v in 0..4 {
+            out |= ((qh >> (4 * v + j)) & 1) << (8 * j + 2 * v);
+            out |= ((qh >> (16 + 4 * v + j)) & 1) << (8 * j + 2 * v + 1);
+        }
+    }
+    out
+}
+
+/// The inverse of `spread`.
+pub fn gather(s: u32) -> u32 {
+    let mut out = 0;
+    for j in 0..4 {
+        for v in 0..4 {
+            out |= ((s >> (8 * j + 2 * v)) & 1) << (4 * v + j);
+            out |= ((s >> (8 * j + 2 * v + 1)) & 1) << (16 + 4 * v + j);
+        }
+    }
+    out
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -30,7 +56,9 @@ pub fn q5_scalar<const R: usize, const MIN: bool>(
     for (b, g) in w.chunks_exact(group(h)).enumerate() {
         for c in 0..8 {
             let d = f16_at(g, 2 * c);
-            let qh = u32::from_le_bytes(std::array::from_fn(|i| g[16 * h + 4 * c + i]));
+            let qh = gather(u32::from_le_bytes(std::array::from_fn(|i| {
+                g[16 * h + 4 * c + i]
+            })));
             for r in 0..R {
                 let xb = &x[r][b];
                 let mut isum = 0i32;
@@ -54,24 +82,23 @@ pub fn q5_scalar<const R: usize, const MIN: bool>(
     *out = acc;
 }
 
-/// The fifth bits (0 or 0x10) of elements `shift..shift + 4` of each column: byte `j` of
-/// column `c`'s lane is bit `shift + j` of its `qh`.
+/// The fifth bits (0 or 0x10) of nibble vector `v`'s low (`HI = 0`) or high nibbles: bit
+/// 2v + HI of each byte of the spread `qh` moved to bit 4 (16-bit shifts of at most 4 keep
+/// a byte's bit 4 within the byte).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn bit5(qh: std::arch::x86_64::__m256i, shift: i32) -> std::arch::x86_64::__m256i {
+pub(crate) unsafe fn bit5(
+    qh: std::arch::x86_64::__m256i,
+    v: usize,
+    hi: usize,
+) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    let s = _mm256_srl_epi32(qh, _mm_cvtsi32_si128(shift));
-    // The low byte of each u32 lane copied to its 4 bytes.
-    let spread = _mm256_shuffle_epi8(
-        s,
-        _mm256_setr_epi8(
-            0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8,
-            12, 12, 12, 12,
-        ),
-    );
-    let sel = _mm256_set1_epi32(0x0804_0201); // bytes 1, 2, 4, 8
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, sel), sel);
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    let at = (2 * v + hi) as i32;
+    let moved = match at <= 4 {
+        true => _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - at)),
+        false => _mm256_srl_epi16(qh, _mm_cvtsi32_si128(at - 4)),
+    };
+    _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
 }
 
 /// With AVX2. 5-bit values against i8 through `maddubs`: a lane is at most 2 * 31 * 127 =
@@ -98,9 +125,9 @@ pub unsafe fn q5_avx2<const R: usize, const MIN: bool>(
         let mut isum = [_mm256_setzero_si256(); R];
         for v in 0..4 {
             let raw = _mm256_loadu_si256(g.add(16 * h + 32 + 32 * v) as *const __m256i);
-            let lo = _mm256_or_si256(_mm256_and_si256(raw, low), bit5(qh, 4 * v as i32));
+            let lo = _mm256_or_si256(_mm256_and_si256(raw, low), bit5(qh, v, 0));
             let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-            let hi = _mm256_or_si256(hi, bit5(qh, 16 + 4 * v as i32));
+            let hi = _mm256_or_si256(hi, bit5(qh, v, 1));
             for r in 0..R {
                 let qs = &x[r].get_unchecked(b).qs;
                 let p = _mm256_maddubs_epi16(lo, super::x8::bcast4(qs, 4 * v));
