@@ -51,7 +51,9 @@ fn speed() {
         let p = Packed::new(&q).unwrap().unwrap();
         let kind: Kind = match p.format() {
             Format::Blocks(kind) => kind,
-            Format::F16 | Format::Super(_) => unreachable!("{dtype:?} packs as blocks of 32"),
+            Format::F16 | Format::Super(_) | Format::Iq(_) => {
+                unreachable!("{dtype:?} packs as blocks of 32")
+            }
         };
         let raw = q.data().unwrap().to_vec();
         for m in [1, 16, 512] {

@@ -64,7 +64,7 @@ pub fn kernel(w: &LinearWeight) -> String {
     let name = |t: candle_core::quantized::GgmlDType| format!("{t:?}").replace('K', "_K");
     match w {
         LinearWeight::Dense(t) => format!("dense {}", t.dtype().as_str()),
-        LinearWeight::Packed(p) => format!("{} packed (llama3 kernels)", name(p.dtype())),
+        LinearWeight::Packed(p) => format!("{} packed (llama3 kernels)", p.type_name()),
         LinearWeight::Quantized(QMatMul::QTensor(q)) => {
             match crate::quant::Kind::of(q.dtype()).is_some() && q.device().is_cpu() {
                 true => format!("{} row kernels (llama3)", name(q.dtype())),

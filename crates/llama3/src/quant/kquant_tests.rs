@@ -4,7 +4,8 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::packed::{gemm_many, kernel_k, Packed};
+use super::format::kernel;
+use super::packed::{gemm_many, Packed};
 use super::q8::{has_avx2, quantize_row_q8_0, BlockQ8};
 use super::{test_data as data, Format, Super};
 
@@ -117,8 +118,8 @@ fn simd_equals_portable_and_many_equals_each() {
         let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * k / 32..][..k / 32]);
         let w = q_bytes(&p);
         let (mut simd, mut portable) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-        kernel_k(sup, &w, xs, &mut simd, has_avx2());
-        kernel_k(sup, &w, xs, &mut portable, false);
+        kernel(Format::Super(sup), &w, xs, &mut simd, has_avx2());
+        kernel(Format::Super(sup), &w, xs, &mut portable, false);
         assert_eq!(simd, portable, "{dtype:?}");
 
         let other = Packed::new(&weight(dtype, data(16 * k, 9), 16, k))

@@ -9,7 +9,11 @@
 //! block is loaded and unpacked once for four rows. Types not handled here return `None` and
 //! go through candle.
 
+mod format;
 pub mod grad;
+mod iq4;
+#[cfg(test)]
+mod iq4_tests;
 mod kquant;
 #[cfg(test)]
 mod kquant_tests;
@@ -29,6 +33,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 
+pub use iq4::Iq4;
 pub use kquant::Super;
 pub use packed::{gemm_many, matmul_many, Format, Packed};
 pub(crate) use q8::has_avx2;

@@ -25,9 +25,11 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::kquant::{self, Super};
-use super::q8::{has_avx2, quantize_row_q8_0, BlockQ8};
-use super::{q4_0, q4_1, q5, q8_0, x8, x8_q5, Kind, SyncPtr};
+pub use super::format::Format;
+use super::format::{kernel, kernel_f16, pack_block, unpack_block};
+use super::iq4::Iq4;
+use super::q8::has_avx2;
+use super::{q4_0, q4_1, q5, q8_0, Kind, SyncPtr};
 use crate::{Error, Result};
 
 #[derive(Debug)]
@@ -36,72 +38,6 @@ pub struct Packed {
     /// [out, in] = [n, k]
     shape: [usize; 2],
     data: Vec<u8>,
-}
-
-/// What a packed weight holds: GGUF blocks of 32 or K-quant super-blocks of 256 (with
-/// 8-bit-activation kernels), or f16 values (f32 activations; a GGUF or `quantize --type f16`
-/// file's matrices).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Blocks(Kind),
-    Super(Super),
-    F16,
-}
-
-impl Format {
-    fn of(dtype: GgmlDType) -> Option<Self> {
-        match dtype {
-            GgmlDType::F16 => Some(Format::F16),
-            GgmlDType::Q4K => Some(Format::Super(Super::Q4K)),
-            GgmlDType::Q5K => Some(Format::Super(Super::Q5K)),
-            GgmlDType::Q6K => Some(Format::Super(Super::Q6K)),
-            d => Kind::of(d).map(Format::Blocks),
-        }
-    }
-
-    /// Elements of a row per block (the packing unit along K).
-    fn block_elems(self) -> usize {
-        match self {
-            Format::Blocks(_) => 32,
-            Format::Super(_) => kquant::QK,
-            Format::F16 => 1,
-        }
-    }
-
-    fn block_bytes(self) -> usize {
-        match self {
-            Format::Blocks(k) => k.block_bytes(),
-            Format::Super(s) => s.block_bytes(),
-            Format::F16 => 2,
-        }
-    }
-
-    /// Bytes of one block of 8 rows.
-    fn group_bytes(self) -> usize {
-        match self {
-            Format::Blocks(Kind::Q4_0) => x8::Q4_0_GROUP,
-            Format::Blocks(Kind::Q4_1) => x8::Q4_1_GROUP,
-            Format::Blocks(Kind::Q5_0) => x8_q5::group(1),
-            Format::Blocks(Kind::Q5_1) => x8_q5::group(2),
-            Format::Blocks(Kind::Q8_0) => x8::Q8_0_GROUP,
-            Format::Super(s) => s.group_bytes(),
-            Format::F16 => x8::F16_GROUP,
-        }
-    }
-
-    fn dtype(self) -> GgmlDType {
-        match self {
-            Format::Blocks(Kind::Q4_0) => GgmlDType::Q4_0,
-            Format::Blocks(Kind::Q4_1) => GgmlDType::Q4_1,
-            Format::Blocks(Kind::Q5_0) => GgmlDType::Q5_0,
-            Format::Blocks(Kind::Q5_1) => GgmlDType::Q5_1,
-            Format::Blocks(Kind::Q8_0) => GgmlDType::Q8_0,
-            Format::Super(Super::Q4K) => GgmlDType::Q4K,
-            Format::Super(Super::Q5K) => GgmlDType::Q5K,
-            Format::Super(Super::Q6K) => GgmlDType::Q6K,
-            Format::F16 => GgmlDType::F16,
-        }
-    }
 }
 
 /// Activation rows per tile: the tile's quantized rows stay in L2 while a task's weight
@@ -129,12 +65,32 @@ impl Packed {
 
     /// Repacks GGUF bytes `raw` of a (N, K) tensor of `dtype`.
     pub fn from_raw(dtype: GgmlDType, dims: &[usize], raw: &[u8]) -> Result<Option<Self>> {
-        let (Some(kind), &[n, k]) = (Format::of(dtype), dims) else {
-            return Ok(None);
-        };
-        if !Self::supports(dtype, dims) {
-            return Ok(None);
+        match Format::of(dtype) {
+            Some(f) if Self::supports(dtype, dims) => Self::pack(f, dims, raw).map(Some),
+            _ => Ok(None),
         }
+    }
+
+    /// Repacks GGUF bytes `raw` of a (N, K) IQ4 tensor (types candle cannot hold, so this is
+    /// their only form): rows must be a multiple of 8.
+    pub fn from_iq4(iq: Iq4, dims: &[usize], raw: &[u8]) -> Result<Self> {
+        match dims {
+            [n, k] if n % 8 == 0 && k % iq.block_elems() == 0 && *k > 0 => {
+                Self::pack(Format::Iq(iq), dims, raw)
+            }
+            _ => Err(Error::Unsupported(format!(
+                "{} weight of shape {dims:?}: our IQ4 kernels take matrices with rows a \
+                 multiple of 8 and columns a multiple of {}",
+                iq.name(),
+                iq.block_elems()
+            ))),
+        }
+    }
+
+    fn pack(kind: Format, dims: &[usize], raw: &[u8]) -> Result<Self> {
+        let &[n, k] = dims else {
+            return Err(Error::Input(format!("packed weight of shape {dims:?}")));
+        };
         let kb = k / kind.block_elems();
         let (bb, gb) = (kind.block_bytes(), kind.group_bytes());
         if raw.len() != n * kb * bb {
@@ -155,19 +111,35 @@ impl Packed {
                     }
                 }
             });
-        Ok(Some(Self {
+        Ok(Self {
             kind,
             shape: [n, k],
             data,
-        }))
+        })
     }
 
     pub fn format(&self) -> Format {
         self.kind
     }
 
-    pub fn dtype(&self) -> GgmlDType {
-        self.kind.dtype()
+    /// GGUF's name of the weight's type.
+    pub fn type_name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn dtype(&self) -> Result<GgmlDType> {
+        self.kind.dtype().ok_or_else(|| {
+            Error::Unsupported(format!("{} weights have no candle type", self.type_name()))
+        })
+    }
+
+    /// All rows in GGUF's block layout.
+    fn raw(&self) -> Vec<u8> {
+        let mut raw = Vec::with_capacity(self.data.len());
+        for r in 0..self.n() {
+            self.row_blocks(r, &mut raw);
+        }
+        raw
     }
 
     /// (out, in)
@@ -209,20 +181,21 @@ impl Packed {
 
     /// The original GGUF tensor (the inverse of the packing, bit for bit).
     pub fn to_qtensor(&self) -> Result<QTensor> {
-        let mut raw = Vec::with_capacity(self.data.len());
-        for r in 0..self.n() {
-            self.row_blocks(r, &mut raw);
-        }
         let storage = candle_core::quantized::QStorage::from_data(
-            std::borrow::Cow::Owned(raw),
+            std::borrow::Cow::Owned(self.raw()),
             &Device::Cpu,
-            self.dtype(),
+            self.dtype()?,
         )?;
         Ok(QTensor::new(storage, (self.n(), self.k()))?)
     }
 
     /// (N, K) f32.
     pub fn dequantize(&self) -> Result<Tensor> {
+        if let Format::Iq(iq) = self.kind {
+            let mut out = Vec::with_capacity(self.n() * self.k());
+            iq.dequantize(&self.raw(), &mut out);
+            return Ok(Tensor::from_vec(out, (self.n(), self.k()), &Device::Cpu)?);
+        }
         Ok(self.to_qtensor()?.dequantize(&Device::Cpu)?)
     }
 
@@ -255,6 +228,7 @@ impl Packed {
                         .chunks_exact(2)
                         .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
                 ),
+                Format::Iq(iq) => iq.dequantize(&blocks, &mut out),
                 Format::Super(_) => {}
             }
         }
@@ -262,7 +236,7 @@ impl Packed {
             let storage = candle_core::quantized::QStorage::from_data(
                 std::borrow::Cow::Owned(blocks),
                 &Device::Cpu,
-                self.dtype(),
+                self.dtype()?,
             )?;
             let q = QTensor::new(storage, (ids.len(), self.k()))?;
             return Ok(q.dequantize(&Device::Cpu)?);
@@ -297,41 +271,6 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     }
     let avx2 = has_avx2();
     match format {
-        Format::Blocks(kind) => {
-            // Rows quantized in parallel when there are several (a batch or a prompt).
-            let xq: Vec<BlockQ8> = match m {
-                0..4 => x.chunks_exact(k).flat_map(|r| kind.quantize(r)).collect(),
-                _ => x
-                    .par_chunks_exact(k)
-                    .flat_map_iter(|r| kind.quantize(r))
-                    .collect(),
-            };
-            drive(
-                ws,
-                &xq,
-                k / 32,
-                m,
-                |w, xs, out| kernel(kind, w, xs, out, avx2),
-                |w, xs, out| kernel(kind, w, xs, out, avx2),
-            )
-        }
-        Format::Super(sup) => {
-            let xq: Vec<BlockQ8> = match m {
-                0..4 => x.chunks_exact(k).flat_map(quantize_row_q8_0).collect(),
-                _ => x
-                    .par_chunks_exact(k)
-                    .flat_map_iter(quantize_row_q8_0)
-                    .collect(),
-            };
-            drive(
-                ws,
-                &xq,
-                k / 32,
-                m,
-                |w, xs, out| kernel_k(sup, w, xs, out, avx2),
-                |w, xs, out| kernel_k(sup, w, xs, out, avx2),
-            )
-        }
         Format::F16 => drive(
             ws,
             x,
@@ -339,6 +278,14 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
             m,
             |w, xs, out| kernel_f16(w, xs, out, avx2),
             |w, xs, out| kernel_f16(w, xs, out, avx2),
+        ),
+        _ => drive(
+            ws,
+            &format.quantize(x, k, m),
+            k / 32,
+            m,
+            |w, xs, out| kernel(format, w, xs, out, avx2),
+            |w, xs, out| kernel(format, w, xs, out, avx2),
         ),
     }
 }
@@ -451,125 +398,6 @@ fn drive<A: Sync>(
 /// `at + 8` elements from `out` must be in bounds and written by no one else.
 unsafe fn store(out: SyncPtr, at: usize, row: &[f32; 8]) {
     std::ptr::copy_nonoverlapping(row.as_ptr(), out.get().add(at), 8);
-}
-
-fn kernel_f16<const R: usize>(w: &[u8], x: [&[f32]; R], out: &mut [[f32; 8]; R], avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2/FMA/F16C were detected; the kernel checks the slice lengths.
-        unsafe { x8::f16_avx2(w, x, out) };
-        return;
-    }
-    let _ = avx2;
-    x8::f16_scalar(w, x, out)
-}
-
-fn kernel<const R: usize>(
-    kind: Kind,
-    w: &[u8],
-    x: [&[BlockQ8]; R],
-    out: &mut [[f32; 8]; R],
-    avx2: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2/FMA/F16C were detected; the kernels check the slice lengths.
-        unsafe {
-            match kind {
-                Kind::Q4_0 => x8::q4_0_avx2(w, x, out),
-                Kind::Q4_1 => x8::q4_1_avx2(w, x, out),
-                Kind::Q5_0 => x8_q5::q5_avx2::<R, false>(w, x, out),
-                Kind::Q5_1 => x8_q5::q5_avx2::<R, true>(w, x, out),
-                Kind::Q8_0 => x8::q8_0_avx2(w, x, out),
-            }
-        }
-        return;
-    }
-    let _ = avx2;
-    match kind {
-        Kind::Q4_0 => x8::q4_0_scalar(w, x, out),
-        Kind::Q4_1 => x8::q4_1_scalar(w, x, out),
-        Kind::Q5_0 => x8_q5::q5_scalar::<R, false>(w, x, out),
-        Kind::Q5_1 => x8_q5::q5_scalar::<R, true>(w, x, out),
-        Kind::Q8_0 => x8::q8_0_scalar(w, x, out),
-    }
-}
-
-pub(super) fn kernel_k<const R: usize>(
-    sup: Super,
-    w: &[u8],
-    x: [&[BlockQ8]; R],
-    out: &mut [[f32; 8]; R],
-    avx2: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2/FMA/F16C were detected; the kernels check the slice lengths.
-        unsafe {
-            match sup {
-                Super::Q4K => super::x8_k::q4k_avx2::<R, false>(w, x, out),
-                Super::Q5K => super::x8_k::q4k_avx2::<R, true>(w, x, out),
-                Super::Q6K => super::x8_k::q6k_avx2(w, x, out),
-            }
-        }
-        return;
-    }
-    let _ = avx2;
-    match sup {
-        Super::Q4K => kquant::q4k_scalar::<R, false>(w, x, out),
-        Super::Q5K => kquant::q4k_scalar::<R, true>(w, x, out),
-        Super::Q6K => kquant::q6k_scalar(w, x, out),
-    }
-}
-
-/// f16 header fields at the start of a GGUF block (d; d and m for Q4_1 and Q5_1).
-fn header_fields(kind: Kind) -> usize {
-    match kind {
-        Kind::Q4_1 | Kind::Q5_1 => 2,
-        Kind::Q4_0 | Kind::Q5_0 | Kind::Q8_0 => 1,
-    }
-}
-
-/// Row `c`'s GGUF block `src` into the block of 8 `dst` (the module docs' general rule).
-fn pack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
-    let k = match kind {
-        Format::Blocks(k) => k,
-        Format::Super(s) => return s.pack(src, dst, c),
-        Format::F16 => return dst[2 * c..2 * c + 2].copy_from_slice(src),
-    };
-    let h = header_fields(k);
-    for i in 0..h {
-        dst[16 * i + 2 * c..][..2].copy_from_slice(&src[2 * i..][..2]);
-    }
-    for (v, piece) in src[2 * h..].chunks_exact(4).enumerate() {
-        dst[16 * h + 32 * v + 4 * c..][..4].copy_from_slice(piece);
-    }
-    if matches!(k, Kind::Q5_0 | Kind::Q5_1) {
-        let qh = &mut dst[16 * h + 4 * c..][..4];
-        let spread = x8_q5::spread(u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]));
-        qh.copy_from_slice(&spread.to_le_bytes());
-    }
-}
-
-/// The inverse of `pack_block`.
-fn unpack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
-    let k = match kind {
-        Format::Blocks(k) => k,
-        Format::Super(s) => return s.unpack(src, dst, c),
-        Format::F16 => return dst.copy_from_slice(&src[2 * c..2 * c + 2]),
-    };
-    let h = header_fields(k);
-    for i in 0..h {
-        dst[2 * i..][..2].copy_from_slice(&src[16 * i + 2 * c..][..2]);
-    }
-    for (v, piece) in dst[2 * h..].chunks_exact_mut(4).enumerate() {
-        piece.copy_from_slice(&src[16 * h + 32 * v + 4 * c..][..4]);
-    }
-    if matches!(k, Kind::Q5_0 | Kind::Q5_1) {
-        let qh = &mut dst[2 * h..][..4];
-        let gathered = x8_q5::gather(u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]));
-        qh.copy_from_slice(&gathered.to_le_bytes());
-    }
 }
 
 #[cfg(test)]

@@ -2,13 +2,15 @@
 
 mod unit {
     use super::super::*;
+    use crate::quant::q8::BlockQ8;
+    use crate::quant::x8;
 
     use crate::quant::test_data as data;
 
     fn blocks(p: &Packed) -> Kind {
         match p.format() {
             Format::Blocks(k) => k,
-            Format::F16 | Format::Super(_) => panic!("not a block format of 32"),
+            Format::F16 | Format::Super(_) | Format::Iq(_) => panic!("not a block format of 32"),
         }
     }
 
@@ -166,8 +168,8 @@ mod unit {
             let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * kb..][..kb]);
             let w = &p.data[..kb * p.kind.group_bytes()];
             let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-            kernel(blocks(&p), w, xs, &mut simd, has_avx2());
-            kernel(blocks(&p), w, xs, &mut scalar, false);
+            kernel(p.format(), w, xs, &mut simd, has_avx2());
+            kernel(p.format(), w, xs, &mut scalar, false);
             assert_eq!(simd, scalar, "{dtype:?}");
         }
     }

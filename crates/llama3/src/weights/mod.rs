@@ -42,7 +42,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => format!("{:?}", t.dtype()).to_uppercase(),
             Weight::Quantized(q) => gguf::ggml_name(q.dtype()).to_string(),
-            Weight::Packed(p) => gguf::ggml_name(p.dtype()).to_string(),
+            Weight::Packed(p) => p.type_name().to_string(),
         }
     }
 
