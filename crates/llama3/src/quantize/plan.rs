@@ -73,6 +73,14 @@ pub(super) fn from_gguf(path: &Path, ty: QuantType) -> Result<Job> {
             path.display()
         )));
     }
+    if let Some((name, t)) = file.iq.iter().next() {
+        return Err(Error::Unsupported(format!(
+            "{}: requantizing IQ4 tensors ({name} is {}) is not supported; quantize from the \
+             HF checkpoint or an F16/Q8_0 GGUF",
+            path.display(),
+            t.iq.name()
+        )));
+    }
     let config = LlamaConfig::from_gguf(md).map_err(|e| match e {
         Error::Config(m) => Error::format(path, m),
         e => e,
@@ -81,7 +89,7 @@ pub(super) fn from_gguf(path: &Path, ty: QuantType) -> Result<Job> {
         n_layer: config.num_hidden_layers,
         n_head: config.num_attention_heads,
         n_head_kv: config.num_key_value_heads,
-        tied: file.tensor_info("output.weight").is_none(),
+        tied: !file.has_tensor("output.weight"),
     };
     let mut infos: Vec<_> = file.content.tensor_infos.iter().collect();
     infos.sort_by_key(|(_, i)| i.offset);

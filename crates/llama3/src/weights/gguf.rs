@@ -11,6 +11,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
+use super::gguf_header::{self, HeaderError, IqTensor};
 use super::names::{gguf_rows_for_hf, hf_to_gguf, rope_permuted_heads, GGUF_ROPE_FREQS};
 use super::{Weight, WeightSource};
 use crate::quant::Packed;
@@ -40,7 +41,10 @@ pub fn ggml_name(t: GgmlDType) -> &'static str {
 /// An opened GGUF file: parsed header and the mapped bytes.
 pub struct GgufFile {
     pub path: PathBuf,
+    /// Header and tensors of the types candle knows.
     pub content: Content,
+    /// IQ4 tensors (no candle type; `quant::Packed` holds them).
+    pub iq: HashMap<String, IqTensor>,
     mmap: Mmap,
 }
 
@@ -53,25 +57,30 @@ impl GgufFile {
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         // Parsed from the mapping: candle's reader seeks between values, and through a
         // `BufReader` every seek was a syscall that dropped the buffer (~100k strings).
-        let content = Content::read(&mut std::io::Cursor::new(&mmap[..])).map_err(|e| {
-            let msg = crate::error::candle_message(&e);
-            match msg.strip_prefix("unknown dtype for tensor ").and_then(|n| n.parse::<u32>().ok()) {
-                Some(t) => Error::Unsupported(format!(
-                    "{}: GGUF tensor type {} (ggml type {t}); supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
-                    path.display(),
-                    ggml_type_name(t)
-                )),
-                None => Error::format(
-                    path,
-                    format!("not a valid GGUF file (bad magic, truncated or corrupt header): {msg}"),
+        let (content, iq) = gguf_header::read(&mmap[..]).map_err(|e| match e {
+            HeaderError::UnknownType(t) => Error::Unsupported(format!(
+                "{}: GGUF tensor type {} (ggml type {t}); supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS",
+                path.display(),
+                ggml_type_name(t)
+            )),
+            HeaderError::Candle(e) => Error::format(
+                path,
+                format!(
+                    "not a valid GGUF file (bad magic, truncated or corrupt header): {}",
+                    crate::error::candle_message(&e)
                 ),
-            }
+            ),
+            HeaderError::Malformed(m) => Error::format(path, format!("not a valid GGUF file: {m}")),
         })?;
         let me = Self {
             path: path.to_path_buf(),
             content,
+            iq,
             mmap,
         };
+        for (name, t) in &me.iq {
+            me.iq_range(name, t)?;
+        }
         for (name, info) in &me.content.tensor_infos {
             let (start, size) = me.byte_range(name, info)?;
             if start + size > len as usize {
@@ -112,6 +121,9 @@ impl GgufFile {
             *counts
                 .entry(ggml_name(info.ggml_dtype).to_string())
                 .or_default() += 1;
+        }
+        for t in self.iq.values() {
+            *counts.entry(t.iq.name().to_string()).or_default() += 1;
         }
         let mut v: Vec<_> = counts.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -165,6 +177,39 @@ impl GgufFile {
         }
         #[cfg(not(unix))]
         let _ = bytes;
+    }
+
+    /// Whether the file has tensor `name` (GGUF name), of any type.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.tensor_info(name).is_some() || self.iq.contains_key(name)
+    }
+
+    /// Bytes of IQ4 tensor `name` inside the file (checked: a truncated file is an error).
+    fn iq_range(&self, name: &str, t: &IqTensor) -> Result<&[u8]> {
+        let elems: usize = t.dims.iter().product();
+        if !elems.is_multiple_of(t.iq.block_elems()) {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "tensor {name}: {elems} elements is not a multiple of the {} block size",
+                    t.iq.name()
+                ),
+            ));
+        }
+        let size = elems / t.iq.block_elems() * t.iq.block_bytes();
+        let start = (self.content.tensor_data_offset + t.offset) as usize;
+        self.mmap.get(start..start + size).ok_or_else(|| {
+            Error::format(
+                &self.path,
+                format!(
+                    "truncated: tensor {name} ({} {:?}) needs bytes {start}..{} but the file has {}",
+                    t.iq.name(),
+                    t.dims,
+                    start + size,
+                    self.mmap.len()
+                ),
+            )
+        })
     }
 
     /// The raw bytes of tensor `name` (GGUF name).
@@ -236,6 +281,9 @@ impl WeightSource for GgufSource {
             name: name.to_string(),
             file: self.file.path.clone(),
         })?;
+        if let Some(t) = self.file.iq.get(&gname) {
+            return self.get_iq4(name, &gname, t, shape);
+        }
         let (info, mapped) = self.file.raw(&gname)?;
         let dims = info.shape.dims().to_vec();
         if dims != shape {
@@ -282,11 +330,46 @@ impl WeightSource for GgufSource {
     }
 
     fn contains(&self, name: &str) -> bool {
-        hf_to_gguf(name).is_some_and(|g| self.file.tensor_info(&g).is_some())
+        hf_to_gguf(name).is_some_and(|g| self.file.has_tensor(&g))
     }
 
     fn path(&self) -> &Path {
         &self.file.path
+    }
+}
+
+impl GgufSource {
+    /// An IQ4 tensor: packed for our kernels on the CPU, dequantized elsewhere (no candle
+    /// type holds it).
+    fn get_iq4(&self, name: &str, gname: &str, t: &IqTensor, shape: &[usize]) -> Result<Weight> {
+        if t.dims != shape {
+            return Err(Error::Shape {
+                name: gname.to_string(),
+                file: self.file.path.clone(),
+                got: t.dims.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        let mapped = self.file.iq_range(gname, t)?;
+        let owned;
+        let bytes = match rope_permuted_heads(name, self.n_head, self.n_head_kv) {
+            Some(heads) => {
+                owned = unpermute_rows(mapped, t.dims[0], heads);
+                &owned[..]
+            }
+            None => mapped,
+        };
+        let p = Packed::from_iq4(t.iq, &t.dims, bytes)
+            .map_err(|e| Error::format(&self.file.path, format!("tensor {gname}: {e}")))?;
+        self.file.release(mapped);
+        if matches!(self.device, Device::Cpu) {
+            return Ok(Weight::Packed(Arc::new(p)));
+        }
+        let dense = p
+            .dequantize()?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?;
+        Ok(Weight::Dense(dense))
     }
 }
 

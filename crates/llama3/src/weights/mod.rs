@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod gguf;
+mod gguf_header;
 pub mod gguf_write;
 pub mod hf_dir;
 pub mod names;
