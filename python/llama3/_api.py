@@ -197,7 +197,11 @@ class Llama3(LlamaCppApi):
             "seed": _number("seed", seed, int) & ((1 << 64) - 1),
         })
 
-    def _start(self, prompt_ids: List[int], max_tokens: Optional[int], stop, logprobs, **sampling):
+    def _start(self, prompt_ids: List[int], max_tokens: Optional[int], stop, logprobs,
+               stream: bool, **sampling):
+        # stream=False: the tokens come in one delivery at the end (no wake-up of this thread
+        # per token, which on a machine with as many cores as compute threads costs those
+        # threads time).
         if max_tokens is None:
             max_tokens = self.n_ctx  # up to the end of the context
         max_tokens = _number("max_tokens", max_tokens, int)
@@ -206,7 +210,8 @@ class Llama3(LlamaCppApi):
         k = 0 if logprobs is None or logprobs is False else (1 if logprobs is True else _number("logprobs", logprobs, int))
         if k < 0:
             raise InvalidArgumentError("logprobs must be at least 0")
-        return self._native.generate(prompt_ids, max_tokens, self._sampling(**sampling), _as_list(stop), k)
+        return self._native.generate(prompt_ids, max_tokens, self._sampling(**sampling),
+                                     _as_list(stop), k, stream)
 
     def _prompt_ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
         if isinstance(prompt, str):
@@ -246,7 +251,7 @@ class Llama3(LlamaCppApi):
         string, which is not included.
         """
         ids = self._prompt_ids(prompt)
-        it = self._start(ids, max_tokens, stop, logprobs, temperature=temperature, top_p=top_p,
+        it = self._start(ids, max_tokens, stop, logprobs, stream, temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, typical_p=typical_p,
                          repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                          presence_penalty=presence_penalty, seed=seed, logit_bias=logit_bias)

@@ -92,7 +92,7 @@ class LlamaCppApi:
             raise InvalidArgumentError("suffix (infill) is not supported by llama3")
         ids = self._prompt_ids(prompt)
         prompt_text = prompt if isinstance(prompt, str) else self.detokenize(ids)
-        it = self._start(ids, max_tokens, stop, logprobs, temperature=temperature, top_p=top_p,
+        it = self._start(ids, max_tokens, stop, logprobs, stream, temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, typical_p=typical_p,
                          repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                          presence_penalty=presence_penalty, seed=seed, logit_bias=logit_bias)
@@ -174,7 +174,7 @@ class LlamaCppApi:
             pairs.append((str(m["role"]), _content(m)))
         ids = self._native.chat_ids(pairs, True)
         k = (top_logprobs or 0) if logprobs else None
-        it = self._start(ids, max_tokens, stop, k, temperature=temperature, top_p=top_p, top_k=top_k,
+        it = self._start(ids, max_tokens, stop, k, stream, temperature=temperature, top_p=top_p, top_k=top_k,
                          min_p=min_p, typical_p=typical_p, repetition_penalty=repeat_penalty,
                          frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
                          seed=seed, logit_bias=logit_bias)

@@ -174,8 +174,9 @@ impl Model {
     }
 
     /// Starts generating after `prompt` (ids); `sampling` is a JSON object of
-    /// `SamplingParams` fields. Returns the token iterator.
-    #[pyo3(signature = (prompt, max_tokens, sampling, stop, top_logprobs=0))]
+    /// `SamplingParams` fields. Returns the token iterator: tokens as they come with
+    /// `stream`, else all at the end (one wake-up of the caller instead of one per token).
+    #[pyo3(signature = (prompt, max_tokens, sampling, stop, top_logprobs=0, stream=true))]
     fn generate(
         &self,
         prompt: Vec<u32>,
@@ -183,6 +184,7 @@ impl Model {
         sampling: &str,
         stop: Vec<String>,
         top_logprobs: usize,
+        stream: bool,
     ) -> PyResult<Stream> {
         let sampling: SamplingParams =
             serde_json::from_str(sampling).map_err(|e| invalid(format!("sampling: {e}")))?;
@@ -210,7 +212,12 @@ impl Model {
             top_logprobs,
             ..GenerateOptions::default()
         };
-        let req = Request { prompt, opts, stop };
+        let req = Request {
+            prompt,
+            opts,
+            stop,
+            stream,
+        };
         stream::start(self.inner.clone(), req)
     }
 

@@ -43,6 +43,8 @@ pub struct Request {
     pub prompt: Vec<u32>,
     pub opts: GenerateOptions,
     pub stop: Vec<String>,
+    /// Send each token as it comes; otherwise all of them with the end.
+    pub stream: bool,
 }
 
 /// Starts generating `req` on a new thread.
@@ -96,6 +98,7 @@ fn run(
             &req.stop,
         )?;
         let mut completion = 0;
+        let mut held = Vec::new();
         while let Some(out) = gen.next_token()? {
             completion += 1;
             if out.step.is_end {
@@ -107,8 +110,17 @@ fn run(
                 logprob: out.step.logprob,
                 top: out.step.top_logprobs,
             };
-            // A closed receiver or a cancel: the caller is gone or interrupted.
-            if tx.send(msg).is_err() || cancel.load(Ordering::Relaxed) {
+            if !req.stream {
+                held.push(msg);
+            } else if tx.send(msg).is_err() {
+                return Ok(None); // the caller is gone
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None); // interrupted
+            }
+        }
+        for msg in held {
+            if tx.send(msg).is_err() {
                 return Ok(None);
             }
         }
