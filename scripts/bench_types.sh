@@ -21,7 +21,8 @@
 # Environment: TYPES (Q4_0 Q5_0 Q5_1 Q4_K_M Q5_K_M Q6_K Q8_0 Q4_1 IQ4_XS), SMOL_TYPES (Q4_0 Q4_K_M),
 #   THREADS (2), REPS (3), P (512), N (128), RESULTS (results dir, default
 #   ~/.cache/llama3/bench-types/results-DATE), MODELS_DIR (~/.cache/llama3/bench-models),
-#   OMP_WAIT_POLICY (PASSIVE, see below), LLAMA3_LLAMACPP (see build-llamacpp.sh).
+#   OMP_WAIT_POLICY (PASSIVE, see below), LLAMA3_LLAMACPP (see build-llamacpp.sh), LLAMA3_BIN
+#   (./target/release/llama3; a copy keeps a long run safe from rebuilds of target/).
 # PERPLEXITY=1: `llama-perplexity -f $PPL_FILE -c 512 --chunks $PPL_CHUNKS` and
 #   `llama3 perplexity -f $PPL_FILE -c 512 --chunks $PPL_CHUNKS` (both llama.cpp's protocol:
 #   independent 512-token chunks, second half scored) on every file; PPL_FILE defaults to the
@@ -56,7 +57,7 @@ mkdir -p "$models_dir" "$out"
 # 1. Tools: llama.cpp's (built once, cached), ours, and a Python with numpy for gguf-py.
 llamacpp_bin="$(scripts/build-llamacpp.sh)"
 gguf_py="$(scripts/build-llamacpp.sh --gguf-py)"
-bin=./target/release/llama3
+bin="${LLAMA3_BIN:-./target/release/llama3}"
 [ -x "$bin" ] || cargo build --release --bin llama3 >&2
 venv="$(dirname "$(dirname "$llamacpp_bin")")/venv"  # the build-llamacpp.sh cache dir's venv
 if ! "$venv/bin/python" -c "import numpy, yaml, tqdm" 2>/dev/null; then
