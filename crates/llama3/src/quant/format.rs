@@ -6,8 +6,11 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 use super::iq4::{self, Iq4};
+use super::isa::{self, Isa};
 use super::kquant::{self, Super};
 use super::q8::{quantize_row_q8_0, BlockQ8};
+#[cfg(target_arch = "x86_64")]
+use super::x8_k;
 use super::{x8, x8_q5, Kind};
 
 /// What a packed weight holds: GGUF blocks of 32, K-quant super-blocks of 256 or IQ4 blocks
@@ -108,117 +111,92 @@ pub(super) fn kernel_f16<const R: usize>(
     w: &[u8],
     x: [&[f32]; R],
     out: &mut [[f32; 8]; R],
-    avx2: bool,
+    isa: Isa,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2/FMA/F16C were detected; the kernel checks the slice lengths.
+    if isa != Isa::Portable {
+        // SAFETY: AVX2/FMA/F16C were detected (every SIMD path has them); the kernel checks
+        // the slice lengths.
         unsafe { x8::f16_avx2(w, x, out) };
         return;
     }
-    let _ = avx2;
+    let _ = isa;
     x8::f16_scalar(w, x, out)
 }
 
-/// The kernel of a block format (every format but F16): 8 columns of `R` rows.
+/// The kernel of a block format (every format but F16) on path `isa`: 8 columns of `R` rows.
+/// Every path gives the same bits (the same integer sums, the same float work).
 pub(super) fn kernel<const R: usize>(
     format: Format,
     w: &[u8],
     x: [&[BlockQ8]; R],
     out: &mut [[f32; 8]; R],
-    avx2: bool,
+    isa: Isa,
 ) {
+    // SAFETY: `isa` is one `Isa::available` found on this CPU (the features of each entry
+    // point); the kernels check the slice lengths.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match isa {
+            Isa::Avx2 => return simd_avx2(format, w, x, out),
+            Isa::AvxVnni => return simd_avxvnni(format, w, x, out),
+            Isa::Avx512Vnni => return simd_avx512vnni(format, w, x, out),
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
     match format {
-        Format::Blocks(kind) => kernel_32(kind, w, x, out, avx2),
-        Format::Super(sup) => kernel_k(sup, w, x, out, avx2),
-        Format::Iq(iq) => kernel_iq(iq, w, x, out, avx2),
+        Format::Blocks(Kind::Q4_0) => x8::q4_0_scalar(w, x, out),
+        Format::Blocks(Kind::Q4_1) => x8::q4_1_scalar(w, x, out),
+        Format::Blocks(Kind::Q5_0) => x8_q5::q5_scalar::<R, false>(w, x, out),
+        Format::Blocks(Kind::Q5_1) => x8_q5::q5_scalar::<R, true>(w, x, out),
+        Format::Blocks(Kind::Q8_0) => x8::q8_0_scalar(w, x, out),
+        Format::Super(Super::Q4K) => kquant::q4k_scalar::<R, false>(w, x, out),
+        Format::Super(Super::Q5K) => kquant::q4k_scalar::<R, true>(w, x, out),
+        Format::Super(Super::Q6K) => kquant::q6k_scalar(w, x, out),
+        Format::Iq(Iq4::Nl) => iq4::scalar::<R, false>(w, x, out),
+        Format::Iq(Iq4::Xs) => iq4::scalar::<R, true>(w, x, out),
         // Not reached: F16 takes f32 activations (`kernel_f16`).
         Format::F16 => *out = [[f32::NAN; 8]; R],
     }
 }
 
-fn kernel_32<const R: usize>(
-    kind: Kind,
-    w: &[u8],
-    x: [&[BlockQ8]; R],
-    out: &mut [[f32; 8]; R],
-    avx2: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2/FMA/F16C were detected; the kernels check the slice lengths.
-        unsafe {
-            match kind {
-                Kind::Q4_0 => x8::q4_0_avx2(w, x, out),
-                Kind::Q4_1 => x8::q4_1_avx2(w, x, out),
-                Kind::Q5_0 => x8_q5::q5_avx2::<R, false>(w, x, out),
-                Kind::Q5_1 => x8_q5::q5_avx2::<R, true>(w, x, out),
-                Kind::Q8_0 => x8::q8_0_avx2(w, x, out),
+/// One entry point per SIMD path: the kernels (generic over the path's `Dot`, always
+/// inlined) compiled with its target features.
+macro_rules! simd_entry {
+    ($name:ident, $features:literal, $dot:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const R: usize>(
+            format: Format,
+            w: &[u8],
+            x: [&[BlockQ8]; R],
+            out: &mut [[f32; 8]; R],
+        ) {
+            match format {
+                Format::Blocks(Kind::Q4_0) => x8::q4_0::<$dot, R>(w, x, out),
+                Format::Blocks(Kind::Q4_1) => x8::q4_1::<$dot, R>(w, x, out),
+                Format::Blocks(Kind::Q5_0) => x8_q5::q5::<$dot, R, false>(w, x, out),
+                Format::Blocks(Kind::Q5_1) => x8_q5::q5::<$dot, R, true>(w, x, out),
+                Format::Blocks(Kind::Q8_0) => x8::q8_0::<$dot, R>(w, x, out),
+                Format::Super(Super::Q4K) => x8_k::q4k::<$dot, R, false>(w, x, out),
+                Format::Super(Super::Q5K) => x8_k::q4k::<$dot, R, true>(w, x, out),
+                Format::Super(Super::Q6K) => x8_k::q6k::<$dot, R>(w, x, out),
+                Format::Iq(Iq4::Nl) => iq4::simd::<$dot, R, false>(w, x, out),
+                Format::Iq(Iq4::Xs) => iq4::simd::<$dot, R, true>(w, x, out),
+                Format::F16 => *out = [[f32::NAN; 8]; R],
             }
         }
-        return;
-    }
-    let _ = avx2;
-    match kind {
-        Kind::Q4_0 => x8::q4_0_scalar(w, x, out),
-        Kind::Q4_1 => x8::q4_1_scalar(w, x, out),
-        Kind::Q5_0 => x8_q5::q5_scalar::<R, false>(w, x, out),
-        Kind::Q5_1 => x8_q5::q5_scalar::<R, true>(w, x, out),
-        Kind::Q8_0 => x8::q8_0_scalar(w, x, out),
-    }
+    };
 }
 
-fn kernel_iq<const R: usize>(
-    iq: Iq4,
-    w: &[u8],
-    x: [&[BlockQ8]; R],
-    out: &mut [[f32; 8]; R],
-    avx2: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2/FMA/F16C were detected; the kernels check the slice lengths.
-        unsafe {
-            match iq {
-                Iq4::Nl => iq4::avx2::<R, false>(w, x, out),
-                Iq4::Xs => iq4::avx2::<R, true>(w, x, out),
-            }
-        }
-        return;
-    }
-    let _ = avx2;
-    match iq {
-        Iq4::Nl => iq4::scalar::<R, false>(w, x, out),
-        Iq4::Xs => iq4::scalar::<R, true>(w, x, out),
-    }
-}
-
-fn kernel_k<const R: usize>(
-    sup: Super,
-    w: &[u8],
-    x: [&[BlockQ8]; R],
-    out: &mut [[f32; 8]; R],
-    avx2: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2/FMA/F16C were detected; the kernels check the slice lengths.
-        unsafe {
-            match sup {
-                Super::Q4K => super::x8_k::q4k_avx2::<R, false>(w, x, out),
-                Super::Q5K => super::x8_k::q4k_avx2::<R, true>(w, x, out),
-                Super::Q6K => super::x8_k::q6k_avx2(w, x, out),
-            }
-        }
-        return;
-    }
-    let _ = avx2;
-    match sup {
-        Super::Q4K => kquant::q4k_scalar::<R, false>(w, x, out),
-        Super::Q5K => kquant::q4k_scalar::<R, true>(w, x, out),
-        Super::Q6K => kquant::q6k_scalar(w, x, out),
-    }
-}
+simd_entry!(simd_avx2, "avx2,fma,f16c", isa::Avx2);
+simd_entry!(simd_avxvnni, "avx2,fma,f16c,avxvnni", isa::AvxVnni);
+simd_entry!(
+    simd_avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    isa::Avx512Vnni
+);
 
 /// f16 header fields at the start of a GGUF block (d; d and m for Q4_1 and Q5_1).
 fn header_fields(kind: Kind) -> usize {
@@ -270,4 +248,28 @@ pub(super) fn unpack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
         let gathered = x8_q5::gather(u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]));
         qh.copy_from_slice(&gathered.to_le_bytes());
     }
+}
+
+/// Runs `format`'s kernel on every path this CPU has and checks that each gives the portable
+/// result bit for bit; reports the paths it could not run as skipped.
+#[cfg(test)]
+pub(super) fn every_path_agrees<const R: usize>(
+    format: Format,
+    w: &[u8],
+    x: [&[BlockQ8]; R],
+) -> [[f32; 8]; R] {
+    let mut want = [[0f32; 8]; R];
+    kernel(format, w, x, &mut want, Isa::Portable);
+    let have = Isa::available();
+    for isa in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni] {
+        if !have.contains(&isa) {
+            let test = format!("quant kernel paths ({format:?})");
+            llama3_testutil::skip(&test, &format!("{} not on this CPU", isa.name()));
+            continue;
+        }
+        let mut got = [[0f32; 8]; R];
+        kernel(format, w, x, &mut got, isa);
+        assert_eq!(got, want, "{format:?} on {}", isa.name());
+    }
+    want
 }

@@ -198,8 +198,8 @@ pub fn scalar<const R: usize, const XS: bool>(
 /// With AVX2: nibbles to table values by `pshufb`, then |v| against the activations with v's
 /// sign through `maddubs` (lanes at most 2 * 127 * 127, widened to int32 each step).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn avx2<const R: usize, const XS: bool>(
+#[inline(always)]
+pub unsafe fn simd<D: super::isa::Dot, const R: usize, const XS: bool>(
     w: &[u8],
     x: [&[BlockQ8]; R],
     out: &mut [[f32; 8]; R],
@@ -213,7 +213,6 @@ pub unsafe fn avx2<const R: usize, const XS: bool>(
     assert!(x.iter().all(|r| r.len() >= per * nb));
     let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(VALUES.as_ptr() as *const __m128i));
     let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for g_i in 0..nb {
         let g = w.as_ptr().add(g_i * gb);
@@ -238,9 +237,7 @@ pub unsafe fn avx2<const R: usize, const XS: bool>(
                     let xq = &x[r].get_unchecked(per * g_i + s).qs;
                     let xlo = _mm256_sign_epi8(super::x8::bcast4(xq, 4 * v), lo);
                     let xhi = _mm256_sign_epi8(super::x8::bcast4(xq, 16 + 4 * v), hi);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(alo, xlo), ones);
-                    let q = _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, xhi), ones);
-                    isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(p, q));
+                    isum[r] = D::acc32(D::acc32(isum[r], alo, xlo), ahi, xhi);
                 }
             }
             for r in 0..R {

@@ -4,10 +4,10 @@
 
 use candle_core::{Device, Tensor};
 
-use super::format::{kernel, Format};
+use super::format::{every_path_agrees, Format};
 use super::iq4::Iq4;
 use super::packed::{gemm_many, Packed};
-use super::q8::{has_avx2, quantize_row_q8_0, BlockQ8};
+use super::q8::{quantize_row_q8_0, BlockQ8};
 use super::test_data as data;
 
 /// GGUF bytes of `n` rows of `k` elements: random indices and scales, d ~ 1/64.
@@ -121,10 +121,7 @@ fn gemm_matches_the_dense_product() {
         let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(quantize_row_q8_0).collect();
         let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * k / 32..][..k / 32]);
         let g = p.group_data(0);
-        let (mut simd, mut portable) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-        kernel(Format::Iq(iq), g, xs, &mut simd, has_avx2());
-        kernel(Format::Iq(iq), g, xs, &mut portable, false);
-        assert_eq!(simd, portable, "{iq:?}");
+        every_path_agrees(Format::Iq(iq), g, xs);
         let other = Packed::from_iq4(iq, &[8, k], &blocks(iq, 8, k, 5)).unwrap();
         let many = gemm_many(&[&p, &other], &x, 4);
         assert!(many[0] == p.gemm(&x, 4) && many[1] == other.gemm(&x, 4));

@@ -4,9 +4,9 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::format::kernel;
+use super::format::every_path_agrees;
 use super::packed::{gemm_many, Packed};
-use super::q8::{has_avx2, quantize_row_q8_0, BlockQ8};
+use super::q8::{quantize_row_q8_0, BlockQ8};
 use super::{test_data as data, Format, Super};
 
 const TYPES: [GgmlDType; 3] = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
@@ -117,10 +117,7 @@ fn simd_equals_portable_and_many_equals_each() {
         let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(quantize_row_q8_0).collect();
         let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * k / 32..][..k / 32]);
         let w = q_bytes(&p);
-        let (mut simd, mut portable) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-        kernel(Format::Super(sup), &w, xs, &mut simd, has_avx2());
-        kernel(Format::Super(sup), &w, xs, &mut portable, false);
-        assert_eq!(simd, portable, "{dtype:?}");
+        every_path_agrees(Format::Super(sup), &w, xs);
 
         let other = Packed::new(&weight(dtype, data(16 * k, 9), 16, k))
             .unwrap()

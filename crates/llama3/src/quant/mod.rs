@@ -14,6 +14,7 @@ pub mod grad;
 mod iq4;
 #[cfg(test)]
 mod iq4_tests;
+pub mod isa;
 mod kquant;
 #[cfg(test)]
 mod kquant_tests;

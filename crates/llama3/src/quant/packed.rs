@@ -28,7 +28,7 @@ use rayon::prelude::*;
 pub use super::format::Format;
 use super::format::{kernel, kernel_f16, pack_block, unpack_block};
 use super::iq4::Iq4;
-use super::q8::has_avx2;
+use super::isa::Isa;
 use super::{q4_0, q4_1, q5, q8_0, Kind, SyncPtr};
 use crate::{Error, Result};
 
@@ -269,23 +269,23 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     if ws.iter().any(|w| w.kind != format || w.k() != k) {
         return Vec::new();
     }
-    let avx2 = has_avx2();
+    let isa = Isa::detected();
     match format {
         Format::F16 => drive(
             ws,
             x,
             k,
             m,
-            |w, xs, out| kernel_f16(w, xs, out, avx2),
-            |w, xs, out| kernel_f16(w, xs, out, avx2),
+            |w, xs, out| kernel_f16(w, xs, out, isa),
+            |w, xs, out| kernel_f16(w, xs, out, isa),
         ),
         _ => drive(
             ws,
             &format.quantize(x, k, m),
             k / 32,
             m,
-            |w, xs, out| kernel(format, w, xs, out, avx2),
-            |w, xs, out| kernel(format, w, xs, out, avx2),
+            |w, xs, out| kernel(format, w, xs, out, isa),
+            |w, xs, out| kernel(format, w, xs, out, isa),
         ),
     }
 }

@@ -2,6 +2,7 @@
 
 mod unit {
     use super::super::*;
+    use crate::quant::isa::Isa;
     use crate::quant::q8::BlockQ8;
     use crate::quant::x8;
 
@@ -137,8 +138,9 @@ mod unit {
         }
         let xs: [&[f32]; 4] = std::array::from_fn(|i| &x[i * k..][..k]);
         let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut simd, has_avx2());
-        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut scalar, false);
+        let isa = Isa::detected();
+        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut simd, isa);
+        kernel_f16(&p.data[..k * x8::F16_GROUP], xs, &mut scalar, Isa::Portable);
         assert_eq!(simd, scalar);
     }
 
@@ -167,10 +169,7 @@ mod unit {
                 .collect();
             let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * kb..][..kb]);
             let w = &p.data[..kb * p.kind.group_bytes()];
-            let (mut simd, mut scalar) = ([[0f32; 8]; 4], [[0f32; 8]; 4]);
-            kernel(p.format(), w, xs, &mut simd, has_avx2());
-            kernel(p.format(), w, xs, &mut scalar, false);
-            assert_eq!(simd, scalar, "{dtype:?}");
+            crate::quant::format::every_path_agrees(p.format(), w, xs);
         }
     }
 

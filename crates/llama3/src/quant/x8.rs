@@ -15,6 +15,8 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+use super::isa::Dot;
 use super::q8::BlockQ8;
 
 /// Bytes of one block of 8 rows: Q4_1 8 x (d, m) f16 + 8 x 16 nibble bytes.
@@ -109,13 +111,12 @@ pub(crate) unsafe fn bcast4(qs: &[i8; 32], i: usize) -> std::arch::x86_64::__m25
 /// Q4_1 x Q8_1 with AVX2. The int16 sums of a whole block cannot saturate: each `maddubs`
 /// lane is at most 2 * 15 * 127 = 3810 in magnitude, and 8 of them add to 30480 < 32767.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+#[inline(always)]
+pub unsafe fn q4_1<D: Dot, const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     use std::arch::x86_64::*;
     let nb = w.len() / Q4_1_GROUP;
     assert!(x.iter().all(|r| r.len() >= nb));
     let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         let g = w.as_ptr().add(b * Q4_1_GROUP);
@@ -128,14 +129,13 @@ pub unsafe fn q4_1_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut 
             let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
             for r in 0..R {
                 let qs = &x[r].get_unchecked(b).qs;
-                let p = _mm256_maddubs_epi16(lo, bcast4(qs, 4 * v));
-                let q = _mm256_maddubs_epi16(hi, bcast4(qs, 16 + 4 * v));
-                isum[r] = _mm256_add_epi16(isum[r], _mm256_add_epi16(p, q));
+                let p = D::acc(isum[r], lo, bcast4(qs, 4 * v));
+                isum[r] = D::acc(p, hi, bcast4(qs, 16 + 4 * v));
             }
         }
         for r in 0..R {
             let xb = x[r].get_unchecked(b);
-            let sumf = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum[r], ones));
+            let sumf = _mm256_cvtepi32_ps(D::widen(isum[r]));
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
             acc[r] = _mm256_fmadd_ps(sumf, scale, acc[r]);
             acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), acc[r]);
@@ -150,13 +150,12 @@ pub unsafe fn q4_1_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut 
 /// bounded the same way), and the offset comes off the int32 sums as `8 Σ q_x` (`BlockQ8::s`,
 /// exact for Q8_0 activations): no per-byte subtraction or sign juggling.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+#[inline(always)]
+pub unsafe fn q4_0<D: Dot, const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     use std::arch::x86_64::*;
     let nb = w.len() / Q4_0_GROUP;
     assert!(x.iter().all(|r| r.len() >= nb));
     let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         let g = w.as_ptr().add(b * Q4_0_GROUP);
@@ -168,15 +167,14 @@ pub unsafe fn q4_0_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut 
             let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
             for r in 0..R {
                 let qs = &x[r].get_unchecked(b).qs;
-                let p = _mm256_maddubs_epi16(lo, bcast4(qs, 4 * v));
-                let q = _mm256_maddubs_epi16(hi, bcast4(qs, 16 + 4 * v));
-                isum[r] = _mm256_add_epi16(isum[r], _mm256_add_epi16(p, q));
+                let p = D::acc(isum[r], lo, bcast4(qs, 4 * v));
+                isum[r] = D::acc(p, hi, bcast4(qs, 16 + 4 * v));
             }
         }
         for r in 0..R {
             let xb = x[r].get_unchecked(b);
             let offset = _mm256_set1_epi32(8 * xb.s as i32);
-            let sumi = _mm256_sub_epi32(_mm256_madd_epi16(isum[r], ones), offset);
+            let sumi = _mm256_sub_epi32(D::widen(isum[r]), offset);
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), scale, acc[r]);
         }
@@ -189,12 +187,11 @@ pub unsafe fn q4_0_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut 
 /// Q8_0 x Q8_0 with AVX2: `maddubs` wants one unsigned operand, so |w| and x with w's sign
 /// (ggml's `mul_sum_i8_pairs`); pairs reach 2 * 128 * 127 and are widened to int32 each step.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+#[inline(always)]
+pub unsafe fn q8_0<D: Dot, const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     use std::arch::x86_64::*;
     let nb = w.len() / Q8_0_GROUP;
     assert!(x.iter().all(|r| r.len() >= nb));
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         let g = w.as_ptr().add(b * Q8_0_GROUP);
@@ -206,8 +203,7 @@ pub unsafe fn q8_0_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut 
             for r in 0..R {
                 let qs = &x[r].get_unchecked(b).qs;
                 let sx = _mm256_sign_epi8(bcast4(qs, 4 * s), qw);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-                isum[r] = _mm256_add_epi32(isum[r], p);
+                isum[r] = D::acc32(isum[r], aw, sx);
             }
         }
         for r in 0..R {

@@ -8,6 +8,7 @@
 
 use std::arch::x86_64::*;
 
+use super::isa::Dot;
 use super::kquant::{Super, MN, Q4K_QS, Q5K_QH, Q5K_QS, Q6K_B, Q6K_SC, SC};
 use super::q8::BlockQ8;
 use super::x8::bcast4;
@@ -22,8 +23,8 @@ unsafe fn u8x8_ps(p: *const u8) -> __m256 {
 /// Q4_K (`Q5 = false`) or Q5_K x Q8_0. The 4-bit values' `maddubs` lanes reach 2 * 15 * 127
 /// = 3810 and 8 of them add up in int16; the 5-bit values' reach 7874, so those are widened
 /// to int32 after 4.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4k_avx2<const R: usize, const Q5: bool>(
+#[inline(always)]
+pub unsafe fn q4k<D: Dot, const R: usize, const Q5: bool>(
     w: &[u8],
     x: [&[BlockQ8]; R],
     out: &mut [[f32; 8]; R],
@@ -35,7 +36,6 @@ pub unsafe fn q4k_avx2<const R: usize, const Q5: bool>(
     let nb = w.len() / gb;
     assert!(x.iter().all(|r| r.len() >= 8 * nb));
     let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for sb in 0..nb {
         let g = w.as_ptr().add(sb * gb);
@@ -56,15 +56,13 @@ pub unsafe fn q4k_avx2<const R: usize, const Q5: bool>(
                 }
                 for r in 0..R {
                     let xr = x[r].as_ptr().add(8 * sb + 2 * p);
-                    let pa = _mm256_maddubs_epi16(lo, bcast4(&(*xr).qs, 4 * i));
-                    let pb = _mm256_maddubs_epi16(hi, bcast4(&(*xr.add(1)).qs, 4 * i));
-                    a16[r] = _mm256_add_epi16(a16[r], pa);
-                    b16[r] = _mm256_add_epi16(b16[r], pb);
+                    a16[r] = D::acc(a16[r], lo, bcast4(&(*xr).qs, 4 * i));
+                    b16[r] = D::acc(b16[r], hi, bcast4(&(*xr.add(1)).qs, 4 * i));
                 }
                 if i == 7 || (Q5 && i == 3) {
                     for r in 0..R {
-                        a32[r] = _mm256_add_epi32(a32[r], _mm256_madd_epi16(a16[r], ones));
-                        b32[r] = _mm256_add_epi32(b32[r], _mm256_madd_epi16(b16[r], ones));
+                        a32[r] = _mm256_add_epi32(a32[r], D::widen(a16[r]));
+                        b32[r] = _mm256_add_epi32(b32[r], D::widen(b16[r]));
                         a16[r] = _mm256_setzero_si256();
                         b16[r] = _mm256_setzero_si256();
                     }
@@ -92,14 +90,13 @@ pub unsafe fn q4k_avx2<const R: usize, const Q5: bool>(
 /// up in int16) and the offset of 32 comes off the int32 sums as `32 Σq_x` per sub-block of 16
 /// (`BlockQ8::s0`). Sub-block sums, each |Σ (q - 32) q_x| <= 16 * 32 * 127, are scaled by
 /// their i8 scales in int32: two of them stay below 2^24, exact in f32.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q6k_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+#[inline(always)]
+pub unsafe fn q6k<D: Dot, const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     let gb = Super::Q6K.group_bytes();
     let nb = w.len() / gb;
     assert!(x.iter().all(|r| r.len() >= 8 * nb));
     let low = _mm256_set1_epi8(0x0f);
     let top = _mm256_set1_epi8(0x30);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for sb in 0..nb {
         let g = w.as_ptr().add(sb * gb);
@@ -123,15 +120,13 @@ pub unsafe fn q6k_avx2<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [
                     let hi = _mm256_or_si256(hi, _mm256_and_si256(hb, top));
                     for r in 0..R {
                         let qs = &x[r].get_unchecked(8 * sb + b).qs;
-                        let pa = _mm256_maddubs_epi16(lo, bcast4(qs, 4 * v));
-                        let pb = _mm256_maddubs_epi16(hi, bcast4(qs, 16 + 4 * v));
-                        a16[r] = _mm256_add_epi16(a16[r], pa);
-                        b16[r] = _mm256_add_epi16(b16[r], pb);
+                        a16[r] = D::acc(a16[r], lo, bcast4(qs, 4 * v));
+                        b16[r] = D::acc(b16[r], hi, bcast4(qs, 16 + 4 * v));
                     }
                 }
                 for r in 0..R {
-                    a32[r] = _mm256_add_epi32(a32[r], _mm256_madd_epi16(a16[r], ones));
-                    b32[r] = _mm256_add_epi32(b32[r], _mm256_madd_epi16(b16[r], ones));
+                    a32[r] = _mm256_add_epi32(a32[r], D::widen(a16[r]));
+                    b32[r] = _mm256_add_epi32(b32[r], D::widen(b16[r]));
                 }
             }
             let sc = |h: usize| {

@@ -104,8 +104,8 @@ pub(crate) unsafe fn bit5(
 /// With AVX2. 5-bit values against i8 through `maddubs`: a lane is at most 2 * 31 * 127 =
 /// 7874, two of them 15748 < 32767, widened to int32 after each pair.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_avx2<const R: usize, const MIN: bool>(
+#[inline(always)]
+pub unsafe fn q5<D: super::isa::Dot, const R: usize, const MIN: bool>(
     w: &[u8],
     x: [&[BlockQ8]; R],
     out: &mut [[f32; 8]; R],
@@ -116,7 +116,6 @@ pub unsafe fn q5_avx2<const R: usize, const MIN: bool>(
     let nb = w.len() / gb;
     assert!(x.iter().all(|r| r.len() >= nb));
     let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         let g = w.as_ptr().add(b * gb);
@@ -130,10 +129,11 @@ pub unsafe fn q5_avx2<const R: usize, const MIN: bool>(
             let hi = _mm256_or_si256(hi, bit5(qh, v, 1));
             for r in 0..R {
                 let qs = &x[r].get_unchecked(b).qs;
-                let p = _mm256_maddubs_epi16(lo, super::x8::bcast4(qs, 4 * v));
-                let q = _mm256_maddubs_epi16(hi, super::x8::bcast4(qs, 16 + 4 * v));
-                let pq = _mm256_madd_epi16(_mm256_add_epi16(p, q), ones);
-                isum[r] = _mm256_add_epi32(isum[r], pq);
+                let (x1, x2) = (
+                    super::x8::bcast4(qs, 4 * v),
+                    super::x8::bcast4(qs, 16 + 4 * v),
+                );
+                isum[r] = D::pair32(isum[r], lo, x1, hi, x2);
             }
         }
         for r in 0..R {
