@@ -69,7 +69,12 @@ impl Isa {
 }
 
 /// `acc += Σ_4 w_u8 · x_i8` per 32-bit lane, in the accumulator form of an instruction set.
+///
+/// # Safety
+/// Every method needs its instruction set (AVX2; AVX-VNNI or AVX512-VNNI/VL for those
+/// impls): call them only from code compiled for it, on a CPU that has it (`Isa::available`).
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::missing_safety_doc)] // the trait's doc says it for every method
 pub trait Dot {
     /// Into the narrow accumulator: int16 pairs on AVX2 (the caller bounds the magnitudes and
     /// widens in time), int32 with VNNI.
