@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::iq4::{self, Iq4};
 use super::isa::{self, Isa};
 use super::kquant::{self, Super};
-use super::q8::{quantize_row_q8_0, BlockQ8};
+use super::q8::{quantize_row_q8_0, quantize_row_q8_k, BlockQ8, BlockQ8K};
 #[cfg(target_arch = "x86_64")]
 use super::x8_k;
 use super::{x8, x8_q5, Kind};
@@ -105,6 +105,20 @@ impl Format {
             _ => x.par_chunks_exact(k).flat_map_iter(one).collect(),
         }
     }
+
+    /// Whether the kernels take activation super-blocks of 256 (`BlockQ8K`: the K-quants and
+    /// IQ4_XS) rather than blocks of 32.
+    pub(super) fn takes_superblocks(self) -> bool {
+        matches!(self, Format::Super(_) | Format::Iq(Iq4::Xs))
+    }
+
+    /// `quantize` for the formats that take super-blocks.
+    pub(super) fn quantize_k(x: &[f32], k: usize, m: usize) -> Vec<BlockQ8K> {
+        match m {
+            0..4 => x.chunks_exact(k).flat_map(quantize_row_q8_k).collect(),
+            _ => x.par_chunks_exact(k).flat_map_iter(quantize_row_q8_k).collect(),
+        }
+    }
 }
 
 pub(super) fn kernel_f16<const R: usize>(
@@ -151,20 +165,47 @@ pub(super) fn kernel<const R: usize>(
         Format::Blocks(Kind::Q5_0) => x8_q5::q5_scalar::<R, false>(w, x, out),
         Format::Blocks(Kind::Q5_1) => x8_q5::q5_scalar::<R, true>(w, x, out),
         Format::Blocks(Kind::Q8_0) => x8::q8_0_scalar(w, x, out),
+        Format::Iq(Iq4::Nl) => iq4::nl_scalar(w, x, out),
+        // Not reached: F16 takes f32 activations (`kernel_f16`), the others super-blocks
+        // (`kernel_k`).
+        Format::Super(_) | Format::Iq(Iq4::Xs) | Format::F16 => *out = [[f32::NAN; 8]; R],
+    }
+}
+
+/// The kernel of a format that takes activation super-blocks (`Format::takes_superblocks`),
+/// as `kernel`.
+pub(super) fn kernel_k<const R: usize>(
+    format: Format,
+    w: &[u8],
+    x: [&[BlockQ8K]; R],
+    out: &mut [[f32; 8]; R],
+    isa: Isa,
+) {
+    // SAFETY: as in `kernel`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match isa {
+            Isa::Avx2 => return simd_k_avx2(format, w, x, out),
+            Isa::AvxVnni => return simd_k_avxvnni(format, w, x, out),
+            Isa::Avx512Vnni => return simd_k_avx512vnni(format, w, x, out),
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
+    match format {
         Format::Super(Super::Q4K) => kquant::q4k_scalar::<R, false>(w, x, out),
         Format::Super(Super::Q5K) => kquant::q4k_scalar::<R, true>(w, x, out),
         Format::Super(Super::Q6K) => kquant::q6k_scalar(w, x, out),
-        Format::Iq(Iq4::Nl) => iq4::scalar::<R, false>(w, x, out),
-        Format::Iq(Iq4::Xs) => iq4::scalar::<R, true>(w, x, out),
-        // Not reached: F16 takes f32 activations (`kernel_f16`).
-        Format::F16 => *out = [[f32::NAN; 8]; R],
+        Format::Iq(Iq4::Xs) => iq4::xs_scalar(w, x, out),
+        // Not reached: the formats of `kernel` and `kernel_f16`.
+        Format::Blocks(_) | Format::Iq(Iq4::Nl) | Format::F16 => *out = [[f32::NAN; 8]; R],
     }
 }
 
 /// One entry point per SIMD path: the kernels (generic over the path's `Dot`, always
 /// inlined) compiled with its target features.
 macro_rules! simd_entry {
-    ($name:ident, $features:literal, $dot:ty) => {
+    ($name:ident, $name_k:ident, $features:literal, $dot:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name<const R: usize>(
@@ -179,21 +220,44 @@ macro_rules! simd_entry {
                 Format::Blocks(Kind::Q5_0) => x8_q5::q5::<$dot, R, false>(w, x, out),
                 Format::Blocks(Kind::Q5_1) => x8_q5::q5::<$dot, R, true>(w, x, out),
                 Format::Blocks(Kind::Q8_0) => x8::q8_0::<$dot, R>(w, x, out),
+                Format::Iq(Iq4::Nl) => iq4::nl_simd::<$dot, R>(w, x, out),
+                Format::Super(_) | Format::Iq(Iq4::Xs) | Format::F16 => {
+                    *out = [[f32::NAN; 8]; R]
+                }
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name_k<const R: usize>(
+            format: Format,
+            w: &[u8],
+            x: [&[BlockQ8K]; R],
+            out: &mut [[f32; 8]; R],
+        ) {
+            match format {
                 Format::Super(Super::Q4K) => x8_k::q4k::<$dot, R, false>(w, x, out),
                 Format::Super(Super::Q5K) => x8_k::q4k::<$dot, R, true>(w, x, out),
                 Format::Super(Super::Q6K) => x8_k::q6k::<$dot, R>(w, x, out),
-                Format::Iq(Iq4::Nl) => iq4::simd::<$dot, R, false>(w, x, out),
-                Format::Iq(Iq4::Xs) => iq4::simd::<$dot, R, true>(w, x, out),
-                Format::F16 => *out = [[f32::NAN; 8]; R],
+                Format::Iq(Iq4::Xs) => iq4::xs_simd::<$dot, R>(w, x, out),
+                Format::Blocks(_) | Format::Iq(Iq4::Nl) | Format::F16 => {
+                    *out = [[f32::NAN; 8]; R]
+                }
             }
         }
     };
 }
 
-simd_entry!(simd_avx2, "avx2,fma,f16c", isa::Avx2);
-simd_entry!(simd_avxvnni, "avx2,fma,f16c,avxvnni", isa::AvxVnni);
+simd_entry!(simd_avx2, simd_k_avx2, "avx2,fma,f16c", isa::Avx2);
+simd_entry!(
+    simd_avxvnni,
+    simd_k_avxvnni,
+    "avx2,fma,f16c,avxvnni",
+    isa::AvxVnni
+);
 simd_entry!(
     simd_avx512vnni,
+    simd_k_avx512vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
     isa::Avx512Vnni
 );
@@ -255,11 +319,10 @@ pub(super) fn unpack_block(kind: Format, src: &[u8], dst: &mut [u8], c: usize) {
 #[cfg(test)]
 pub(super) fn every_path_agrees<const R: usize>(
     format: Format,
-    w: &[u8],
-    x: [&[BlockQ8]; R],
+    run: impl Fn(Isa, &mut [[f32; 8]; R]),
 ) -> [[f32; 8]; R] {
     let mut want = [[0f32; 8]; R];
-    kernel(format, w, x, &mut want, Isa::Portable);
+    run(Isa::Portable, &mut want);
     let have = Isa::available();
     for isa in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni] {
         if !have.contains(&isa) {
@@ -268,7 +331,7 @@ pub(super) fn every_path_agrees<const R: usize>(
             continue;
         }
         let mut got = [[0f32; 8]; R];
-        kernel(format, w, x, &mut got, isa);
+        run(isa, &mut got);
         assert_eq!(got, want, "{format:?} on {}", isa.name());
     }
     want

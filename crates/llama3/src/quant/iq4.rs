@@ -13,11 +13,12 @@
 //!
 //! Packed: IQ4_NL is Q4_0's layout (`packed.rs`: d[c] f16 x 8 | nibble pieces); IQ4_XS is
 //! `d[c] f16 x 8 | ls - 32 as i8, [s][c] 8x8 | qs in 32 pieces` (1104 bytes per block of 8
-//! rows). The activations are Q8_0 blocks (llama.cpp uses Q8_K per 256 for IQ4_XS).
+//! rows). The activations are Q8_0 blocks for IQ4_NL and Q8_K super-blocks for IQ4_XS, as
+//! llama.cpp quantizes them.
 
 use half::f16;
 
-use super::q8::BlockQ8;
+use super::q8::{BlockQ8, BlockQ8K};
 
 /// ggml's `kvalues_iq4nl`.
 pub const VALUES: [i8; 16] = [
@@ -155,96 +156,142 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// Portable: 8 columns of `R` rows. Per activation block and column the exact integer
-/// `Σ kvalues[q] q_x`, then `acc = fma(isum, scale d_x, acc)` with scale `d` (IQ4_NL) or
-/// `d (ls - 32)` (IQ4_XS, computed in f32); the AVX2 code does the same float work.
-pub fn scalar<const R: usize, const XS: bool>(
-    w: &[u8],
-    x: [&[BlockQ8]; R],
-    out: &mut [[f32; 8]; R],
-) {
-    let (gb, per) = match XS {
-        false => (NL_GROUP, 1),
-        true => (Iq4::Xs.group_bytes(), 8),
-    };
+/// IQ4_NL x Q8_0, portable: 8 columns of `R` rows. Per block and column the exact integer
+/// `Σ kvalues[q] q_x`, then `acc = fma(isum, d d_x, acc)`; the SIMD code does the same.
+pub fn nl_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     let mut acc = [[0f32; 8]; R];
-    for (g_i, g) in w.chunks_exact(gb).enumerate() {
+    for (b, g) in w.chunks_exact(NL_GROUP).enumerate() {
         for c in 0..8 {
             let d = f16_at(g, 2 * c);
-            for s in 0..per {
-                let (scale, qs) = match XS {
-                    false => (d, 16),
-                    true => (d * (g[XS_SC + 8 * s + c] as i8) as f32, XS_QS + 128 * s),
-                };
-                for r in 0..R {
-                    let xb = &x[r][per * g_i + s];
-                    let mut isum = 0i32;
-                    for v in 0..4 {
-                        for j in 0..4 {
-                            let byte = g[qs + 32 * v + 4 * c + j];
-                            isum += VALUES[(byte & 15) as usize] as i32 * xb.qs[4 * v + j] as i32
-                                + VALUES[(byte >> 4) as usize] as i32
-                                    * xb.qs[16 + 4 * v + j] as i32;
-                        }
-                    }
-                    acc[r][c] = (isum as f32).mul_add(scale * xb.d, acc[r][c]);
-                }
+            for r in 0..R {
+                let xb = &x[r][b];
+                let isum = dot32(&g[16..], c, &xb.qs);
+                acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
             }
         }
     }
     *out = acc;
 }
 
-/// With AVX2: nibbles to table values by `pshufb`, then |v| against the activations with v's
-/// sign through `maddubs` (lanes at most 2 * 127 * 127, widened to int32 each step).
+/// IQ4_XS x Q8_K, portable. Per super-block and column the exact `Σ_s (ls_s - 32) Σ kvalues[q]
+/// q_x` in int32, then `acc = fma(isum, d d_x, acc)`.
+pub fn xs_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8K]; R], out: &mut [[f32; 8]; R]) {
+    let mut acc = [[0f32; 8]; R];
+    for (sb, g) in w.chunks_exact(Iq4::Xs.group_bytes()).enumerate() {
+        for c in 0..8 {
+            let d = f16_at(g, 2 * c);
+            for r in 0..R {
+                let xb = &x[r][sb];
+                let isum: i32 = (0..8)
+                    .map(|s| {
+                        let ls = g[XS_SC + 8 * s + c] as i8 as i32;
+                        ls * dot32(&g[XS_QS + 128 * s..], c, &xb.qs[32 * s..32 * s + 32])
+                    })
+                    .sum();
+                acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
+            }
+        }
+    }
+    *out = acc;
+}
+
+/// Column `c`'s 32 values (4 nibble pieces from `qs`) against 32 activation quants.
+fn dot32(qs: &[u8], c: usize, x: &[i8]) -> i32 {
+    let mut isum = 0;
+    for v in 0..4 {
+        for j in 0..4 {
+            let byte = qs[32 * v + 4 * c + j];
+            isum += VALUES[(byte & 15) as usize] as i32 * x[4 * v + j] as i32
+                + VALUES[(byte >> 4) as usize] as i32 * x[16 + 4 * v + j] as i32;
+        }
+    }
+    isum
+}
+
+/// Column sums of one block of 32 (4 nibble vectors at `qs`) for `R` activation rows, whose
+/// quants start at `xs[r]`: nibbles to table values by `pshufb`, then |v| against the
+/// activations with v's sign (lanes at most 2 * 127 * 127, widened to int32 each step).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub unsafe fn simd<D: super::isa::Dot, const R: usize, const XS: bool>(
+unsafe fn block32<D: super::isa::Dot, const R: usize>(
+    qs: *const u8,
+    xs: [&[i8]; R],
+) -> [std::arch::x86_64::__m256i; R] {
+    use std::arch::x86_64::*;
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(VALUES.as_ptr() as *const __m128i));
+    let low = _mm256_set1_epi8(0x0f);
+    let mut isum = [_mm256_setzero_si256(); R];
+    for v in 0..4 {
+        let raw = _mm256_loadu_si256(qs.add(32 * v) as *const __m256i);
+        let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(raw, low));
+        let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
+        let (alo, ahi) = (_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(hi, hi));
+        for r in 0..R {
+            let xlo = _mm256_sign_epi8(super::x8::bcast4(xs[r], 4 * v), lo);
+            let xhi = _mm256_sign_epi8(super::x8::bcast4(xs[r], 16 + 4 * v), hi);
+            isum[r] = D::acc32(D::acc32(isum[r], alo, xlo), ahi, xhi);
+        }
+    }
+    isum
+}
+
+/// IQ4_NL x Q8_0 (see `nl_scalar`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn nl_simd<D: super::isa::Dot, const R: usize>(
     w: &[u8],
     x: [&[BlockQ8]; R],
     out: &mut [[f32; 8]; R],
 ) {
     use std::arch::x86_64::*;
-    let (gb, per) = match XS {
-        false => (NL_GROUP, 1),
-        true => (Iq4::Xs.group_bytes(), 8),
-    };
-    let nb = w.len() / gb;
-    assert!(x.iter().all(|r| r.len() >= per * nb));
-    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(VALUES.as_ptr() as *const __m128i));
-    let low = _mm256_set1_epi8(0x0f);
+    let nb = w.len() / NL_GROUP;
+    assert!(x.iter().all(|r| r.len() >= nb));
     let mut acc = [_mm256_setzero_ps(); R];
-    for g_i in 0..nb {
-        let g = w.as_ptr().add(g_i * gb);
+    for b in 0..nb {
+        let g = w.as_ptr().add(b * NL_GROUP);
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
-        for s in 0..per {
-            let (scale, qs) = match XS {
-                false => (dw, 16),
-                true => {
-                    let p = g.add(XS_SC + 8 * s) as *const __m128i;
-                    let sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p)));
-                    (_mm256_mul_ps(dw, sc), XS_QS + 128 * s)
-                }
-            };
-            let mut isum = [_mm256_setzero_si256(); R];
-            for v in 0..4 {
-                let raw = _mm256_loadu_si256(g.add(qs + 32 * v) as *const __m256i);
-                let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(raw, low));
-                let hi =
-                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
-                let (alo, ahi) = (_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(hi, hi));
-                for r in 0..R {
-                    let xq = &x[r].get_unchecked(per * g_i + s).qs;
-                    let xlo = _mm256_sign_epi8(super::x8::bcast4(xq, 4 * v), lo);
-                    let xhi = _mm256_sign_epi8(super::x8::bcast4(xq, 16 + 4 * v), hi);
-                    isum[r] = D::acc32(D::acc32(isum[r], alo, xlo), ahi, xhi);
-                }
-            }
+        let isum = block32::<D, R>(g.add(16), std::array::from_fn(|r| &x[r].get_unchecked(b).qs[..]));
+        for r in 0..R {
+            let xb = x[r].get_unchecked(b);
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale, acc[r]);
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// IQ4_XS x Q8_K (see `xs_scalar`): sub-block sums times their i8 scales in int32, one float
+/// step per super-block.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn xs_simd<D: super::isa::Dot, const R: usize>(
+    w: &[u8],
+    x: [&[BlockQ8K]; R],
+    out: &mut [[f32; 8]; R],
+) {
+    use std::arch::x86_64::*;
+    let gb = Iq4::Xs.group_bytes();
+    let nb = w.len() / gb;
+    assert!(x.iter().all(|r| r.len() >= nb));
+    let mut acc = [_mm256_setzero_ps(); R];
+    for sb in 0..nb {
+        let g = w.as_ptr().add(sb * gb);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+        let mut total = [_mm256_setzero_si256(); R];
+        for s in 0..8 {
+            let p = g.add(XS_SC + 8 * s) as *const __m128i;
+            let ls = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p));
+            let xs = std::array::from_fn(|r| &x[r].get_unchecked(sb).qs[32 * s..32 * s + 32]);
+            let isum = block32::<D, R>(g.add(XS_QS + 128 * s), xs);
             for r in 0..R {
-                let xb = x[r].get_unchecked(per * g_i + s);
-                let sc = _mm256_mul_ps(scale, _mm256_set1_ps(xb.d));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), sc, acc[r]);
+                total[r] = _mm256_add_epi32(total[r], _mm256_mullo_epi32(isum[r], ls));
             }
+        }
+        for r in 0..R {
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x[r].get_unchecked(sb).d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[r]), scale, acc[r]);
         }
     }
     for r in 0..R {

@@ -4,10 +4,10 @@
 
 use candle_core::{Device, Tensor};
 
-use super::format::{every_path_agrees, Format};
+use super::format::{every_path_agrees, kernel, kernel_k, Format};
 use super::iq4::Iq4;
 use super::packed::{gemm_many, Packed};
-use super::q8::{quantize_row_q8_0, BlockQ8};
+use super::q8::{quantize_row_q8_0, quantize_row_q8_k, BlockQ8, BlockQ8K};
 use super::test_data as data;
 
 /// GGUF bytes of `n` rows of `k` elements: random indices and scales, d ~ 1/64.
@@ -102,10 +102,13 @@ fn gemm_matches_the_dense_product() {
         let w = dequantized(iq, &raw);
         for m in [1, 3, 4, 70] {
             let x = data(m * k, 4 + m as u64);
-            let xq: Vec<f32> = quantize_row_q8_0(&x)
-                .iter()
-                .flat_map(|b| b.qs.map(|q| b.d * q as f32))
-                .collect();
+            let xq: Vec<f32> = match iq {
+                Iq4::Nl => quantize_row_q8_0(&x)
+                    .iter()
+                    .flat_map(|b| b.qs.map(|q| b.d * q as f32))
+                    .collect(),
+                Iq4::Xs => super::kquant_tests::requantized(&x),
+            };
             let got = p.gemm(&x, m);
             let exact = dense(&xq, m, &w, n);
             for i in 0..m * n {
@@ -118,10 +121,20 @@ fn gemm_matches_the_dense_product() {
         }
         // SIMD = portable, bit for bit; one pass over several weights = each alone.
         let x = data(4 * k, 8);
-        let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(quantize_row_q8_0).collect();
-        let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * k / 32..][..k / 32]);
         let g = p.group_data(0);
-        every_path_agrees(Format::Iq(iq), g, xs);
+        let f = Format::Iq(iq);
+        match iq {
+            Iq4::Nl => {
+                let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(quantize_row_q8_0).collect();
+                let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * k / 32..][..k / 32]);
+                every_path_agrees(f, |isa, out| kernel(f, g, xs, out, isa));
+            }
+            Iq4::Xs => {
+                let xq: Vec<BlockQ8K> = x.chunks_exact(k).flat_map(quantize_row_q8_k).collect();
+                let xs: [&[BlockQ8K]; 4] = std::array::from_fn(|i| &xq[i * k / 256..][..k / 256]);
+                every_path_agrees(f, |isa, out| kernel_k(f, g, xs, out, isa));
+            }
+        }
         let other = Packed::from_iq4(iq, &[8, k], &blocks(iq, 8, k, 5)).unwrap();
         let many = gemm_many(&[&p, &other], &x, 4);
         assert!(many[0] == p.gemm(&x, 4) && many[1] == other.gemm(&x, 4));

@@ -85,6 +85,20 @@ pub trait Dot {
     unsafe fn acc32(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
     /// Two products added in int16 (each at most 16383 in magnitude), then into int32 lanes.
     unsafe fn pair32(acc: __m256i, w1: __m256i, x1: __m256i, w2: __m256i, x2: __m256i) -> __m256i;
+    /// A narrow accumulator as int32 lanes times a per-lane scale given as `pair`: the scale
+    /// (a signed 16-bit value) in both halves of each 32-bit lane (`scale_pair`). AVX2 does it
+    /// in the widening `madd`; VNNI multiplies its int32 lanes.
+    unsafe fn scaled(acc: __m256i, pair: __m256i) -> __m256i;
+}
+
+/// 8 scales (one per 32-bit lane, sign-extended) as `Dot::scaled` takes them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn scale_pair(v: __m256i) -> __m256i {
+    _mm256_or_si256(
+        _mm256_and_si256(v, _mm256_set1_epi32(0xffff)),
+        _mm256_slli_epi32(v, 16),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -109,6 +123,10 @@ impl Dot for Avx2 {
         let p = _mm256_add_epi16(_mm256_maddubs_epi16(w1, x1), _mm256_maddubs_epi16(w2, x2));
         _mm256_add_epi32(acc, Self::widen(p))
     }
+    #[inline(always)]
+    unsafe fn scaled(acc: __m256i, pair: __m256i) -> __m256i {
+        _mm256_madd_epi16(acc, pair)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -132,6 +150,10 @@ impl Dot for AvxVnni {
     unsafe fn pair32(acc: __m256i, w1: __m256i, x1: __m256i, w2: __m256i, x2: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, w1, x1), w2, x2)
     }
+    #[inline(always)]
+    unsafe fn scaled(acc: __m256i, pair: __m256i) -> __m256i {
+        _mm256_mullo_epi32(acc, _mm256_srai_epi32(pair, 16))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -154,5 +176,9 @@ impl Dot for Avx512Vnni {
     #[inline(always)]
     unsafe fn pair32(acc: __m256i, w1: __m256i, x1: __m256i, w2: __m256i, x2: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, w1, x1), w2, x2)
+    }
+    #[inline(always)]
+    unsafe fn scaled(acc: __m256i, pair: __m256i) -> __m256i {
+        _mm256_mullo_epi32(acc, _mm256_srai_epi32(pair, 16))
     }
 }

@@ -5,9 +5,9 @@
 //! and small integer scales per sub-block: Q4_K/Q5_K have 8 sub-blocks of 32 with 6-bit
 //! scale and min packed in 12 bytes (`y = d * sc * q - dmin * m`, q of 4 or 5 bits); Q6_K has
 //! 16 sub-blocks of 16 with an i8 scale (`y = d * sc * (q - 32)`, q of 6 bits). The
-//! activations are quantized as for Q8_0 (blocks of 32, exact `Σq`), so one K sub-block of 32
-//! meets one activation block: the kernels are those of Q4_1/Q8_0 with the scales of the
-//! sub-block. (llama.cpp quantizes activations per 256 for these types; per 32 is finer.)
+//! activations are quantized per super-block as llama.cpp's `block_q8_K` (one f32 scale for
+//! 256, the exact sums of each 16): a whole super-block accumulates in int32, the small scales
+//! applied in the integer sums, and takes one float step per row and column.
 //!
 //! A block of 8 rows holds one super-block of each row, its small scales unpacked to one byte
 //! and laid out so that 8 bytes give sub-block `s` of the 8 rows, and the quantized bytes in
@@ -30,7 +30,7 @@
 
 use half::f16;
 
-use super::q8::BlockQ8;
+use super::q8::BlockQ8K;
 
 /// The K-quant types with kernels here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,12 +224,13 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// Q4_K (`Q5 = false`) or Q5_K x Q8_0, portable: 8 columns of `R` rows. Per sub-block `s`
-/// (activation block `8 sb + s`) and column: `acc = fma(isum, d sc d_x, acc)`, then
-/// `acc = fma(dmin m, -(d_x Σq_x), acc)`; the AVX2 code does the same float work.
+/// Q4_K (`Q5 = false`) or Q5_K x Q8_K, portable: 8 columns of `R` rows. Per super-block,
+/// row and column, in int32: `isum = Σ_s sc_s Σ q q_x` and `msum = Σ_s m_s Σ q_x` (the
+/// activations' sums of 16), then `acc = fma(isum, d d_x, acc)`, `acc = fma(msum, dmin (-d_x),
+/// acc)`; the SIMD code does the same.
 pub fn q4k_scalar<const R: usize, const Q5: bool>(
     w: &[u8],
-    x: [&[BlockQ8]; R],
+    x: [&[BlockQ8K]; R],
     out: &mut [[f32; 8]; R],
 ) {
     let (gb, qs) = match Q5 {
@@ -240,12 +241,11 @@ pub fn q4k_scalar<const R: usize, const Q5: bool>(
     for (sb, g) in w.chunks_exact(gb).enumerate() {
         for c in 0..8 {
             let (d, dmin) = (f16_at(g, 2 * c), f16_at(g, 16 + 2 * c));
-            for s in 0..8 {
-                let dsc = d * g[SC + 8 * s + c] as f32;
-                let dm = dmin * g[MN + 8 * s + c] as f32;
-                for r in 0..R {
-                    let xb = &x[r][8 * sb + s];
-                    let mut isum = 0i32;
+            for r in 0..R {
+                let xb = &x[r][sb];
+                let (mut isum, mut msum) = (0i32, 0i32);
+                for s in 0..8 {
+                    let mut dot = 0i32;
                     for i in 0..8 {
                         for j in 0..4 {
                             let byte = g[qs + 32 * (8 * (s / 2) + i) + 4 * c + j];
@@ -253,48 +253,51 @@ pub fn q4k_scalar<const R: usize, const Q5: bool>(
                             if Q5 {
                                 q |= ((g[Q5K_QH + 32 * i + 4 * c + j] >> s) & 1) << 4;
                             }
-                            isum += q as i32 * xb.qs[4 * i + j] as i32;
+                            dot += q as i32 * xb.qs[32 * s + 4 * i + j] as i32;
                         }
                     }
-                    acc[r][c] = (isum as f32).mul_add(dsc * xb.d, acc[r][c]);
-                    acc[r][c] = dm.mul_add(-(xb.d * xb.s), acc[r][c]);
+                    isum += g[SC + 8 * s + c] as i32 * dot;
+                    let bsum = xb.bsums[2 * s] as i32 + xb.bsums[2 * s + 1] as i32;
+                    msum += g[MN + 8 * s + c] as i32 * bsum;
                 }
+                acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
+                acc[r][c] = (msum as f32).mul_add(dmin * -xb.d, acc[r][c]);
             }
         }
     }
     *out = acc;
 }
 
-/// Q6_K x Q8_0, portable. Per activation block and column: the exact
-/// `Σ_h sc_h (Σ q q_x - 32 Σ q_x)` over its two sub-blocks of 16, then
-/// `acc = fma(isum, d d_x, acc)`; the AVX2 code does the same.
-pub fn q6k_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+/// Q6_K x Q8_K, portable. Per super-block, row and column, in int32:
+/// `isum = Σ_h sc_h (Σ q q_x - 32 Σ q_x)` over its 16 sub-blocks of 16, then
+/// `acc = fma(isum, d d_x, acc)`; the SIMD code does the same.
+pub fn q6k_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8K]; R], out: &mut [[f32; 8]; R]) {
     let gb = Super::Q6K.group_bytes();
     let mut acc = [[0f32; 8]; R];
     for (sb, g) in w.chunks_exact(gb).enumerate() {
         for c in 0..8 {
             let d = f16_at(g, 2 * c);
-            for b in 0..8 {
-                let blk = &g[Q6K_B + 192 * b..][..192];
-                // q(e) for e < 16 (lo) and 16 + e (hi), as the packing put them.
-                let q = |e: usize| {
-                    let (v, j) = (e % 16 / 4, e % 4);
-                    let byte = blk[32 * v + 4 * c + j];
-                    let h = blk[128 + 32 * (v / 2) + 4 * c + j] >> (4 * (v % 2) + 2 * (e / 16));
-                    (if e < 16 { byte & 15 } else { byte >> 4 }) | (h & 3) << 4
-                };
-                let sc = |h: usize| g[Q6K_SC + 8 * (2 * b + h) + c] as i8 as i32;
-                for r in 0..R {
-                    let xb = &x[r][8 * sb + b];
-                    let dot = |h: usize| -> i32 {
-                        (16 * h..16 * h + 16)
-                            .map(|e| q(e) as i32 * xb.qs[e] as i32)
-                            .sum()
+            for r in 0..R {
+                let xb = &x[r][sb];
+                let mut isum = 0i32;
+                for b in 0..8 {
+                    let blk = &g[Q6K_B + 192 * b..][..192];
+                    // q(e) for e < 16 (lo) and 16 + e (hi), as the packing put them.
+                    let q = |e: usize| {
+                        let (v, j) = (e % 16 / 4, e % 4);
+                        let byte = blk[32 * v + 4 * c + j];
+                        let h = blk[128 + 32 * (v / 2) + 4 * c + j] >> (4 * (v % 2) + 2 * (e / 16));
+                        (if e < 16 { byte & 15 } else { byte >> 4 }) | (h & 3) << 4
                     };
-                    let (sa, sbx) = (xb.s0, xb.s as i32 - xb.s0);
-                    let isum = sc(0) * (dot(0) - 32 * sa) + sc(1) * (dot(1) - 32 * sbx);
-                    acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
+                    for h in 0..2 {
+                        let sc = g[Q6K_SC + 8 * (2 * b + h) + c] as i8 as i32;
+                        let dot: i32 = (16 * h..16 * h + 16)
+                            .map(|e| q(e) as i32 * xb.qs[32 * b + e] as i32)
+                            .sum();
+                        isum += sc * (dot - 32 * xb.bsums[2 * b + h] as i32);
+                    }
                 }
+                acc[r][c] = (isum as f32).mul_add(d * xb.d, acc[r][c]);
             }
         }
     }

@@ -4,9 +4,9 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::format::every_path_agrees;
+use super::format::{every_path_agrees, kernel_k};
 use super::packed::{gemm_many, Packed};
-use super::q8::{quantize_row_q8_0, BlockQ8};
+use super::q8::{quantize_row_q8_k, BlockQ8K};
 use super::{test_data as data, Format, Super};
 
 const TYPES: [GgmlDType; 3] = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
@@ -24,9 +24,9 @@ fn dense(x: &[f32], m: usize, q: &QTensor) -> Vec<f32> {
     y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// `x` as the kernels see it: quantized to Q8_0 blocks and back.
-fn requantized(x: &[f32]) -> Vec<f32> {
-    quantize_row_q8_0(x)
+/// `x` as the kernels see it: quantized to Q8_K super-blocks and back.
+pub(super) fn requantized(x: &[f32]) -> Vec<f32> {
+    quantize_row_q8_k(x)
         .iter()
         .flat_map(|b| b.qs.map(|q| b.d * q as f32))
         .collect()
@@ -114,10 +114,11 @@ fn simd_equals_portable_and_many_equals_each() {
         let q = weight(dtype, data(8 * k, 7), 8, k);
         let p = Packed::new(&q).unwrap().unwrap();
         let x = data(6 * k, 8);
-        let xq: Vec<BlockQ8> = x.chunks_exact(k).flat_map(quantize_row_q8_0).collect();
-        let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * k / 32..][..k / 32]);
+        let xq: Vec<BlockQ8K> = x.chunks_exact(k).flat_map(quantize_row_q8_k).collect();
+        let xs: [&[BlockQ8K]; 4] = std::array::from_fn(|i| &xq[i * k / 256..][..k / 256]);
         let w = q_bytes(&p);
-        every_path_agrees(Format::Super(sup), &w, xs);
+        let f = Format::Super(sup);
+        every_path_agrees(f, |isa, out| kernel_k(f, &w, xs, out, isa));
 
         let other = Packed::new(&weight(dtype, data(16 * k, 9), 16, k))
             .unwrap()

@@ -40,7 +40,7 @@ pub use packed::{gemm_many, matmul_many, Format, Packed};
 pub(crate) use q8::has_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use q8::hsum;
-pub use q8::{quantize_row_q8_0, quantize_row_q8_1, BlockQ8};
+pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, BlockQ8, BlockQ8K};
 
 /// The weight types with kernels here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

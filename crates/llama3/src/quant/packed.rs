@@ -26,7 +26,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 pub use super::format::Format;
-use super::format::{kernel, kernel_f16, pack_block, unpack_block};
+use super::format::{kernel, kernel_f16, kernel_k, pack_block, unpack_block};
 use super::iq4::Iq4;
 use super::isa::Isa;
 use super::{q4_0, q4_1, q5, q8_0, Kind, SyncPtr};
@@ -278,6 +278,14 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
             m,
             |w, xs, out| kernel_f16(w, xs, out, isa),
             |w, xs, out| kernel_f16(w, xs, out, isa),
+        ),
+        f if f.takes_superblocks() => drive(
+            ws,
+            &Format::quantize_k(x, k, m),
+            k / 256,
+            m,
+            |w, xs, out| kernel_k(format, w, xs, out, isa),
+            |w, xs, out| kernel_k(format, w, xs, out, isa),
         ),
         _ => drive(
             ws,

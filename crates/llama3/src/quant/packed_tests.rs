@@ -169,7 +169,8 @@ mod unit {
                 .collect();
             let xs: [&[BlockQ8]; 4] = std::array::from_fn(|i| &xq[i * kb..][..kb]);
             let w = &p.data[..kb * p.kind.group_bytes()];
-            crate::quant::format::every_path_agrees(p.format(), w, xs);
+            let f = p.format();
+            crate::quant::format::every_path_agrees(f, |isa, out| kernel(f, w, xs, out, isa));
         }
     }
 

@@ -13,9 +13,18 @@ pub struct BlockQ8 {
     /// Q8_1: `d * Σq` (rounded to f16). Q8_0: `Σq` itself (exact in f32), which the Q4_0
     /// and Q5_0 kernels use to take the weights' offset (8, 16) out of the integer sums.
     pub s: f32,
-    /// Σq of the first 16 (exact): Q6_K's sub-blocks of 16 take their offset of 32 out with it.
-    pub s0: i32,
     pub qs: [i8; 32],
+}
+
+/// An activation super-block for the K-quant and IQ4_XS kernels (llama.cpp's `block_q8_K`):
+/// 256 values with one f32 scale, and the sums of each 16 quants (exact).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8K {
+    /// Scale: value = d * q.
+    pub d: f32,
+    pub bsums: [i16; 16],
+    pub qs: [i8; 256],
 }
 
 pub(crate) fn has_avx2() -> bool {
@@ -56,8 +65,33 @@ fn quantize(x: &[f32], with_sum: bool) -> Vec<BlockQ8> {
             } else {
                 sum as f32
             };
-            let s0 = qs[..16].iter().map(|&q| q as i32).sum();
-            BlockQ8 { d: d16, s, s0, qs }
+            BlockQ8 { d: d16, s, qs }
+        })
+        .collect()
+}
+
+/// Quantizes a row to super-blocks of 256 (`quantize_row_q8_K`'s layout; the rounding of
+/// `quantize_row_q8_0`: `127 / amax`, round half to even, with the super-block's `amax`).
+pub fn quantize_row_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
+    let avx2 = has_avx2();
+    x.chunks_exact(256)
+        .map(|sb| {
+            let amax = sb.chunks_exact(32).fold(0f32, |a, b| a.max(abs_max(b, avx2)));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut out = BlockQ8K {
+                d: amax / 127.0,
+                bsums: [0; 16],
+                qs: [0; 256],
+            };
+            for (i, b) in sb.chunks_exact(32).enumerate() {
+                let mut qs = [0i8; 32];
+                round_any(b, id, &mut qs, avx2);
+                out.qs[32 * i..32 * i + 32].copy_from_slice(&qs);
+            }
+            for (h, q) in out.qs.chunks_exact(16).enumerate() {
+                out.bsums[h] = q.iter().map(|&v| v as i16).sum();
+            }
+            out
         })
         .collect()
 }

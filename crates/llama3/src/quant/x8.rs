@@ -103,8 +103,9 @@ pub fn q8_0_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32
 /// Broadcast of the 4 activation bytes at `qs[i..i + 4]` to all 8 lanes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn bcast4(qs: &[i8; 32], i: usize) -> std::arch::x86_64::__m256i {
+pub(crate) unsafe fn bcast4(qs: &[i8], i: usize) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
+    debug_assert!(i + 4 <= qs.len());
     _mm256_set1_epi32(std::ptr::read_unaligned(qs.as_ptr().add(i) as *const i32))
 }
 
