@@ -116,7 +116,10 @@ impl Format {
     pub(super) fn quantize_k(x: &[f32], k: usize, m: usize) -> Vec<BlockQ8K> {
         match m {
             0..4 => x.chunks_exact(k).flat_map(quantize_row_q8_k).collect(),
-            _ => x.par_chunks_exact(k).flat_map_iter(quantize_row_q8_k).collect(),
+            _ => x
+                .par_chunks_exact(k)
+                .flat_map_iter(quantize_row_q8_k)
+                .collect(),
         }
     }
 }
@@ -221,9 +224,7 @@ macro_rules! simd_entry {
                 Format::Blocks(Kind::Q5_1) => x8_q5::q5::<$dot, R, true>(w, x, out),
                 Format::Blocks(Kind::Q8_0) => x8::q8_0::<$dot, R>(w, x, out),
                 Format::Iq(Iq4::Nl) => iq4::nl_simd::<$dot, R>(w, x, out),
-                Format::Super(_) | Format::Iq(Iq4::Xs) | Format::F16 => {
-                    *out = [[f32::NAN; 8]; R]
-                }
+                Format::Super(_) | Format::Iq(Iq4::Xs) | Format::F16 => *out = [[f32::NAN; 8]; R],
             }
         }
 
@@ -240,9 +241,7 @@ macro_rules! simd_entry {
                 Format::Super(Super::Q5K) => x8_k::q4k::<$dot, R, true>(w, x, out),
                 Format::Super(Super::Q6K) => x8_k::q6k::<$dot, R>(w, x, out),
                 Format::Iq(Iq4::Xs) => iq4::xs_simd::<$dot, R>(w, x, out),
-                Format::Blocks(_) | Format::Iq(Iq4::Nl) | Format::F16 => {
-                    *out = [[f32::NAN; 8]; R]
-                }
+                Format::Blocks(_) | Format::Iq(Iq4::Nl) | Format::F16 => *out = [[f32::NAN; 8]; R],
             }
         }
     };

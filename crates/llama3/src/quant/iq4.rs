@@ -158,6 +158,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 
 /// IQ4_NL x Q8_0, portable: 8 columns of `R` rows. Per block and column the exact integer
 /// `Σ kvalues[q] q_x`, then `acc = fma(isum, d d_x, acc)`; the SIMD code does the same.
+#[allow(clippy::needless_range_loop)] // c indexes the weights and the accumulators
 pub fn nl_scalar<const R: usize>(w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
     let mut acc = [[0f32; 8]; R];
     for (b, g) in w.chunks_exact(NL_GROUP).enumerate() {
@@ -250,7 +251,10 @@ pub unsafe fn nl_simd<D: super::isa::Dot, const R: usize>(
     for b in 0..nb {
         let g = w.as_ptr().add(b * NL_GROUP);
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
-        let isum = block32::<D, R>(g.add(16), std::array::from_fn(|r| &x[r].get_unchecked(b).qs[..]));
+        let isum = block32::<D, R>(
+            g.add(16),
+            std::array::from_fn(|r| &x[r].get_unchecked(b).qs[..]),
+        );
         for r in 0..R {
             let xb = x[r].get_unchecked(b);
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));

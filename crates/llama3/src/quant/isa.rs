@@ -92,6 +92,9 @@ pub trait Dot {
 }
 
 /// 8 scales (one per 32-bit lane, sign-extended) as `Dot::scaled` takes them.
+///
+/// # Safety
+/// AVX2 (as every `Dot` method).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub unsafe fn scale_pair(v: __m256i) -> __m256i {

@@ -29,6 +29,7 @@ pub use super::format::Format;
 use super::format::{kernel, kernel_f16, kernel_k, pack_block, unpack_block};
 use super::iq4::Iq4;
 use super::isa::Isa;
+use super::q8::{BlockQ8, BlockQ8K};
 use super::{q4_0, q4_1, q5, q8_0, Kind, SyncPtr};
 use crate::{Error, Result};
 
@@ -271,30 +272,53 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     }
     let isa = Isa::detected();
     match format {
-        Format::F16 => drive(
-            ws,
-            x,
-            k,
-            m,
-            |w, xs, out| kernel_f16(w, xs, out, isa),
-            |w, xs, out| kernel_f16(w, xs, out, isa),
-        ),
-        f if f.takes_superblocks() => drive(
-            ws,
-            &Format::quantize_k(x, k, m),
-            k / 256,
-            m,
-            |w, xs, out| kernel_k(format, w, xs, out, isa),
-            |w, xs, out| kernel_k(format, w, xs, out, isa),
-        ),
-        _ => drive(
-            ws,
-            &format.quantize(x, k, m),
-            k / 32,
-            m,
-            |w, xs, out| kernel(format, w, xs, out, isa),
-            |w, xs, out| kernel(format, w, xs, out, isa),
-        ),
+        Format::F16 => drive(ws, x, k, m, &F16Kernel(isa)),
+        f if f.takes_superblocks() => {
+            let xq = Format::quantize_k(x, k, m);
+            drive(ws, &xq, k / 256, m, &SuperKernel(format, isa))
+        }
+        _ => {
+            let xq = format.quantize(x, k, m);
+            drive(ws, &xq, k / 32, m, &BlockKernel(format, isa))
+        }
+    }
+}
+
+/// A format's kernel on one path, for `drive`: 8 columns of `R` activation rows of `A`.
+trait Tile<A>: Sync {
+    fn run<const R: usize>(&self, w: &[u8], x: [&[A]; R], out: &mut [[f32; 8]; R]);
+    /// Whether calls of 8 rows pay (AVX-512's 32 vector registers hold their accumulators).
+    fn rows8(&self) -> bool;
+}
+
+struct F16Kernel(Isa);
+struct BlockKernel(Format, Isa);
+struct SuperKernel(Format, Isa);
+
+impl Tile<f32> for F16Kernel {
+    fn run<const R: usize>(&self, w: &[u8], x: [&[f32]; R], out: &mut [[f32; 8]; R]) {
+        kernel_f16(w, x, out, self.0)
+    }
+    fn rows8(&self) -> bool {
+        false
+    }
+}
+
+impl Tile<BlockQ8> for BlockKernel {
+    fn run<const R: usize>(&self, w: &[u8], x: [&[BlockQ8]; R], out: &mut [[f32; 8]; R]) {
+        kernel(self.0, w, x, out, self.1)
+    }
+    fn rows8(&self) -> bool {
+        self.1 == Isa::Avx512Vnni
+    }
+}
+
+impl Tile<BlockQ8K> for SuperKernel {
+    fn run<const R: usize>(&self, w: &[u8], x: [&[BlockQ8K]; R], out: &mut [[f32; 8]; R]) {
+        kernel_k(self.0, w, x, out, self.1)
+    }
+    fn rows8(&self) -> bool {
+        false // measured slower: their 3-4 accumulators per row do not fit 8 rows
     }
 }
 
@@ -341,16 +365,33 @@ pub fn matmul_many(ws: &[&Packed], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
 }
 
 /// The tiling shared by every format: rows `xs` of `stride` activations (quantized blocks or
-/// f32) against each weight of `ws`, 4 rows per kernel call (`k4`) and the rest one by one
-/// (`k1`). Tasks are runs of a weight's groups of 8 rows, all weights' in one parallel pass.
+/// f32) against each weight of `ws`, 8 or 4 rows per kernel call and the rest one by one.
+/// Tasks are runs of a weight's groups of 8 rows, all weights' in one parallel pass.
 fn drive<A: Sync>(
     ws: &[&Packed],
     xs: &[A],
     stride: usize,
     m: usize,
-    k4: impl Fn(&[u8], [&[A]; 4], &mut [[f32; 8]; 4]) + Sync,
-    k1: impl Fn(&[u8], [&[A]; 1], &mut [[f32; 8]; 1]) + Sync,
+    kernel: &impl Tile<A>,
 ) -> Vec<Vec<f32>> {
+    // R rows from j: the kernel's tile stored into row j + i, columns 8g..8g + 8.
+    fn tile<A, const R: usize>(
+        kernel: &impl Tile<A>,
+        w: &[u8],
+        xs: &[A],
+        stride: usize,
+        j: usize,
+        (out, n, g): (SyncPtr, usize, usize),
+    ) {
+        let rows: [&[A]; R] = std::array::from_fn(|i| &xs[(j + i) * stride..][..stride]);
+        let mut t = [[0f32; 8]; R];
+        kernel.run(w, rows, &mut t);
+        for (i, row) in t.iter().enumerate() {
+            // SAFETY: tasks own disjoint column groups; (j + i) < m, 8g + 8 <= n.
+            unsafe { store(out, (j + i) * n + 8 * g, row) };
+        }
+    }
+    let rows8 = kernel.rows8();
     // Not zeroed: the tasks below write every element before the lengths are set.
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n())).collect();
     let outs: Vec<SyncPtr> = ys.iter_mut().map(|y| SyncPtr(y.as_mut_ptr())).collect();
@@ -370,22 +411,16 @@ fn drive<A: Sync>(
             for g in gs.clone() {
                 let w = &wt.data[g * gsize..][..gsize];
                 let mut j = j0;
+                while rows8 && j + 8 <= j1 {
+                    tile::<A, 8>(kernel, w, xs, stride, j, (out, n, g));
+                    j += 8;
+                }
                 while j + 4 <= j1 {
-                    let rows: [&[A]; 4] =
-                        std::array::from_fn(|i| &xs[(j + i) * stride..][..stride]);
-                    let mut tile = [[0f32; 8]; 4];
-                    k4(w, rows, &mut tile);
-                    for (i, row) in tile.iter().enumerate() {
-                        // SAFETY: tasks own disjoint column groups; (j + i) < m, 8g + 8 <= n.
-                        unsafe { store(out, (j + i) * n + 8 * g, row) };
-                    }
+                    tile::<A, 4>(kernel, w, xs, stride, j, (out, n, g));
                     j += 4;
                 }
                 for j in j..j1 {
-                    let mut tile = [[0f32; 8]; 1];
-                    k1(w, [&xs[j * stride..][..stride]], &mut tile);
-                    // SAFETY: as above.
-                    unsafe { store(out, j * n + 8 * g, &tile[0]) };
+                    tile::<A, 1>(kernel, w, xs, stride, j, (out, n, g));
                 }
             }
         }

@@ -76,7 +76,9 @@ pub fn quantize_row_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
     let avx2 = has_avx2();
     x.chunks_exact(256)
         .map(|sb| {
-            let amax = sb.chunks_exact(32).fold(0f32, |a, b| a.max(abs_max(b, avx2)));
+            let amax = sb
+                .chunks_exact(32)
+                .fold(0f32, |a, b| a.max(abs_max(b, avx2)));
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut out = BlockQ8K {
                 d: amax / 127.0,

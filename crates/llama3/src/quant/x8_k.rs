@@ -146,7 +146,10 @@ pub unsafe fn q6k<D: Dot, const R: usize>(w: &[u8], x: [&[BlockQ8K]; R], out: &m
                 }
             }
             // (sc_2b, sc_2b+1) of each column as int16 pairs, against (Σ q_x) of both halves.
-            let (s0, s1) = (loadl(g.add(Q6K_SC + 16 * b)), loadl(g.add(Q6K_SC + 16 * b + 8)));
+            let (s0, s1) = (
+                loadl(g.add(Q6K_SC + 16 * b)),
+                loadl(g.add(Q6K_SC + 16 * b + 8)),
+            );
             let scs = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(s0, s1));
             for r in 0..R {
                 let bs = &x[r].get_unchecked(sb).bsums;
