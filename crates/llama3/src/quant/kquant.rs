@@ -16,11 +16,11 @@
 //! ```text
 //! Q4_K (1184 bytes): d[c] f16 x 8 | dmin[c] f16 x 8 | sc[s][c] u8 8x8 | m[s][c] u8 8x8 | qs 32 pieces
 //! Q5_K (1440 bytes): as Q4_K, then qh 8 pieces before qs
-//! Q6_K (1680 bytes): d[c] f16 x 8 | sc[s][c] i8 16x8 | 8 x (activation block b: 4 nibble
+//! Q6_K (1680 bytes): d[c] f16 x 8 | sc[s][c] i8 16x8 | 8 x (elements 32b..32b + 32: 4 nibble
 //!                   vectors | 2 high-bit vectors), 192 bytes each
 //! ```
 //!
-//! Q6_K's values are regrouped by activation block (32 elements e, each q(e) of 6 bits) so
+//! Q6_K's values are regrouped by 32 elements (e = 0..32, each q(e) of 6 bits) so
 //! that one load of high bits serves 4 value vectors: byte 4c + j of nibble vector v is
 //! `q(4v+j) & 15 | (q(16+4v+j) & 15) << 4` (Q4_1's order), and of high vector u it is the top
 //! two bits of q(8u+j), q(16+8u+j), q(8u+4+j), q(16+8u+4+j) at bits 0, 2, 4, 6.
@@ -208,6 +208,14 @@ fn q6_store(q: &[u8; QK], dst: &mut [u8]) {
     }
 }
 
+/// Bytes of a packed Q4_K (`q5` false) or Q5_K block of 8 rows, and where its quants start.
+pub(crate) fn q4k_layout(q5: bool) -> (usize, usize) {
+    match q5 {
+        false => (Super::Q4K.group_bytes(), Q4K_QS),
+        true => (Super::Q5K.group_bytes(), Q5K_QS),
+    }
+}
+
 /// ggml's `get_scale_min_k4`: scale and min of sub-block `j` from the 12 packed bytes.
 fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
@@ -233,10 +241,7 @@ pub fn q4k_scalar<const R: usize, const Q5: bool>(
     x: [&[BlockQ8K]; R],
     out: &mut [[f32; 8]; R],
 ) {
-    let (gb, qs) = match Q5 {
-        false => (Super::Q4K.group_bytes(), Q4K_QS),
-        true => (Super::Q5K.group_bytes(), Q5K_QS),
-    };
+    let (gb, qs) = q4k_layout(Q5);
     let mut acc = [[0f32; 8]; R];
     for (sb, g) in w.chunks_exact(gb).enumerate() {
         for c in 0..8 {

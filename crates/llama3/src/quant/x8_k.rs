@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::isa::{scale_pair, Dot};
-use super::kquant::{Super, MN, Q4K_QS, Q5K_QH, Q5K_QS, Q6K_B, Q6K_SC, SC};
+use super::kquant::{q4k_layout, Super, MN, Q5K_QH, Q6K_B, Q6K_SC, SC};
 use super::q8::BlockQ8K;
 use super::x8::bcast4;
 use super::x8_q5::bit5;
@@ -25,10 +25,7 @@ pub unsafe fn q4k<D: Dot, const R: usize, const Q5: bool>(
     x: [&[BlockQ8K]; R],
     out: &mut [[f32; 8]; R],
 ) {
-    let (gb, qs) = match Q5 {
-        false => (Super::Q4K.group_bytes(), Q4K_QS),
-        true => (Super::Q5K.group_bytes(), Q5K_QS),
-    };
+    let (gb, qs) = q4k_layout(Q5);
     let nb = w.len() / gb;
     assert!(x.iter().all(|r| r.len() >= nb));
     let low = _mm256_set1_epi8(0x0f);
