@@ -51,7 +51,10 @@ impl Isa {
             if is_x86_feature_detected!("avxvnni") {
                 out.push(Isa::AvxVnni);
             }
-            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
                 out.push(Isa::Avx512Vnni);
             }
         }
