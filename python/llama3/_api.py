@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _llama3
-from ._compat import DEFAULT_MIN_P, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, LlamaCppApi
+from ._compat import (DEFAULT_MIN_P, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, LlamaCppApi,
+                      _schema, constraint)
 from ._errors import InvalidArgumentError
 
 __all__ = ["Llama3", "Generation"]
@@ -198,7 +199,7 @@ class Llama3(LlamaCppApi):
         })
 
     def _start(self, prompt_ids: List[int], max_tokens: Optional[int], stop, logprobs,
-               stream: bool, **sampling):
+               stream: bool, constraint: Optional[Tuple[str, str]] = None, **sampling):
         # stream=False: the tokens come in one delivery at the end (no wake-up of this thread
         # per token, which on a machine with as many cores as compute threads costs those
         # threads time).
@@ -211,7 +212,7 @@ class Llama3(LlamaCppApi):
         if k < 0:
             raise InvalidArgumentError("logprobs must be at least 0")
         return self._native.generate(prompt_ids, max_tokens, self._sampling(**sampling),
-                                     _as_list(stop), k, stream)
+                                     _as_list(stop), k, stream, constraint)
 
     def _prompt_ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
         if isinstance(prompt, str):
@@ -237,6 +238,10 @@ class Llama3(LlamaCppApi):
         stop: Union[None, str, Sequence[str]] = None,
         logprobs: Optional[int] = None,
         stream: bool = False,
+        json_schema: Any = None,
+        json_object: bool = False,
+        regex: Optional[str] = None,
+        grammar: Optional[str] = None,
     ) -> Union[Generation, Iterator[str]]:
         """Continues ``prompt`` (text, tokenized with BOS; or token ids).
 
@@ -249,9 +254,15 @@ class Llama3(LlamaCppApi):
         greedy), top-k 40, top-p 0.95, min-p 0.05, no penalties, a random seed. Generation
         ends at an end token, ``max_tokens`` (None: the end of the context) or a ``stop``
         string, which is not included.
+
+        Output constraints (one at a time): ``json_schema`` (a dict, JSON text or a pydantic
+        model class), ``json_object=True`` (any JSON object), ``regex`` (the whole output
+        matches it), ``grammar`` (llguidance's Lark syntax). A bad schema or grammar raises
+        ``InvalidArgumentError`` saying what and where.
         """
         ids = self._prompt_ids(prompt)
-        it = self._start(ids, max_tokens, stop, logprobs, stream, temperature=temperature, top_p=top_p,
+        c = constraint(json_schema=json_schema, json_object=json_object, regex=regex, grammar=grammar)
+        it = self._start(ids, max_tokens, stop, logprobs, stream, constraint=c, temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, typical_p=typical_p,
                          repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                          presence_penalty=presence_penalty, seed=seed, logit_bias=logit_bias)
@@ -291,14 +302,27 @@ class Llama3(LlamaCppApi):
         stop: Union[None, str, Sequence[str]] = None,
         logprobs: Optional[int] = None,
         stream: bool = False,
+        response_format: Optional[Dict[str, Any]] = None,
+        json_schema: Any = None,
+        json_object: bool = False,
+        regex: Optional[str] = None,
+        grammar: Optional[str] = None,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """Answers a conversation (``[{"role": "user", "content": "Hi"}, ...]``) through the
         model's chat template. Returns an OpenAI chat completion as a dict
         (``["choices"][0]["message"]["content"]``, ``finish_reason``, ``usage``);
-        ``stream=True`` yields chunks in OpenAI's streaming shape. Sampling as
-        :meth:`generate`."""
+        ``stream=True`` yields chunks in OpenAI's streaming shape. Sampling and output
+        constraints as :meth:`generate`, plus OpenAI's ``response_format``."""
+        constraint(json_schema=json_schema, json_object=json_object, regex=regex, grammar=grammar,
+                   response_format=response_format)  # one at a time
+        if json_schema is not None:
+            schema = json.loads(_schema("json_schema", json_schema))
+            response_format = {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
+        elif json_object:
+            response_format = {"type": "json_object"}
         return self.create_chat_completion(
-            list(messages), max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            list(messages), response_format=response_format, grammar=grammar, regex=regex,
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             top_k=top_k, min_p=min_p, typical_p=typical_p, repeat_penalty=repetition_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             logit_bias=logit_bias, seed=seed, stop=stop,

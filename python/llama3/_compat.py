@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._errors import InvalidArgumentError
 
@@ -29,12 +30,61 @@ def _content(message: Dict[str, Any]) -> str:
 
 
 # llama-cpp-python arguments accepted at their neutral value only (llama.cpp-only samplers,
-# grammars, tools: not in llama3 yet).
+# tools: not in llama3 yet).
 _NEUTRAL: Dict[str, Any] = {
     "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
-    "stopping_criteria": None, "logits_processor": None, "grammar": None, "response_format": None,
+    "stopping_criteria": None, "logits_processor": None,
     "tools": None, "tool_choice": None, "functions": None, "function_call": None, "n": 1,
 }
+
+
+def _schema(name: str, schema: Any) -> str:
+    """A JSON schema as JSON text: a dict, a JSON string, or a pydantic model class."""
+    if hasattr(schema, "model_json_schema"):
+        schema = schema.model_json_schema()
+    if isinstance(schema, str):
+        return schema
+    if isinstance(schema, (dict, bool)):
+        return json.dumps(schema)
+    raise InvalidArgumentError(f"{name} must be a dict, a JSON string or a pydantic model, got {type(schema).__name__}")
+
+
+def constraint(json_schema: Any = None, json_object: bool = False, regex: Optional[str] = None,
+               grammar: Optional[str] = None, response_format: Optional[Dict[str, Any]] = None,
+               ) -> Optional[Tuple[str, str]]:
+    """The one output constraint asked for, as (kind, data) for the native ``generate``."""
+    found: List[Tuple[str, Tuple[str, str]]] = []
+    if response_format is not None:
+        if not isinstance(response_format, dict) or "type" not in response_format:
+            raise InvalidArgumentError('response_format must be a dict with a "type": text, json_object or json_schema')
+        kind = response_format["type"]
+        if kind == "json_object":
+            if response_format.get("schema") is not None:  # llama-cpp-python's form
+                found.append(("response_format", ("json_schema", _schema("response_format", response_format["schema"]))))
+            else:
+                found.append(("response_format", ("json_object", "")))
+        elif kind == "json_schema":
+            js = response_format.get("json_schema")
+            if not isinstance(js, dict) or "schema" not in js:
+                raise InvalidArgumentError('response_format of type json_schema needs {"json_schema": {"name", "schema"}}')
+            found.append(("response_format", ("json_schema", _schema("response_format", js["schema"]))))
+        elif kind != "text":
+            raise InvalidArgumentError(f"response_format type {kind!r} is not text, json_object or json_schema")
+    if json_schema is not None:
+        found.append(("json_schema", ("json_schema", _schema("json_schema", json_schema))))
+    if json_object:
+        found.append(("json_object", ("json_object", "")))
+    if regex is not None:
+        if not isinstance(regex, str):
+            raise InvalidArgumentError(f"regex must be a string, got {type(regex).__name__}")
+        found.append(("regex", ("regex", regex)))
+    if grammar is not None:
+        if not isinstance(grammar, str):
+            raise InvalidArgumentError("grammar must be a string in llguidance's Lark syntax (llama.cpp's LlamaGrammar objects are not read)")
+        found.append(("grammar", ("lark", grammar)))
+    if len(found) > 1:
+        raise InvalidArgumentError("give one output constraint, not several: " + ", ".join(n for n, _ in found))
+    return found[0][1] if found else None
 
 
 def _check_unsupported(fn: str, kwargs: Dict[str, Any]) -> None:
@@ -79,14 +129,18 @@ class LlamaCppApi:
         seed: Optional[int] = None,
         model: Optional[str] = None,
         logit_bias: Optional[Dict[int, float]] = None,
+        grammar: Optional[str] = None,
+        regex: Optional[str] = None,
         **unsupported: Any,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """A text completion in llama-cpp-python's shape (``{"id", "object":
         "text_completion", "created", "model", "choices": [{"text", "index", "logprobs",
         "finish_reason"}], "usage"}``), or its stream of chunks with ``stream=True``.
         ``max_tokens=None`` generates up to the end of the context; ``echo`` puts the prompt
-        before the answer. ``suffix`` (infill) and llama.cpp-only knobs (mirostat, grammar,
-        logits processors...) raise ``InvalidArgumentError`` when set."""
+        before the answer. ``grammar``: the output matches this grammar, in llguidance's Lark
+        syntax; ``regex`` (a llama3 extension, as the server's): the output matches it.
+        ``suffix`` (infill) and llama.cpp-only knobs (mirostat, logits processors...) raise
+        ``InvalidArgumentError`` when set."""
         _check_unsupported("create_completion", unsupported)
         if suffix is not None:
             raise InvalidArgumentError("suffix (infill) is not supported by llama3")
@@ -95,7 +149,8 @@ class LlamaCppApi:
         it = self._start(ids, max_tokens, stop, logprobs, stream, temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, typical_p=typical_p,
                          repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                         presence_penalty=presence_penalty, seed=seed, logit_bias=logit_bias)
+                         presence_penalty=presence_penalty, seed=seed, logit_bias=logit_bias,
+                         constraint=constraint(grammar=grammar, regex=regex))
         cid = f"cmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = self._model_name(model)
@@ -159,11 +214,17 @@ class LlamaCppApi:
         logit_bias: Optional[Dict[int, float]] = None,
         logprobs: Optional[bool] = None,
         top_logprobs: Optional[int] = None,
+        response_format: Optional[Dict[str, Any]] = None,
+        grammar: Optional[str] = None,
+        regex: Optional[str] = None,
         **unsupported: Any,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """A chat completion in OpenAI's (and llama-cpp-python's) shape, or its stream of
-        ``chat.completion.chunk`` dicts with ``stream=True``. Tools, response formats and
-        grammars raise ``InvalidArgumentError`` when set."""
+        ``chat.completion.chunk`` dicts with ``stream=True``. ``response_format``: OpenAI's
+        ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name",
+        "schema"}}`` (or llama-cpp-python's ``{"type": "json_object", "schema": ...}``);
+        ``grammar``: a grammar in llguidance's Lark syntax; ``regex`` (a llama3 extension, as
+        the server's): the answer matches it. Tools raise ``InvalidArgumentError`` when set."""
         _check_unsupported("create_chat_completion", unsupported)
         if not isinstance(messages, (list, tuple)) or not messages:
             raise InvalidArgumentError("messages must be a non-empty list of {'role', 'content'} dicts")
@@ -177,7 +238,8 @@ class LlamaCppApi:
         it = self._start(ids, max_tokens, stop, k, stream, temperature=temperature, top_p=top_p, top_k=top_k,
                          min_p=min_p, typical_p=typical_p, repetition_penalty=repeat_penalty,
                          frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                         seed=seed, logit_bias=logit_bias)
+                         seed=seed, logit_bias=logit_bias,
+                         constraint=constraint(grammar=grammar, regex=regex, response_format=response_format))
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = self._model_name(model)

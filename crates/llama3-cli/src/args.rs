@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use llama3::grammar::{Constraint, Grammar};
 use llama3::loader::{LoadOptions, Loaded};
 use llama3::sample::SamplingParams;
 use llama3::tokenizer::Tokenizer;
@@ -228,4 +229,56 @@ fn parse_bias(s: &str) -> std::result::Result<(u32, f32), String> {
         b => b.parse().map_err(|_| format!("bad bias {b:?}"))?,
     };
     Ok((id, bias))
+}
+
+/// Output constraints: the generated text matches a JSON schema, any JSON object, a regex or
+/// a Lark grammar (llguidance).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConstraintArgs {
+    /// Output matches this JSON schema: a file, or the schema itself as JSON text.
+    #[arg(long, value_name = "FILE|JSON", conflicts_with_all = ["json_object", "grammar", "regex"])]
+    pub json_schema: Option<String>,
+    /// Output is one JSON object (any keys).
+    #[arg(long, conflicts_with_all = ["grammar", "regex"])]
+    pub json_object: bool,
+    /// Output matches this grammar file, in llguidance's Lark syntax (`start: ...`).
+    #[arg(long, value_name = "FILE", conflicts_with = "regex")]
+    pub grammar: Option<PathBuf>,
+    /// Output matches this regular expression (Rust regex syntax), as a whole.
+    #[arg(long, value_name = "RE")]
+    pub regex: Option<String>,
+}
+
+impl ConstraintArgs {
+    /// What the flags ask for, if anything.
+    pub fn constraint(&self) -> Result<Option<Constraint>> {
+        if let Some(s) = &self.json_schema {
+            let text = match s.trim_start().starts_with(['{', '[']) || s.trim() == "true" {
+                true => s.clone(),
+                false => std::fs::read_to_string(s)
+                    .with_context(|| format!("--json-schema: cannot read {s}"))?,
+            };
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("--json-schema: {s} is not valid JSON"))?;
+            return Ok(Some(Constraint::JsonSchema(v)));
+        }
+        if self.json_object {
+            return Ok(Some(Constraint::JsonObject));
+        }
+        if let Some(f) = &self.grammar {
+            let src = std::fs::read_to_string(f)
+                .with_context(|| format!("--grammar: cannot read {}", f.display()))?;
+            return Ok(Some(Constraint::Lark(src)));
+        }
+        Ok(self.regex.clone().map(Constraint::Regex))
+    }
+
+    /// The compiled constraint for `tok`'s vocabulary.
+    pub fn grammar(&self, tok: Option<&Tokenizer>) -> Result<Option<Grammar>> {
+        let Some(c) = self.constraint()? else {
+            return Ok(None);
+        };
+        let tok = tok.context("an output constraint needs the model's tokenizer")?;
+        Ok(Some(Grammar::new(tok, &c)?))
+    }
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use llama3::generate::{generate_text, GenerateOptions, Session};
 use llama3::tokenizer::Message;
 
-use crate::args::{need_tokenizer, ModelArgs, SamplingArgs};
+use crate::args::{need_tokenizer, ConstraintArgs, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -21,6 +21,9 @@ pub struct ChatArgs {
     pub ctx: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Each answer matches the constraint.
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
@@ -30,6 +33,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         anyhow::bail!("this model has no chat template; use `llama3 generate` instead");
     }
     let model = &loaded.model;
+    let grammar = a.constraint.grammar(Some(tok))?;
     let mut session = Session::new(model, a.ctx)?;
     let mut messages: Vec<Message> = Vec::new();
     let start_messages = |m: &mut Vec<Message>| {
@@ -79,6 +83,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             max_tokens: a.sampling.max_tokens,
             sampling: a.sampling.params(model.config.vocab_size)?,
             end_ids: tok.end_ids().to_vec(),
+            grammar: grammar.clone(),
             ..GenerateOptions::default()
         };
         let out = match generate_text(

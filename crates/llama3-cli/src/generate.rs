@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama3::generate::{generate_text, GenerateOptions, Session};
 
-use crate::args::{need_tokenizer, ModelArgs, SamplingArgs};
+use crate::args::{need_tokenizer, ConstraintArgs, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -30,6 +30,8 @@ pub struct GenerateArgs {
     pub no_bos: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
     /// Print one JSON object (prompt ids, generated ids, text, finish reason, timings) instead
     /// of streaming text.
     #[arg(long)]
@@ -71,6 +73,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             .map(|t| t.end_ids().to_vec())
             .unwrap_or_else(|| loaded.model.config.eos_token_ids.clone()),
         top_logprobs: a.top_logprobs,
+        grammar: a.constraint.grammar(tok)?,
         ..GenerateOptions::default()
     };
     let seed = opts.sampling.seed;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use llama3::generate::FinishReason;
+use llama3::grammar::Grammar;
 use llama3::model::Llama;
 use llama3::sample::SamplingParams;
 use llama3::tokenizer::Tokenizer;
@@ -33,6 +34,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// `Some(k)`: report each token's log-probability and the `k` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// A compiled constraint the output must match (JSON schema, regex, grammar).
+    pub grammar: Option<Grammar>,
     /// Where this job's [`Event`]s go; dropping the receiver cancels the job.
     pub events: mpsc::UnboundedSender<Event>,
     pub submitted: Instant,

@@ -157,7 +157,7 @@ fn admit<'t>(
     model: &Llama,
     tok: &'t Tokenizer,
     cfg: &EngineConfig,
-    job: Job,
+    mut job: Job,
     free: &mut Vec<Session>,
     metrics: &Metrics,
 ) -> Option<Seq<'t>> {
@@ -191,6 +191,7 @@ fn admit<'t>(
         end_ids: tok.end_ids().to_vec(),
         logprobs: job.logprobs,
         stop: job.stop.clone(),
+        grammar: job.grammar.take(),
     };
     Some(Seq {
         seq: Sequence::new(opts, Some(tok), &job.prompt),

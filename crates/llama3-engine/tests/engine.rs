@@ -88,6 +88,7 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
             max_tokens: 24,
             stop: stop.clone(),
             logprobs: None,
+            grammar: None,
             events: tx,
             submitted: Instant::now(),
         };

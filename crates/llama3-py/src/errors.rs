@@ -13,7 +13,7 @@ fn class_of(e: &llama3::Error) -> &'static str {
         }
         E::Format { .. } | E::MissingTensor { .. } | E::Shape { .. } => "ModelFormatError",
         E::Unsupported(_) => "UnsupportedError",
-        E::Input(_) | E::Config(_) => "InvalidArgumentError",
+        E::Input(_) | E::Config(_) | E::Grammar(_) => "InvalidArgumentError",
         E::Tokenizer(_) | E::Template(_) => "TokenizerError",
         E::Io { .. } | E::Candle(_) => "Llama3Error",
     }

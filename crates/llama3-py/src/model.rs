@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::DType;
 use llama3::generate::{GenerateOptions, Session};
+use llama3::grammar::{Constraint, Grammar};
 use llama3::loader::{open, ModelInfo, OpenOptions};
 use llama3::model::{Llama, Logits};
 use llama3::sample::SamplingParams;
@@ -176,15 +177,20 @@ impl Model {
     /// Starts generating after `prompt` (ids); `sampling` is a JSON object of
     /// `SamplingParams` fields. Returns the token iterator: tokens as they come with
     /// `stream`, else all at the end (one wake-up of the caller instead of one per token).
-    #[pyo3(signature = (prompt, max_tokens, sampling, stop, top_logprobs=0, stream=true))]
+    /// `constraint`: (kind, data) with kind `json_schema` (data: the schema as JSON text),
+    /// `json_object`, `regex` or `lark`.
+    #[pyo3(signature = (prompt, max_tokens, sampling, stop, top_logprobs=0, stream=true, constraint=None))]
+    #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
+        py: Python<'_>,
         prompt: Vec<u32>,
         max_tokens: usize,
         sampling: &str,
         stop: Vec<String>,
         top_logprobs: usize,
         stream: bool,
+        constraint: Option<(String, String)>,
     ) -> PyResult<Stream> {
         let sampling: SamplingParams =
             serde_json::from_str(sampling).map_err(|e| invalid(format!("sampling: {e}")))?;
@@ -205,11 +211,30 @@ impl Model {
                 prompt.len()
             )));
         }
+        let grammar = match constraint {
+            None => None,
+            Some((kind, data)) => {
+                let c = match kind.as_str() {
+                    "json_schema" => Constraint::JsonSchema(
+                        serde_json::from_str(&data)
+                            .map_err(|e| invalid(format!("json_schema is not valid JSON: {e}")))?,
+                    ),
+                    "json_object" => Constraint::JsonObject,
+                    "regex" => Constraint::Regex(data),
+                    "lark" => Constraint::Lark(data),
+                    k => return Err(invalid(format!("unknown constraint kind {k:?}"))),
+                };
+                let tok = self.inner.tokenizer()?;
+                // Compiling may take a moment (the first time, the vocabulary's trie).
+                Some(py.detach(|| Grammar::new(tok, &c)).map_err(to_py)?)
+            }
+        };
         let opts = GenerateOptions {
             max_tokens,
             sampling,
             end_ids: self.end_ids(),
             top_logprobs,
+            grammar,
             ..GenerateOptions::default()
         };
         let req = Request {

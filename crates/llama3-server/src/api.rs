@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
+use crate::structured::Structured;
 
 /// Parses a JSON body; malformed JSON, wrong types and invalid UTF-8 become a 400 that quotes
 /// serde's message (field, expected type, line and column).
@@ -57,6 +58,9 @@ pub struct Knobs {
     pub n: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// Output constraints (`response_format`, `grammar`, `regex`...).
+    #[serde(flatten)]
+    pub structured: Structured,
 }
 
 /// Most choices one request may ask for.

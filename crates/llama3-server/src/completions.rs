@@ -91,6 +91,7 @@ async fn start(
     let n = knobs.n()?;
     let stops = knobs.stops()?;
     let sampling = knobs.sampling(served.vocab)?;
+    let grammar = knobs.structured.grammar(&served.tokenizer).await?;
     let ctx = served.engine.config.ctx;
     let mut receivers = Vec::with_capacity(prompts.len() * n);
     let mut prompt_tokens = 0;
@@ -107,6 +108,7 @@ async fn start(
                 max_tokens,
                 stop: stops.clone(),
                 logprobs,
+                grammar: grammar.clone(),
                 events: tx,
                 submitted: Instant::now(),
             };

@@ -15,6 +15,7 @@ pub mod api;
 mod completions;
 pub mod error;
 mod routes;
+pub mod structured;
 
 /// The continuous-batching engine the routes submit to (no HTTP; `llama3-engine`).
 pub use llama3_engine as engine;

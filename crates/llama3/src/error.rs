@@ -32,6 +32,9 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    /// A JSON schema, regex or grammar that cannot be compiled (says what and where).
+    #[error("grammar: {0}")]
+    Grammar(String),
     /// Bad value given by the caller (prompt too long, bad sampling parameter...).
     #[error("{0}")]
     Input(String),

@@ -16,6 +16,7 @@ pub mod error;
 pub mod eval;
 pub mod fused;
 pub mod generate;
+pub mod grammar;
 pub mod hub;
 pub mod kv;
 pub mod loader;

@@ -26,6 +26,8 @@ pub struct GenerateOptions {
     pub top_logprobs: usize,
     /// Positions per prefill forward.
     pub prefill_chunk: usize,
+    /// A compiled constraint the output must match.
+    pub grammar: Option<crate::grammar::Grammar>,
 }
 
 impl Default for GenerateOptions {
@@ -36,6 +38,7 @@ impl Default for GenerateOptions {
             end_ids: vec![],
             top_logprobs: 0,
             prefill_chunk: 512,
+            grammar: None,
         }
     }
 }
@@ -177,6 +180,7 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             end_ids: opts.end_ids,
             logprobs: Some(opts.top_logprobs),
             stop: stop.to_vec(),
+            grammar: opts.grammar,
         };
         Ok(Self {
             model,
@@ -187,6 +191,11 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             prompt_time: start.elapsed(),
             cached_tokens,
         })
+    }
+
+    /// Where the grammar's time went (None without one).
+    pub fn grammar_stats(&self) -> Option<crate::grammar::GrammarStats> {
+        self.seq.grammar_stats()
     }
 
     /// Why generation stopped, once the iterator is exhausted.

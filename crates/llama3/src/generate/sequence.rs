@@ -4,6 +4,7 @@
 //! Python package all step a [`Sequence`]; none of them samples, detokenizes or matches stop
 //! strings on its own.
 
+use crate::grammar::{Grammar, GrammarStats};
 use crate::sample::{logprob_of, top_logprobs, Sampler, SamplingParams, StopStrings};
 use crate::tokenizer::{DecodeStream, Tokenizer};
 use crate::Result;
@@ -49,6 +50,8 @@ pub struct SequenceOptions {
     pub logprobs: Option<usize>,
     /// Stop strings (not included in the text).
     pub stop: Vec<String>,
+    /// A compiled constraint the output must match ([`Grammar::new`]).
+    pub grammar: Option<Grammar>,
 }
 
 /// One sequence's sampler chain, detokenizer and stop strings, and its finish.
@@ -60,6 +63,7 @@ pub struct Sequence<'t> {
     /// None without a tokenizer: tokens only, no text.
     decoder: Option<DecodeStream<'t>>,
     stops: StopStrings,
+    grammar: Option<Grammar>,
     generated: usize,
     finish: Option<FinishReason>,
 }
@@ -76,6 +80,7 @@ impl<'t> Sequence<'t> {
             max_tokens: opts.max_tokens,
             decoder: tokenizer.map(|t| t.decode_stream()),
             stops: StopStrings::new(opts.stop),
+            grammar: opts.grammar,
             generated: 0,
             finish: (opts.max_tokens == 0).then_some(FinishReason::Length),
         }
@@ -96,17 +101,25 @@ impl<'t> Sequence<'t> {
     /// [`Self::finished`] says whether the sequence ended here: an end token or a stop string
     /// (`Stop`), `max_tokens` or no room (`Length`). Call [`Self::finish`] then.
     pub fn sample(&mut self, logits: &mut [f32], room: bool) -> Result<Sampled> {
-        let (token, logprob, top_logprobs) = match self.logprobs {
-            Some(k) => {
-                let top = match k {
-                    0 => vec![],
-                    k => top_logprobs(logits, k),
-                };
-                let raw = logits.to_vec();
-                let token = self.sampler.sample(logits);
-                (token, logprob_of(&raw, token), top)
+        let top_logprobs = match self.logprobs {
+            Some(k) if k > 0 => top_logprobs(logits, k),
+            _ => vec![],
+        };
+        // The raw logits, for log-probabilities and for a second draw under a grammar mask.
+        let raw = (self.logprobs.is_some() || self.grammar.is_some()).then(|| logits.to_vec());
+        let mut token = self.sampler.pick(logits);
+        if let (Some(g), Some(raw)) = (self.grammar.as_mut(), raw.as_ref()) {
+            if !g.allows(token)? {
+                logits.copy_from_slice(raw);
+                g.mask(logits)?;
+                token = self.sampler.pick(logits);
             }
-            None => (self.sampler.sample(logits), 0.0, vec![]),
+            g.consume(token)?;
+        }
+        self.sampler.accept(token);
+        let logprob = match (self.logprobs, raw.as_ref()) {
+            (Some(_), Some(raw)) => logprob_of(raw, token),
+            _ => 0.0,
         };
         self.generated += 1;
         let is_end = self.end_ids.contains(&token);
@@ -121,6 +134,10 @@ impl<'t> Sequence<'t> {
                     self.finish = Some(FinishReason::Stop);
                 }
             }
+            // A complete grammar allows only an end token: end here, without another forward.
+            if self.finish.is_none() && self.grammar.as_ref().is_some_and(|g| g.is_stopped()) {
+                self.finish = Some(FinishReason::Stop);
+            }
             if self.finish.is_none() && (self.generated >= self.max_tokens || !room) {
                 self.finish = Some(FinishReason::Length);
             }
@@ -132,6 +149,11 @@ impl<'t> Sequence<'t> {
             is_end,
         };
         Ok(Sampled { step, text })
+    }
+
+    /// Where the grammar's time went (None without one).
+    pub fn grammar_stats(&self) -> Option<GrammarStats> {
+        self.grammar.as_ref().map(|g| g.stats())
     }
 
     /// Ends the sequence: the text held back (an incomplete character, a suffix that turned
@@ -167,6 +189,7 @@ mod tests {
             end_ids,
             logprobs: Some(2),
             stop: vec![],
+            grammar: None,
         }
     }
 

@@ -85,10 +85,16 @@ impl Sampler {
     /// Apply the chain to `logits` (`(V,)`, modified in place) and pick a token; the choice is
     /// accepted. An empty row, or one with every token filtered, yields token 0.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
-        self.chain.apply(logits);
-        let token = self.select.pick(logits);
+        let token = self.pick(logits);
         self.chain.accept(token);
         token
+    }
+
+    /// [`Self::sample`] without accepting the choice: the caller may still refuse it (a
+    /// grammar) and pick again, then [`Self::accept`]s the token it keeps.
+    pub fn pick(&mut self, logits: &mut [f32]) -> u32 {
+        self.chain.apply(logits);
+        self.select.pick(logits)
     }
 
     /// The processors, e.g. to check which stages a config enabled.

@@ -63,6 +63,8 @@ pub struct Tokenizer {
     add_eos: bool,
     end_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
+    /// The grammar compiler for constrained decoding, built on first use.
+    grammar: crate::grammar::GrammarEnv,
 }
 
 /// What a loader found besides the `tokenizers::Tokenizer` itself.
@@ -114,6 +116,7 @@ impl Tokenizer {
             eos,
             end_ids,
             chat_template,
+            grammar: Default::default(),
         })
     }
 
@@ -140,7 +143,11 @@ impl Tokenizer {
         Self::assemble(inner, meta)
     }
 
-    fn plain(&self) -> &tokenizers::Tokenizer {
+    pub(crate) fn grammar_env(&self) -> &crate::grammar::GrammarEnv {
+        &self.grammar
+    }
+
+    pub(crate) fn plain(&self) -> &tokenizers::Tokenizer {
         self.plain.get_or_init(|| {
             let mut t = self.inner.clone();
             // Special (control) added tokens become text; user-defined added tokens still
