@@ -56,10 +56,10 @@ PY
 fi
 
 pylib="$home/pylib"
-if ! PYTHONPATH="$pylib" python3 -c "import openai, selenium" 2>/dev/null; then
-  echo "installing openai==3.54.0 and selenium==4.51.0 into $pylib" >&2
+if ! PYTHONPATH="$pylib" python3 -c "import openai, selenium, jsonschema, numpy" 2>/dev/null; then
+  echo "installing openai==3.54.0, selenium==4.51.0, jsonschema==4.26.0, numpy==2.4.6 into $pylib" >&2
   python3 -m pip install -q --disable-pip-version-check --no-warn-conflicts --target "$pylib" \
-    openai==3.54.0 selenium==4.51.0
+    openai==3.54.0 selenium==4.51.0 jsonschema==4.26.0 numpy==2.4.6
 fi
 export LLAMA3_PYLIB="$pylib"
 
@@ -104,7 +104,7 @@ if [ $# -eq 0 ]; then
   fi
   python3 -m venv "$pywork/venv"
   "$pywork/venv/bin/pip" install -q --disable-pip-version-check "$pywork"/wheels/llama3-*.whl \
-    pytest==9.2.0 openai==3.54.0
+    pytest==9.2.0 openai==3.54.0 jsonschema==4.26.0 numpy==2.4.6
   repo=$PWD
   (cd "$pywork" && LLAMA3_BIN="$repo/target/release/llama3" LLAMA3_HOME="$home" \
     "$pywork/venv/bin/python" -m pytest -q -p no:cacheprovider "$repo/python/tests") || status=$?

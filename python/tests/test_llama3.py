@@ -234,6 +234,53 @@ def test_bad_inputs_raise_their_documented_exceptions(llm, tmp_path):
     assert issubclass(llama3.InvalidArgumentError, llama3.Llama3Error)
 
 
+def test_output_constraints_hold(llm):
+    """JSON schema (a dict or a pydantic model), any JSON object, regex and Lark grammar, in
+    generate, chat and llama-cpp-python's create_chat_completion; validated with jsonschema."""
+    import re
+    from typing import List, Literal
+
+    import jsonschema
+    import pydantic
+
+    class Pet(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        kind: Literal["cat", "dog"]
+        legs: int = pydantic.Field(ge=0, le=4)
+
+    class Owner(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        name: str = pydantic.Field(max_length=16)
+        pets: List[Pet] = pydantic.Field(min_length=1, max_length=2)
+
+    schema = Owner.model_json_schema()
+    for seed in range(1, 6):
+        out = llm.generate("A pet owner, as JSON:", json_schema=Owner, temperature=1.0, seed=seed, max_tokens=200)
+        assert out.finish_reason == "stop", out
+        jsonschema.validate(json.loads(out), schema)
+        Owner.model_validate_json(out)
+    r = llm.chat([{"role": "user", "content": "Describe a pet owner."}], temperature=1.0, seed=9, max_tokens=200,
+                 response_format={"type": "json_schema", "json_schema": {"name": "owner", "schema": schema}})
+    Owner.model_validate_json(r["choices"][0]["message"]["content"])
+    r = llm.create_chat_completion([{"role": "user", "content": "Describe a pet owner."}], temperature=1.0,
+                                   seed=2, max_tokens=200, response_format={"type": "json_object", "schema": schema})
+    Owner.model_validate_json(r["choices"][0]["message"]["content"])
+    r = llm.chat([{"role": "user", "content": 'Reply with a JSON object with the keys "city" and "country" for Paris.'}],
+                 json_object=True, temperature=0, max_tokens=100)
+    assert isinstance(json.loads(r["choices"][0]["message"]["content"]), dict)
+    rx = r" [0-9]{3}-[0-9]{4}"
+    pieces = list(llm.generate("Call me at", regex=rx, temperature=1.0, seed=4, stream=True))
+    assert re.fullmatch(rx, "".join(pieces)), pieces
+    out = llm.create_completion("Is water wet?", grammar='start: " yes" | " no"', temperature=1.0, seed=1)
+    assert out["choices"][0]["text"] in (" yes", " no")
+    with pytest.raises(llama3.InvalidArgumentError, match="strnig"):
+        llm.generate("x", json_schema={"type": "strnig"})
+    with pytest.raises(llama3.InvalidArgumentError, match="one output constraint"):
+        llm.generate("x", regex="a", json_object=True)
+    with pytest.raises(llama3.InvalidArgumentError, match="GBNF"):
+        llm.chat([{"role": "user", "content": "x"}], grammar='root ::= "a"')
+
+
 def test_keyboard_interrupt_stops_a_long_generate_within_a_second(llm):
     fired = []
 

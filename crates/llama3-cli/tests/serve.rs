@@ -38,6 +38,13 @@ fn openai_client_suite() {
     python_suite("test_server.py", "server");
 }
 
+/// Structured output (JSON schema, json_object, regex, Lark) through the `openai` client,
+/// validated with the `jsonschema` package: tests/serve/test_structured.py.
+#[test]
+fn structured_output_suite() {
+    python_suite("test_structured.py", "structured output");
+}
+
 /// The chat page in headless Chromium (acceptance 4 of the server issue). scripts/test.sh
 /// installs Debian's chromium and chromedriver; where it could not (no root, no apt), it sets
 /// LLAMA3_NO_BROWSER to the reason and this test reports itself skipped, or fails under CI
