@@ -307,12 +307,17 @@ class Llama3(LlamaCppApi):
         json_object: bool = False,
         regex: Optional[str] = None,
         grammar: Optional[str] = None,
+        tools: Optional[List[Dict[str, Any]]] = None,
+        tool_choice: Union[None, str, Dict[str, Any]] = None,
+        parallel_tool_calls: bool = True,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """Answers a conversation (``[{"role": "user", "content": "Hi"}, ...]``) through the
         model's chat template. Returns an OpenAI chat completion as a dict
         (``["choices"][0]["message"]["content"]``, ``finish_reason``, ``usage``);
         ``stream=True`` yields chunks in OpenAI's streaming shape. Sampling and output
-        constraints as :meth:`generate`, plus OpenAI's ``response_format``."""
+        constraints as :meth:`generate`, plus OpenAI's ``response_format``. ``tools``,
+        ``tool_choice`` and ``parallel_tool_calls`` as OpenAI's: calls come back in
+        ``message["tool_calls"]`` (see :meth:`create_chat_completion`)."""
         constraint(json_schema=json_schema, json_object=json_object, regex=regex, grammar=grammar,
                    response_format=response_format)  # one at a time
         if json_schema is not None:
@@ -322,6 +327,7 @@ class Llama3(LlamaCppApi):
             response_format = {"type": "json_object"}
         return self.create_chat_completion(
             list(messages), response_format=response_format, grammar=grammar, regex=regex,
+            tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
             max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             top_k=top_k, min_p=min_p, typical_p=typical_p, repeat_penalty=repetition_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,

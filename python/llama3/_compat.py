@@ -34,8 +34,32 @@ def _content(message: Dict[str, Any]) -> str:
 _NEUTRAL: Dict[str, Any] = {
     "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
     "stopping_criteria": None, "logits_processor": None,
-    "tools": None, "tool_choice": None, "functions": None, "function_call": None, "n": 1,
+    "functions": None, "function_call": None, "n": 1,
 }
+
+
+def _message(m: Any) -> Dict[str, Any]:
+    """One OpenAI message for the native chat template: text content, tool calls with their
+    arguments as JSON text, tool results with the call they answer."""
+    if not isinstance(m, dict) or "role" not in m:
+        raise InvalidArgumentError(f"each message needs a 'role': {m!r}")
+    out: Dict[str, Any] = {"role": str(m["role"]), "content": _content(m)}
+    calls = []
+    for c in m.get("tool_calls") or []:
+        fn = c.get("function", {}) if isinstance(c, dict) else {}
+        if "name" not in fn:
+            raise InvalidArgumentError(f"a tool call needs function.name: {c!r}")
+        args = fn.get("arguments", "{}")
+        calls.append({"id": str(c.get("id", "")), "type": "function",
+                      "function": {"name": fn["name"], "arguments": args if isinstance(args, str) else json.dumps(args)}})
+    if calls:
+        out["tool_calls"] = calls
+    for key in ("tool_call_id", "name"):
+        if m.get(key) is not None:
+            out[key] = str(m[key])
+    if out["role"] == "tool" and "tool_call_id" not in out:
+        raise InvalidArgumentError("a message with role 'tool' needs its 'tool_call_id'")
+    return out
 
 
 def _schema(name: str, schema: Any) -> str:
@@ -217,6 +241,9 @@ class LlamaCppApi:
         response_format: Optional[Dict[str, Any]] = None,
         grammar: Optional[str] = None,
         regex: Optional[str] = None,
+        tools: Optional[List[Dict[str, Any]]] = None,
+        tool_choice: Union[None, str, Dict[str, Any]] = None,
+        parallel_tool_calls: bool = True,
         **unsupported: Any,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """A chat completion in OpenAI's (and llama-cpp-python's) shape, or its stream of
@@ -224,22 +251,30 @@ class LlamaCppApi:
         ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name",
         "schema"}}`` (or llama-cpp-python's ``{"type": "json_object", "schema": ...}``);
         ``grammar``: a grammar in llguidance's Lark syntax; ``regex`` (a llama3 extension, as
-        the server's): the answer matches it. Tools raise ``InvalidArgumentError`` when set."""
+        the server's): the answer matches it.
+
+        ``tools`` (OpenAI's ``[{"type": "function", "function": {"name", "description",
+        "parameters"}}]``), ``tool_choice`` (``"auto"``, ``"none"``, ``"required"`` or
+        ``{"type": "function", "function": {"name": ...}}``) and ``parallel_tool_calls``: calls
+        come back in ``message["tool_calls"]`` with ``finish_reason`` ``"tool_calls"``; under
+        ``"required"`` or a named function the arguments match the tool's schema. ``role:
+        "tool"`` messages (with ``tool_call_id``) carry results back."""
         _check_unsupported("create_chat_completion", unsupported)
         if not isinstance(messages, (list, tuple)) or not messages:
             raise InvalidArgumentError("messages must be a non-empty list of {'role', 'content'} dicts")
-        pairs = []
-        for m in messages:
-            if not isinstance(m, dict) or "role" not in m:
-                raise InvalidArgumentError(f"each message needs a 'role': {m!r}")
-            pairs.append((str(m["role"]), _content(m)))
-        ids = self._native.chat_ids(pairs, True)
+        msgs = json.dumps([_message(m) for m in messages])
+        ids, tool_constraint, parser = self._native.chat_plan(
+            msgs, None if tools is None else json.dumps(tools),
+            None if tool_choice is None else json.dumps(tool_choice), bool(parallel_tool_calls))
+        asked = constraint(grammar=grammar, regex=regex, response_format=response_format)
+        if tool_constraint is not None and asked is not None:
+            raise InvalidArgumentError("response_format, grammar and regex cannot be combined with tool calls "
+                                       "(tool_choice='none' leaves them out)")
         k = (top_logprobs or 0) if logprobs else None
         it = self._start(ids, max_tokens, stop, k, stream, temperature=temperature, top_p=top_p, top_k=top_k,
                          min_p=min_p, typical_p=typical_p, repetition_penalty=repeat_penalty,
                          frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                         seed=seed, logit_bias=logit_bias,
-                         constraint=constraint(grammar=grammar, regex=regex, response_format=response_format))
+                         seed=seed, logit_bias=logit_bias, constraint=tool_constraint or asked)
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = self._model_name(model)
@@ -250,16 +285,45 @@ class LlamaCppApi:
                     "top_logprobs": [{"token": self._piece(t), "logprob": l,
                                       "bytes": list(self._piece(t).encode("utf-8"))} for t, l in top]}
 
+        def reply(text):
+            """(message, finish_reason) of a finished answer, tool calls read out of it."""
+            if parser is None:
+                return {"role": "assistant", "content": text}, it.finish_reason
+            got = json.loads(self._native.parse_tool_calls(parser[0], parser[1], text))
+            message = {"role": "assistant", "content": got["content"]}
+            if got["tool_calls"]:
+                message["tool_calls"] = got["tool_calls"]
+                return message, "tool_calls" if it.finish_reason == "stop" else it.finish_reason
+            return message, it.finish_reason
+
         if stream:
             def chunks():
                 def chunk(delta, finish=None, lp=None):
                     return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
                             "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
                 yield chunk({"role": "assistant", "content": ""})
+                held = []
                 for text, tid, lp, top in it:
                     lpo = {"content": [entry(tid, lp, top)]} if logprobs and tid is not None else None
-                    yield chunk({"content": text}, lp=lpo)
-                yield chunk({}, it.finish_reason)
+                    if parser is None:
+                        yield chunk({"content": text}, lp=lpo)
+                    else:  # with tools the answer is read once complete
+                        held.append(text)
+                        if lpo:
+                            yield chunk({"content": ""}, lp=lpo)
+                if parser is None:
+                    yield chunk({}, it.finish_reason)
+                    return
+                message, finish = reply("".join(held))
+                if message["content"]:
+                    yield chunk({"content": message["content"]})
+                for k, call in enumerate(message.get("tool_calls", [])):
+                    yield chunk({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                                 "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                    args = call["function"]["arguments"]
+                    for at in range(0, len(args), 16):
+                        yield chunk({"tool_calls": [{"index": k, "function": {"arguments": args[at:at + 16]}}]})
+                yield chunk({}, finish)
             return chunks()
 
         text, content_lps = "", []
@@ -267,11 +331,12 @@ class LlamaCppApi:
             text += piece
             if logprobs and tid is not None:
                 content_lps.append(entry(tid, lp, top))
+        message, finish = reply(text)
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "choices": [{"index": 0, "message": message,
                          "logprobs": {"content": content_lps} if logprobs else None,
-                         "finish_reason": it.finish_reason}],
+                         "finish_reason": finish}],
             "usage": {"prompt_tokens": it.prompt_tokens, "completion_tokens": it.completion_tokens,
                       "total_tokens": it.prompt_tokens + it.completion_tokens,
                       "prompt_tokens_details": {"cached_tokens": it.cached_tokens}},

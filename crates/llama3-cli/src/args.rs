@@ -19,6 +19,10 @@ pub struct ModelArgs {
     /// Use this tokenizer (tokenizer.json, or a Llama 3 tokenizer.model) instead of the model's.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
+    /// Use this Jinja chat template (e.g. a model's chat_template.jinja) instead of the
+    /// tokenizer's, as llama.cpp's --chat-template-file.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template_file: Option<PathBuf>,
     /// dtype of dense weights and activations (auto: f32 on the CPU, bf16 on a GPU). GGUF
     /// blocks stay quantized whatever this says.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
@@ -87,6 +91,16 @@ impl ModelArgs {
         let mut loaded = loaded?;
         if let Some(t) = self.tokenizer.as_ref().filter(|_| tokenizer) {
             loaded.tokenizer = Some(Tokenizer::from_file(t)?);
+        }
+        if let Some(f) = self.chat_template_file.as_ref().filter(|_| tokenizer) {
+            let src = std::fs::read_to_string(f)
+                .with_context(|| format!("--chat-template-file: cannot read {}", f.display()))?;
+            let tok = loaded
+                .tokenizer
+                .as_mut()
+                .context("--chat-template-file: this model has no tokenizer")?;
+            tok.set_chat_template(&src)
+                .with_context(|| format!("--chat-template-file {}", f.display()))?;
         }
         for spec in &self.lora {
             let (dir, scale) = llama3::peft::parse_spec(spec)?;

@@ -6,6 +6,7 @@ mod args;
 mod bench;
 mod chat;
 mod classify;
+mod embed;
 mod eval;
 mod export;
 mod generate;
@@ -42,6 +43,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Interactive multi-turn chat with the model's chat template.
     Chat(chat::ChatArgs),
+    /// Embedding vectors of texts (mean, last-token or first-token pooling) as JSON lines or .npy.
+    Embed(embed::EmbedArgs),
     /// Print the token ids of a text.
     Tokenize(info::TokenizeArgs),
     /// Show a model's architecture, size, weight types, context and chat template.
@@ -112,6 +115,7 @@ pub fn run_command(args: Vec<OsString>) -> Result<i32, CliError> {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a).map(|()| 0),
         Command::Chat(a) => chat::run(a).map(|()| 0),
+        Command::Embed(a) => embed::run(a).map(|()| 0),
         Command::Tokenize(a) => info::tokenize(a).map(|()| 0),
         Command::Info(a) => info::info(a).map(|()| 0),
         Command::Pull(a) => info::pull(a).map(|()| 0),

@@ -39,6 +39,7 @@ pub fn random_model(preset: &str, dtype: DType, device: &Device) -> Result<Loade
         parameters,
         tensor_types: vec![(format!("{dtype:?}"), 0)],
         file_bytes: (parameters * dtype.size_in_bytes()) as u64,
+        pooling: None,
     };
     Ok(Loaded {
         model,

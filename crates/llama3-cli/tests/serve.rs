@@ -45,6 +45,13 @@ fn structured_output_suite() {
     python_suite("test_structured.py", "structured output");
 }
 
+/// Tool calls (required, named, streamed, a tool result continuing the chat, none) with the
+/// default model's template and the Llama 3.2 template: tests/serve/test_tools.py.
+#[test]
+fn tool_calls_suite() {
+    python_suite("test_tools.py", "tool calls");
+}
+
 /// The chat page in headless Chromium (acceptance 4 of the server issue). scripts/test.sh
 /// installs Debian's chromium and chromedriver; where it could not (no root, no apt), it sets
 /// LLAMA3_NO_BROWSER to the reason and this test reports itself skipped, or fails under CI

@@ -101,7 +101,7 @@ impl Engine {
     /// Starts the engine thread. It ends when every `Engine` clone is dropped and the running
     /// sequences are done.
     pub fn start(
-        model: Llama,
+        model: Arc<Llama>,
         tokenizer: Arc<Tokenizer>,
         config: EngineConfig,
         metrics: Arc<Metrics>,

@@ -79,7 +79,7 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
         prefill_chunk: 4,
     };
     let (engine, thread) =
-        Engine::start(model, Arc::new(tok), cfg, metrics.clone()).expect("engine");
+        Engine::start(Arc::new(model), Arc::new(tok), cfg, metrics.clone()).expect("engine");
     let submit = |p: &Vec<u32>| {
         let (tx, rx) = mpsc::unbounded_channel();
         let job = Job {

@@ -11,7 +11,10 @@ use llama3::grammar::{Constraint, Grammar};
 use llama3::loader::{open, ModelInfo, OpenOptions};
 use llama3::model::{Llama, Logits};
 use llama3::sample::SamplingParams;
-use llama3::tokenizer::{Message, Tokenizer};
+use llama3::tokenizer::Tokenizer;
+use llama3::tools::{
+    prepare_chat, ChatMessage, Tool, ToolChoice, ToolFormat, ToolParser, ToolRequest,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -61,6 +64,16 @@ impl Inner {
             .as_ref()
             .ok_or_else(|| invalid("this model has no tokenizer: pass tokenizer=PATH"))
     }
+}
+
+/// What `chat_plan` returns: prompt ids, (constraint kind, data), (tool format, parallel).
+type ChatPlanOut = (Vec<u32>, Option<(String, String)>, Option<(String, bool)>);
+
+fn tool_format_name(f: ToolFormat) -> String {
+    serde_json::to_value(f)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The native model handle; use `llama3.Llama3`.
@@ -148,22 +161,58 @@ impl Model {
         tok.decode(&ids, skip_special).map_err(to_py)
     }
 
-    /// The prompt ids of a conversation through the model's chat template.
-    #[pyo3(signature = (messages, add_generation_prompt=true))]
-    fn chat_ids(
+    /// A conversation through the model's chat template: `messages` is OpenAI's message list as
+    /// JSON (tool calls and tool results included), `tools` and `tool_choice` OpenAI's (JSON).
+    /// Returns the prompt ids, the constraint of the answer as (kind, data), and the tool format
+    /// to read calls with (None: the answer is text).
+    #[pyo3(signature = (messages, tools=None, tool_choice=None, parallel_tool_calls=true))]
+    fn chat_plan(
         &self,
-        messages: Vec<(String, String)>,
-        add_generation_prompt: bool,
-    ) -> PyResult<Vec<u32>> {
+        messages: &str,
+        tools: Option<&str>,
+        tool_choice: Option<&str>,
+        parallel_tool_calls: bool,
+    ) -> PyResult<ChatPlanOut> {
         let tok = self.inner.tokenizer()?;
-        if tok.chat_template().is_none() {
-            return Err(invalid("this model has no chat template"));
-        }
-        let msgs: Vec<Message> = messages
-            .into_iter()
-            .map(|(role, content)| Message::new(role, content))
-            .collect();
-        tok.encode_chat(&msgs, add_generation_prompt).map_err(to_py)
+        let msgs: Vec<ChatMessage> =
+            serde_json::from_str(messages).map_err(|e| invalid(format!("messages: {e}")))?;
+        let choice = match tool_choice {
+            None => ToolChoice::Auto,
+            Some(c) => {
+                let v =
+                    serde_json::from_str(c).map_err(|e| invalid(format!("tool_choice: {e}")))?;
+                ToolChoice::from_json(&v).map_err(to_py)?
+            }
+        };
+        let req = match tools {
+            None if matches!(choice, ToolChoice::Required | ToolChoice::Function(_)) => {
+                return Err(invalid("tool_choice needs tools"))
+            }
+            None => None,
+            Some(t) => {
+                let tools: Vec<Tool> =
+                    serde_json::from_str(t).map_err(|e| invalid(format!("tools: {e}")))?;
+                Some(ToolRequest::new(tools, choice, parallel_tool_calls).map_err(to_py)?)
+            }
+        };
+        let plan = prepare_chat(tok, &msgs, req.as_ref()).map_err(to_py)?;
+        let constraint = plan.constraint.map(|c| {
+            let (k, d) = c.to_tagged();
+            (k.to_string(), d)
+        });
+        let parser = plan
+            .parser
+            .map(|p| (tool_format_name(p.format), p.parallel));
+        Ok((plan.prompt, constraint, parser))
+    }
+
+    /// The content and tool calls (JSON: `{"content", "tool_calls"}`) of an answer in
+    /// `format` (as [`Self::chat_plan`] named it).
+    fn parse_tool_calls(&self, format: &str, parallel: bool, text: &str) -> PyResult<String> {
+        let format: ToolFormat = serde_json::from_value(serde_json::json!(format))
+            .map_err(|e| invalid(format!("tool format {format:?}: {e}")))?;
+        let reply = ToolParser::new(format, parallel).parse(text);
+        serde_json::to_string(&reply).map_err(|e| invalid(e.to_string()))
     }
 
     /// End-of-generation token ids.
@@ -214,16 +263,7 @@ impl Model {
         let grammar = match constraint {
             None => None,
             Some((kind, data)) => {
-                let c = match kind.as_str() {
-                    "json_schema" => Constraint::JsonSchema(
-                        serde_json::from_str(&data)
-                            .map_err(|e| invalid(format!("json_schema is not valid JSON: {e}")))?,
-                    ),
-                    "json_object" => Constraint::JsonObject,
-                    "regex" => Constraint::Regex(data),
-                    "lark" => Constraint::Lark(data),
-                    k => return Err(invalid(format!("unknown constraint kind {k:?}"))),
-                };
+                let c = Constraint::from_tagged(&kind, &data).map_err(to_py)?;
                 let tok = self.inner.tokenizer()?;
                 // Compiling may take a moment (the first time, the vocabulary's trie).
                 Some(py.detach(|| Grammar::new(tok, &c)).map_err(to_py)?)

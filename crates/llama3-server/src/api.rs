@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use llama3::sample::SamplingParams;
-use llama3::tokenizer::{Message, Tokenizer};
+use llama3::tokenizer::Tokenizer;
+use llama3::tools::{prepare_chat, ChatMessage, ChatPlan, Tool, ToolCall, ToolChoice, ToolRequest};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -221,6 +222,14 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A tool result: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -232,13 +241,42 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<i64>,
+    #[serde(default)]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub knobs: Knobs,
 }
 
 impl ChatRequest {
-    /// The rendered, tokenized conversation (with the assistant's generation prompt).
-    pub fn prompt(&self, tok: &Tokenizer) -> ApiResult<Vec<u32>> {
+    /// `tools`, `tool_choice` and `parallel_tool_calls`, checked (None without tools).
+    fn tool_request(&self) -> ApiResult<Option<ToolRequest>> {
+        let choice = match &self.tool_choice {
+            None => None,
+            Some(v) => Some(
+                ToolChoice::from_json(v)
+                    .map_err(|e| ApiError::param("tool_choice", e.to_string()))?,
+            ),
+        };
+        let tools = match (&self.tools, choice) {
+            (None, None) => return Ok(None),
+            (None, Some(ToolChoice::None | ToolChoice::Auto)) => return Ok(None),
+            (None, Some(_)) => {
+                return Err(ApiError::param("tool_choice", "tool_choice needs tools"))
+            }
+            (Some(t), c) => (t.clone(), c.unwrap_or(ToolChoice::Auto)),
+        };
+        ToolRequest::new(tools.0, tools.1, self.parallel_tool_calls.unwrap_or(true))
+            .map(Some)
+            .map_err(|e| ApiError::param("tools", e.to_string()))
+    }
+
+    /// The rendered, tokenized conversation (with the assistant's generation prompt), and
+    /// with tools, the constraint and parser of the answer.
+    pub fn plan(&self, tok: &Tokenizer) -> ApiResult<ChatPlan> {
         if self.messages.is_empty() {
             return Err(ApiError::param("messages", "messages must not be empty"));
         }
@@ -280,10 +318,22 @@ impl ChatRequest {
             } else {
                 m.role.as_str()
             };
-            msgs.push(Message::new(role, content));
+            if role == "tool" && m.tool_call_id.is_none() {
+                return Err(ApiError::param(
+                    "messages",
+                    format!("messages[{i}] has role tool but no tool_call_id"),
+                ));
+            }
+            let mut msg = ChatMessage::new(role, content);
+            msg.tool_calls = m.tool_calls.clone().unwrap_or_default();
+            msg.tool_call_id = m.tool_call_id.clone();
+            msg.name = m.name.clone();
+            msgs.push(msg);
         }
-        tok.encode_chat(&msgs, true).map_err(|e| {
-            ApiError::param("messages", format!("cannot apply the chat template: {e}"))
+        let tools = self.tool_request()?;
+        prepare_chat(tok, &msgs, tools.as_ref()).map_err(|e| match e {
+            llama3::Error::Input(m) => ApiError::param("tools", m),
+            e => ApiError::param("messages", format!("cannot apply the chat template: {e}")),
         })
     }
 

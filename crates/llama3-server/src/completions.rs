@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use llama3::generate::FinishReason;
+use llama3::grammar::Grammar;
 use llama3::tokenizer::Tokenizer;
+use llama3::tools::ToolParser;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -21,6 +23,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::api::{parse, ChatRequest, CompletionRequest, Knobs};
 use crate::engine::{Event, Job, SubmitError, TokenOut};
 use crate::error::{ApiError, ApiResult};
+use crate::structured::compile;
+use crate::tool_reply;
 use crate::{body, App, Served};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -44,9 +48,32 @@ pub async fn chat(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>)
         let served = app.served()?;
         let req: ChatRequest = parse(&body(b)?)?;
         app.check_model(req.model.as_deref())?;
-        let prompt = req.prompt(&served.tokenizer)?;
+        let plan = req.plan(&served.tokenizer)?;
         let logprobs = req.logprobs()?;
-        start(&app, served, Kind::Chat, vec![prompt], &req.knobs, logprobs).await
+        let grammar = match (plan.constraint, req.knobs.structured.constraint()?) {
+            (Some(_), Some((param, _))) => {
+                return Err(ApiError::param(
+                    param,
+                    format!("{param} cannot be combined with tool calls (tool_choice \"none\" leaves them out)"),
+                ))
+            }
+            (Some(c), None) => Some(compile(&served.tokenizer, "tools", c).await?),
+            (None, _) => req.knobs.structured.grammar(&served.tokenizer).await?,
+        };
+        let out = Output {
+            grammar,
+            tools: plan.parser,
+        };
+        start(
+            &app,
+            served,
+            Kind::Chat,
+            vec![plan.prompt],
+            &req.knobs,
+            logprobs,
+            out,
+        )
+        .await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -61,9 +88,20 @@ pub async fn completions(
         app.check_model(req.model.as_deref())?;
         let prompts = req.prompts(&served.tokenizer, served.vocab)?;
         let logprobs = req.logprobs()?;
-        start(&app, served, Kind::Text, prompts, &req.knobs, logprobs).await
+        let grammar = req.knobs.structured.grammar(&served.tokenizer).await?;
+        let out = Output {
+            grammar,
+            tools: None,
+        };
+        start(&app, served, Kind::Text, prompts, &req.knobs, logprobs, out).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What the answer must match, and how to read tool calls out of it.
+struct Output {
+    grammar: Option<Grammar>,
+    tools: Option<ToolParser>,
 }
 
 /// Everything a response needs besides the events.
@@ -77,6 +115,8 @@ struct Reply {
     prompt_tokens: usize,
     /// Choices per prompt (`n`): the first of each prompt's reports its cached tokens.
     n: usize,
+    /// With tools: answers are read for calls (and streamed once complete).
+    tools: Option<ToolParser>,
 }
 
 /// Validates the knobs, submits one job per (prompt, choice), and answers whole or streamed.
@@ -87,11 +127,12 @@ async fn start(
     prompts: Vec<Vec<u32>>,
     knobs: &Knobs,
     logprobs: Option<usize>,
+    out: Output,
 ) -> ApiResult<Response> {
     let n = knobs.n()?;
     let stops = knobs.stops()?;
     let sampling = knobs.sampling(served.vocab)?;
-    let grammar = knobs.structured.grammar(&served.tokenizer).await?;
+    let grammar = out.grammar;
     let ctx = served.engine.config.ctx;
     let mut receivers = Vec::with_capacity(prompts.len() * n);
     let mut prompt_tokens = 0;
@@ -137,6 +178,7 @@ async fn start(
         tok: served.tokenizer.clone(),
         prompt_tokens,
         n,
+        tools: out.tools,
     };
     let events = stream::select_all(
         receivers
@@ -203,14 +245,18 @@ async fn whole_reply(r: Reply, mut events: impl Stream<Item = (usize, Event)> + 
                 false => Value::Null,
             };
             let finish = c.finish.unwrap_or(FinishReason::Length);
-            match r.kind {
-                Kind::Chat => json!({
+            match (r.kind, &r.tools) {
+                (Kind::Chat, Some(p)) => {
+                    let (message, finish) = tool_reply::message(p, &c.text, finish);
+                    json!({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish})
+                }
+                (Kind::Chat, None) => json!({
                     "index": i,
                     "message": {"role": "assistant", "content": c.text},
                     "logprobs": logprobs,
                     "finish_reason": finish,
                 }),
-                Kind::Text => json!({
+                (Kind::Text, _) => json!({
                     "index": i,
                     "text": c.text,
                     "logprobs": logprobs,
@@ -249,6 +295,8 @@ fn stream_reply(
         Kind::Text => vec![],
     };
     let (r2, c2) = (r.clone(), completion.clone());
+    // With tools, each choice's text is held until it ends, then sent as content and calls.
+    let mut held: Vec<String> = vec![String::new(); choices];
     let body = events.flat_map(move |(i, ev)| {
         let chunks: Vec<Value> = match ev {
             Event::Token(t) => {
@@ -256,7 +304,13 @@ fn stream_reply(
                     true => logprobs_json(&r2, std::slice::from_ref(&t)),
                     false => Value::Null,
                 };
-                if t.text.is_empty() && !r2.logprobs {
+                if r2.tools.is_some() {
+                    held[i].push_str(&t.text);
+                    match r2.logprobs {
+                        true => vec![r2.chunk(r2.delta(i, "", logprobs, None))],
+                        false => vec![],
+                    }
+                } else if t.text.is_empty() && !r2.logprobs {
                     vec![]
                 } else {
                     vec![r2.chunk(r2.delta(i, &t.text, logprobs, None))]
@@ -269,8 +323,15 @@ fn stream_reply(
                         c.1 += d.cached_tokens;
                     }
                 }
-                match r2.kind {
-                    Kind::Chat => {
+                match (r2.kind, &r2.tools) {
+                    (Kind::Chat, Some(p)) => {
+                        held[i].push_str(&d.text);
+                        tool_reply::chunks(p, i, &held[i], d.finish)
+                            .into_iter()
+                            .map(|c| r2.chunk(c))
+                            .collect()
+                    }
+                    (Kind::Chat, None) => {
                         let mut v = vec![];
                         if !d.text.is_empty() {
                             v.push(r2.chunk(r2.delta(i, &d.text, Value::Null, None)));
@@ -278,7 +339,7 @@ fn stream_reply(
                         v.push(r2.chunk(json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": d.finish})));
                         v
                     }
-                    Kind::Text => vec![r2.chunk(r2.delta(i, &d.text, Value::Null, Some(d.finish)))],
+                    (Kind::Text, _) => vec![r2.chunk(r2.delta(i, &d.text, Value::Null, Some(d.finish)))],
                 }
             }
             Event::Error(e) => vec![ApiError::internal(e).body()],

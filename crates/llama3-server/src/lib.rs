@@ -8,14 +8,17 @@
 //! ```
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (SSE streaming or not),
+//! `POST /v1/embeddings`,
 //! `GET /v1/models`, `POST /tokenize`, `POST /detokenize`, `GET /health`, `GET /metrics`, and
 //! a chat page at `/`.
 
 pub mod api;
 mod completions;
+mod embeddings;
 pub mod error;
 mod routes;
 pub mod structured;
+mod tool_reply;
 
 /// The continuous-batching engine the routes submit to (no HTTP; `llama3-engine`).
 pub use llama3_engine as engine;
@@ -29,7 +32,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use llama3::embed::Pooling;
 use llama3::loader::Loaded;
+use llama3::model::Llama;
 use llama3::tokenizer::Tokenizer;
 
 pub use engine::{Engine, EngineConfig};
@@ -56,6 +61,10 @@ pub struct Served {
     pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
     pub vocab: usize,
+    /// The model, shared with the engine thread (embeddings run beside it).
+    pub model: Arc<Llama>,
+    /// Embeddings' default pooling (the file's, else mean).
+    pub pooling: Pooling,
 }
 
 /// Shared state of every handler.
@@ -187,18 +196,21 @@ fn start_engine(
     let tokenizer = loaded
         .tokenizer
         .context("the model has no tokenizer; pass --tokenizer FILE")?;
-    let model = loaded.model;
+    let model = Arc::new(loaded.model);
+    let pooling = loaded.info.pooling.unwrap_or(Pooling::Mean);
     let vocab = model.config.vocab_size;
     let mut ecfg = cfg.engine.clone();
     ecfg.ctx = ecfg.ctx.min(model.config.max_position_embeddings.max(1));
     let tokenizer = Arc::new(tokenizer);
-    let (engine, thread) = Engine::start(model, tokenizer.clone(), ecfg, metrics)
+    let (engine, thread) = Engine::start(model.clone(), tokenizer.clone(), ecfg, metrics)
         .context("cannot start the engine thread")?;
     Ok((
         Served {
             engine,
             tokenizer,
             vocab,
+            model,
+            pooling,
         },
         thread,
     ))

@@ -15,9 +15,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::api::{parse, DetokenizeRequest, TokenizeRequest};
-use crate::completions;
 use crate::error::{ApiError, ApiResult};
 use crate::{body, App};
+use crate::{completions, embeddings};
 
 const PAGE: &str = include_str!("web/index.html");
 
@@ -30,6 +30,7 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .fallback(not_found)

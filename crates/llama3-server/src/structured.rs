@@ -71,17 +71,24 @@ impl Structured {
 
     /// The compiled constraint (compiling may take a moment: off the async threads).
     pub async fn grammar(&self, tok: &Arc<Tokenizer>) -> ApiResult<Option<Grammar>> {
-        let Some((param, c)) = self.constraint()? else {
-            return Ok(None);
-        };
-        let tok = tok.clone();
-        let compiled = tokio::task::spawn_blocking(move || Grammar::new(&tok, &c))
-            .await
-            .map_err(|e| ApiError::internal(format!("grammar compiler: {e}")))?;
-        compiled
-            .map(Some)
-            .map_err(|e| ApiError::param(param, format!("invalid {param}: {e}")))
+        match self.constraint()? {
+            None => Ok(None),
+            Some((param, c)) => compile(tok, param, c).await.map(Some),
+        }
     }
+}
+
+/// Compiles `c` for `tok`'s vocabulary off the async threads; an error is a 400 on `param`.
+pub async fn compile(
+    tok: &Arc<Tokenizer>,
+    param: &'static str,
+    c: Constraint,
+) -> ApiResult<Grammar> {
+    let tok = tok.clone();
+    let compiled = tokio::task::spawn_blocking(move || Grammar::new(&tok, &c))
+        .await
+        .map_err(|e| ApiError::internal(format!("grammar compiler: {e}")))?;
+    compiled.map_err(|e| ApiError::param(param, format!("invalid {param}: {e}")))
 }
 
 /// `response_format`: `{"type": "text"}`, `{"type": "json_object"}` (llama.cpp also takes a

@@ -36,6 +36,35 @@ pub enum Constraint {
 }
 
 impl Constraint {
+    /// From (kind, data): `json_schema` (data: the schema as JSON text), `json_object`, `regex`
+    /// or `lark`; the form foreign callers (Python) pass.
+    pub fn from_tagged(kind: &str, data: &str) -> Result<Self> {
+        Ok(match kind {
+            "json_schema" => Constraint::JsonSchema(
+                serde_json::from_str(data)
+                    .map_err(|e| Error::Grammar(format!("json_schema is not valid JSON: {e}")))?,
+            ),
+            "json_object" => Constraint::JsonObject,
+            "regex" => Constraint::Regex(data.to_string()),
+            "lark" => Constraint::Lark(data.to_string()),
+            k => {
+                return Err(Error::Grammar(format!(
+                    "unknown constraint kind {k:?} (json_schema, json_object, regex, lark)"
+                )))
+            }
+        })
+    }
+
+    /// The (kind, data) of [`Self::from_tagged`].
+    pub fn to_tagged(&self) -> (&'static str, String) {
+        match self {
+            Constraint::JsonSchema(v) => ("json_schema", v.to_string()),
+            Constraint::JsonObject => ("json_object", String::new()),
+            Constraint::Regex(r) => ("regex", r.clone()),
+            Constraint::Lark(s) => ("lark", s.clone()),
+        }
+    }
+
     fn to_llguidance(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
             Constraint::JsonSchema(v) => {
@@ -67,7 +96,7 @@ impl Constraint {
 /// Whitespace between JSON tokens as llama.cpp's schema grammars allow it (`space ::= | " " |
 /// "\n" [ \t]{0,20}`): llguidance's default (`[ \t\n\r]+`) lets a small model write blank
 /// lines until `max_tokens`. A schema's own `x-guidance` options win.
-fn bounded_whitespace(mut schema: serde_json::Value) -> serde_json::Value {
+pub(crate) fn bounded_whitespace(mut schema: serde_json::Value) -> serde_json::Value {
     if let Some(obj) = schema.as_object_mut() {
         obj.entry("x-guidance").or_insert_with(
             || serde_json::json!({"whitespace_pattern": "\\x20|\\x0A[\\x20\\x09]{0,20}"}),

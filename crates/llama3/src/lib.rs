@@ -12,6 +12,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod fused;
@@ -29,6 +30,7 @@ pub mod quantize;
 pub mod rng;
 pub mod sample;
 pub mod tokenizer;
+pub mod tools;
 pub mod weights;
 
 pub use config::LlamaConfig;

@@ -74,6 +74,8 @@ pub struct ModelInfo {
     /// Storage type -> tensor count.
     pub tensor_types: Vec<(String, usize)>,
     pub file_bytes: u64,
+    /// The pooling the file asks embeddings to use (GGUF `{arch}.pooling_type`).
+    pub pooling: Option<crate::embed::Pooling>,
 }
 
 pub struct Loaded {
@@ -149,6 +151,10 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         e => e,
     })?;
     let name = file.meta_str("general.name").map(str::to_string);
+    let pooling = match file.metadata().get("llama.pooling_type") {
+        Some(v) => v.to_u32().ok().and_then(crate::embed::Pooling::from_gguf),
+        None => None,
+    };
     let tensor_types = file.type_counts();
     let src = GgufSource::new(
         file,
@@ -187,6 +193,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         parameters: model.config.num_parameters(),
         tensor_types,
         file_bytes: file_size(path),
+        pooling,
     };
     Ok(Loaded {
         model,
@@ -222,6 +229,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         parameters: model.config.num_parameters(),
         tensor_types: types,
         file_bytes: bytes,
+        pooling: None,
     };
     Ok(Loaded {
         model,

@@ -277,11 +277,22 @@ impl Tokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
+        self.encode_chat_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// [`Self::encode_chat`] for any serialisable message list (tool calls, tool results) with
+    /// extra template variables (`tools`...).
+    pub fn encode_chat_with<M: serde::Serialize + ?Sized>(
+        &self,
+        messages: &M,
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<u32>> {
         let template = self
             .chat_template
             .as_ref()
             .ok_or_else(|| Error::Template("this model has no chat template".to_string()))?;
-        let text = template.render(messages, add_generation_prompt)?;
+        let text = template.render_with(messages, add_generation_prompt, extra)?;
         let has_bos = self.bos_token().is_some_and(|b| text.starts_with(b));
         self.encode_rendered(&text, !has_bos)
     }
