@@ -162,6 +162,47 @@ class Llama3(LlamaCppApi):
         data, t, v = self._native.logits([_number("token id", i, int) for i in ids])
         return np.frombuffer(data, dtype=np.float32).reshape(t, v)
 
+    def _embed_inputs(self, inputs: Any) -> Tuple[List[List[int]], bool]:
+        """Token lists of ``inputs`` (a text, texts, ids, or lists of ids) and whether it was
+        one input."""
+        if isinstance(inputs, str):
+            return [self.tokenize(inputs, add_special=True, special=True)], True
+        inputs = list(inputs)
+        if not inputs:
+            raise InvalidArgumentError("nothing to embed: give a text or a list of texts")
+        if all(isinstance(i, int) and not isinstance(i, bool) for i in inputs):
+            return [inputs], True
+        out = []
+        for i in inputs:
+            if isinstance(i, str):
+                out.append(self.tokenize(i, add_special=True, special=True))
+            elif isinstance(i, (list, tuple)):
+                out.append([_number("token id", t, int) for t in i])
+            else:
+                raise InvalidArgumentError(f"embed takes texts or lists of token ids, got {type(i).__name__}")
+        return out, False
+
+    def embed(self, texts: Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]]], *,
+              pooling: Optional[str] = None, normalize: bool = True, truncate: bool = False,
+              dimensions: Optional[int] = None):
+        """Embedding vectors: a numpy float32 array (N, D) for a list of texts (or of token-id
+        lists), (D,) for one text. ``pooling``: ``"mean"``, ``"last"`` (token) or ``"cls"``
+        (first token); default the model's GGUF ``pooling_type``, else mean. Vectors are
+        L2-normalized unless ``normalize=False``; ``dimensions`` keeps the first N components.
+        A text longer than the context raises ``InvalidArgumentError`` unless
+        ``truncate=True``. The same vectors as ``llama3 embed`` and the server's
+        ``/v1/embeddings``; a batch gives what each text alone gives."""
+        import numpy as np
+
+        ids, one = self._embed_inputs(texts)
+        if dimensions is not None:
+            dimensions = _number("dimensions", dimensions, int)
+            if dimensions < 1:
+                raise InvalidArgumentError("dimensions must be at least 1")
+        data, n, d = self._native.embed(ids, pooling, bool(normalize), bool(truncate), dimensions)
+        out = np.frombuffer(data, dtype=np.float32).reshape(n, d)
+        return out[0] if one else out
+
     def score(self, context: str, continuations: Union[str, Sequence[str]]) -> List[float]:
         """``log p(continuation | context)`` (natural log, summed over the continuation's
         tokens) for each continuation, as ``llama3 eval`` computes them."""

@@ -133,6 +133,18 @@ class LlamaCppApi:
     def _piece(self, tid: int) -> str:
         return self._native.detokenize([tid], False)
 
+    def create_embedding(self, input: Union[str, List[str], List[int], List[List[int]]],
+                         model: Optional[str] = None, **kwargs: Any) -> Dict[str, Any]:
+        """Embeddings in OpenAI's (and llama-cpp-python's) shape: ``{"object": "list", "data":
+        [{"object": "embedding", "embedding": [...], "index": i}], "model", "usage"}``. Keyword
+        arguments as :meth:`embed` (``pooling``, ``normalize``, ``truncate``, ``dimensions``)."""
+        ids, _ = self._embed_inputs(input)
+        vectors = self.embed(ids, **kwargs)
+        n = sum(len(i) for i in ids)
+        return {"object": "list", "model": self._model_name(model),
+                "data": [{"object": "embedding", "embedding": v.tolist(), "index": i} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
+
     def create_completion(
         self,
         prompt: Union[str, Sequence[int]],

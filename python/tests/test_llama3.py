@@ -231,6 +231,8 @@ def test_bad_inputs_raise_their_documented_exceptions(llm, tmp_path):
         llm.create_completion("Hi", no_such_argument=1)
     with pytest.raises(llama3.InvalidArgumentError):
         llm.create_chat_completion([{"role": "user", "content": "Hi"}], tools=[{"type": "function"}])
+    with pytest.raises(llama3.InvalidArgumentError):
+        llm.create_chat_completion([{"role": "user", "content": "Hi"}], functions=[{"name": "f"}])
     assert issubclass(llama3.InvalidArgumentError, llama3.Llama3Error)
 
 
@@ -279,6 +281,95 @@ def test_output_constraints_hold(llm):
         llm.generate("x", regex="a", json_object=True)
     with pytest.raises(llama3.InvalidArgumentError, match="GBNF"):
         llm.chat([{"role": "user", "content": "x"}], grammar='root ::= "a"')
+
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "Current time in a time zone",
+        "parameters": {"type": "object", "properties": {"timezone": {"type": "string", "maxLength": 40}},
+                       "required": ["timezone"], "additionalProperties": False}}},
+]
+
+
+def test_tool_calls_in_chat(llm):
+    """required / named / streamed / a tool result continuing / none, as the server's suite."""
+    import jsonschema
+
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+    def check(r, names=schemas):
+        c = r["choices"][0]
+        assert c["finish_reason"] == "tool_calls", c
+        assert c["message"]["tool_calls"]
+        for call in c["message"]["tool_calls"]:
+            assert call["id"].startswith("call_") and call["type"] == "function"
+            assert call["function"]["name"] in names
+            jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
+        return c["message"]["tool_calls"]
+
+    for seed in (1, 2):
+        check(llm.chat(ask, tools=TOOLS, tool_choice="required", temperature=1.0, seed=seed, max_tokens=200))
+    named = check(llm.create_chat_completion(ask, tools=TOOLS, temperature=1.0, seed=3, max_tokens=200,
+                                             tool_choice={"type": "function", "function": {"name": "get_time"}}),
+                  names=["get_time"])
+    assert len(named) == 1
+    whole = check(llm.chat(ask, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=200))
+    calls, finish = {}, None
+    for chunk in llm.chat(ask, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=200, stream=True):
+        c = chunk["choices"][0]
+        finish = c["finish_reason"] or finish
+        for d in c["delta"].get("tool_calls", []):
+            got = calls.setdefault(d["index"], {"name": None, "arguments": ""})
+            got["name"] = d["function"].get("name") or got["name"]
+            got["arguments"] += d["function"].get("arguments", "")
+    assert finish == "tool_calls"
+    assert [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == \
+        [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole]
+    history = ask + [{"role": "assistant", "content": None, "tool_calls": whole[:1]},
+                     {"role": "tool", "tool_call_id": whole[0]["id"], "content": '{"temperature": 18}'}]
+    r = llm.chat(history, tools=TOOLS, tool_choice="none", temperature=0, max_tokens=40)
+    assert "tool_calls" not in r["choices"][0]["message"] and r["choices"][0]["message"]["content"]
+    assert r["usage"]["prompt_tokens"] > llm.chat(ask, max_tokens=1)["usage"]["prompt_tokens"] + 10
+    with pytest.raises(llama3.InvalidArgumentError, match="nope"):
+        llm.chat(ask, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(llama3.InvalidArgumentError, match="tool_call_id"):
+        llm.chat(ask + [{"role": "tool", "content": "x"}], tools=TOOLS)
+    with pytest.raises(llama3.InvalidArgumentError, match="cannot be combined"):
+        llm.chat(ask, tools=TOOLS, tool_choice="required", json_object=True)
+
+
+def test_embed_matches_the_cli_and_batches_equal_singles(llm, tmp_path):
+    import numpy as np
+
+    texts = ["The cat sat on the mat.", "Stocks fell on Monday.", "Un chat est assis sur le tapis."]
+    many = llm.embed(texts)
+    assert many.shape == (3, 576) and many.dtype == np.float32
+    assert np.allclose(np.linalg.norm(many, axis=1), 1.0, atol=1e-5)
+    singles = np.stack([llm.embed(t) for t in texts])
+    assert np.abs(many - singles).max() < 1e-5
+    src = tmp_path / "t.txt"
+    src.write_text("\n".join(texts) + "\n")
+    cli("embed", "-f", src, "-o", tmp_path / "v.npy")
+    assert np.abs(np.load(tmp_path / "v.npy") - many).max() < 1e-6
+    last = llm.embed(texts[0], pooling="last")
+    cli("embed", "-p", texts[0], "--pooling", "last", "-o", tmp_path / "l.npy")
+    assert np.abs(np.load(tmp_path / "l.npy")[0] - last).max() < 1e-6
+    assert llm.embed(texts[:1], dimensions=32).shape == (1, 32)
+    raw = llm.embed(texts[0], normalize=False)
+    assert abs(np.linalg.norm(raw) - 1.0) > 1e-3 and np.allclose(raw / np.linalg.norm(raw), many[0], atol=1e-5)
+    r = llm.create_embedding(texts)
+    assert [d["index"] for d in r["data"]] == [0, 1, 2]
+    assert np.abs(np.array(r["data"][1]["embedding"], dtype=np.float32) - many[1]).max() < 1e-6
+    with pytest.raises(llama3.InvalidArgumentError, match="context"):
+        llm.embed([[1] * 9000])
+    with pytest.raises(llama3.InvalidArgumentError, match="pooling"):
+        llm.embed("x", pooling="max")
 
 
 def test_keyboard_interrupt_stops_a_long_generate_within_a_second(llm):

@@ -52,6 +52,13 @@ fn tool_calls_suite() {
     python_suite("test_tools.py", "tool calls");
 }
 
+/// /v1/embeddings through the `openai` client, and `llama3 embed` giving the same vectors:
+/// tests/serve/test_embeddings.py.
+#[test]
+fn embeddings_suite() {
+    python_suite("test_embeddings.py", "embeddings");
+}
+
 /// The chat page in headless Chromium (acceptance 4 of the server issue). scripts/test.sh
 /// installs Debian's chromium and chromedriver; where it could not (no root, no apt), it sets
 /// LLAMA3_NO_BROWSER to the reason and this test reports itself skipped, or fails under CI

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::DType;
+use llama3::embed::{embed, shorten, EmbedOptions, Pooling};
 use llama3::generate::{GenerateOptions, Session};
 use llama3::grammar::{Constraint, Grammar};
 use llama3::loader::{open, ModelInfo, OpenOptions};
@@ -313,6 +314,61 @@ impl Model {
         let v = inner.model.config.vocab_size;
         let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
         Ok((PyBytes::new(py, &bytes), ids.len(), v))
+    }
+
+    /// Embedding vectors of tokenized inputs, as (bytes of f32, N, D); `pooling` mean, last or
+    /// cls (None: the model's GGUF pooling_type, else mean); `dimensions` keeps the first N
+    /// components.
+    #[pyo3(signature = (inputs, pooling=None, normalize=true, truncate=false, dimensions=None))]
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: Vec<Vec<u32>>,
+        pooling: Option<&str>,
+        normalize: bool,
+        truncate: bool,
+        dimensions: Option<usize>,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize, usize)> {
+        let inner = &self.inner;
+        let pooling = match pooling {
+            Some(p) => p.parse::<Pooling>().map_err(to_py)?,
+            None => inner.info.pooling.unwrap_or(Pooling::Mean),
+        };
+        let opts = EmbedOptions {
+            pooling,
+            normalize,
+            truncate,
+            ..EmbedOptions::default()
+        };
+        let vocab = inner.model.config.vocab_size;
+        for (i, ids) in inputs.iter().enumerate() {
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(invalid(format!(
+                    "input {i}: token id {bad} is outside the vocabulary of {vocab} tokens"
+                )));
+            }
+        }
+        let vectors = py
+            .detach(|| -> llama3::Result<Vec<Vec<f32>>> {
+                inputs
+                    .iter()
+                    .map(|ids| {
+                        let mut v = embed(&inner.model, ids, &opts)?;
+                        if let Some(d) = dimensions {
+                            shorten(&mut v, d, normalize)?;
+                        }
+                        Ok(v)
+                    })
+                    .collect()
+            })
+            .map_err(to_py)?;
+        let d = vectors.first().map_or(0, Vec::len);
+        let bytes: Vec<u8> = vectors
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        Ok((PyBytes::new(py, &bytes), vectors.len(), d))
     }
 
     /// `log p(continuation | context)` for each continuation, as `llama3 eval` computes it:
