@@ -240,7 +240,7 @@ class Llama3(LlamaCppApi):
         })
 
     def _start(self, prompt_ids: List[int], max_tokens: Optional[int], stop, logprobs,
-               stream: bool, constraint: Optional[Tuple[str, str]] = None, **sampling):
+               stream: bool, constraint: Optional[Tuple[str, str]] = None, lookup: int = 0, **sampling):
         # stream=False: the tokens come in one delivery at the end (no wake-up of this thread
         # per token, which on a machine with as many cores as compute threads costs those
         # threads time).
@@ -252,8 +252,11 @@ class Llama3(LlamaCppApi):
         k = 0 if logprobs is None or logprobs is False else (1 if logprobs is True else _number("logprobs", logprobs, int))
         if k < 0:
             raise InvalidArgumentError("logprobs must be at least 0")
+        lookup = _number("lookup", lookup, int)
+        if lookup < 0:
+            raise InvalidArgumentError("lookup must be at least 0")
         return self._native.generate(prompt_ids, max_tokens, self._sampling(**sampling),
-                                     _as_list(stop), k, stream, constraint)
+                                     _as_list(stop), k, stream, constraint, lookup)
 
     def _prompt_ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
         if isinstance(prompt, str):
@@ -283,6 +286,7 @@ class Llama3(LlamaCppApi):
         json_object: bool = False,
         regex: Optional[str] = None,
         grammar: Optional[str] = None,
+        lookup: int = 0,
     ) -> Union[Generation, Iterator[str]]:
         """Continues ``prompt`` (text, tokenized with BOS; or token ids).
 
@@ -300,10 +304,15 @@ class Llama3(LlamaCppApi):
         model class), ``json_object=True`` (any JSON object), ``regex`` (the whole output
         matches it), ``grammar`` (llguidance's Lark syntax). A bad schema or grammar raises
         ``InvalidArgumentError`` saying what and where.
+
+        ``lookup=N``: speculative decoding by prompt lookup, up to N draft tokens per forward
+        copied from the prompt and the answer so far and verified by the model: the same output,
+        faster when the answer copies from the prompt (rewriting, editing).
         """
         ids = self._prompt_ids(prompt)
         c = constraint(json_schema=json_schema, json_object=json_object, regex=regex, grammar=grammar)
-        it = self._start(ids, max_tokens, stop, logprobs, stream, constraint=c, temperature=temperature, top_p=top_p,
+        it = self._start(ids, max_tokens, stop, logprobs, stream, constraint=c, lookup=lookup,
+                         temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, typical_p=typical_p,
                          repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                          presence_penalty=presence_penalty, seed=seed, logit_bias=logit_bias)
@@ -351,6 +360,7 @@ class Llama3(LlamaCppApi):
         tools: Optional[List[Dict[str, Any]]] = None,
         tool_choice: Union[None, str, Dict[str, Any]] = None,
         parallel_tool_calls: bool = True,
+        lookup: int = 0,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """Answers a conversation (``[{"role": "user", "content": "Hi"}, ...]``) through the
         model's chat template. Returns an OpenAI chat completion as a dict
@@ -368,7 +378,7 @@ class Llama3(LlamaCppApi):
             response_format = {"type": "json_object"}
         return self.create_chat_completion(
             list(messages), response_format=response_format, grammar=grammar, regex=regex,
-            tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+            tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, lookup=lookup,
             max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             top_k=top_k, min_p=min_p, typical_p=typical_p, repeat_penalty=repetition_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,

@@ -256,6 +256,7 @@ class LlamaCppApi:
         tools: Optional[List[Dict[str, Any]]] = None,
         tool_choice: Union[None, str, Dict[str, Any]] = None,
         parallel_tool_calls: bool = True,
+        lookup: int = 0,
         **unsupported: Any,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """A chat completion in OpenAI's (and llama-cpp-python's) shape, or its stream of
@@ -270,7 +271,8 @@ class LlamaCppApi:
         ``{"type": "function", "function": {"name": ...}}``) and ``parallel_tool_calls``: calls
         come back in ``message["tool_calls"]`` with ``finish_reason`` ``"tool_calls"``; under
         ``"required"`` or a named function the arguments match the tool's schema. ``role:
-        "tool"`` messages (with ``tool_call_id``) carry results back."""
+        "tool"`` messages (with ``tool_call_id``) carry results back. ``lookup=N``: prompt-lookup
+        speculative decoding (a llama3 extension; see :meth:`Llama3.generate`)."""
         _check_unsupported("create_chat_completion", unsupported)
         if not isinstance(messages, (list, tuple)) or not messages:
             raise InvalidArgumentError("messages must be a non-empty list of {'role', 'content'} dicts")
@@ -286,7 +288,7 @@ class LlamaCppApi:
         it = self._start(ids, max_tokens, stop, k, stream, temperature=temperature, top_p=top_p, top_k=top_k,
                          min_p=min_p, typical_p=typical_p, repetition_penalty=repeat_penalty,
                          frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                         seed=seed, logit_bias=logit_bias, constraint=tool_constraint or asked)
+                         seed=seed, logit_bias=logit_bias, constraint=tool_constraint or asked, lookup=lookup)
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = self._model_name(model)

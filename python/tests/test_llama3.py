@@ -372,6 +372,20 @@ def test_embed_matches_the_cli_and_batches_equal_singles(llm, tmp_path):
         llm.embed("x", pooling="max")
 
 
+def test_lookup_speculation_gives_plain_output(llm):
+    text = ("The committee met on Tuesday to review the budget. After a long discussion, the members "
+            "agreed to fund the new library and repair the bridge on Main Street.")
+    msgs = [{"role": "user", "content": "Repeat this paragraph word for word:\n\n" + text}]
+    plain = llm.chat(msgs, temperature=0, max_tokens=80)
+    fast = llm.chat(msgs, temperature=0, max_tokens=80, lookup=8)
+    assert fast["choices"][0]["message"] == plain["choices"][0]["message"]
+    a = llm.generate(text + " In short,", temperature=1.0, seed=3, max_tokens=40)
+    b = llm.generate(text + " In short,", temperature=1.0, seed=3, max_tokens=40, lookup=4)
+    assert a.token_ids == b.token_ids
+    with pytest.raises(llama3.InvalidArgumentError):
+        llm.generate("x", lookup=-1)
+
+
 def test_keyboard_interrupt_stops_a_long_generate_within_a_second(llm):
     fired = []
 

@@ -24,6 +24,10 @@ pub struct ChatArgs {
     /// Each answer matches the constraint.
     #[command(flatten)]
     pub constraint: ConstraintArgs,
+    /// Speculative decoding by prompt lookup: up to N draft tokens per forward, copied from the
+    /// conversation, verified by the model (same output). 0 = off.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub lookup: usize,
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
@@ -84,6 +88,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             sampling: a.sampling.params(model.config.vocab_size)?,
             end_ids: tok.end_ids().to_vec(),
             grammar: grammar.clone(),
+            lookup: a.lookup,
             ..GenerateOptions::default()
         };
         let out = match generate_text(

@@ -39,6 +39,11 @@ pub struct GenerateArgs {
     /// With --json: the K most likely tokens and their log-probabilities at each step.
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub top_logprobs: usize,
+    /// Speculative decoding by prompt lookup: up to N draft tokens per forward, copied from the
+    /// prompt and the answer so far, verified by the model (same output; faster when the answer
+    /// copies from the prompt). 0 = off.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub lookup: usize,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -74,6 +79,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             .unwrap_or_else(|| loaded.model.config.eos_token_ids.clone()),
         top_logprobs: a.top_logprobs,
         grammar: a.constraint.grammar(tok)?,
+        lookup: a.lookup,
         ..GenerateOptions::default()
     };
     let seed = opts.sampling.seed;
@@ -123,12 +129,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             "steps": steps,
             "prompt_tokens_per_second": out.prompt_ids.len() as f64 / out.prompt_seconds.max(1e-9),
             "tokens_per_second": n as f64 / out.gen_seconds.max(1e-9),
+            "lookup": {"drafted": out.drafted, "accepted": out.accepted},
         });
         writeln!(stdout, "{}", serde_json::to_string_pretty(&j)?)?;
     } else {
         writeln!(stdout)?;
+        let lookup = match out.drafted {
+            0 => String::new(),
+            d => format!(" | lookup: {}/{d} drafts accepted", out.accepted),
+        };
         eprintln!(
-            "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | finish: {:?}",
+            "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | finish: {:?}{lookup}",
             out.prompt_ids.len(),
             out.prompt_ids.len() as f64 / out.prompt_seconds.max(1e-9),
             n,

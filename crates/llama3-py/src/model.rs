@@ -229,7 +229,7 @@ impl Model {
     /// `stream`, else all at the end (one wake-up of the caller instead of one per token).
     /// `constraint`: (kind, data) with kind `json_schema` (data: the schema as JSON text),
     /// `json_object`, `regex` or `lark`.
-    #[pyo3(signature = (prompt, max_tokens, sampling, stop, top_logprobs=0, stream=true, constraint=None))]
+    #[pyo3(signature = (prompt, max_tokens, sampling, stop, top_logprobs=0, stream=true, constraint=None, lookup=0))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -241,6 +241,7 @@ impl Model {
         top_logprobs: usize,
         stream: bool,
         constraint: Option<(String, String)>,
+        lookup: usize,
     ) -> PyResult<Stream> {
         let sampling: SamplingParams =
             serde_json::from_str(sampling).map_err(|e| invalid(format!("sampling: {e}")))?;
@@ -276,6 +277,7 @@ impl Model {
             end_ids: self.end_ids(),
             top_logprobs,
             grammar,
+            lookup,
             ..GenerateOptions::default()
         };
         let req = Request {

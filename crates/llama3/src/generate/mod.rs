@@ -3,8 +3,10 @@
 //! adds the text. Sampling, end tokens, detokenization, stop strings and finish reasons are the
 //! per-sequence state machine in [`sequence`], which the continuous-batching engine drives too.
 
+mod lookup;
 mod sequence;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use candle_core::DType;
@@ -28,6 +30,9 @@ pub struct GenerateOptions {
     pub prefill_chunk: usize,
     /// A compiled constraint the output must match.
     pub grammar: Option<crate::grammar::Grammar>,
+    /// Prompt-lookup speculation: up to this many draft tokens per forward, copied from the
+    /// prompt and the answer so far ([`lookup`]); 0 = off. Output is what plain decoding gives.
+    pub lookup: usize,
 }
 
 impl Default for GenerateOptions {
@@ -39,6 +44,7 @@ impl Default for GenerateOptions {
             top_logprobs: 0,
             prefill_chunk: 512,
             grammar: None,
+            lookup: 0,
         }
     }
 }
@@ -145,9 +151,19 @@ pub struct Generator<'m, 's, 't> {
     logits: Vec<f32>,
     /// Token chosen last step, not yet run through the model.
     pending: Option<u32>,
+    /// Tokens sampled from one verify forward, not yet handed out.
+    ready: VecDeque<Sampled>,
+    /// Most draft tokens per forward (0: plain decoding).
+    lookup: usize,
+    /// Draft tokens for the next forward: grows by 2 while every draft is accepted, shrinks
+    /// by 1 on a refusal (transformers' schedule for assisted generation), within 1..=lookup.
+    draft_len: usize,
     pub prompt_time: Duration,
     /// Prompt tokens the session's cache already held (not run again).
     pub cached_tokens: usize,
+    /// Draft tokens proposed and accepted so far (prompt lookup).
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 impl<'m, 's> Generator<'m, 's, 'static> {
@@ -174,6 +190,7 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
     ) -> Result<Self> {
         let start = Instant::now();
         let (logits, cached_tokens) = session.prefill(model, prompt, opts.prefill_chunk)?;
+        let lookup = opts.lookup;
         let seq_opts = SequenceOptions {
             max_tokens: opts.max_tokens,
             sampling: opts.sampling,
@@ -188,8 +205,13 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             seq: Sequence::new(seq_opts, tokenizer, prompt),
             logits,
             pending: None,
+            ready: VecDeque::new(),
+            lookup,
+            draft_len: lookup,
             prompt_time: start.elapsed(),
             cached_tokens,
+            drafted: 0,
+            accepted: 0,
         })
     }
 
@@ -205,10 +227,16 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
 
     /// The next token and the text it completed; None once the sequence has finished.
     pub fn next_token(&mut self) -> Result<Option<Sampled>> {
+        if let Some(out) = self.ready.pop_front() {
+            return Ok(Some(out));
+        }
         if self.seq.finished().is_some() {
             return Ok(None);
         }
         if let Some(tok) = self.pending.take() {
+            if self.lookup > 0 {
+                return self.speculate(tok);
+            }
             let out = self
                 .model
                 .forward_tokens(&[tok], &mut self.session.cache, Logits::Last)?;
@@ -224,9 +252,63 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
         Ok(Some(out))
     }
 
+    /// Feeds `tok` with the drafts that continue it in one forward, then samples each position
+    /// in order as plain decoding would, keeping drafts while they equal what was sampled.
+    /// Under sampling this is speculative sampling with a deterministic draft: a draft is kept
+    /// with the target's probability of it, and a mismatch is a draw from the rest of the
+    /// distribution, so the output distribution (and, with the same seed, the output) is that
+    /// of plain decoding.
+    fn speculate(&mut self, tok: u32) -> Result<Option<Sampled>> {
+        let base = self.session.cache.len(); // positions before `tok`
+        let room_after = self.session.cache.capacity() - base - 1;
+        let left = self
+            .seq
+            .max_tokens()
+            .saturating_sub(self.seq.generated() + 1);
+        self.session.tokens.push(tok);
+        let drafts = lookup::propose(&self.session.tokens, self.draft_len.min(room_after).min(left));
+        self.session.tokens.extend_from_slice(&drafts);
+        let mut fed = Vec::with_capacity(1 + drafts.len());
+        fed.push(tok);
+        fed.extend_from_slice(&drafts);
+        let out = self
+            .model
+            .forward_tokens(&fed, &mut self.session.cache, Logits::All)?; // (1, 1+k, V)
+        let rows = out.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        self.drafted += drafts.len();
+        let mut kept = 0; // drafts accepted
+        for (i, mut row) in rows.into_iter().enumerate() {
+            let room = base + 1 + i < self.session.cache.capacity();
+            let out = self.seq.sample(&mut row, room)?;
+            let token = out.step.token;
+            self.ready.push_back(out);
+            if self.seq.finished().is_some() {
+                break;
+            }
+            if drafts.get(i) == Some(&token) {
+                kept += 1;
+                continue;
+            }
+            self.pending = Some(token);
+            break;
+        }
+        self.accepted += kept;
+        if !drafts.is_empty() {
+            self.draft_len = match kept == drafts.len() {
+                true => (self.draft_len + 2).min(self.lookup),
+                false => self.draft_len.saturating_sub(1).max(1),
+            };
+        }
+        // The cache keeps `tok` and the accepted drafts.
+        self.session.cache.truncate(base + 1 + kept);
+        self.session.tokens.truncate(base + 1 + kept);
+        Ok(self.ready.pop_front())
+    }
+
     /// Ends generation (at its finish, or early): the text held back and the finish reason.
     pub fn finish(&mut self) -> Result<(String, FinishReason)> {
         self.pending = None;
+        self.ready.clear();
         self.seq.finish(FinishReason::Length)
     }
 }
@@ -255,6 +337,9 @@ pub struct Output {
     pub steps: Vec<Step>,
     pub prompt_seconds: f64,
     pub gen_seconds: f64,
+    /// Prompt-lookup draft tokens proposed and accepted.
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 /// Generates from `prompt`, decoding text as it comes (`on_text` gets each complete piece)
@@ -290,6 +375,8 @@ pub fn generate_text(
         finish_reason,
         steps,
         prompt_seconds: gen.prompt_time.as_secs_f64(),
+        drafted: gen.drafted,
+        accepted: gen.accepted,
         gen_seconds: start.elapsed().as_secs_f64(),
     })
 }

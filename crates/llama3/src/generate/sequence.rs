@@ -96,6 +96,11 @@ impl<'t> Sequence<'t> {
         self.generated
     }
 
+    /// The most tokens this sequence samples.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
     /// Samples the next token from `logits` (V; changed by the sampler chain). `room`: whether
     /// the cache has a position for it, where it would be fed next. Afterwards
     /// [`Self::finished`] says whether the sequence ended here: an end token or a stop string
