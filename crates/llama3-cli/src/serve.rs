@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// The model's name in the API (default: the model file or directory name).
     #[arg(long, value_name = "NAME")]
     pub alias: Option<String>,
+    /// Speculative decoding by prompt lookup: up to N draft tokens per sequence and step,
+    /// copied from its prompt and answer, verified in the batched forward (same output). A
+    /// request may set its own with the `lookup` field. 0 = off.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub lookup: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -93,6 +98,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ctx: a.ctx,
             queue: a.queue,
             prefill_chunk: a.prefill_chunk,
+            lookup: a.lookup,
         },
         max_tokens: a.max_tokens,
         body_limit: a.body_limit,

@@ -36,6 +36,9 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// A compiled constraint the output must match (JSON schema, regex, grammar).
     pub grammar: Option<Grammar>,
+    /// Prompt-lookup speculation: up to this many draft tokens per step, verified in the
+    /// batched forward (0: off). The output is what plain decoding gives.
+    pub lookup: usize,
     /// Where this job's [`Event`]s go; dropping the receiver cancels the job.
     pub events: mpsc::UnboundedSender<Event>,
     pub submitted: Instant,
@@ -81,6 +84,8 @@ pub struct EngineConfig {
     pub queue: usize,
     /// Prompt positions per prefill forward.
     pub prefill_chunk: usize,
+    /// Default prompt-lookup drafts per step for jobs ([`Job::lookup`]); 0 = off.
+    pub lookup: usize,
 }
 
 /// Why a job was not queued.

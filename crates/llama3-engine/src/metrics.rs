@@ -23,6 +23,9 @@ pub struct Metrics {
     /// Requests that found part of their prompt in a slot's cache.
     pub prefix_hits: Counter,
     pub generated_tokens: Counter,
+    /// Prompt-lookup draft tokens verified, and those accepted.
+    pub draft_tokens: Counter,
+    pub draft_tokens_accepted: Counter,
     /// Requests waiting for a slot.
     pub queue_depth: Gauge,
     /// Slots holding a sequence (prefilling or decoding).
@@ -48,6 +51,8 @@ impl Metrics {
             prompt_tokens_cached: Counter::default(),
             prefix_hits: Counter::default(),
             generated_tokens: Counter::default(),
+            draft_tokens: Counter::default(),
+            draft_tokens_accepted: Counter::default(),
             queue_depth: Gauge::default(),
             slots_busy: Gauge::default(),
             slots_total: Gauge::default(),
@@ -79,6 +84,16 @@ impl Metrics {
             "generated_tokens",
             "Tokens generated",
             m.generated_tokens.clone(),
+        );
+        registry.register(
+            "draft_tokens",
+            "Prompt-lookup draft tokens verified (speculative decoding)",
+            m.draft_tokens.clone(),
+        );
+        registry.register(
+            "draft_tokens_accepted",
+            "Prompt-lookup draft tokens accepted",
+            m.draft_tokens_accepted.clone(),
         );
         registry.register(
             "queue_depth",

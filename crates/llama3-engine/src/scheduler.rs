@@ -18,6 +18,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use candle_core::Tensor;
+use llama3::generate::lookup::Drafter;
 use llama3::generate::{FinishReason, Sequence, SequenceOptions, Session};
 use llama3::model::{KvCache, Llama};
 use llama3::tokenizer::Tokenizer;
@@ -37,6 +38,10 @@ struct Seq<'t> {
     seq: Sequence<'t>,
     /// Sampled, not yet run through the model.
     pending: Option<u32>,
+    /// Prompt-lookup drafting (None: plain decoding).
+    drafter: Option<Drafter>,
+    /// What a decode step feeds: the pending token and its drafts.
+    feed: Vec<u32>,
     last_token: Option<Instant>,
     /// `Done` or an error was sent.
     done: bool,
@@ -102,7 +107,7 @@ pub(crate) fn run(
         let mut batch: Vec<(&mut Seq, usize)> = Vec::new();
         for s in seqs.iter_mut().filter(|s| !s.done) {
             let n = match s.pending {
-                Some(_) => 1,
+                Some(t) => s.draft(t),
                 None if s.prefilled < s.job.prompt.len() && budget > 0 => {
                     let end = (s.prefilled + chunk).min(s.job.prompt.len());
                     if end - s.prefilled > budget && budget < chunk {
@@ -122,12 +127,24 @@ pub(crate) fn run(
                 // Each sequence samples, detokenizes and streams with its own state: all of
                 // them at once on the compute threads, which would otherwise wait.
                 Ok(logits) => {
-                    batch.into_par_iter().enumerate().for_each(|(i, (s, n))| {
-                        match logits.get(i).and_then(|row| row.to_vec1::<f32>()) {
-                            Ok(mut row) => fed_guarded(s, n, &mut row, metrics),
-                            Err(e) => fail(s, &e.to_string()),
-                        }
-                    })
+                    let starts: Vec<usize> = batch
+                        .iter()
+                        .scan(0, |at, (s, _)| {
+                            let start = *at;
+                            *at += s.rows();
+                            Some(start)
+                        })
+                        .collect();
+                    batch
+                        .into_par_iter()
+                        .zip(starts)
+                        .for_each(|((s, n), start)| {
+                            let rows = logits.narrow(0, start, s.rows());
+                            match rows.and_then(|r| r.to_vec2::<f32>()) {
+                                Ok(rows) => fed_guarded(s, n, rows, metrics),
+                                Err(e) => fail(s, &e.to_string()),
+                            }
+                        })
                 }
                 // Run alone, each sequence gets its own error and the others go on.
                 Err(_) if batch.len() > 1 => {
@@ -135,8 +152,8 @@ pub(crate) fn run(
                         let mut one = [(s, n)];
                         let out = forward(model, &mut one);
                         let [(s, n)] = one;
-                        match out.and_then(|l| guarded(|| Ok(l.get(0)?.to_vec1::<f32>()?))) {
-                            Ok(mut row) => fed_guarded(s, n, &mut row, metrics),
+                        match out.and_then(|l| guarded(|| Ok(l.to_vec2::<f32>()?))) {
+                            Ok(rows) => fed_guarded(s, n, rows, metrics),
                             Err(e) => fail(s, &e),
                         }
                     }
@@ -195,11 +212,13 @@ fn admit<'t>(
     };
     Some(Seq {
         seq: Sequence::new(opts, Some(tok), &job.prompt),
+        drafter: (job.lookup > 0).then(|| Drafter::new(job.lookup)),
         job,
         slot,
         prefilled,
         cached: prefilled,
         pending: None,
+        feed: Vec::new(),
         last_token: None,
         done: false,
         cancelled: false,
@@ -225,10 +244,11 @@ fn sweep(seqs: &mut Vec<Seq>, free: &mut Vec<Session>, metrics: &Metrics) {
     metrics.slots_busy.set(seqs.len() as i64);
 }
 
-/// One [`Llama::forward_batch`] over the batch: each sequence's logits after the `n` tokens
-/// it feeds (its pending token, or the next `n` of its prompt), (N, V) f32. Fed tokens are
-/// recorded in their slots.
+/// One [`Llama::forward_batch_rows`] over the batch: each sequence's logits after the `n`
+/// tokens it feeds (its pending token and drafts, or the next `n` of its prompt), a row per
+/// verified position ([`Seq::rows`]), (R, V) f32. Fed tokens are recorded in their slots.
 fn forward(model: &Llama, batch: &mut [(&mut Seq, usize)]) -> Result<Tensor, String> {
+    let rows: Vec<usize> = batch.iter().map(|(s, _)| s.rows()).collect();
     let (parts, mut caches): (Vec<&[u32]>, Vec<&mut KvCache>) = batch
         .iter_mut()
         .map(|(s, n)| {
@@ -237,22 +257,23 @@ fn forward(model: &Llama, batch: &mut [(&mut Seq, usize)]) -> Result<Tensor, Str
                 slot,
                 pending,
                 prefilled,
+                feed,
                 ..
             } = &mut **s;
             let part = match pending {
-                Some(t) => std::slice::from_ref(&*t),
+                Some(_) => &feed[..],
                 None => &job.prompt[*prefilled..*prefilled + *n],
             };
             (part, &mut slot.cache)
         })
         .unzip();
     let logits = guarded(|| {
-        let logits = model.forward_batch(&parts, &mut caches)?;
+        let logits = model.forward_batch_rows(&parts, &mut caches, &rows)?;
         Ok(logits.to_dtype(candle_core::DType::F32)?)
     })?;
     for (s, n) in batch.iter_mut() {
         let fed = match s.pending {
-            Some(t) => vec![t],
+            Some(_) => s.feed.clone(),
             None => s.job.prompt[s.prefilled..s.prefilled + *n].to_vec(),
         };
         s.slot.tokens.extend(fed);
@@ -260,22 +281,82 @@ fn forward(model: &Llama, batch: &mut [(&mut Seq, usize)]) -> Result<Tensor, Str
     Ok(logits)
 }
 
-/// After a forward that fed `n` tokens of `s` (its pending token, or a piece of its prompt):
-/// samples from `logits` once the whole prompt is in.
-fn fed(s: &mut Seq, n: usize, logits: &mut [f32], metrics: &Metrics) {
+impl Seq<'_> {
+    /// Sets what the decode step after `pending` feeds: it, and the drafts that continue it
+    /// (as many as the cache and `max_tokens` leave room for). Returns how many tokens.
+    fn draft(&mut self, pending: u32) -> usize {
+        self.feed.clear();
+        self.feed.push(pending);
+        if let Some(d) = &self.drafter {
+            let base = self.slot.cache.len();
+            let room = self.slot.cache.capacity().saturating_sub(base + 1);
+            let left = self
+                .seq
+                .max_tokens()
+                .saturating_sub(self.seq.generated() + 1);
+            self.slot.tokens.push(pending);
+            let drafts = d.propose(&self.slot.tokens, room.min(left));
+            self.slot.tokens.pop();
+            self.feed.extend(drafts);
+        }
+        self.feed.len()
+    }
+
+    /// Logits rows this sequence wants from the forward: one per fed token when verifying
+    /// drafts, else one.
+    fn rows(&self) -> usize {
+        match self.pending {
+            Some(_) => self.feed.len(),
+            None => 1,
+        }
+    }
+}
+
+/// After a forward that fed `n` tokens of `s` (its pending token and drafts, or a piece of its
+/// prompt): samples from `rows` (a row per verified position) once the whole prompt is in.
+fn fed(s: &mut Seq, n: usize, mut rows: Vec<Vec<f32>>, metrics: &Metrics) {
     if s.pending.take().is_none() {
         s.prefilled += n;
         if s.prefilled < s.job.prompt.len() {
             return;
         }
     }
-    next_token(s, logits, metrics);
+    if s.feed.len() <= 1 || rows.len() <= 1 {
+        let room = s.slot.has_room();
+        if let Some(row) = rows.first_mut() {
+            next_token(s, row, room, metrics);
+        }
+        return;
+    }
+    // Verify drafts as `Generator` does: sample each position in order, keep drafts while
+    // they equal what was sampled; the cache keeps the fed token and the accepted drafts.
+    let drafts = s.feed[1..].to_vec();
+    let base = s.slot.cache.len() - s.feed.len();
+    let mut kept = 0;
+    for (i, row) in rows.iter_mut().enumerate() {
+        let room = base + 1 + i < s.slot.cache.capacity();
+        next_token(s, row, room, metrics);
+        match s.pending {
+            Some(t) if drafts.get(i) == Some(&t) => {
+                kept += 1;
+                s.pending = None; // already in the cache
+            }
+            _ => break, // finished, or the sampled token is the next to feed
+        }
+    }
+    s.slot.cache.truncate(base + 1 + kept);
+    s.slot.tokens.truncate(base + 1 + kept);
+    metrics.draft_tokens.inc_by(drafts.len() as u64);
+    metrics.draft_tokens_accepted.inc_by(kept as u64);
+    if let Some(d) = s.drafter.as_mut() {
+        d.update(drafts.len(), kept);
+    }
 }
 
 /// [`fed`] under `catch_unwind`: a panic in sampling or detokenizing (a bug) fails this
 /// sequence only, instead of the engine and every other request with it.
-fn fed_guarded(s: &mut Seq, n: usize, logits: &mut [f32], metrics: &Metrics) {
-    let done = std::panic::catch_unwind(AssertUnwindSafe(|| fed(s, n, logits, metrics)));
+fn fed_guarded(s: &mut Seq, n: usize, rows: Vec<Vec<f32>>, metrics: &Metrics) {
+    let done = std::panic::catch_unwind(AssertUnwindSafe(|| fed(s, n, rows, metrics)));
     if done.is_err() {
         fail(
             s,
@@ -302,8 +383,8 @@ fn fail(s: &mut Seq, e: &str) {
 }
 
 /// Steps the sequence with `logits` (V), streams the token, and either leaves it pending for
-/// the next decode step or finishes the sequence.
-fn next_token(s: &mut Seq, logits: &mut [f32], metrics: &Metrics) {
+/// the next decode step or finishes the sequence. `room`: the cache has a position for it.
+fn next_token(s: &mut Seq, logits: &mut [f32], room: bool, metrics: &Metrics) {
     if s.seq.finished().is_some() {
         return finish(s); // nothing to generate (max_tokens 0)
     }
@@ -315,7 +396,7 @@ fn next_token(s: &mut Seq, logits: &mut [f32], metrics: &Metrics) {
         Some(t) => metrics.token_seconds.observe((now - t).as_secs_f64()),
     }
     s.last_token = Some(now);
-    let out = match s.seq.sample(logits, s.slot.has_room()) {
+    let out = match s.seq.sample(logits, room) {
         Ok(out) => out,
         Err(e) => return fail(s, &e.to_string()),
     };

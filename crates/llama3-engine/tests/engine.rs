@@ -51,6 +51,7 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
         "The capital of France is",
         "The capital of France is a city where",
         "Once upon a time, in a small village,",
+        "one two three four five six, one two three four five six, one two three",
     ]
     .iter()
     .map(|p| tok.encode(p, true, false).unwrap())
@@ -77,10 +78,11 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
         ctx: 256,
         queue: 8,
         prefill_chunk: 4,
+        lookup: 0,
     };
     let (engine, thread) =
         Engine::start(Arc::new(model), Arc::new(tok), cfg, metrics.clone()).expect("engine");
-    let submit = |p: &Vec<u32>| {
+    let submit_with = |p: &Vec<u32>, lookup: usize| {
         let (tx, rx) = mpsc::unbounded_channel();
         let job = Job {
             prompt: p.clone(),
@@ -89,12 +91,14 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
             stop: stop.clone(),
             logprobs: None,
             grammar: None,
+            lookup,
             events: tx,
             submitted: Instant::now(),
         };
         engine.submit(job).map_err(|e| format!("{e:?}")).unwrap();
         rx
     };
+    let submit = |p: &Vec<u32>| submit_with(p, 0);
     // One after another: the second prompt extends the first, so its slot keeps that prefix.
     for (i, p) in prompts.iter().enumerate().take(2) {
         let got = receive(submit(p));
@@ -126,6 +130,21 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
         let got = receive(rx);
         assert_eq!(got.text, want[i].text, "concurrent prompt {i}");
     }
+    // With prompt-lookup drafts riding in the batched forward: the same answers.
+    let rxs: Vec<_> = prompts.iter().map(|p| submit_with(p, 6)).collect();
+    for (i, rx) in rxs.into_iter().enumerate() {
+        let got = receive(rx);
+        assert_eq!(got.text, want[i].text, "concurrent prompt {i} with lookup");
+        assert_eq!(got.finish, want[i].finish_reason, "prompt {i} with lookup");
+    }
+    let (drafted, accepted) = (
+        metrics.draft_tokens.get(),
+        metrics.draft_tokens_accepted.get(),
+    );
+    assert!(
+        accepted > 0 && accepted <= drafted,
+        "{accepted}/{drafted} drafts accepted"
+    );
     drop(engine);
     thread.join().expect("engine thread ends");
 }

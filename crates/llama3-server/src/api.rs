@@ -59,6 +59,8 @@ pub struct Knobs {
     pub n: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// Prompt-lookup draft tokens per step (a llama3 extension; default: `--lookup`).
+    pub lookup: Option<i64>,
     /// Output constraints (`response_format`, `grammar`, `regex`...).
     #[serde(flatten)]
     pub structured: Structured,
@@ -188,6 +190,18 @@ impl Knobs {
             return Err(ApiError::param("stop", "at most 16 stop sequences"));
         }
         Ok(stops)
+    }
+
+    /// Draft tokens per step: the request's (0..=64) or the server's `--lookup`.
+    pub fn lookup(&self, default: usize) -> ApiResult<usize> {
+        match self.lookup {
+            None => Ok(default),
+            Some(k) if (0..=64).contains(&k) => Ok(k as usize),
+            Some(k) => Err(ApiError::param(
+                "lookup",
+                format!("lookup must be 0..=64, got {k}"),
+            )),
+        }
     }
 
     pub fn stream(&self) -> bool {

@@ -133,6 +133,7 @@ async fn start(
     let stops = knobs.stops()?;
     let sampling = knobs.sampling(served.vocab)?;
     let grammar = out.grammar;
+    let lookup = knobs.lookup(served.engine.config.lookup)?;
     let ctx = served.engine.config.ctx;
     let mut receivers = Vec::with_capacity(prompts.len() * n);
     let mut prompt_tokens = 0;
@@ -150,6 +151,7 @@ async fn start(
                 stop: stops.clone(),
                 logprobs,
                 grammar: grammar.clone(),
+                lookup,
                 events: tx,
                 submitted: Instant::now(),
             };

@@ -51,7 +51,8 @@ fn run(m: &Loaded, prompt: &[u32], lookup: usize) -> (Vec<u32>, f64, usize, usiz
     while let Some(out) = g.next_token().unwrap() {
         ids.push(out.step.token);
     }
-    (ids, t.elapsed().as_secs_f64(), g.drafted, g.accepted)
+    let (d, a) = g.drafts();
+    (ids, t.elapsed().as_secs_f64(), d, a)
 }
 
 fn main() {

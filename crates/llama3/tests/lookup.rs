@@ -31,12 +31,13 @@ fn run(m: &Loaded, prompt: &[u32], opts: GenerateOptions, stop: &[String]) -> Ru
     }
     let (rest, finish) = g.finish().unwrap();
     text.push_str(&rest);
+    let (drafted, accepted) = g.drafts();
     Run {
         ids,
         text,
         finish,
-        drafted: g.drafted,
-        accepted: g.accepted,
+        drafted,
+        accepted,
     }
 }
 

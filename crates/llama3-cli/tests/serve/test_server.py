@@ -170,6 +170,20 @@ class ServerTest(unittest.TestCase):
             self.assertEqual(r.usage.prompt_tokens, len(ref["prompt_ids"]))
             self.assertEqual(r.choices[0].finish_reason, ref["finish_reason"])
 
+    def test_lookup_speculation_keeps_greedy_answers(self):
+        """Prompt-lookup drafts (the request's `lookup`) ride in the batched forward: the same
+        greedy answer as plain decoding, and the drafts are counted in /metrics."""
+        text = ("The committee met on Tuesday to review the budget. After a long discussion, the "
+                "members agreed to fund the new library and repair the bridge on Main Street.")
+        prompt = "Repeat this paragraph word for word:\n\n" + text
+        ref = generate(prompt, 60, chat=True)
+        before = self.srv.metric("llama3_draft_tokens_accepted_total") or 0
+        r = self.client.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0,
+            max_tokens=60, extra_body={"lookup": 8})
+        self.assertEqual(r.choices[0].message.content, ref["text"])
+        self.assertGreater(self.srv.metric("llama3_draft_tokens_accepted_total"), before)
+
     def test_chat_stream_equals_whole(self):
         msgs = [{"role": "user", "content": PROMPTS[3]}]
         whole = self.client.chat.completions.create(

@@ -33,9 +33,66 @@ pub fn propose(history: &[u32], k: usize) -> Vec<u32> {
     vec![]
 }
 
+/// One sequence's drafting: the draft length grows by 2 while every draft is accepted and
+/// shrinks by 1 on a refusal (transformers' schedule for assisted generation), within
+/// `1..=max`; and the counts.
+#[derive(Clone, Debug)]
+pub struct Drafter {
+    max: usize,
+    len: usize,
+    /// Draft tokens proposed and accepted so far.
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+impl Drafter {
+    /// Up to `max` drafts per forward.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            len: max,
+            drafted: 0,
+            accepted: 0,
+        }
+    }
+
+    /// Drafts continuing `history`, at most `limit` (room left in the cache and in
+    /// `max_tokens`).
+    pub fn propose(&self, history: &[u32], limit: usize) -> Vec<u32> {
+        propose(history, self.len.min(limit))
+    }
+
+    /// Records that `kept` of `drafted` drafts were accepted.
+    pub fn update(&mut self, drafted: usize, kept: usize) {
+        self.drafted += drafted;
+        self.accepted += kept;
+        if drafted > 0 {
+            self.len = match kept == drafted {
+                true => (self.len + 2).min(self.max),
+                false => self.len.saturating_sub(1).max(1),
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::propose;
+    use super::{propose, Drafter};
+
+    #[test]
+    fn draft_length_follows_acceptance() {
+        let mut d = Drafter::new(8);
+        let h = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2];
+        assert_eq!(d.propose(&h, 99).len(), 8);
+        assert_eq!(d.propose(&h, 3).len(), 3);
+        d.update(8, 2);
+        assert_eq!(d.propose(&h, 99).len(), 7);
+        (0..9).for_each(|_| d.update(1, 0));
+        assert_eq!(d.propose(&h, 99).len(), 1);
+        d.update(1, 1);
+        assert_eq!(d.propose(&h, 99).len(), 3);
+        assert_eq!((d.drafted, d.accepted), (8 + 9 + 1, 3));
+    }
 
     #[test]
     fn drafts_follow_the_latest_longest_match() {

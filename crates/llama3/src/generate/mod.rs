@@ -3,7 +3,7 @@
 //! adds the text. Sampling, end tokens, detokenization, stop strings and finish reasons are the
 //! per-sequence state machine in [`sequence`], which the continuous-batching engine drives too.
 
-mod lookup;
+pub mod lookup;
 mod sequence;
 
 use std::collections::VecDeque;
@@ -153,17 +153,11 @@ pub struct Generator<'m, 's, 't> {
     pending: Option<u32>,
     /// Tokens sampled from one verify forward, not yet handed out.
     ready: VecDeque<Sampled>,
-    /// Most draft tokens per forward (0: plain decoding).
-    lookup: usize,
-    /// Draft tokens for the next forward: grows by 2 while every draft is accepted, shrinks
-    /// by 1 on a refusal (transformers' schedule for assisted generation), within 1..=lookup.
-    draft_len: usize,
+    /// Prompt-lookup drafting (None: plain decoding).
+    drafter: Option<lookup::Drafter>,
     pub prompt_time: Duration,
     /// Prompt tokens the session's cache already held (not run again).
     pub cached_tokens: usize,
-    /// Draft tokens proposed and accepted so far (prompt lookup).
-    pub drafted: usize,
-    pub accepted: usize,
 }
 
 impl<'m, 's> Generator<'m, 's, 'static> {
@@ -206,18 +200,22 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             logits,
             pending: None,
             ready: VecDeque::new(),
-            lookup,
-            draft_len: lookup,
+            drafter: (lookup > 0).then(|| lookup::Drafter::new(lookup)),
             prompt_time: start.elapsed(),
             cached_tokens,
-            drafted: 0,
-            accepted: 0,
         })
     }
 
     /// Where the grammar's time went (None without one).
     pub fn grammar_stats(&self) -> Option<crate::grammar::GrammarStats> {
         self.seq.grammar_stats()
+    }
+
+    /// Prompt-lookup drafts proposed and accepted so far.
+    pub fn drafts(&self) -> (usize, usize) {
+        self.drafter
+            .as_ref()
+            .map_or((0, 0), |d| (d.drafted, d.accepted))
     }
 
     /// Why generation stopped, once the iterator is exhausted.
@@ -234,7 +232,7 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             return Ok(None);
         }
         if let Some(tok) = self.pending.take() {
-            if self.lookup > 0 {
+            if self.drafter.is_some() {
                 return self.speculate(tok);
             }
             let out = self
@@ -266,7 +264,10 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             .max_tokens()
             .saturating_sub(self.seq.generated() + 1);
         self.session.tokens.push(tok);
-        let drafts = lookup::propose(&self.session.tokens, self.draft_len.min(room_after).min(left));
+        let drafts = match &self.drafter {
+            Some(d) => d.propose(&self.session.tokens, room_after.min(left)),
+            None => vec![],
+        };
         self.session.tokens.extend_from_slice(&drafts);
         let mut fed = Vec::with_capacity(1 + drafts.len());
         fed.push(tok);
@@ -275,7 +276,6 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             .model
             .forward_tokens(&fed, &mut self.session.cache, Logits::All)?; // (1, 1+k, V)
         let rows = out.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        self.drafted += drafts.len();
         let mut kept = 0; // drafts accepted
         for (i, mut row) in rows.into_iter().enumerate() {
             let room = base + 1 + i < self.session.cache.capacity();
@@ -292,12 +292,8 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             self.pending = Some(token);
             break;
         }
-        self.accepted += kept;
-        if !drafts.is_empty() {
-            self.draft_len = match kept == drafts.len() {
-                true => (self.draft_len + 2).min(self.lookup),
-                false => self.draft_len.saturating_sub(1).max(1),
-            };
+        if let Some(d) = self.drafter.as_mut() {
+            d.update(drafts.len(), kept);
         }
         // The cache keeps `tok` and the accepted drafts.
         self.session.cache.truncate(base + 1 + kept);
@@ -375,8 +371,8 @@ pub fn generate_text(
         finish_reason,
         steps,
         prompt_seconds: gen.prompt_time.as_secs_f64(),
-        drafted: gen.drafted,
-        accepted: gen.accepted,
+        drafted: gen.drafts().0,
+        accepted: gen.drafts().1,
         gen_seconds: start.elapsed().as_secs_f64(),
     })
 }

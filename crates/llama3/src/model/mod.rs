@@ -304,15 +304,38 @@ impl Llama {
     /// logits do not depend on what else is in the batch, nor on whether its prompt was
     /// prefilled alone.
     pub fn forward_batch(&self, parts: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        in_pool(|| self.forward_batch_here(parts, caches))
+        let rows = vec![1; parts.len()];
+        in_pool(|| self.forward_batch_here(parts, caches, &rows))
     }
 
-    fn forward_batch_here(&self, parts: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+    /// [`Self::forward_batch`] with the logits of the last `rows[i]` positions of each part,
+    /// in order: (sum of rows, V). A sequence verifying draft tokens wants a row per position.
+    pub fn forward_batch_rows(
+        &self,
+        parts: &[&[u32]],
+        caches: &mut [&mut KvCache],
+        rows: &[usize],
+    ) -> Result<Tensor> {
+        in_pool(|| self.forward_batch_here(parts, caches, rows))
+    }
+
+    fn forward_batch_here(
+        &self,
+        parts: &[&[u32]],
+        caches: &mut [&mut KvCache],
+        rows: &[usize],
+    ) -> Result<Tensor> {
         let n = parts.len();
         if n == 0 || n != caches.len() || parts.iter().any(|p| p.is_empty()) {
             return Err(Error::Input(format!(
                 "forward_batch: {n} parts (each needs a token) for {} caches",
                 caches.len()
+            )));
+        }
+        if rows.len() != n || rows.iter().zip(parts).any(|(&r, p)| r == 0 || r > p.len()) {
+            return Err(Error::Input(format!(
+                "forward_batch: rows {rows:?} for parts of {:?} tokens",
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>()
             )));
         }
         for p in parts {
@@ -344,19 +367,19 @@ impl Llama {
         for (c, p) in caches.iter_mut().zip(parts) {
             c.advance(p.len());
         }
-        // Each sequence's last row: (N, 1, D).
-        if m > n {
-            let last: Vec<u32> = parts
-                .iter()
-                .scan(0u32, |end, p| {
-                    *end += p.len() as u32;
-                    Some(*end - 1)
-                })
-                .collect();
-            x = x.index_select(&Tensor::new(last, &self.device)?, 0)?;
+        // Each sequence's last rows: (R, 1, D).
+        let r: usize = rows.iter().sum();
+        if m > r {
+            let mut keep = Vec::with_capacity(r);
+            let mut end = 0u32;
+            for (p, &k) in parts.iter().zip(rows) {
+                end += p.len() as u32;
+                keep.extend(end - k as u32..end);
+            }
+            x = x.index_select(&Tensor::new(keep, &self.device)?, 0)?;
         }
         let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.squeeze(1)?) // (N, V)
+        Ok(self.lm_head.forward(&x)?.squeeze(1)?) // (R, V)
     }
 
     /// A KV cache for `batch` sequences of up to `capacity` positions.
