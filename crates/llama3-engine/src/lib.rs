@@ -39,6 +39,9 @@ pub struct Job {
     /// Prompt-lookup speculation: up to this many draft tokens per step, verified in the
     /// batched forward (0: off). The output is what plain decoding gives.
     pub lookup: usize,
+    /// Start from the longest prefix of the prompt a free slot's cache holds (false: run the
+    /// whole prompt, as llama.cpp's `cache_prompt: false`).
+    pub cache_prompt: bool,
     /// Where this job's [`Event`]s go; dropping the receiver cancels the job.
     pub events: mpsc::UnboundedSender<Event>,
     pub submitted: Instant,

@@ -189,6 +189,9 @@ fn admit<'t>(
             }
         },
     };
+    if !job.cache_prompt {
+        slot.reset(); // the whole prompt runs again (llama.cpp's cache_prompt: false)
+    }
     let prefilled = match slot.reuse(&job.prompt) {
         Ok(n) => n,
         Err(e) => {

@@ -92,6 +92,7 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
             logprobs: None,
             grammar: None,
             lookup,
+            cache_prompt: true,
             events: tx,
             submitted: Instant::now(),
         };

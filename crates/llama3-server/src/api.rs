@@ -61,6 +61,8 @@ pub struct Knobs {
     pub stream_options: Option<StreamOptions>,
     /// Prompt-lookup draft tokens per step (a llama3 extension; default: `--lookup`).
     pub lookup: Option<i64>,
+    /// llama.cpp's: false runs the whole prompt even when a slot holds a prefix of it.
+    pub cache_prompt: Option<bool>,
     /// Output constraints (`response_format`, `grammar`, `regex`...).
     #[serde(flatten)]
     pub structured: Structured,

@@ -152,6 +152,7 @@ async fn start(
                 logprobs,
                 grammar: grammar.clone(),
                 lookup,
+                cache_prompt: knobs.cache_prompt.unwrap_or(true),
                 events: tx,
                 submitted: Instant::now(),
             };

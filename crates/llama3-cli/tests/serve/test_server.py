@@ -321,6 +321,12 @@ class ServerTest(unittest.TestCase):
         ref = generate_messages(turn2, 16)
         self.assertEqual(r2.usage.prompt_tokens, len(ref["prompt_ids"]))
         self.assertEqual(r2.choices[0].message.content, ref["text"])
+        # cache_prompt false (llama.cpp's field): the whole prompt runs again, same answer.
+        r3 = self.client.chat.completions.create(
+            model=self.model, messages=turn2, temperature=0, max_tokens=16,
+            extra_body={"cache_prompt": False})
+        self.assertEqual(r3.usage.prompt_tokens_details.cached_tokens, 0)
+        self.assertEqual(r3.choices[0].message.content, ref["text"])
 
     def test_concurrent_equals_sequential(self):
         def ask(i):
