@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// request may set its own with the `lookup` field. 0 = off.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub lookup: usize,
+    /// MiB of KV the prefix cache keeps beside the slots: prompts and answers in blocks, so a
+    /// request starts from the longest prefix any earlier one computed (least recently used
+    /// blocks go first). 0 = only what the slots hold.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub cache_ram: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -99,6 +104,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             queue: a.queue,
             prefill_chunk: a.prefill_chunk,
             lookup: a.lookup,
+            cache_ram: a.cache_ram << 20,
         },
         max_tokens: a.max_tokens,
         body_limit: a.body_limit,

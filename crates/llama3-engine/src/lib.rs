@@ -12,6 +12,7 @@
 //! generation steps; see [`scheduler`] for what a turn of the loop does.
 
 pub mod metrics;
+pub mod prefix_cache;
 mod scheduler;
 
 use std::sync::Arc;
@@ -89,6 +90,8 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Default prompt-lookup drafts per step for jobs ([`Job::lookup`]); 0 = off.
     pub lookup: usize,
+    /// Bytes of KV the prefix cache may keep beside the slots ([`prefix_cache`]); 0 = off.
+    pub cache_ram: usize,
 }
 
 /// Why a job was not queued.

@@ -23,6 +23,12 @@ pub struct Metrics {
     /// Requests that found part of their prompt in a slot's cache.
     pub prefix_hits: Counter,
     pub generated_tokens: Counter,
+    /// Requests that restored part of their prompt from the prefix cache.
+    pub prefix_cache_restores: Counter,
+    /// Blocks dropped from the prefix cache to stay within `--cache-ram`.
+    pub prefix_cache_evictions: Counter,
+    /// Bytes of KV the prefix cache holds.
+    pub prefix_cache_bytes: Gauge,
     /// Prompt-lookup draft tokens verified, and those accepted.
     pub draft_tokens: Counter,
     pub draft_tokens_accepted: Counter,
@@ -51,6 +57,9 @@ impl Metrics {
             prompt_tokens_cached: Counter::default(),
             prefix_hits: Counter::default(),
             generated_tokens: Counter::default(),
+            prefix_cache_restores: Counter::default(),
+            prefix_cache_evictions: Counter::default(),
+            prefix_cache_bytes: Gauge::default(),
             draft_tokens: Counter::default(),
             draft_tokens_accepted: Counter::default(),
             queue_depth: Gauge::default(),
@@ -84,6 +93,21 @@ impl Metrics {
             "generated_tokens",
             "Tokens generated",
             m.generated_tokens.clone(),
+        );
+        registry.register(
+            "prefix_cache_restores",
+            "Requests that restored part of their prompt from the prefix cache",
+            m.prefix_cache_restores.clone(),
+        );
+        registry.register(
+            "prefix_cache_evictions",
+            "Prefix-cache blocks evicted to stay within --cache-ram",
+            m.prefix_cache_evictions.clone(),
+        );
+        registry.register(
+            "prefix_cache_bytes",
+            "Bytes of KV held by the prefix cache",
+            m.prefix_cache_bytes.clone(),
         );
         registry.register(
             "draft_tokens",

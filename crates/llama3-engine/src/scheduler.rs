@@ -25,6 +25,7 @@ use llama3::tokenizer::Tokenizer;
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::prefix_cache::PrefixCache;
 use crate::{Done, EngineConfig, Event, Job, Metrics, TokenOut};
 
 /// A running sequence in its slot.
@@ -47,6 +48,8 @@ struct Seq<'t> {
     done: bool,
     /// The client went away mid-sequence.
     cancelled: bool,
+    /// The whole prompt went in during the last forward: its blocks go to the prefix cache.
+    prompt_done: bool,
 }
 
 pub(crate) fn run(
@@ -57,6 +60,7 @@ pub(crate) fn run(
     metrics: &Metrics,
 ) {
     let mut free: Vec<Session> = Vec::with_capacity(cfg.parallel);
+    let mut pool = PrefixCache::new(cfg.cache_ram);
     let mut seqs: Vec<Seq> = Vec::with_capacity(cfg.parallel);
     let mut open = true;
     loop {
@@ -84,7 +88,7 @@ pub(crate) fn run(
                 metrics.cancelled.inc();
                 continue;
             }
-            seqs.extend(admit(model, tok, cfg, job, &mut free, metrics));
+            seqs.extend(admit(model, tok, cfg, job, &mut free, &mut pool, metrics));
         }
         if seqs.is_empty() {
             if open {
@@ -95,7 +99,7 @@ pub(crate) fn run(
         metrics.queue_depth.set((rx.len()) as i64);
 
         // 2. Cancellation: a closed receiver means the client is gone.
-        sweep(&mut seqs, &mut free, metrics);
+        sweep(&mut seqs, &mut free, &mut pool, metrics);
 
         // 3. One forward for the turn: a decode step for every sequence with a token to feed,
         //    and waiting prompts, oldest first, about one chunk of prompt tokens in all (short
@@ -162,8 +166,13 @@ pub(crate) fn run(
             }
         }
 
-        // 4. Finished and cancelled sequences give their slot back.
-        sweep(&mut seqs, &mut free, metrics);
+        // 4. Prompts that went in are kept in the prefix cache; finished and cancelled
+        //    sequences give their slot back (and their answers to the prefix cache).
+        for s in seqs.iter_mut().filter(|s| s.prompt_done) {
+            s.prompt_done = false;
+            keep(&mut pool, &s.slot, metrics);
+        }
+        sweep(&mut seqs, &mut free, &mut pool, metrics);
     }
 }
 
@@ -176,6 +185,7 @@ fn admit<'t>(
     cfg: &EngineConfig,
     mut job: Job,
     free: &mut Vec<Session>,
+    pool: &mut PrefixCache,
     metrics: &Metrics,
 ) -> Option<Seq<'t>> {
     let best = (0..free.len()).max_by_key(|&i| free[i].common_prefix(&job.prompt));
@@ -191,6 +201,18 @@ fn admit<'t>(
     };
     if !job.cache_prompt {
         slot.reset(); // the whole prompt runs again (llama.cpp's cache_prompt: false)
+    } else if pool.cached(&job.prompt) > slot.common_prefix(&job.prompt) {
+        // The prefix cache holds more of the prompt than this slot: restore it.
+        match pool.restore(&job.prompt, &mut slot.cache) {
+            Ok(n) => {
+                slot.tokens = job.prompt[..n].to_vec();
+                metrics.prefix_cache_restores.inc();
+            }
+            Err(e) => {
+                tracing::warn!("prefix cache: cannot restore ({e}); the prompt runs whole");
+                slot.reset();
+            }
+        }
     }
     let prefilled = match slot.reuse(&job.prompt) {
         Ok(n) => n,
@@ -222,6 +244,7 @@ fn admit<'t>(
         cached: prefilled,
         pending: None,
         feed: Vec::new(),
+        prompt_done: false,
         last_token: None,
         done: false,
         cancelled: false,
@@ -230,7 +253,7 @@ fn admit<'t>(
 
 /// Releases finished sequences (their `Done` was sent) and cancelled ones (client gone),
 /// returning their slots, with what their caches hold, to the free list.
-fn sweep(seqs: &mut Vec<Seq>, free: &mut Vec<Session>, metrics: &Metrics) {
+fn sweep(seqs: &mut Vec<Seq>, free: &mut Vec<Session>, pool: &mut PrefixCache, metrics: &Metrics) {
     let mut i = 0;
     while i < seqs.len() {
         let s = &seqs[i];
@@ -239,12 +262,25 @@ fn sweep(seqs: &mut Vec<Seq>, free: &mut Vec<Session>, metrics: &Metrics) {
             if cancelled {
                 metrics.cancelled.inc();
             }
-            free.push(seqs.swap_remove(i).slot);
+            let slot = seqs.swap_remove(i).slot;
+            keep(pool, &slot, metrics);
+            free.push(slot);
         } else {
             i += 1;
         }
     }
     metrics.slots_busy.set(seqs.len() as i64);
+}
+
+/// Copies the full blocks a slot holds into the prefix cache.
+fn keep(pool: &mut PrefixCache, slot: &Session, metrics: &Metrics) {
+    match pool.insert(&slot.tokens, &slot.cache) {
+        Ok(evicted) => {
+            metrics.prefix_cache_evictions.inc_by(evicted);
+        }
+        Err(e) => tracing::warn!("prefix cache: cannot keep a prompt ({e})"),
+    }
+    metrics.prefix_cache_bytes.set(pool.bytes() as i64);
 }
 
 /// One [`Llama::forward_batch_rows`] over the batch: each sequence's logits after the `n`
@@ -323,6 +359,7 @@ fn fed(s: &mut Seq, n: usize, mut rows: Vec<Vec<f32>>, metrics: &Metrics) {
         if s.prefilled < s.job.prompt.len() {
             return;
         }
+        s.prompt_done = true;
     }
     if s.feed.len() <= 1 || rows.len() <= 1 {
         let room = s.slot.has_room();

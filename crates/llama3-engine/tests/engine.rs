@@ -79,6 +79,7 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
         queue: 8,
         prefill_chunk: 4,
         lookup: 0,
+        cache_ram: 0,
     };
     let (engine, thread) =
         Engine::start(Arc::new(model), Arc::new(tok), cfg, metrics.clone()).expect("engine");

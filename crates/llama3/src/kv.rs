@@ -170,6 +170,50 @@ impl KvCache {
     pub fn advance(&mut self, t: usize) {
         self.len += t;
     }
+
+    /// A copy of positions `start..start + len` of every layer: per layer (K, V), each
+    /// (B, Hkv, len, Dh) in the stored dtype (what a prefix cache keeps).
+    pub fn read_span(&self, start: usize, len: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        if start + len > self.len {
+            return Err(Error::Input(format!(
+                "KV span {start}..{} is beyond the {} cached positions",
+                start + len,
+                self.len
+            )));
+        }
+        self.layers
+            .iter()
+            // A compact copy (`contiguous` could return a view of the cache).
+            .map(|(k, v)| {
+                Ok((
+                    k.narrow(2, start, len)?.force_contiguous()?,
+                    v.narrow(2, start, len)?.force_contiguous()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Writes spans read by [`Self::read_span`] at position `start` (at most the current
+    /// length: spans are written in order) and makes the cache end after them.
+    pub fn write_span(&mut self, start: usize, span: &[(Tensor, Tensor)]) -> Result<()> {
+        let len = span.first().map_or(Ok(0), |(k, _)| k.dim(2))?;
+        if span.len() != self.layers.len() || start > self.len || start + len > self.capacity {
+            return Err(Error::Input(format!(
+                "KV span of {len} positions for {} layers at {start} does not fit a cache of {} \
+                 layers holding {} of {} positions",
+                span.len(),
+                self.layers.len(),
+                self.len,
+                self.capacity
+            )));
+        }
+        for ((kc, vc), (k, v)) in self.layers.iter().zip(span) {
+            kc.slice_set(k, 2, start)?;
+            vc.slice_set(v, 2, start)?;
+        }
+        self.len = start + len;
+        Ok(())
+    }
 }
 
 /// Rows allocated for `capacity` positions per head: an odd multiple of 8. Heads' buffers a

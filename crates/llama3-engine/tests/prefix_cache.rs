@@ -1,0 +1,128 @@
+//! The prefix cache on the default model: a request finds the shared start of its prompt in the
+//! cache after the one slot moved on to other work, answers equal the one-sequence path's with
+//! and without the cache, and a budget that forces evictions keeps every answer right.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama3::generate::{generate_text, GenerateOptions, Session};
+use llama3::loader::{load, LoadOptions};
+use llama3::sample::SamplingParams;
+use llama3_engine::prefix_cache::BLOCK;
+use llama3_engine::{Engine, EngineConfig, Event, Job, Metrics};
+use tokio::sync::mpsc;
+
+fn answer(engine: &Engine, prompt: &[u32]) -> (String, usize) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let job = Job {
+        prompt: prompt.to_vec(),
+        sampling: SamplingParams::greedy(),
+        max_tokens: 16,
+        stop: vec![],
+        logprobs: None,
+        grammar: None,
+        lookup: 0,
+        cache_prompt: true,
+        events: tx,
+        submitted: Instant::now(),
+    };
+    engine.submit(job).map_err(|e| format!("{e:?}")).unwrap();
+    let mut text = String::new();
+    loop {
+        match rx.blocking_recv().expect("engine answers") {
+            Event::Token(t) => text.push_str(&t.text),
+            Event::Done(d) => {
+                text.push_str(&d.text);
+                return (text, d.cached_tokens);
+            }
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+}
+
+#[test]
+fn prefix_cache_restores_shared_prompts_and_survives_eviction() {
+    let loaded = load(&llama3_testutil::default_model(), &LoadOptions::default()).expect("load");
+    let tok = Arc::new(loaded.tokenizer.expect("tokenizer"));
+    let model = Arc::new(loaded.model);
+    let shared =
+        "You are a careful assistant. Answer in one short sentence, and never invent facts. \
+        The user is a student preparing for an exam in geography and history; keep answers simple \
+        and name places and dates exactly. When a question is ambiguous, say which reading you \
+        answer. Do not use lists, tables or headings, and do not repeat the question back to the \
+        user before answering it. ";
+    let prompts: Vec<Vec<u32>> = [
+        format!("{shared}What is the capital of France?"),
+        "Once upon a time, in a small village by the sea,".to_string(),
+        format!("{shared}When did the Second World War end?"),
+    ]
+    .iter()
+    .map(|p| tok.encode(p, true, false).unwrap())
+    .collect();
+    let common = prompts[0]
+        .iter()
+        .zip(&prompts[2])
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        common >= 2 * BLOCK,
+        "the shared start spans {common} tokens"
+    );
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let opts = GenerateOptions {
+                max_tokens: 16,
+                sampling: SamplingParams::greedy(),
+                end_ids: tok.end_ids().to_vec(),
+                ..GenerateOptions::default()
+            };
+            let mut s = Session::new(&model, 256).unwrap();
+            generate_text(&model, Some(&tok), &mut s, p, opts, &[], |_| {})
+                .unwrap()
+                .text
+        })
+        .collect();
+
+    for (cache_ram, restores) in [(64 << 20, true), (512 << 10, false), (0, false)] {
+        let metrics = Arc::new(Metrics::new(1));
+        let cfg = EngineConfig {
+            parallel: 1,
+            ctx: 256,
+            queue: 8,
+            prefill_chunk: 48,
+            lookup: 0,
+            cache_ram,
+        };
+        let (engine, thread) =
+            Engine::start(model.clone(), tok.clone(), cfg, metrics.clone()).expect("engine");
+        // The one slot serves the three in turn: the third's shared start is no longer in it.
+        let got: Vec<(String, usize)> = prompts.iter().map(|p| answer(&engine, p)).collect();
+        for (i, (text, _)) in got.iter().enumerate() {
+            assert_eq!(text, &want[i], "cache_ram {cache_ram}: prompt {i}");
+        }
+        let cached = got[2].1;
+        match restores {
+            true => {
+                assert_eq!(
+                    cached,
+                    common / BLOCK * BLOCK,
+                    "restored whole blocks of the shared start"
+                );
+                assert_eq!(metrics.prefix_cache_restores.get(), 1);
+                assert!(metrics.prefix_cache_bytes.get() > 0);
+            }
+            false => {
+                assert!(cached < BLOCK, "cache_ram {cache_ram}: {cached} cached");
+                assert_eq!(metrics.prefix_cache_restores.get(), 0);
+            }
+        }
+        if cache_ram == 512 << 10 {
+            // One block of the default model (720 KiB) is over the budget: every block is evicted.
+            assert!(metrics.prefix_cache_evictions.get() > 0);
+            assert_eq!(metrics.prefix_cache_bytes.get(), 0);
+        }
+        drop(engine);
+        thread.join().expect("engine thread ends");
+    }
+}
