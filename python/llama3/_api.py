@@ -9,6 +9,7 @@ llama-cpp-python's arguments and return its dictionaries, so code written for
 from __future__ import annotations
 
 import json
+import os
 import random
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -94,14 +95,13 @@ class Llama3(LlamaCppApi):
         n_threads: Optional[int] = None,
         n_batch: Optional[int] = None,
         n_gpu_layers: Optional[int] = None,
+        draft_model: Any = None,
     ) -> None:
         threads = threads if threads is not None else n_threads
         if threads is not None:
             threads = _number("threads", threads, int)
             if threads < 1:
                 raise InvalidArgumentError("threads must be at least 1")
-            import os
-
             os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
         if n_ctx is not None:
             n_ctx = _number("n_ctx", n_ctx, int)
@@ -113,6 +113,18 @@ class Llama3(LlamaCppApi):
         self.model_path = model_path
         self.verbose = verbose
         self._seed = seed
+        # llama-cpp-python's LlamaPromptLookupDecoding(num_pred_tokens=N): prompt lookup;
+        # a path: a draft model with the same vocabulary.
+        self._lookup = 0
+        draft_path = None
+        if draft_model is not None:
+            if hasattr(draft_model, "num_pred_tokens"):
+                self._lookup = _number("num_pred_tokens", draft_model.num_pred_tokens, int)
+            elif isinstance(draft_model, (str, os.PathLike)):
+                draft_path = str(draft_model)
+            else:
+                raise InvalidArgumentError("draft_model must be a model path or an object with num_pred_tokens "
+                                           "(llama-cpp-python's LlamaPromptLookupDecoding)")
         self._native = _llama3.Model(
             None if model_path is None else str(model_path),
             device,
@@ -121,6 +133,7 @@ class Llama3(LlamaCppApi):
             n_ctx,
             None if tokenizer is None else str(tokenizer),
             verbose,
+            draft_path,
         )
         self._info: Optional[Dict[str, Any]] = None
 
@@ -240,7 +253,8 @@ class Llama3(LlamaCppApi):
         })
 
     def _start(self, prompt_ids: List[int], max_tokens: Optional[int], stop, logprobs,
-               stream: bool, constraint: Optional[Tuple[str, str]] = None, lookup: int = 0, **sampling):
+               stream: bool, constraint: Optional[Tuple[str, str]] = None, lookup: Optional[int] = None,
+               **sampling):
         # stream=False: the tokens come in one delivery at the end (no wake-up of this thread
         # per token, which on a machine with as many cores as compute threads costs those
         # threads time).
@@ -252,7 +266,7 @@ class Llama3(LlamaCppApi):
         k = 0 if logprobs is None or logprobs is False else (1 if logprobs is True else _number("logprobs", logprobs, int))
         if k < 0:
             raise InvalidArgumentError("logprobs must be at least 0")
-        lookup = _number("lookup", lookup, int)
+        lookup = self._lookup if lookup is None else _number("lookup", lookup, int)
         if lookup < 0:
             raise InvalidArgumentError("lookup must be at least 0")
         return self._native.generate(prompt_ids, max_tokens, self._sampling(**sampling),
@@ -286,7 +300,7 @@ class Llama3(LlamaCppApi):
         json_object: bool = False,
         regex: Optional[str] = None,
         grammar: Optional[str] = None,
-        lookup: int = 0,
+        lookup: Optional[int] = None,
     ) -> Union[Generation, Iterator[str]]:
         """Continues ``prompt`` (text, tokenized with BOS; or token ids).
 
@@ -307,7 +321,9 @@ class Llama3(LlamaCppApi):
 
         ``lookup=N``: speculative decoding by prompt lookup, up to N draft tokens per forward
         copied from the prompt and the answer so far and verified by the model: the same output,
-        faster when the answer copies from the prompt (rewriting, editing).
+        faster when the answer copies from the prompt (rewriting, editing). Default: the
+        instance's (``draft_model=LlamaPromptLookupDecoding(num_pred_tokens=N)``, else 0; with
+        ``draft_model=PATH`` the draft model speculates unless ``lookup`` is given).
         """
         ids = self._prompt_ids(prompt)
         c = constraint(json_schema=json_schema, json_object=json_object, regex=regex, grammar=grammar)
@@ -360,7 +376,7 @@ class Llama3(LlamaCppApi):
         tools: Optional[List[Dict[str, Any]]] = None,
         tool_choice: Union[None, str, Dict[str, Any]] = None,
         parallel_tool_calls: bool = True,
-        lookup: int = 0,
+        lookup: Optional[int] = None,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """Answers a conversation (``[{"role": "user", "content": "Hi"}, ...]``) through the
         model's chat template. Returns an OpenAI chat completion as a dict

@@ -256,7 +256,7 @@ class LlamaCppApi:
         tools: Optional[List[Dict[str, Any]]] = None,
         tool_choice: Union[None, str, Dict[str, Any]] = None,
         parallel_tool_calls: bool = True,
-        lookup: int = 0,
+        lookup: Optional[int] = None,
         **unsupported: Any,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """A chat completion in OpenAI's (and llama-cpp-python's) shape, or its stream of

@@ -15,6 +15,7 @@ class Model:
         n_ctx: Optional[int] = None,
         tokenizer: Optional[str] = None,
         verbose: bool = True,
+        draft: Optional[str] = None,
     ) -> None: ...
     @property
     def n_ctx(self) -> int: ...

@@ -384,6 +384,17 @@ def test_lookup_speculation_gives_plain_output(llm):
     assert a.token_ids == b.token_ids
     with pytest.raises(llama3.InvalidArgumentError):
         llm.generate("x", lookup=-1)
+    # llama-cpp-python's prompt-lookup object, and a draft model (the model itself: every greedy
+    # draft is right), give the plain output too.
+    class LlamaPromptLookupDecoding:
+        num_pred_tokens = 6
+
+    other = Llama3(verbose=False, draft_model=LlamaPromptLookupDecoding())
+    assert other.chat(msgs, temperature=0, max_tokens=80)["choices"][0]["message"] == plain["choices"][0]["message"]
+    drafted = Llama3(verbose=False, draft_model=str(HOME / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert drafted.chat(msgs, temperature=0, max_tokens=80)["choices"][0]["message"] == plain["choices"][0]["message"]
+    with pytest.raises(llama3.InvalidArgumentError):
+        Llama3(verbose=False, draft_model=3)
 
 
 def test_keyboard_interrupt_stops_a_long_generate_within_a_second(llm):

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use llama3::generate::DraftModel;
 use llama3::grammar::{Constraint, Grammar};
 use llama3::loader::{LoadOptions, Loaded};
 use llama3::sample::SamplingParams;
@@ -294,5 +295,49 @@ impl ConstraintArgs {
         };
         let tok = tok.context("an output constraint needs the model's tokenizer")?;
         Ok(Some(Grammar::new(tok, &c)?))
+    }
+}
+
+/// Speculative decoding with a draft model.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DraftArgs {
+    /// A smaller model with the same vocabulary that drafts tokens for this one to verify (same
+    /// output, faster when its guesses are often right): a GGUF, an HF directory or hf:...
+    #[arg(long, value_name = "MODEL", conflicts_with = "lookup")]
+    pub draft: Option<String>,
+    /// Most draft tokens per verify forward (the length adapts to how many are accepted).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub draft_max: usize,
+}
+
+impl DraftArgs {
+    /// Loads the draft model on the target's device, after checking it tokenizes as the target.
+    pub fn load(&self, target: &ModelArgs, loaded: &Loaded) -> Result<Option<DraftModel>> {
+        let Some(spec) = &self.draft else {
+            return Ok(None);
+        };
+        if self.draft_max == 0 {
+            bail!("--draft-max must be at least 1");
+        }
+        let args = ModelArgs {
+            model: Some(spec.clone()),
+            tokenizer: None,
+            chat_template_file: None,
+            lora: vec![],
+            ..target.clone()
+        };
+        let draft = args.load().with_context(|| format!("--draft {spec}"))?;
+        let probe = "Hello, world! 123 déjà vu <|im_end|>";
+        let same = match (&draft.tokenizer, &loaded.tokenizer) {
+            (Some(a), Some(b)) => {
+                a.vocab_size() == b.vocab_size()
+                    && a.encode(probe, true, true)? == b.encode(probe, true, true)?
+            }
+            _ => draft.model.config.vocab_size == loaded.model.config.vocab_size,
+        };
+        if !same || draft.model.config.vocab_size != loaded.model.config.vocab_size {
+            bail!("--draft {spec}: its vocabulary is not the model's; a draft model must share it");
+        }
+        Ok(Some(DraftModel(std::sync::Arc::new(draft.model))))
     }
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use llama3::generate::{generate_text, GenerateOptions, Session};
 use llama3::tokenizer::Message;
 
-use crate::args::{need_tokenizer, ConstraintArgs, ModelArgs, SamplingArgs};
+use crate::args::{need_tokenizer, ConstraintArgs, DraftArgs, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -28,6 +28,8 @@ pub struct ChatArgs {
     /// conversation, verified by the model (same output). 0 = off.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub lookup: usize,
+    #[command(flatten)]
+    pub draft: DraftArgs,
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
@@ -38,6 +40,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     }
     let model = &loaded.model;
     let grammar = a.constraint.grammar(Some(tok))?;
+    let draft = a.draft.load(&a.model, &loaded)?;
     let mut session = Session::new(model, a.ctx)?;
     let mut messages: Vec<Message> = Vec::new();
     let start_messages = |m: &mut Vec<Message>| {
@@ -89,6 +92,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
             end_ids: tok.end_ids().to_vec(),
             grammar: grammar.clone(),
             lookup: a.lookup,
+            draft: draft.clone(),
+            draft_max: a.draft.draft_max,
             ..GenerateOptions::default()
         };
         let out = match generate_text(

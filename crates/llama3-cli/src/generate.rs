@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama3::generate::{generate_text, GenerateOptions, Session};
 
-use crate::args::{need_tokenizer, ConstraintArgs, ModelArgs, SamplingArgs};
+use crate::args::{need_tokenizer, ConstraintArgs, DraftArgs, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -44,6 +44,8 @@ pub struct GenerateArgs {
     /// copies from the prompt). 0 = off.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub lookup: usize,
+    #[command(flatten)]
+    pub draft: DraftArgs,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -80,6 +82,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         top_logprobs: a.top_logprobs,
         grammar: a.constraint.grammar(tok)?,
         lookup: a.lookup,
+        draft: a.draft.load(&a.model, &loaded)?,
+        draft_max: a.draft.draft_max,
         ..GenerateOptions::default()
     };
     let seed = opts.sampling.seed;
@@ -129,14 +133,14 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             "steps": steps,
             "prompt_tokens_per_second": out.prompt_ids.len() as f64 / out.prompt_seconds.max(1e-9),
             "tokens_per_second": n as f64 / out.gen_seconds.max(1e-9),
-            "lookup": {"drafted": out.drafted, "accepted": out.accepted},
+            "drafts": {"drafted": out.drafted, "accepted": out.accepted},
         });
         writeln!(stdout, "{}", serde_json::to_string_pretty(&j)?)?;
     } else {
         writeln!(stdout)?;
         let lookup = match out.drafted {
             0 => String::new(),
-            d => format!(" | lookup: {}/{d} drafts accepted", out.accepted),
+            d => format!(" | drafts: {}/{d} accepted", out.accepted),
         };
         eprintln!(
             "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | finish: {:?}{lookup}",

@@ -326,7 +326,7 @@ impl Seq<'_> {
     fn draft(&mut self, pending: u32) -> usize {
         self.feed.clear();
         self.feed.push(pending);
-        if let Some(d) = &self.drafter {
+        if let Some(d) = self.drafter.as_mut() {
             let base = self.slot.cache.len();
             let room = self.slot.cache.capacity().saturating_sub(base + 1);
             let left = self
@@ -336,7 +336,10 @@ impl Seq<'_> {
             self.slot.tokens.push(pending);
             let drafts = d.propose(&self.slot.tokens, room.min(left));
             self.slot.tokens.pop();
-            self.feed.extend(drafts);
+            match drafts {
+                Ok(drafts) => self.feed.extend(drafts),
+                Err(e) => tracing::warn!("no drafts this step: {e}"),
+            }
         }
         self.feed.len()
     }

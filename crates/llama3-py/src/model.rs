@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::DType;
 use llama3::embed::{embed, shorten, EmbedOptions, Pooling};
-use llama3::generate::{GenerateOptions, Session};
+use llama3::generate::{DraftModel, GenerateOptions, Session};
 use llama3::grammar::{Constraint, Grammar};
 use llama3::loader::{open, ModelInfo, OpenOptions};
 use llama3::model::{Llama, Logits};
@@ -31,6 +31,8 @@ pub struct Inner {
     pub info: ModelInfo,
     /// Positions per generation (prompt + answer).
     pub n_ctx: usize,
+    /// A draft model every generation speculates with (unless it asks for prompt lookup).
+    pub draft: Option<DraftModel>,
     sessions: Mutex<Vec<Session>>,
 }
 
@@ -87,7 +89,7 @@ pub struct Model {
 impl Model {
     #[new]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
-    #[pyo3(signature = (model_path=None, device="auto", dtype="auto", lora=None, n_ctx=None, tokenizer=None, verbose=true))]
+    #[pyo3(signature = (model_path=None, device="auto", dtype="auto", lora=None, n_ctx=None, tokenizer=None, verbose=true, draft=None))]
     fn new(
         py: Python<'_>,
         model_path: Option<String>,
@@ -97,6 +99,7 @@ impl Model {
         n_ctx: Option<usize>,
         tokenizer: Option<String>,
         verbose: bool,
+        draft: Option<String>,
     ) -> PyResult<Self> {
         let o = OpenOptions {
             device: device.to_string(),
@@ -115,6 +118,38 @@ impl Model {
                 })
             })
             .map_err(to_py)?;
+        let draft = match draft {
+            None => None,
+            Some(path) => {
+                let o = OpenOptions {
+                    tokenizer: None,
+                    lora: vec![],
+                    ..o
+                };
+                let d = py
+                    .detach(|| {
+                        open(Some(&path), &o, |m| {
+                            if verbose {
+                                eprintln!("{m}")
+                            }
+                        })
+                    })
+                    .map_err(to_py)?;
+                let probe = "Hello, world! 123 déjà vu";
+                let same = match (&d.tokenizer, &loaded.tokenizer) {
+                    (Some(a), Some(b)) => {
+                        a.encode(probe, true, true).ok() == b.encode(probe, true, true).ok()
+                    }
+                    _ => true,
+                };
+                if !same || d.model.config.vocab_size != loaded.model.config.vocab_size {
+                    return Err(invalid(format!(
+                        "draft model {path}: its vocabulary is not the model's; a draft model must share it"
+                    )));
+                }
+                Some(DraftModel(Arc::new(d.model)))
+            }
+        };
         let max = loaded.model.config.max_position_embeddings.max(1);
         let n_ctx = match n_ctx {
             Some(0) => return Err(invalid("n_ctx must be at least 1")),
@@ -127,6 +162,7 @@ impl Model {
                 tokenizer: loaded.tokenizer,
                 info: loaded.info,
                 n_ctx,
+                draft,
                 sessions: Mutex::new(Vec::new()),
             }),
         })
@@ -278,6 +314,7 @@ impl Model {
             top_logprobs,
             grammar,
             lookup,
+            draft: (lookup == 0).then(|| self.inner.draft.clone()).flatten(),
             ..GenerateOptions::default()
         };
         let req = Request {

@@ -113,6 +113,43 @@ fn lookup_output_equals_plain_decoding() {
     assert_eq!((a.text.as_str(), a.finish), (b.text.as_str(), b.finish));
     assert_eq!(a.finish, FinishReason::Stop);
 
+    // A draft model (the model itself, loaded again: every greedy draft is right).
+    let same = std::sync::Arc::new(
+        load(&llama3_testutil::default_model(), &LoadOptions::default())
+            .unwrap()
+            .model,
+    );
+    let with_draft = |s: SamplingParams| {
+        let mut o = opts(&m, 60, s, 0);
+        o.draft = Some(llama3::generate::DraftModel(same.clone()));
+        o.draft_max = 5;
+        o
+    };
+    let open = tok
+        .encode_chat(&[Message::new("user", "Why is the sky blue?")], true)
+        .unwrap();
+    let a = run(&m, &open, opts(&m, 60, SamplingParams::greedy(), 0), &[]);
+    let b = run(&m, &open, with_draft(SamplingParams::greedy()), &[]);
+    assert_eq!((a.ids.clone(), a.finish), (b.ids, b.finish));
+    assert!(
+        b.drafted > 0 && b.accepted == b.drafted,
+        "{}/{}",
+        b.accepted,
+        b.drafted
+    );
+    let s = SamplingParams {
+        temperature: 1.0,
+        seed: 5,
+        ..SamplingParams::default()
+    };
+    let a = run(&m, &open, opts(&m, 60, s.clone(), 0), &[]);
+    let b = run(&m, &open, with_draft(s), &[]);
+    assert_eq!(a.ids, b.ids, "sampled with a draft model");
+    let mut both = with_draft(SamplingParams::greedy());
+    both.lookup = 4;
+    let mut sess = Session::new(&m.model, 256).unwrap();
+    assert!(Generator::new(&m.model, &mut sess, &open, both).is_err());
+
     // Under a grammar: drafts pass through the same mask.
     let schema = Constraint::JsonSchema(serde_json::json!({
         "type": "object", "properties": {"summary": {"type": "string", "maxLength": 200}},

@@ -33,6 +33,20 @@ pub struct GenerateOptions {
     /// Prompt-lookup speculation: up to this many draft tokens per forward, copied from the
     /// prompt and the answer so far ([`lookup`]); 0 = off. Output is what plain decoding gives.
     pub lookup: usize,
+    /// Speculation with a draft model (same vocabulary): up to `draft_max` tokens per forward
+    /// that it proposes greedily. Output is what plain decoding gives.
+    pub draft: Option<DraftModel>,
+    pub draft_max: usize,
+}
+
+/// A draft model for speculative decoding, shared by the generations that use it.
+#[derive(Clone)]
+pub struct DraftModel(pub std::sync::Arc<Llama>);
+
+impl std::fmt::Debug for DraftModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DraftModel({} layers)", self.0.config.num_hidden_layers)
+    }
 }
 
 impl Default for GenerateOptions {
@@ -45,6 +59,8 @@ impl Default for GenerateOptions {
             prefill_chunk: 512,
             grammar: None,
             lookup: 0,
+            draft: None,
+            draft_max: 8,
         }
     }
 }
@@ -153,7 +169,7 @@ pub struct Generator<'m, 's, 't> {
     pending: Option<u32>,
     /// Tokens sampled from one verify forward, not yet handed out.
     ready: VecDeque<Sampled>,
-    /// Prompt-lookup drafting (None: plain decoding).
+    /// Drafting by prompt lookup or a draft model (None: plain decoding).
     drafter: Option<lookup::Drafter>,
     pub prompt_time: Duration,
     /// Prompt tokens the session's cache already held (not run again).
@@ -184,7 +200,21 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
     ) -> Result<Self> {
         let start = Instant::now();
         let (logits, cached_tokens) = session.prefill(model, prompt, opts.prefill_chunk)?;
-        let lookup = opts.lookup;
+        let drafter = match (opts.draft, opts.lookup) {
+            (Some(_), l) if l > 0 => {
+                return Err(Error::Input(
+                    "speculate with prompt lookup or with a draft model, not both".into(),
+                ))
+            }
+            (Some(d), _) => Some(lookup::Drafter::with_model(
+                d.0,
+                model,
+                session.cache.capacity(),
+                opts.draft_max,
+            )?),
+            (None, 0) => None,
+            (None, l) => Some(lookup::Drafter::new(l)),
+        };
         let seq_opts = SequenceOptions {
             max_tokens: opts.max_tokens,
             sampling: opts.sampling,
@@ -200,7 +230,7 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             logits,
             pending: None,
             ready: VecDeque::new(),
-            drafter: (lookup > 0).then(|| lookup::Drafter::new(lookup)),
+            drafter,
             prompt_time: start.elapsed(),
             cached_tokens,
         })
@@ -211,7 +241,7 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
         self.seq.grammar_stats()
     }
 
-    /// Prompt-lookup drafts proposed and accepted so far.
+    /// Draft tokens proposed and accepted so far.
     pub fn drafts(&self) -> (usize, usize) {
         self.drafter
             .as_ref()
@@ -264,8 +294,8 @@ impl<'m, 's, 't> Generator<'m, 's, 't> {
             .max_tokens()
             .saturating_sub(self.seq.generated() + 1);
         self.session.tokens.push(tok);
-        let drafts = match &self.drafter {
-            Some(d) => d.propose(&self.session.tokens, room_after.min(left)),
+        let drafts = match self.drafter.as_mut() {
+            Some(d) => d.propose(&self.session.tokens, room_after.min(left))?,
             None => vec![],
         };
         self.session.tokens.extend_from_slice(&drafts);
@@ -333,7 +363,7 @@ pub struct Output {
     pub steps: Vec<Step>,
     pub prompt_seconds: f64,
     pub gen_seconds: f64,
-    /// Prompt-lookup draft tokens proposed and accepted.
+    /// Draft tokens (prompt lookup or a draft model) proposed and accepted.
     pub drafted: usize,
     pub accepted: usize,
 }
