@@ -15,7 +15,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use llama3::generate::FinishReason;
 use llama3::grammar::Grammar;
 use llama3::tokenizer::Tokenizer;
-use llama3::tools::ToolParser;
+use llama3::tools::ToolStream;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -50,6 +50,7 @@ pub async fn chat(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>)
         app.check_model(req.model.as_deref())?;
         let plan = req.plan(&served.tokenizer)?;
         let logprobs = req.logprobs()?;
+        let tools = plan.stream();
         let grammar = match (plan.constraint, req.knobs.structured.constraint()?) {
             (Some(_), Some((param, _))) => {
                 return Err(ApiError::param(
@@ -60,10 +61,7 @@ pub async fn chat(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>)
             (Some(c), None) => Some(compile(&served.tokenizer, "tools", c).await?),
             (None, _) => req.knobs.structured.grammar(&served.tokenizer).await?,
         };
-        let out = Output {
-            grammar,
-            tools: plan.parser,
-        };
+        let out = Output { grammar, tools };
         start(
             &app,
             served,
@@ -101,7 +99,7 @@ pub async fn completions(
 /// What the answer must match, and how to read tool calls out of it.
 struct Output {
     grammar: Option<Grammar>,
-    tools: Option<ToolParser>,
+    tools: Option<ToolStream>,
 }
 
 /// Everything a response needs besides the events.
@@ -115,8 +113,8 @@ struct Reply {
     prompt_tokens: usize,
     /// Choices per prompt (`n`): the first of each prompt's reports its cached tokens.
     n: usize,
-    /// With tools: answers are read for calls (and streamed once complete).
-    tools: Option<ToolParser>,
+    /// With tools: answers are read for calls (text streams while it cannot begin one).
+    tools: Option<ToolStream>,
 }
 
 /// Validates the knobs, submits one job per (prompt, choice), and answers whole or streamed.
@@ -249,8 +247,8 @@ async fn whole_reply(r: Reply, mut events: impl Stream<Item = (usize, Event)> + 
             };
             let finish = c.finish.unwrap_or(FinishReason::Length);
             match (r.kind, &r.tools) {
-                (Kind::Chat, Some(p)) => {
-                    let (message, finish) = tool_reply::message(p, &c.text, finish);
+                (Kind::Chat, Some(t)) => {
+                    let (message, finish) = tool_reply::message(t.parser(), &c.text, finish);
                     json!({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish})
                 }
                 (Kind::Chat, None) => json!({
@@ -298,8 +296,9 @@ fn stream_reply(
         Kind::Text => vec![],
     };
     let (r2, c2) = (r.clone(), completion.clone());
-    // With tools, each choice's text is held until it ends, then sent as content and calls.
-    let mut held: Vec<String> = vec![String::new(); choices];
+    // With tools, each choice's text streams while it cannot begin a call; the rest is read
+    // for calls when the choice ends.
+    let mut held: Vec<Option<ToolStream>> = vec![r.tools.clone(); choices];
     let body = events.flat_map(move |(i, ev)| {
         let chunks: Vec<Value> = match ev {
             Event::Token(t) => {
@@ -307,11 +306,11 @@ fn stream_reply(
                     true => logprobs_json(&r2, std::slice::from_ref(&t)),
                     false => Value::Null,
                 };
-                if r2.tools.is_some() {
-                    held[i].push_str(&t.text);
-                    match r2.logprobs {
-                        true => vec![r2.chunk(r2.delta(i, "", logprobs, None))],
-                        false => vec![],
+                if let Some(ts) = held[i].as_mut() {
+                    let shown = ts.push(&t.text);
+                    match (shown.is_empty(), r2.logprobs) {
+                        (true, false) => vec![],
+                        _ => vec![r2.chunk(r2.delta(i, &shown, logprobs, None))],
                     }
                 } else if t.text.is_empty() && !r2.logprobs {
                     vec![]
@@ -326,10 +325,15 @@ fn stream_reply(
                         c.1 += d.cached_tokens;
                     }
                 }
-                match (r2.kind, &r2.tools) {
-                    (Kind::Chat, Some(p)) => {
-                        held[i].push_str(&d.text);
-                        tool_reply::chunks(p, i, &held[i], d.finish)
+                match (r2.kind, held[i].as_mut()) {
+                    (Kind::Chat, Some(ts)) => {
+                        let mut shown = ts.push(&d.text);
+                        let mut reply = ts.finish();
+                        if let Some(rest) = reply.content.take() {
+                            shown.push_str(&rest);
+                        }
+                        reply.content = (!shown.is_empty()).then_some(shown);
+                        tool_reply::chunks(reply, i, d.finish)
                             .into_iter()
                             .map(|c| r2.chunk(c))
                             .collect()

@@ -27,10 +27,9 @@ pub fn message(parser: &ToolParser, text: &str, finish: FinishReason) -> (Value,
     (m, finish_of(&reply, finish))
 }
 
-/// Choice `i`'s chunks once its answer is complete: the content, each call (id, type and
-/// name, then the arguments in fragments), then the finish reason.
-pub fn chunks(parser: &ToolParser, i: usize, text: &str, finish: FinishReason) -> Vec<Value> {
-    let reply = parser.parse(text);
+/// Choice `i`'s chunks once its answer is complete: the content not shown yet, each call (id,
+/// type and name, then the arguments in fragments), then the finish reason.
+pub fn chunks(reply: Reply, i: usize, finish: FinishReason) -> Vec<Value> {
     let delta = |d: Value| json!({"index": i, "delta": d, "logprobs": null, "finish_reason": null});
     let mut out = Vec::new();
     if let Some(c) = &reply.content {

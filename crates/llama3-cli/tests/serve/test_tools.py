@@ -180,6 +180,20 @@ class Llama32TemplateTest(ToolsBase, unittest.TestCase):
 
     args = ("--chat-template-file", LLAMA32_TEMPLATE)
 
+    def test_auto_text_streams_as_it_comes(self):
+        """Under auto, an answer that does not begin a call streams token by token and
+        assembles to the whole answer."""
+        ask = [{"role": "user", "content": "Tell me a short story about a cat."}]
+        whole = self.chat(ask, tool_choice="auto", temperature=0, max_tokens=40).choices[0]
+        self.assertIsNone(whole.message.tool_calls, "the model answers this in text")
+        pieces = []
+        for chunk in self.chat(ask, tool_choice="auto", temperature=0, max_tokens=40, stream=True):
+            for c in chunk.choices:
+                if c.delta.content:
+                    pieces.append(c.delta.content)
+        self.assertEqual("".join(pieces), whole.message.content)
+        self.assertGreater(len(pieces), 5, "streamed in pieces, not at the end")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

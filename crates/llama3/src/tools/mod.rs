@@ -17,11 +17,13 @@
 //! [...]}` or `{"response": "..."}`, always under a JSON schema.
 
 mod parse;
+mod stream;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 pub use parse::{Reply, ToolParser};
+pub use stream::ToolStream;
 
 use crate::grammar::Constraint;
 use crate::tokenizer::Tokenizer;
@@ -243,6 +245,15 @@ pub struct ChatPlan {
     pub prompt: Vec<u32>,
     pub constraint: Option<Constraint>,
     pub parser: Option<ToolParser>,
+}
+
+impl ChatPlan {
+    /// A streaming reader of the answer's calls (None without tools): text streams while it
+    /// cannot begin a call; a required or named call is held whole.
+    pub fn stream(&self) -> Option<ToolStream> {
+        let forced = self.constraint.is_some();
+        self.parser.clone().map(|p| ToolStream::new(p, forced))
+    }
 }
 
 /// Renders `messages` (with `tools`, if any) through `tok`'s chat template.
