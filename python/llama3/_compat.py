@@ -299,12 +299,16 @@ class LlamaCppApi:
                     "top_logprobs": [{"token": self._piece(t), "logprob": l,
                                       "bytes": list(self._piece(t).encode("utf-8"))} for t, l in top]}
 
-        def reply(text):
-            """(message, finish_reason) of a finished answer, tool calls read out of it."""
-            if parser is None:
-                return {"role": "assistant", "content": text}, it.finish_reason
-            got = json.loads(self._native.parse_tool_calls(parser[0], parser[1], text))
-            message = {"role": "assistant", "content": got["content"]}
+        def reader():
+            from . import _llama3
+
+            return _llama3.ToolReader(parser[0], parser[1], tool_constraint is not None)
+
+        def reply(shown, got):
+            """(message, finish_reason) of a finished answer: the text shown and what the
+            reader held, read for calls."""
+            content = shown + (got["content"] or "")
+            message = {"role": "assistant", "content": content or None}
             if got["tool_calls"]:
                 message["tool_calls"] = got["tool_calls"]
                 return message, "tool_calls" if it.finish_reason == "stop" else it.finish_reason
@@ -316,19 +320,18 @@ class LlamaCppApi:
                     return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
                             "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
                 yield chunk({"role": "assistant", "content": ""})
-                held = []
+                tools = reader() if parser is not None else None
                 for text, tid, lp, top in it:
                     lpo = {"content": [entry(tid, lp, top)]} if logprobs and tid is not None else None
-                    if parser is None:
+                    if tools is not None:  # text streams while it cannot begin a call
+                        text = tools.push(text)
+                    if text or lpo:
                         yield chunk({"content": text}, lp=lpo)
-                    else:  # with tools the answer is read once complete
-                        held.append(text)
-                        if lpo:
-                            yield chunk({"content": ""}, lp=lpo)
-                if parser is None:
+                if tools is None:
                     yield chunk({}, it.finish_reason)
                     return
-                message, finish = reply("".join(held))
+                got = json.loads(tools.finish())
+                message, finish = reply("", got)
                 if message["content"]:
                     yield chunk({"content": message["content"]})
                 for k, call in enumerate(message.get("tool_calls", [])):
@@ -345,7 +348,12 @@ class LlamaCppApi:
             text += piece
             if logprobs and tid is not None:
                 content_lps.append(entry(tid, lp, top))
-        message, finish = reply(text)
+        if parser is None:
+            message, finish = {"role": "assistant", "content": text}, it.finish_reason
+        else:
+            tools = reader()
+            shown = tools.push(text)
+            message, finish = reply(shown, json.loads(tools.finish()))
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": name,
             "choices": [{"index": 0, "message": message,

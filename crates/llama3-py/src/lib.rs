@@ -5,6 +5,7 @@
 mod errors;
 mod model;
 mod stream;
+mod tool_calls;
 mod tools;
 
 use pyo3::prelude::*;
@@ -13,6 +14,7 @@ use pyo3::prelude::*;
 fn _llama3(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::Model>()?;
     m.add_class::<stream::Stream>()?;
+    m.add_class::<tool_calls::ToolReader>()?;
     m.add_function(wrap_pyfunction!(tools::run_cli, m)?)?;
     m.add_function(wrap_pyfunction!(tools::call_cli, m)?)?;
     m.add_function(wrap_pyfunction!(tools::train, m)?)?;

@@ -13,9 +13,7 @@ use llama3::loader::{open, ModelInfo, OpenOptions};
 use llama3::model::{Llama, Logits};
 use llama3::sample::SamplingParams;
 use llama3::tokenizer::Tokenizer;
-use llama3::tools::{
-    prepare_chat, ChatMessage, Tool, ToolChoice, ToolFormat, ToolParser, ToolRequest,
-};
+use llama3::tools::{prepare_chat, ChatMessage, Tool, ToolChoice, ToolFormat, ToolRequest};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -241,15 +239,6 @@ impl Model {
             .parser
             .map(|p| (tool_format_name(p.format), p.parallel));
         Ok((plan.prompt, constraint, parser))
-    }
-
-    /// The content and tool calls (JSON: `{"content", "tool_calls"}`) of an answer in
-    /// `format` (as [`Self::chat_plan`] named it).
-    fn parse_tool_calls(&self, format: &str, parallel: bool, text: &str) -> PyResult<String> {
-        let format: ToolFormat = serde_json::from_value(serde_json::json!(format))
-            .map_err(|e| invalid(format!("tool format {format:?}: {e}")))?;
-        let reply = ToolParser::new(format, parallel).parse(text);
-        serde_json::to_string(&reply).map_err(|e| invalid(e.to_string()))
     }
 
     /// End-of-generation token ids.
