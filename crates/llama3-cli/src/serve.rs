@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama3_server::{EngineConfig, ServeConfig};
 
-use crate::args::ModelArgs;
+use crate::args::{DraftArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// blocks go first). 0 = only what the slots hold.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub cache_ram: usize,
+    /// Speculative decoding with a draft model for requests without `lookup`.
+    #[command(flatten)]
+    pub draft: DraftArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -105,12 +108,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
             prefill_chunk: a.prefill_chunk,
             lookup: a.lookup,
             cache_ram: a.cache_ram << 20,
+            draft: None, // loaded with the model
+            draft_max: a.draft.draft_max,
         },
         max_tokens: a.max_tokens,
         body_limit: a.body_limit,
         model_id,
     };
-    let model = a.model.clone();
+    let (model, draft) = (a.model.clone(), a.draft.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,7 +123,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(llama3_server::serve(
         cfg,
-        move || model.load(),
+        move || {
+            let loaded = model.load()?;
+            let draft = draft.load(&model, &loaded)?;
+            Ok((loaded, draft))
+        },
         llama3_server::shutdown_signal(),
     ))
 }

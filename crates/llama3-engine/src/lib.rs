@@ -92,6 +92,10 @@ pub struct EngineConfig {
     pub lookup: usize,
     /// Bytes of KV the prefix cache may keep beside the slots ([`prefix_cache`]); 0 = off.
     pub cache_ram: usize,
+    /// A draft model (same vocabulary) that drafts up to `draft_max` tokens per step for jobs
+    /// without prompt lookup; each slot keeps its own draft cache.
+    pub draft: Option<llama3::generate::DraftModel>,
+    pub draft_max: usize,
 }
 
 /// Why a job was not queued.

@@ -237,7 +237,17 @@ fn admit<'t>(
     };
     Some(Seq {
         seq: Sequence::new(opts, Some(tok), &job.prompt),
-        drafter: (job.lookup > 0).then(|| Drafter::new(job.lookup)),
+        drafter: match (&cfg.draft, job.lookup) {
+            (_, l) if l > 0 => Some(Drafter::new(l)),
+            (Some(d), _) => match Drafter::with_model(d.0.clone(), model, cfg.ctx, cfg.draft_max) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!("no draft model for this request: {e}");
+                    None
+                }
+            },
+            (None, _) => None,
+        },
         job,
         slot,
         prefilled,

@@ -80,6 +80,8 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
         prefill_chunk: 4,
         lookup: 0,
         cache_ram: 0,
+        draft: None,
+        draft_max: 8,
     };
     let (engine, thread) =
         Engine::start(Arc::new(model), Arc::new(tok), cfg, metrics.clone()).expect("engine");
@@ -147,6 +149,80 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
         accepted > 0 && accepted <= drafted,
         "{accepted}/{drafted} drafts accepted"
     );
+    drop(engine);
+    thread.join().expect("engine thread ends");
+}
+
+/// A draft model (the model itself: every greedy draft is right) drafting for every slot: the
+/// same answers as the one-sequence path, all drafts accepted.
+#[test]
+fn engine_with_a_draft_model_keeps_answers() {
+    let loaded = load(&llama3_testutil::default_model(), &LoadOptions::default()).expect("load");
+    let tok = Arc::new(loaded.tokenizer.expect("tokenizer"));
+    let model = Arc::new(loaded.model);
+    let prompts: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "Once upon a time, in a small village,",
+    ]
+    .iter()
+    .map(|p| tok.encode(p, true, false).unwrap())
+    .collect();
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let opts = GenerateOptions {
+                max_tokens: 24,
+                sampling: SamplingParams::greedy(),
+                end_ids: tok.end_ids().to_vec(),
+                ..GenerateOptions::default()
+            };
+            let mut session = Session::new(&model, 256).unwrap();
+            generate_text(&model, Some(&tok), &mut session, p, opts, &[], |_| {})
+                .unwrap()
+                .text
+        })
+        .collect();
+    let metrics = Arc::new(Metrics::new(2));
+    let cfg = EngineConfig {
+        parallel: 2,
+        ctx: 256,
+        queue: 8,
+        prefill_chunk: 64,
+        lookup: 0,
+        cache_ram: 0,
+        draft: Some(llama3::generate::DraftModel(model.clone())),
+        draft_max: 4,
+    };
+    let (engine, thread) =
+        Engine::start(model.clone(), tok.clone(), cfg, metrics.clone()).expect("engine");
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let job = Job {
+                prompt: p.clone(),
+                sampling: SamplingParams::greedy(),
+                max_tokens: 24,
+                stop: vec![],
+                logprobs: None,
+                grammar: None,
+                lookup: 0,
+                cache_prompt: true,
+                events: tx,
+                submitted: Instant::now(),
+            };
+            engine.submit(job).map_err(|e| format!("{e:?}")).unwrap();
+            rx
+        })
+        .collect();
+    for (i, rx) in rxs.into_iter().enumerate() {
+        assert_eq!(receive(rx).text, want[i], "prompt {i} with a draft model");
+    }
+    let (drafted, accepted) = (
+        metrics.draft_tokens.get(),
+        metrics.draft_tokens_accepted.get(),
+    );
+    assert!(drafted > 0 && accepted == drafted, "{accepted}/{drafted}");
     drop(engine);
     thread.join().expect("engine thread ends");
 }

@@ -93,6 +93,8 @@ fn prefix_cache_restores_shared_prompts_and_survives_eviction() {
             prefill_chunk: 48,
             lookup: 0,
             cache_ram,
+            draft: None,
+            draft_max: 8,
         };
         let (engine, thread) =
             Engine::start(model.clone(), tok.clone(), cfg, metrics.clone()).expect("engine");

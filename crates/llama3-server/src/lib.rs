@@ -33,6 +33,7 @@ use anyhow::{Context, Result};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use llama3::embed::Pooling;
+use llama3::generate::DraftModel;
 use llama3::loader::Loaded;
 use llama3::model::Llama;
 use llama3::tokenizer::Tokenizer;
@@ -113,7 +114,7 @@ pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
 /// the server with its error.
 pub async fn serve(
     cfg: ServeConfig,
-    load: impl FnOnce() -> Result<Loaded> + Send + 'static,
+    load: impl FnOnce() -> Result<(Loaded, Option<DraftModel>)> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = format!("{}:{}", cfg.host, cfg.port);
@@ -138,7 +139,7 @@ pub async fn serve(
     let loader = {
         let (app, cfg) = (app.clone(), cfg.clone());
         tokio::task::spawn_blocking(move || {
-            let started = match load().and_then(|l| start_engine(l, &cfg, metrics)) {
+            let started = match load().and_then(|(l, d)| start_engine(l, d, &cfg, metrics)) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = fail_tx.send(e);
@@ -190,6 +191,7 @@ pub async fn serve(
 
 fn start_engine(
     loaded: Loaded,
+    draft: Option<DraftModel>,
     cfg: &ServeConfig,
     metrics: Arc<Metrics>,
 ) -> Result<(Served, std::thread::JoinHandle<()>)> {
@@ -200,6 +202,7 @@ fn start_engine(
     let pooling = loaded.info.pooling.unwrap_or(Pooling::Mean);
     let vocab = model.config.vocab_size;
     let mut ecfg = cfg.engine.clone();
+    ecfg.draft = draft;
     ecfg.ctx = ecfg.ctx.min(model.config.max_position_embeddings.max(1));
     let tokenizer = Arc::new(tokenizer);
     let (engine, thread) = Engine::start(model.clone(), tokenizer.clone(), ecfg, metrics)
