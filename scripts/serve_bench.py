@@ -238,6 +238,24 @@ def multi_turn(port, cache, max_tokens=32):
     return ttfts
 
 
+def shared_prompt(port, cache, clients=16, max_tokens=16):
+    """`clients` chats arriving together with the same system prompt: (mean TTFT, wall)."""
+    system = {"role": "system", "content": system_prompt()}
+    ttfts = [None] * clients
+
+    def one(i):
+        q = QUESTIONS[i % len(QUESTIONS)] + f" (reader {i})"
+        ttfts[i], _ = stream_chat(port, [system, {"role": "user", "content": q}], max_tokens, cache)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statistics.mean(ttfts), time.perf_counter() - start
+
+
 def run_server(cmd, port, health, env=None):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
@@ -256,7 +274,9 @@ def main():
     ap.add_argument("--llamacpp-python", help="python of a venv with llama-cpp-python[server]")
     ap.add_argument("--llama-server", help="llama.cpp's llama-server binary")
     ap.add_argument("--multi-turn", action="store_true", help="also the 6-turn chat scenario")
-    ap.add_argument("--skip-load", action="store_true", help="only the multi-turn scenario")
+    ap.add_argument("--skip-load", action="store_true", help="only the chat scenarios")
+    ap.add_argument("--shared", action="store_true",
+                    help="also 16 chats arriving together with the same ~1,500-token system prompt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
@@ -299,6 +319,23 @@ def main():
         finally:
             ref.terminate()
             ref.wait()
+
+    shared = {}
+    if a.shared:
+        for mode, cache in (("cache", True), ("no cache", False)):
+            # A fresh server each: the system prompt is in no cache when the chats arrive.
+            port = free_port()
+            proc = run_server([a.bin, "serve", "-m", a.model, "-t", str(a.threads), "--parallel",
+                               "16", "--ctx", "2048", "--port", str(port)], port, "/health")
+            try:
+                stream_chat(port, [{"role": "user", "content": "Hi"}], 4, True)  # warm up
+                shared[mode] = shared_prompt(port, cache)
+            finally:
+                proc.terminate()
+                proc.wait()
+        for mode, (ttft, wall) in shared.items():
+            print(f"llama3 16 chats sharing a system prompt, {mode:<8}: mean TTFT {ttft*1e3:.0f}ms, "
+                  f"all answered in {wall:.1f}s")
 
     turns = {}
     if a.multi_turn:

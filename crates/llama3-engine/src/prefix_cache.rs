@@ -55,6 +55,11 @@ impl PrefixCache {
         }
     }
 
+    /// Whether it keeps anything (a budget above zero).
+    pub fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
     pub fn bytes(&self) -> usize {
         self.used
     }

@@ -14,6 +14,7 @@
 //! Rows are computed exactly as they would be alone, so greedy output does not depend on
 //! what else is running.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use llama3::tokenizer::Tokenizer;
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::prefix_cache::PrefixCache;
+use crate::prefix_cache::{PrefixCache, BLOCK};
 use crate::{Done, EngineConfig, Event, Job, Metrics, TokenOut};
 
 /// A running sequence in its slot.
@@ -63,10 +64,24 @@ pub(crate) fn run(
     let mut pool = PrefixCache::new(cfg.cache_ram);
     let mut seqs: Vec<Seq> = Vec::with_capacity(cfg.parallel);
     let mut open = true;
+    // Jobs waiting for another job's prompt, which they share, to reach the prefix cache.
+    let mut deferred: VecDeque<Job> = VecDeque::new();
     loop {
-        // 1. Admit: block only when there is nothing else to do.
+        // 1. Admit: block only when there is nothing else to do. Waiting jobs first, when
+        //    the prompt they wait for is in.
+        let mut i = 0;
+        while i < deferred.len() && seqs.len() < cfg.parallel {
+            if deferred[i].events.is_closed() {
+                deferred.remove(i);
+                metrics.cancelled.inc();
+            } else if waits(&deferred[i], &seqs, &pool) {
+                i += 1;
+            } else if let Some(job) = deferred.remove(i) {
+                seqs.extend(admit(model, tok, cfg, job, &mut free, &mut pool, metrics));
+            }
+        }
         while open && seqs.len() < cfg.parallel {
-            let job = if seqs.is_empty() {
+            let job = if seqs.is_empty() && deferred.is_empty() {
                 match rx.blocking_recv() {
                     Some(j) => j,
                     None => {
@@ -88,15 +103,19 @@ pub(crate) fn run(
                 metrics.cancelled.inc();
                 continue;
             }
+            if waits(&job, &seqs, &pool) {
+                deferred.push_back(job);
+                continue;
+            }
             seqs.extend(admit(model, tok, cfg, job, &mut free, &mut pool, metrics));
         }
         if seqs.is_empty() {
-            if open {
+            if open || !deferred.is_empty() {
                 continue;
             }
             return;
         }
-        metrics.queue_depth.set((rx.len()) as i64);
+        metrics.queue_depth.set((rx.len() + deferred.len()) as i64);
 
         // 2. Cancellation: a closed receiver means the client is gone.
         sweep(&mut seqs, &mut free, &mut pool, metrics);
@@ -174,6 +193,29 @@ pub(crate) fn run(
         }
         sweep(&mut seqs, &mut free, &mut pool, metrics);
     }
+}
+
+/// Whether `job` should wait for a running sequence still prefilling a prompt that shares at
+/// least one more cache block with its own than the prefix cache holds: once that prompt is in,
+/// the shared part comes from the cache instead of being computed twice (requests with a common
+/// system prompt arriving together).
+fn waits(job: &Job, seqs: &[Seq], pool: &PrefixCache) -> bool {
+    if !job.cache_prompt || !pool.enabled() || job.prompt.len() < 2 {
+        return false;
+    }
+    let cached = pool.cached(&job.prompt);
+    seqs.iter().any(|s| {
+        let shared = s
+            .job
+            .prompt
+            .iter()
+            .zip(&job.prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        !s.done
+            && s.prefilled < s.job.prompt.len()
+            && shared.min(job.prompt.len() - 1) >= cached + BLOCK
+    })
 }
 
 /// Starts `job` in the free slot whose cached tokens share the longest prefix with its prompt

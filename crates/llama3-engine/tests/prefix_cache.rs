@@ -13,7 +13,11 @@ use llama3_engine::{Engine, EngineConfig, Event, Job, Metrics};
 use tokio::sync::mpsc;
 
 fn answer(engine: &Engine, prompt: &[u32]) -> (String, usize) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    receive(submit(engine, prompt))
+}
+
+fn submit(engine: &Engine, prompt: &[u32]) -> mpsc::UnboundedReceiver<Event> {
+    let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt: prompt.to_vec(),
         sampling: SamplingParams::greedy(),
@@ -27,6 +31,10 @@ fn answer(engine: &Engine, prompt: &[u32]) -> (String, usize) {
         submitted: Instant::now(),
     };
     engine.submit(job).map_err(|e| format!("{e:?}")).unwrap();
+    rx
+}
+
+fn receive(mut rx: mpsc::UnboundedReceiver<Event>) -> (String, usize) {
     let mut text = String::new();
     loop {
         match rx.blocking_recv().expect("engine answers") {
@@ -83,6 +91,34 @@ fn prefix_cache_restores_shared_prompts_and_survives_eviction() {
                 .text
         })
         .collect();
+
+    // Arriving together, requests sharing the system prompt wait for the first one's prompt
+    // and take the shared part from the cache.
+    let metrics = Arc::new(Metrics::new(3));
+    let cfg = EngineConfig {
+        parallel: 3,
+        ctx: 256,
+        queue: 8,
+        prefill_chunk: 48,
+        lookup: 0,
+        cache_ram: 64 << 20,
+        draft: None,
+        draft_max: 8,
+    };
+    let (engine, thread) =
+        Engine::start(model.clone(), tok.clone(), cfg, metrics.clone()).expect("engine");
+    let together = [&prompts[0], &prompts[2], &prompts[0]];
+    let rxs: Vec<_> = together.iter().map(|p| submit(&engine, p)).collect();
+    let got: Vec<(String, usize)> = rxs.into_iter().map(receive).collect();
+    assert_eq!(
+        (&got[0].0, &got[1].0, &got[2].0),
+        (&want[0], &want[2], &want[0])
+    );
+    assert_eq!(got[0].1, 0);
+    assert!(got[1].1 >= 2 * BLOCK && got[2].1 >= 2 * BLOCK, "{got:?}");
+    assert_eq!(metrics.prefix_cache_restores.get(), 2);
+    drop(engine);
+    thread.join().expect("engine thread ends");
 
     for (cache_ram, restores) in [(64 << 20, true), (512 << 10, false), (0, false)] {
         let metrics = Arc::new(Metrics::new(1));
