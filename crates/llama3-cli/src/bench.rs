@@ -8,10 +8,14 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
+use llama3::generate::{generate_text, GenerateOptions, Session};
+use llama3::loader::Loaded;
 use llama3::model::{Llama, Logits};
+use llama3::sample::SamplingParams;
+use llama3::tokenizer::Message;
 
 use crate::args::ModelArgs;
 use crate::throughput;
@@ -63,6 +67,60 @@ pub struct BenchArgs {
     /// 989; on the CPU no MFU unless given).
     #[arg(long, value_name = "TFLOPS")]
     pub peak_tflops: Option<f64>,
+    /// Also a copy task (the model repeats a built-in paragraph, greedy): tokens/s plain and
+    /// with prompt-lookup speculation of up to N drafts, and the share of drafts accepted.
+    #[arg(long, value_name = "N")]
+    pub lookup: Option<usize>,
+}
+
+/// The copy task's paragraph.
+const PARAGRAPH: &str = "The committee met on Tuesday to review the budget. After a long \
+    discussion, the members agreed to fund the new library, repair the bridge on Main Street, \
+    and hire two more teachers for the primary school. The vote was unanimous, and the chair \
+    thanked everyone for their patience and their careful work.";
+
+/// Speculation on the copy task: (plain tok/s, lookup tok/s, drafts accepted, drafts).
+fn lookup_test(
+    loaded: &Loaded,
+    n: usize,
+    k: usize,
+    reps: usize,
+) -> Result<(Summary, Summary, usize, usize)> {
+    let tok = loaded
+        .tokenizer
+        .as_ref()
+        .context("--lookup needs the model's tokenizer")?;
+    let msg = Message::new(
+        "user",
+        format!("Repeat this paragraph word for word:\n\n{PARAGRAPH}"),
+    );
+    let prompt = tok.encode_chat(&[msg], true)?;
+    let run = |lookup: usize| -> Result<(Vec<u32>, f64, usize, usize)> {
+        let opts = GenerateOptions {
+            max_tokens: n,
+            sampling: SamplingParams::greedy(),
+            end_ids: tok.end_ids().to_vec(),
+            lookup,
+            ..GenerateOptions::default()
+        };
+        let mut s = Session::new(&loaded.model, prompt.len() + n)?;
+        let out = generate_text(&loaded.model, Some(tok), &mut s, &prompt, opts, &[], |_| {})?;
+        let rate = out.ids.len() as f64 / out.gen_seconds.max(1e-12);
+        Ok((out.ids, rate, out.accepted, out.drafted))
+    };
+    let (mut plain, mut spec, mut acc, mut drafted) = (vec![], vec![], 0, 0);
+    run(k)?; // warm-up
+    for _ in 0..reps {
+        let (a, ra, ..) = run(0)?;
+        let (b, rb, ac, d) = run(k)?;
+        if a != b {
+            bail!("prompt lookup changed the output (a bug)");
+        }
+        plain.push(ra);
+        spec.push(rb);
+        (acc, drafted) = (ac, d);
+    }
+    Ok((Summary::of(plain), Summary::of(spec), acc, drafted))
 }
 
 /// Mean and sample standard deviation (n - 1), as llama-bench's `stdev`.
@@ -168,8 +226,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let (device, dtype) = a.model.device_and_dtype()?;
             throughput::random_model(p, dtype, &device)?
         }
-        // Token ids are drawn at random: no tokenizer (its memory is not the model's).
-        None => a.model.load_with(false)?,
+        // Token ids are drawn at random: no tokenizer (its memory is not the model's), unless
+        // the copy task needs one.
+        None => a.model.load_with(a.lookup.is_some())?,
     };
     let load_seconds = t0.elapsed().as_secs_f64();
     let model = &loaded.model;
@@ -227,6 +286,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Some((s, p)) => (Some(s), Some(p)),
         None => (None, None),
     };
+    let lookup = match a.lookup {
+        Some(0) => bail!("--lookup must be at least 1"),
+        Some(k) => Some((k, lookup_test(&loaded, a.n_gen.max(32), k, a.reps)?)),
+        None => None,
+    };
     let op_us = throughput::op_overhead_us(model.device(), model.dtype())?;
     // Model TFLOP/s and MFU of prefill and training.
     let tflops = |rate: f64, training: bool| {
@@ -273,6 +337,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "ttft_ms": first,
             "ttft_prompt_tokens": TTFT_PROMPT,
             "peak_rss_bytes": rss,
+            "lookup": lookup.as_ref().map(|(k, (plain, spec, acc, d))| serde_json::json!({
+                "max_drafts": k, "copy_task_tokens_per_second": plain,
+                "copy_task_lookup_tokens_per_second": spec, "drafts": d, "accepted": acc,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
@@ -304,6 +372,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if let Some(t) = &train {
         row(format!("train {}x{}", a.train_batch, a.n_prompt), t);
+    }
+    if let Some((k, (plain, spec, acc, d))) = &lookup {
+        row("copy task".into(), plain);
+        row(format!("copy task lookup{k}"), spec);
+        println!(
+            "lookup {k}: {:.2}x on the copy task, {acc}/{d} drafts accepted (identical output)",
+            spec.mean / plain.mean.max(1e-12)
+        );
     }
     let mfu = |t: f64| match peak {
         Some(p) => format!("{t:.2} TFLOP/s = {:.1}% MFU", 100.0 * t / p),

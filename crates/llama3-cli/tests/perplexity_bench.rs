@@ -119,4 +119,27 @@ fn bench_json_reports_every_measure() {
     }
     assert!(j["load_seconds"].as_f64().unwrap() > 0.0);
     assert!(j["peak_rss_bytes"].as_u64().unwrap() > 50 << 20);
+    assert!(j["lookup"].is_null());
+}
+
+/// `--lookup N`: the copy task's speed plain and with prompt lookup, and its acceptance.
+#[test]
+fn bench_reports_prompt_lookup_on_the_copy_task() {
+    let model = default_model();
+    let j = json_of(&llama3!(&[
+        "bench", "-m", &model, "-p", "8", "-n", "32", "-r", "1", "--lookup", "6", "--json",
+    ]));
+    let l = &j["lookup"];
+    assert_eq!(l["max_drafts"], 6);
+    for key in [
+        "copy_task_tokens_per_second",
+        "copy_task_lookup_tokens_per_second",
+    ] {
+        assert!(l[key]["mean"].as_f64().unwrap() > 0.0, "{key}");
+    }
+    let (acc, d) = (
+        l["accepted"].as_u64().unwrap(),
+        l["drafts"].as_u64().unwrap(),
+    );
+    assert!(acc > 0 && acc <= d, "{acc}/{d}");
 }
