@@ -2,13 +2,14 @@
 //! text whether a request runs alone through `generate_text`, in the engine with others at
 //! once, or in a slot whose cache already holds a prefix of its prompt.
 
-use std::sync::Arc;
-use std::time::Instant;
+mod common;
 
-use llama3::generate::{generate_text, FinishReason, GenerateOptions, Session};
+use std::sync::Arc;
+
+use common::{alone, config, job};
+use llama3::generate::FinishReason;
 use llama3::loader::{load, LoadOptions};
-use llama3::sample::SamplingParams;
-use llama3_engine::{Engine, EngineConfig, Event, Job, Metrics};
+use llama3_engine::{Engine, Event, Metrics};
 use tokio::sync::mpsc;
 
 struct Answer {
@@ -60,45 +61,15 @@ fn engine_equals_one_sequence_path_with_prefix_reuse() {
     // Alone, through the one-sequence path.
     let want: Vec<_> = prompts
         .iter()
-        .map(|p| {
-            let opts = GenerateOptions {
-                max_tokens: 24,
-                sampling: SamplingParams::greedy(),
-                end_ids: tok.end_ids().to_vec(),
-                ..GenerateOptions::default()
-            };
-            let mut session = Session::new(&model, 256).unwrap();
-            generate_text(&model, Some(&tok), &mut session, p, opts, &stop, |_| {}).unwrap()
-        })
+        .map(|p| alone(&model, &tok, p, 24, &stop))
         .collect();
 
     let metrics = Arc::new(Metrics::new(2));
-    let cfg = EngineConfig {
-        parallel: 2,
-        ctx: 256,
-        queue: 8,
-        prefill_chunk: 4,
-        lookup: 0,
-        cache_ram: 0,
-        draft: None,
-        draft_max: 8,
-    };
+    let cfg = config(2, 4, 0, None);
     let (engine, thread) =
         Engine::start(Arc::new(model), Arc::new(tok), cfg, metrics.clone()).expect("engine");
     let submit_with = |p: &Vec<u32>, lookup: usize| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let job = Job {
-            prompt: p.clone(),
-            sampling: SamplingParams::greedy(),
-            max_tokens: 24,
-            stop: stop.clone(),
-            logprobs: None,
-            grammar: None,
-            lookup,
-            cache_prompt: true,
-            events: tx,
-            submitted: Instant::now(),
-        };
+        let (job, rx) = job(p, 24, &stop, lookup);
         engine.submit(job).map_err(|e| format!("{e:?}")).unwrap();
         rx
     };
@@ -169,48 +140,17 @@ fn engine_with_a_draft_model_keeps_answers() {
     .collect();
     let want: Vec<String> = prompts
         .iter()
-        .map(|p| {
-            let opts = GenerateOptions {
-                max_tokens: 24,
-                sampling: SamplingParams::greedy(),
-                end_ids: tok.end_ids().to_vec(),
-                ..GenerateOptions::default()
-            };
-            let mut session = Session::new(&model, 256).unwrap();
-            generate_text(&model, Some(&tok), &mut session, p, opts, &[], |_| {})
-                .unwrap()
-                .text
-        })
+        .map(|p| alone(&model, &tok, p, 24, &[]).text)
         .collect();
     let metrics = Arc::new(Metrics::new(2));
-    let cfg = EngineConfig {
-        parallel: 2,
-        ctx: 256,
-        queue: 8,
-        prefill_chunk: 64,
-        lookup: 0,
-        cache_ram: 0,
-        draft: Some(llama3::generate::DraftModel(model.clone())),
-        draft_max: 4,
-    };
+    let draft = llama3::generate::DraftModel(model.clone());
+    let cfg = config(2, 64, 0, Some(draft));
     let (engine, thread) =
         Engine::start(model.clone(), tok.clone(), cfg, metrics.clone()).expect("engine");
     let rxs: Vec<_> = prompts
         .iter()
         .map(|p| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let job = Job {
-                prompt: p.clone(),
-                sampling: SamplingParams::greedy(),
-                max_tokens: 24,
-                stop: vec![],
-                logprobs: None,
-                grammar: None,
-                lookup: 0,
-                cache_prompt: true,
-                events: tx,
-                submitted: Instant::now(),
-            };
+            let (job, rx) = job(p, 24, &[], 0);
             engine.submit(job).map_err(|e| format!("{e:?}")).unwrap();
             rx
         })

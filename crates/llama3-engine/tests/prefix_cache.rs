@@ -2,14 +2,14 @@
 //! cache after the one slot moved on to other work, answers equal the one-sequence path's with
 //! and without the cache, and a budget that forces evictions keeps every answer right.
 
-use std::sync::Arc;
-use std::time::Instant;
+mod common;
 
-use llama3::generate::{generate_text, GenerateOptions, Session};
+use std::sync::Arc;
+
+use common::{alone, config, job};
 use llama3::loader::{load, LoadOptions};
-use llama3::sample::SamplingParams;
 use llama3_engine::prefix_cache::BLOCK;
-use llama3_engine::{Engine, EngineConfig, Event, Job, Metrics};
+use llama3_engine::{Engine, Event, Metrics};
 use tokio::sync::mpsc;
 
 fn answer(engine: &Engine, prompt: &[u32]) -> (String, usize) {
@@ -17,19 +17,7 @@ fn answer(engine: &Engine, prompt: &[u32]) -> (String, usize) {
 }
 
 fn submit(engine: &Engine, prompt: &[u32]) -> mpsc::UnboundedReceiver<Event> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let job = Job {
-        prompt: prompt.to_vec(),
-        sampling: SamplingParams::greedy(),
-        max_tokens: 16,
-        stop: vec![],
-        logprobs: None,
-        grammar: None,
-        lookup: 0,
-        cache_prompt: true,
-        events: tx,
-        submitted: Instant::now(),
-    };
+    let (job, rx) = job(prompt, 16, &[], 0);
     engine.submit(job).map_err(|e| format!("{e:?}")).unwrap();
     rx
 }
@@ -78,33 +66,13 @@ fn prefix_cache_restores_shared_prompts_and_survives_eviction() {
     );
     let want: Vec<String> = prompts
         .iter()
-        .map(|p| {
-            let opts = GenerateOptions {
-                max_tokens: 16,
-                sampling: SamplingParams::greedy(),
-                end_ids: tok.end_ids().to_vec(),
-                ..GenerateOptions::default()
-            };
-            let mut s = Session::new(&model, 256).unwrap();
-            generate_text(&model, Some(&tok), &mut s, p, opts, &[], |_| {})
-                .unwrap()
-                .text
-        })
+        .map(|p| alone(&model, &tok, p, 16, &[]).text)
         .collect();
 
     // Arriving together, requests sharing the system prompt wait for the first one's prompt
     // and take the shared part from the cache.
     let metrics = Arc::new(Metrics::new(3));
-    let cfg = EngineConfig {
-        parallel: 3,
-        ctx: 256,
-        queue: 8,
-        prefill_chunk: 48,
-        lookup: 0,
-        cache_ram: 64 << 20,
-        draft: None,
-        draft_max: 8,
-    };
+    let cfg = config(3, 48, 64 << 20, None);
     let (engine, thread) =
         Engine::start(model.clone(), tok.clone(), cfg, metrics.clone()).expect("engine");
     let together = [&prompts[0], &prompts[2], &prompts[0]];
@@ -122,16 +90,7 @@ fn prefix_cache_restores_shared_prompts_and_survives_eviction() {
 
     for (cache_ram, restores) in [(64 << 20, true), (512 << 10, false), (0, false)] {
         let metrics = Arc::new(Metrics::new(1));
-        let cfg = EngineConfig {
-            parallel: 1,
-            ctx: 256,
-            queue: 8,
-            prefill_chunk: 48,
-            lookup: 0,
-            cache_ram,
-            draft: None,
-            draft_max: 8,
-        };
+        let cfg = config(1, 48, cache_ram, None);
         let (engine, thread) =
             Engine::start(model.clone(), tok.clone(), cfg, metrics.clone()).expect("engine");
         // The one slot serves the three in turn: the third's shared start is no longer in it.
