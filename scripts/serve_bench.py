@@ -74,6 +74,26 @@ def wait_ready(port, path, proc, timeout=300):
     raise RuntimeError("server not ready")
 
 
+def sse(port, path, body):
+    """The JSON chunks of one streamed (server-sent events) request, as they arrive."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()[:200]!r}")
+    try:
+        for line in r:
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            yield json.loads(data)
+    finally:
+        c.close()
+
+
 def stream_one(port, prompt, max_tokens, ban):
     """(ttft, [gaps], tokens, (first, last token time)) of one streamed completion."""
     body = {
@@ -83,25 +103,11 @@ def stream_one(port, prompt, max_tokens, ban):
         "stream": True,
         "logit_bias": {str(t): -100 for t in ban},
     }
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     start = time.perf_counter()
-    c.request("POST", "/v1/completions", body=json.dumps(body),
-              headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {r.read()[:200]!r}")
     times = []
-    for line in r:
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            break
-        chunk = json.loads(data)
+    for chunk in sse(port, "/v1/completions", body):
         if chunk.get("choices") and chunk["choices"][0].get("text"):
             times.append(time.perf_counter())
-    c.close()
     if not times:
         return None, [], 0, None
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -194,27 +200,13 @@ def stream_chat(port, messages, max_tokens, cache):
     """(ttft, text) of one streamed greedy chat answer."""
     body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "cache_prompt": cache}
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     start = time.perf_counter()
-    c.request("POST", "/v1/chat/completions", body=json.dumps(body),
-              headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {r.read()[:200]!r}")
     first, text = None, []
-    for line in r:
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            break
-        chunk = json.loads(data)
+    for chunk in sse(port, "/v1/chat/completions", body):
         piece = (chunk.get("choices") or [{}])[0].get("delta", {}).get("content")
         if piece:
             first = first or time.perf_counter()
             text.append(piece)
-    c.close()
     return (first or time.perf_counter()) - start, "".join(text)
 
 
