@@ -79,21 +79,21 @@ def constraint(json_schema: Any = None, json_object: bool = False, regex: Option
     """The one output constraint asked for, as (kind, data) for the native ``generate``."""
     found: List[Tuple[str, Tuple[str, str]]] = []
     if response_format is not None:
-        if not isinstance(response_format, dict) or "type" not in response_format:
+        if not isinstance(response_format, dict):
             raise InvalidArgumentError('response_format must be a dict with a "type": text, json_object or json_schema')
-        kind = response_format["type"]
-        if kind == "json_object":
-            if response_format.get("schema") is not None:  # llama-cpp-python's form
-                found.append(("response_format", ("json_schema", _schema("response_format", response_format["schema"]))))
-            else:
-                found.append(("response_format", ("json_object", "")))
-        elif kind == "json_schema":
-            js = response_format.get("json_schema")
-            if not isinstance(js, dict) or "schema" not in js:
-                raise InvalidArgumentError('response_format of type json_schema needs {"json_schema": {"name", "schema"}}')
-            found.append(("response_format", ("json_schema", _schema("response_format", js["schema"]))))
-        elif kind != "text":
-            raise InvalidArgumentError(f"response_format type {kind!r} is not text, json_object or json_schema")
+        # Pydantic models as schemas, in llama-cpp-python's {"type": "json_object", "schema": ...}
+        # and in OpenAI's json_schema.
+        rf = dict(response_format)
+        if hasattr(rf.get("schema"), "model_json_schema"):
+            rf["schema"] = rf["schema"].model_json_schema()
+        js = rf.get("json_schema")
+        if isinstance(js, dict) and hasattr(js.get("schema"), "model_json_schema"):
+            rf["json_schema"] = {**js, "schema": js["schema"].model_json_schema()}
+        from . import _llama3
+
+        c = _llama3.response_format_constraint(json.dumps(rf))
+        if c is not None:
+            found.append(("response_format", tuple(c)))
     if json_schema is not None:
         found.append(("json_schema", ("json_schema", _schema("json_schema", json_schema))))
     if json_object:

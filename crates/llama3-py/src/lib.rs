@@ -15,6 +15,7 @@ fn _llama3(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::Model>()?;
     m.add_class::<stream::Stream>()?;
     m.add_class::<tool_calls::ToolReader>()?;
+    m.add_function(wrap_pyfunction!(tool_calls::response_format_constraint, m)?)?;
     m.add_function(wrap_pyfunction!(tools::run_cli, m)?)?;
     m.add_function(wrap_pyfunction!(tools::call_cli, m)?)?;
     m.add_function(wrap_pyfunction!(tools::train, m)?)?;

@@ -59,7 +59,8 @@ pub async fn chat(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>)
                 ))
             }
             (Some(c), None) => Some(compile(&served.tokenizer, "tools", c).await?),
-            (None, _) => req.knobs.structured.grammar(&served.tokenizer).await?,
+            (None, Some((param, c))) => Some(compile(&served.tokenizer, param, c).await?),
+            (None, None) => None,
         };
         let out = Output { grammar, tools };
         start(

@@ -35,13 +35,19 @@ impl Structured {
     pub fn constraint(&self) -> ApiResult<Option<(&'static str, Constraint)>> {
         let mut found: Vec<(&'static str, Constraint)> = Vec::new();
         if let Some(rf) = &self.response_format {
-            found.extend(response_format(rf)?.map(|c| ("response_format", c)));
+            let c = Constraint::from_response_format(rf)
+                .map_err(|e| ApiError::param("response_format", e.to_string()))?;
+            found.extend(c.map(|c| ("response_format", c)));
         }
-        if let Some(s) = &self.json_schema {
-            found.push(("json_schema", schema("json_schema", s)?));
-        }
-        if let Some(s) = &self.guided_json {
-            found.push(("guided_json", schema("guided_json", s)?));
+        for (name, s) in [
+            ("json_schema", &self.json_schema),
+            ("guided_json", &self.guided_json),
+        ] {
+            if let Some(s) = s {
+                let c = Constraint::from_schema(s)
+                    .map_err(|e| ApiError::param(name, format!("{name}: {e}")))?;
+                found.push((name, c));
+            }
         }
         for (name, g) in [
             ("grammar", &self.grammar),
@@ -89,48 +95,4 @@ pub async fn compile(
         .await
         .map_err(|e| ApiError::internal(format!("grammar compiler: {e}")))?;
     compiled.map_err(|e| ApiError::param(param, format!("invalid {param}: {e}")))
-}
-
-/// `response_format`: `{"type": "text"}`, `{"type": "json_object"}` (llama.cpp also takes a
-/// `schema` there), `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
-fn response_format(rf: &Value) -> ApiResult<Option<Constraint>> {
-    let bad = |m: String| ApiError::param("response_format", m);
-    let kind = rf.get("type").and_then(Value::as_str).ok_or_else(|| {
-        bad("response_format needs a \"type\": text, json_object or json_schema".into())
-    })?;
-    match kind {
-        "text" => Ok(None),
-        "json_object" => match rf.get("schema") {
-            Some(s) => schema("response_format.schema", s).map(Some),
-            None => Ok(Some(Constraint::JsonObject)),
-        },
-        "json_schema" => {
-            let js = rf.get("json_schema").ok_or_else(|| {
-                bad("response_format of type json_schema needs a \"json_schema\" object with a \"schema\"".into())
-            })?;
-            let s = js
-                .get("schema")
-                .ok_or_else(|| bad("response_format.json_schema needs a \"schema\"".into()))?;
-            schema("response_format.json_schema.schema", s).map(Some)
-        }
-        other => Err(bad(format!(
-            "response_format type {other:?} is not text, json_object or json_schema"
-        ))),
-    }
-}
-
-/// A JSON schema given as an object or as a string holding one.
-fn schema(param: &'static str, v: &Value) -> ApiResult<Constraint> {
-    let v = match v {
-        Value::String(s) => serde_json::from_str(s)
-            .map_err(|e| ApiError::param(param, format!("{param} is not valid JSON: {e}")))?,
-        v => v.clone(),
-    };
-    if !v.is_object() && !v.is_boolean() {
-        return Err(ApiError::param(
-            param,
-            format!("{param} must be a JSON schema object, not {v}"),
-        ));
-    }
-    Ok(Constraint::JsonSchema(v))
 }

@@ -55,6 +55,53 @@ impl Constraint {
         })
     }
 
+    /// OpenAI's `response_format`: `{"type": "text"}` (None), `{"type": "json_object"}`
+    /// (llama.cpp and llama-cpp-python also take a `schema` there), `{"type": "json_schema",
+    /// "json_schema": {"name", "schema", "strict"}}`. Errors name the field at fault.
+    pub fn from_response_format(rf: &serde_json::Value) -> Result<Option<Self>> {
+        let bad = |m: &str| Error::Input(format!("response_format{m}"));
+        let kind = rf
+            .get("type")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| bad(" needs a \"type\": text, json_object or json_schema"))?;
+        let at = |field: &str, v: &serde_json::Value| {
+            Self::from_schema(v).map_err(|e| Error::Input(format!("response_format.{field}: {e}")))
+        };
+        match kind {
+            "text" => Ok(None),
+            "json_object" => match rf.get("schema") {
+                Some(s) => at("schema", s).map(Some),
+                None => Ok(Some(Constraint::JsonObject)),
+            },
+            "json_schema" => {
+                let s = rf
+                    .get("json_schema")
+                    .ok_or_else(|| bad(" of type json_schema needs a \"json_schema\" object"))?
+                    .get("schema")
+                    .ok_or_else(|| bad(".json_schema needs a \"schema\""))?;
+                at("json_schema.schema", s).map(Some)
+            }
+            other => Err(bad(&format!(
+                " type {other:?} is not text, json_object or json_schema"
+            ))),
+        }
+    }
+
+    /// A JSON schema given as an object (or true/false) or as a string holding one.
+    pub fn from_schema(v: &serde_json::Value) -> Result<Self> {
+        let v = match v {
+            serde_json::Value::String(s) => serde_json::from_str(s)
+                .map_err(|e| Error::Input(format!("the schema is not valid JSON: {e}")))?,
+            v => v.clone(),
+        };
+        if !v.is_object() && !v.is_boolean() {
+            return Err(Error::Input(format!(
+                "a JSON schema is an object (or true/false), not {v}"
+            )));
+        }
+        Ok(Constraint::JsonSchema(v))
+    }
+
     /// The (kind, data) of [`Self::from_tagged`].
     pub fn to_tagged(&self) -> (&'static str, String) {
         match self {

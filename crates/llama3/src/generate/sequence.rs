@@ -64,6 +64,8 @@ pub struct Sequence<'t> {
     decoder: Option<DecodeStream<'t>>,
     stops: StopStrings,
     grammar: Option<Grammar>,
+    /// The last raw logits (V), reused from token to token.
+    raw: Vec<f32>,
     generated: usize,
     finish: Option<FinishReason>,
 }
@@ -81,6 +83,7 @@ impl<'t> Sequence<'t> {
             decoder: tokenizer.map(|t| t.decode_stream()),
             stops: StopStrings::new(opts.stop),
             grammar: opts.grammar,
+            raw: Vec::new(),
             generated: 0,
             finish: (opts.max_tokens == 0).then_some(FinishReason::Length),
         }
@@ -110,10 +113,16 @@ impl<'t> Sequence<'t> {
             Some(k) if k > 0 => top_logprobs(logits, k),
             _ => vec![],
         };
-        // The raw logits, for log-probabilities and for a second draw under a grammar mask.
-        let raw = (self.logprobs.is_some() || self.grammar.is_some()).then(|| logits.to_vec());
+        // The raw logits, for log-probabilities and for a second draw under a grammar mask
+        // (one buffer for the whole sequence).
+        let keep_raw = self.logprobs.is_some() || self.grammar.is_some();
+        if keep_raw {
+            self.raw.clear();
+            self.raw.extend_from_slice(logits);
+        }
+        let raw = keep_raw.then_some(&self.raw);
         let mut token = self.sampler.pick(logits);
-        if let (Some(g), Some(raw)) = (self.grammar.as_mut(), raw.as_ref()) {
+        if let (Some(g), Some(raw)) = (self.grammar.as_mut(), raw) {
             if !g.allows(token)? {
                 logits.copy_from_slice(raw);
                 g.mask(logits)?;
@@ -122,7 +131,7 @@ impl<'t> Sequence<'t> {
             g.consume(token)?;
         }
         self.sampler.accept(token);
-        let logprob = match (self.logprobs, raw.as_ref()) {
+        let logprob = match (self.logprobs, raw) {
             (Some(_), Some(raw)) => logprob_of(raw, token),
             _ => 0.0,
         };
