@@ -9,6 +9,8 @@
 //! block is loaded and unpacked once for four rows. Types not handled here return `None` and
 //! go through candle.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod format;
 pub mod grad;
 mod iq4;

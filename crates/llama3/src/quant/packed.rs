@@ -25,6 +25,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::amx;
 pub use super::format::Format;
 use super::format::{kernel, kernel_f16, kernel_k, pack_block, unpack_block};
 use super::iq4::Iq4;
@@ -148,7 +150,7 @@ impl Packed {
         (self.shape[0], self.shape[1])
     }
 
-    fn n(&self) -> usize {
+    pub(super) fn n(&self) -> usize {
         self.shape[0]
     }
 
@@ -162,7 +164,6 @@ impl Packed {
     }
 
     /// The packed bytes of group `g` (rows 8g..8g + 8).
-    #[cfg(test)]
     pub(super) fn group_data(&self, g: usize) -> &[u8] {
         let size = self.k() / self.kind.block_elems() * self.kind.group_bytes();
         &self.data[g * size..][..size]
@@ -275,7 +276,12 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
         Format::F16 => drive(ws, x, k, m, &F16Kernel(isa)),
         f if f.takes_superblocks() => {
             let xq = Format::quantize_k(x, k, m);
-            drive(ws, &xq, k / 256, m, &SuperKernel(format, isa))
+            let kernel = SuperKernel(format, isa);
+            #[cfg(target_arch = "x86_64")]
+            if m >= amx::MIN_ROWS && amx::takes(format) && amx::available() {
+                return amx::gemm_k(ws, &xq, k / 256, m, &kernel);
+            }
+            drive(ws, &xq, k / 256, m, &kernel)
         }
         _ => {
             let xq = format.quantize(x, k, m);
@@ -285,7 +291,7 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
 }
 
 /// A format's kernel on one path, for `drive`: 8 columns of `R` activation rows of `A`.
-trait Tile<A>: Sync {
+pub(super) trait Tile<A>: Sync {
     fn run<const R: usize>(&self, w: &[u8], x: [&[A]; R], out: &mut [[f32; 8]; R]);
     /// Whether calls of 8 rows pay (AVX-512's 32 vector registers hold their accumulators).
     fn rows8(&self) -> bool;
@@ -293,7 +299,7 @@ trait Tile<A>: Sync {
 
 struct F16Kernel(Isa);
 struct BlockKernel(Format, Isa);
-struct SuperKernel(Format, Isa);
+pub(super) struct SuperKernel(pub(super) Format, pub(super) Isa);
 
 impl Tile<f32> for F16Kernel {
     fn run<const R: usize>(&self, w: &[u8], x: [&[f32]; R], out: &mut [[f32; 8]; R]) {
@@ -374,24 +380,6 @@ fn drive<A: Sync>(
     m: usize,
     kernel: &impl Tile<A>,
 ) -> Vec<Vec<f32>> {
-    // R rows from j: the kernel's tile stored into row j + i, columns 8g..8g + 8.
-    fn tile<A, const R: usize>(
-        kernel: &impl Tile<A>,
-        w: &[u8],
-        xs: &[A],
-        stride: usize,
-        j: usize,
-        (out, n, g): (SyncPtr, usize, usize),
-    ) {
-        let rows: [&[A]; R] = std::array::from_fn(|i| &xs[(j + i) * stride..][..stride]);
-        let mut t = [[0f32; 8]; R];
-        kernel.run(w, rows, &mut t);
-        for (i, row) in t.iter().enumerate() {
-            // SAFETY: tasks own disjoint column groups; (j + i) < m, 8g + 8 <= n.
-            unsafe { store(out, (j + i) * n + 8 * g, row) };
-        }
-    }
-    let rows8 = kernel.rows8();
     // Not zeroed: the tasks below write every element before the lengths are set.
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n())).collect();
     let outs: Vec<SyncPtr> = ys.iter_mut().map(|y| SyncPtr(y.as_mut_ptr())).collect();
@@ -410,18 +398,7 @@ fn drive<A: Sync>(
             let j1 = (j0 + X_TILE).min(m);
             for g in gs.clone() {
                 let w = &wt.data[g * gsize..][..gsize];
-                let mut j = j0;
-                while rows8 && j + 8 <= j1 {
-                    tile::<A, 8>(kernel, w, xs, stride, j, (out, n, g));
-                    j += 8;
-                }
-                while j + 4 <= j1 {
-                    tile::<A, 4>(kernel, w, xs, stride, j, (out, n, g));
-                    j += 4;
-                }
-                for j in j..j1 {
-                    tile::<A, 1>(kernel, w, xs, stride, j, (out, n, g));
-                }
+                group_rows(kernel, w, xs, stride, j0..j1, (out, n, g));
             }
         }
     };
@@ -435,6 +412,48 @@ fn drive<A: Sync>(
         unsafe { y.set_len(m * w.n()) };
     }
     ys
+}
+
+/// Activation rows `rows` (of `stride` blocks each in `xs`) against weight group `g` (`w`, 8
+/// rows) into columns 8g..8g + 8 of `out` (`n` wide): 8 or 4 rows per kernel call, the rest
+/// one by one. The caller owns those outputs.
+pub(super) fn group_rows<A>(
+    kernel: &impl Tile<A>,
+    w: &[u8],
+    xs: &[A],
+    stride: usize,
+    rows: std::ops::Range<usize>,
+    (out, n, g): (SyncPtr, usize, usize),
+) {
+    // R rows from j: the kernel's tile stored into row j + i, columns 8g..8g + 8.
+    fn tile<A, const R: usize>(
+        kernel: &impl Tile<A>,
+        w: &[u8],
+        xs: &[A],
+        stride: usize,
+        j: usize,
+        (out, n, g): (SyncPtr, usize, usize),
+    ) {
+        let rows: [&[A]; R] = std::array::from_fn(|i| &xs[(j + i) * stride..][..stride]);
+        let mut t = [[0f32; 8]; R];
+        kernel.run(w, rows, &mut t);
+        for (i, row) in t.iter().enumerate() {
+            // SAFETY: the caller owns these outputs; (j + i) < m, 8g + 8 <= n.
+            unsafe { store(out, (j + i) * n + 8 * g, row) };
+        }
+    }
+    let mut j = rows.start;
+    while kernel.rows8() && j + 8 <= rows.end {
+        tile::<A, 8>(kernel, w, xs, stride, j, (out, n, g));
+        j += 8;
+    }
+    while j + 4 <= rows.end {
+        tile::<A, 4>(kernel, w, xs, stride, j, (out, n, g));
+        j += 4;
+    }
+    for j in j..rows.end {
+        tile::<A, 1>(kernel, w, xs, stride, j, (out, n, g));
+    }
 }
 
 /// # Safety
