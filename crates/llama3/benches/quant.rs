@@ -4,6 +4,7 @@
 //!     cargo bench -p llama3 --bench quant              # packed GEMM against the row-dot kernels
 //!     cargo bench -p llama3 --bench quant -- types     # every packed type at one Llama shape
 //!     cargo bench -p llama3 --bench quant -- bandwidth # GEMV over ~100 MB against plain reading
+//!     cargo bench -p llama3 --bench quant -- prompt q5k # one type at m = 512 for ~3 s (to profile)
 //!
 //! `cargo test --benches` only builds and starts it; it measures when cargo passes `--bench`.
 
@@ -23,6 +24,8 @@ fn main() {
     }
     if args.iter().any(|a| a == "bandwidth") {
         gemv_bandwidth();
+    } else if let Some(i) = args.iter().position(|a| a == "prompt") {
+        prompt(args.get(i + 1).map(String::as_str).unwrap_or("q4k"));
     } else if args.iter().any(|a| a == "types") {
         types();
     } else {
@@ -111,6 +114,34 @@ fn types() {
             line += &format!(" m={m} {gops:.1} GOP/s");
         }
         println!("{line}");
+    }
+}
+
+/// One type's prompt-sized product (2816 x 1024 weight, m = 512) for ~3 s: GOP/s per second.
+fn prompt(name: &str) {
+    let dtype = match name.to_ascii_lowercase().as_str() {
+        "q4_0" => GgmlDType::Q4_0,
+        "q4_1" => GgmlDType::Q4_1,
+        "q5_0" => GgmlDType::Q5_0,
+        "q5_1" => GgmlDType::Q5_1,
+        "q8_0" => GgmlDType::Q8_0,
+        "q5k" => GgmlDType::Q5K,
+        "q6k" => GgmlDType::Q6K,
+        "f16" => GgmlDType::F16,
+        _ => GgmlDType::Q4K,
+    };
+    let (n, k, m) = (2816, 1024, 512);
+    let p = Packed::new(&weight(dtype, n, k)).unwrap().unwrap();
+    let x = data(m * k);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut reps = 0;
+        while t.elapsed().as_secs_f64() < 1.0 {
+            black_box(p.gemm(&x, m));
+            reps += 1;
+        }
+        let gops = (reps * m * n * k) as f64 * 2e-9 / t.elapsed().as_secs_f64();
+        println!("{dtype:?} m={m}: {gops:.1} GOP/s");
     }
 }
 

@@ -118,6 +118,8 @@ pub(super) fn gemm_k(
         .flat_map(|(i, w)| (0..w.n() / 8).step_by(2).map(move |g| (i, g)))
         .collect();
     let full = m / 16 * 16;
+    let a = activation_tiles(xs, nb, full);
+    let pairs = min_pairs(xs, kind);
     tasks.par_iter().for_each(|&(i, g)| {
         let (w, out) = (ws[i], outs[i]);
         let n = w.n();
@@ -130,7 +132,17 @@ pub(super) fn gemm_k(
         // SAFETY: `available` checked AMX-INT8 and AVX-512 and got the tile state; the tile
         // rows read stay within `xs` (full tiles of 16 rows of nb blocks) and `b`; this task
         // owns columns 8g..8g + 16.
-        unsafe { tiles(kind, &b, &meta, xs, nb, full, (out, n, 8 * g)) };
+        unsafe {
+            tiles(
+                kind,
+                (&a, &b),
+                &meta,
+                (xs, &pairs),
+                nb,
+                full,
+                (out, n, 8 * g),
+            )
+        };
         for h in 0..2 {
             group_rows(fallback, data(g + h), xs, nb, full..m, (out, n, g + h));
         }
@@ -142,36 +154,91 @@ pub(super) fn gemm_k(
     ys
 }
 
-/// A super-block's scales for 16 weight rows, as the epilogue reads them.
+/// 64 bytes on a cache line: tile rows that straddle two lines load markedly slower.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// The activations' quants as A tiles on cache lines: tile (16 rows) j, super-block sb, K step
+/// t (64 elements) at line 16 ((j nb + sb) 4 + t), row r = line + r.
+fn activation_tiles(xs: &[BlockQ8K], nb: usize, full: usize) -> Vec<Line> {
+    let mut a = vec![Line([0; 64]); full * nb * 4];
+    a.par_chunks_mut(16 * nb * 4)
+        .enumerate()
+        .for_each(|(j, tile)| {
+            for (u, line) in tile.iter_mut().enumerate() {
+                let (sb, t, r) = (u / 64, u / 16 % 4, u % 16);
+                let x = &xs[(16 * j + r) * nb + sb].qs[64 * t..][..64];
+                for (o, q) in line.0.iter_mut().zip(x) {
+                    *o = *q as u8;
+                }
+            }
+        });
+    a
+}
+
+/// Q4_K/Q5_K: each activation block's sums of its sub-blocks of 32 as int16 pairs (Σ_2j,
+/// Σ_2j+1), which meet the rows' (m_2j, m_2j+1) in `madd` as in `x8_k::q4k`.
+fn min_pairs(xs: &[BlockQ8K], kind: Super) -> Vec<[i32; 4]> {
+    if kind == Super::Q6K {
+        return Vec::new();
+    }
+    xs.iter()
+        .map(|x| {
+            let bs = &x.bsums;
+            std::array::from_fn(|j| {
+                let b0 = bs[4 * j] as i32 + bs[4 * j + 1] as i32;
+                let b1 = bs[4 * j + 2] as i32 + bs[4 * j + 3] as i32;
+                (b0 & 0xffff) | (b1 << 16)
+            })
+        })
+        .collect()
+}
+
+/// Digit matrices per K-quant: Q4_K/Q5_K scales (0..63) as 8 hi + lo, Q6_K's (-128..127) in
+/// balanced base 7 (49 a + 7 b + c, digits -3..3).
+fn digit_count(kind: Super) -> usize {
+    match kind {
+        Super::Q6K => 3,
+        Super::Q4K | Super::Q5K => 2,
+    }
+}
+
+/// A super-block's scales for 16 weight rows, as the epilogue and the digit matrices take them.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Meta {
     d: [f32; 16],
     dmin: [f32; 16],
-    /// Sub-block scales (8 for Q4_K/Q5_K, 16 for Q6_K) of the 16 rows.
-    sc: [[i32; 16]; 16],
     /// (m_2j, m_2j+1) of each row as int16 pairs (Q4_K/Q5_K).
     mins: [[i32; 16]; 4],
+    /// Digit `i` of sub-block `s`'s scale of each row: `dig[i][s][row]`.
+    dig: [[[i32; 16]; 16]; 3],
 }
 
-/// Rows 8g..8g + 16 (groups `g0`, `g1`) as tile B lines, `B_BYTES` per super-block, and
-/// their scales.
-fn unpack(kind: Super, g0: &[u8], g1: &[u8], nb: usize) -> (Vec<u8>, Vec<Meta>) {
+/// Rows 8g..8g + 16 (groups `g0`, `g1`) as tile B lines, `B_BYTES * digits` per super-block,
+/// and their scales.
+fn unpack(kind: Super, g0: &[u8], g1: &[u8], nb: usize) -> (Vec<Line>, Vec<Meta>) {
     let gb = kind.group_bytes();
-    let mut b = vec![0u8; nb * B_BYTES];
+    let nd = digit_count(kind);
+    let mut b = vec![Line([0; 64]); nb * nd * B_BYTES / 64];
+    let mut values = vec![0u8; B_BYTES];
     let mut meta = Vec::with_capacity(nb);
     for sb in 0..nb {
         let gs = [&g0[sb * gb..][..gb], &g1[sb * gb..][..gb]];
-        let dst = &mut b[sb * B_BYTES..][..B_BYTES];
-        // SAFETY: AVX2 is there (`available`); loads and stores stay within `gs` and `dst`.
+        let mt = scales(kind, gs);
+        // SAFETY: AVX2 and AVX-512 BW are there (`available`); loads and stores stay within
+        // `gs`, `values` and `b`'s super-block.
         unsafe {
             match kind {
-                Super::Q4K => lines_q4k::<false>(gs, dst),
-                Super::Q5K => lines_q4k::<true>(gs, dst),
-                Super::Q6K => lines_q6k(gs, dst),
+                Super::Q4K => lines_q4k::<false>(gs, &mut values),
+                Super::Q5K => lines_q4k::<true>(gs, &mut values),
+                Super::Q6K => lines_q6k(gs, &mut values),
             }
+            let lines = nd * B_BYTES / 64;
+            digits(kind, &values, &mt, &mut b[sb * lines..][..lines]);
         }
-        meta.push(scales(kind, gs));
+        meta.push(mt);
     }
     (b, meta)
 }
@@ -184,8 +251,8 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> Meta {
     let mut m = Meta {
         d: [0.0; 16],
         dmin: [0.0; 16],
-        sc: [[0; 16]; 16],
         mins: [[0; 16]; 4],
+        dig: [[[0; 16]; 16]; 3],
     };
     for (h, g) in gs.iter().enumerate() {
         for c in 0..8 {
@@ -194,13 +261,19 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> Meta {
             match kind {
                 Super::Q6K => {
                     for s in 0..16 {
-                        m.sc[s][r] = g[Q6K_SC + 8 * s + c] as i8 as i32;
+                        let sc = g[Q6K_SC + 8 * s + c] as i8 as i32;
+                        let c0 = (sc + 3).rem_euclid(7) - 3;
+                        let c1 = ((sc - c0) / 7 + 3).rem_euclid(7) - 3;
+                        let c2 = ((sc - c0) / 7 - c1) / 7;
+                        debug_assert_eq!(49 * c2 + 7 * c1 + c0, sc);
+                        [m.dig[0][s][r], m.dig[1][s][r], m.dig[2][s][r]] = [c2, c1, c0];
                     }
                 }
                 Super::Q4K | Super::Q5K => {
                     m.dmin[r] = f16_at(g, 16 + 2 * c);
                     for s in 0..8 {
-                        m.sc[s][r] = g[SC + 8 * s + c] as i32;
+                        let sc = g[SC + 8 * s + c] as i32;
+                        [m.dig[0][s][r], m.dig[1][s][r]] = [sc >> 3, sc & 7];
                     }
                     for j in 0..4 {
                         let (lo, hi) = (g[MN + 16 * j + c], g[MN + 16 * j + 8 + c]);
@@ -213,9 +286,9 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> Meta {
     m
 }
 
-/// Q4_K/Q5_K tile lines: sub-block s (32 elements) at 512 s, line i (elements 4i..4i + 4 of
-/// each row) at + 64 i, rows 0-7 from group 0, 8-15 from group 1. The nibble pieces of
-/// `kquant.rs`'s layout are already 4 consecutive elements per row.
+/// Q4_K/Q5_K values (0..31) as tile lines: line L (elements 4L..4L + 4 of each row) at 64 L,
+/// rows 0-7 from group 0, 8-15 from group 1. The nibble pieces of `kquant.rs`'s layout are
+/// already 4 consecutive elements per row.
 #[target_feature(enable = "avx2")]
 unsafe fn lines_q4k<const Q5: bool>(gs: [&[u8]; 2], dst: &mut [u8]) {
     let (_, qs) = q4k_layout(Q5);
@@ -233,6 +306,7 @@ unsafe fn lines_q4k<const Q5: bool>(gs: [&[u8]; 2], dst: &mut [u8]) {
                     lo = _mm256_or_si256(lo, bit5(qh, p, 0));
                     hi = _mm256_or_si256(hi, bit5(qh, p, 1));
                 }
+                // Sub-blocks 2p (low nibbles) and 2p + 1, line i of each.
                 let at = |s: usize| out.add(512 * s + 64 * i + 32 * h) as *mut __m256i;
                 _mm256_storeu_si256(at(2 * p), lo);
                 _mm256_storeu_si256(at(2 * p + 1), hi);
@@ -241,8 +315,8 @@ unsafe fn lines_q4k<const Q5: bool>(gs: [&[u8]; 2], dst: &mut [u8]) {
     }
 }
 
-/// Q6_K tile lines, values minus 32 (signed): sub-block s (16 elements) at 256 s, line v at
-/// + 64 v. Bits as `x8_k::q6k` assembles them.
+/// Q6_K values minus 32 (signed) as tile lines, as `lines_q4k`. Bits as `x8_k::q6k`
+/// assembles them.
 #[target_feature(enable = "avx2")]
 unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
     let low = _mm256_set1_epi8(0x0f);
@@ -264,6 +338,7 @@ unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
                     let lo = _mm256_or_si256(_mm256_and_si256(raw, low), _mm256_and_si256(ha, top));
                     let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
                     let hi = _mm256_or_si256(hi, _mm256_and_si256(hh, top));
+                    // Sub-blocks 2b (elements 0..16 of the 32) and 2b + 1, line v of each.
                     let at = |s: usize| out.add(256 * s + 64 * v + 32 * h) as *mut __m256i;
                     _mm256_storeu_si256(at(2 * b), _mm256_sub_epi8(lo, off));
                     _mm256_storeu_si256(at(2 * b + 1), _mm256_sub_epi8(hi, off));
@@ -273,67 +348,119 @@ unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
     }
 }
 
-/// The tile configuration (palette 1): C tiles 0 and 1 (16 x 16 int32), A tiles 2 and 3 (16
-/// rows of `sub` bytes), B tiles 4 and 5 (`sub / 4` lines of 64 bytes).
+/// The digit matrices of one super-block: for each K step t of 64 elements (lines 16t..16t +
+/// 16) and digit i, at (t * digits + i) * 1024, each value times its row's digit of its
+/// sub-block's scale (|product| <= 217 unsigned for Q4_K/Q5_K, <= 96 signed for Q6_K: a byte).
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+unsafe fn digits(kind: Super, values: &[u8], mt: &Meta, dst: &mut [Line]) {
+    let nd = digit_count(kind);
+    let lines_per_sub = if kind == Super::Q6K { 4 } else { 8 };
+    let bytes = _mm512_set1_epi32(0x0101_0101);
+    let (ff, lo8) = (_mm512_set1_epi32(0xff), _mm512_set1_epi16(0xff));
+    // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
+    let even = |v: __m512i| _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
+    let odd = |v: __m512i| _mm512_srai_epi16(v, 8);
+    for line in 0..64 {
+        let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
+        let s = line / lines_per_sub;
+        let (t, l) = (line / 16, line % 16);
+        for i in 0..nd {
+            let dg = _mm512_loadu_si512(mt.dig[i][s].as_ptr() as *const __m512i);
+            let dg = _mm512_mullo_epi32(_mm512_and_si512(dg, ff), bytes);
+            let pe = _mm512_and_si512(_mm512_mullo_epi16(even(v), even(dg)), lo8);
+            let po = _mm512_slli_epi16(_mm512_mullo_epi16(odd(v), odd(dg)), 8);
+            let at = dst.as_mut_ptr().add((t * nd + i) * 16 + l);
+            _mm512_storeu_si512(at as *mut __m512i, _mm512_or_si512(pe, po));
+        }
+    }
+}
+
+/// The tile configuration (palette 1): every tile 16 rows of 64 bytes. Q4_K/Q5_K: C 0-3
+/// (two activation tiles x two digits), A 4-5, B 6-7; Q6_K: C 0-2 (three digits), A 4, B 5-7.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
 impl TileConfig {
-    fn new(sub: u16) -> Self {
+    fn new() -> Self {
         let mut c = [0u8; 64];
         c[0] = 1;
-        let mut set = |t: usize, rows: u8, colsb: u16| {
-            c[16 + 2 * t..][..2].copy_from_slice(&colsb.to_le_bytes());
-            c[48 + t] = rows;
-        };
-        set(0, 16, 64);
-        set(1, 16, 64);
-        set(2, 16, sub);
-        set(3, 16, sub);
-        set(4, (sub / 4) as u8, 64);
-        set(5, (sub / 4) as u8, 64);
+        for t in 0..8 {
+            c[16 + 2 * t..][..2].copy_from_slice(&64u16.to_le_bytes());
+            c[48 + t] = 16;
+        }
         TileConfig(c)
     }
 }
 
-/// Two sub-blocks' products into `c` (2 x 16 x 16 int32): A tiles at `a0`, `a1` (row stride
-/// `stride`), B tiles at `b0`, `b1` (64-byte lines); `SIGNED_B` picks `tdpbssd` over
-/// `tdpbsud`.
+/// One super-block of two activation tiles (at `a0`, `a1`: 4 K steps of 1 KiB) against the
+/// two digit matrices of `b` (Q4_K/Q5_K): `c` = [a0 x hi, a0 x lo, a1 x hi, a1 x lo].
 #[inline(always)]
-unsafe fn dot2<const SIGNED_B: bool>(
-    (a0, a1, stride): (*const u8, *const u8, usize),
-    (b0, b1): (*const u8, *const u8),
-    c: &mut [[i32; 16]; 32],
-) {
+unsafe fn super_q4k(a0: *const u8, a1: *const u8, b: *const u8, c: *mut i32) {
     asm!(
-        "tileloadd tmm2, [{a0} + {s}*1]",
-        "tileloadd tmm3, [{a1} + {s}*1]",
-        "tileloadd tmm4, [{b0} + {l}*1]",
-        "tileloadd tmm5, [{b1} + {l}*1]",
         "tilezero tmm0",
         "tilezero tmm1",
-        a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-        s = in(reg) stride, l = in(reg) 64usize,
-        options(nostack, readonly),
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
     );
-    if SIGNED_B {
+    for t in 0..4 {
         asm!(
-            "tdpbssd tmm0, tmm2, tmm4",
-            "tdpbssd tmm1, tmm3, tmm5",
-            options(nostack, nomem)
-        );
-    } else {
-        asm!(
-            "tdpbsud tmm0, tmm2, tmm4",
-            "tdpbsud tmm1, tmm3, tmm5",
-            options(nostack, nomem)
+            "tileloadd tmm4, [{a0} + {l}*1]",
+            "tileloadd tmm5, [{a1} + {l}*1]",
+            "tileloadd tmm6, [{b0} + {l}*1]",
+            "tileloadd tmm7, [{b1} + {l}*1]",
+            "tdpbsud tmm0, tmm4, tmm6",
+            "tdpbsud tmm1, tmm4, tmm7",
+            "tdpbsud tmm2, tmm5, tmm6",
+            "tdpbsud tmm3, tmm5, tmm7",
+            a0 = in(reg) a0.add(1024 * t), a1 = in(reg) a1.add(1024 * t),
+            b0 = in(reg) b.add(2048 * t), b1 = in(reg) b.add(2048 * t + 1024),
+            l = in(reg) 64usize,
+            options(nostack, readonly),
         );
     }
-    let p = c.as_mut_ptr() as *mut u8;
     asm!(
         "tilestored [{c0} + {l}*1], tmm0",
         "tilestored [{c1} + {l}*1], tmm1",
-        c0 = in(reg) p, c1 = in(reg) p.add(1024), l = in(reg) 64usize,
+        "tilestored [{c2} + {l}*1], tmm2",
+        "tilestored [{c3} + {l}*1], tmm3",
+        c0 = in(reg) c, c1 = in(reg) c.add(256), c2 = in(reg) c.add(512), c3 = in(reg) c.add(768),
+        l = in(reg) 64usize,
+        options(nostack),
+    );
+}
+
+/// One super-block of an activation tile against the three digit matrices of `b` (Q6_K).
+#[inline(always)]
+unsafe fn super_q6k(a: *const u8, b: *const u8, c: *mut i32) {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        options(nostack, nomem)
+    );
+    for t in 0..4 {
+        asm!(
+            "tileloadd tmm4, [{a} + {l}*1]",
+            "tileloadd tmm5, [{b0} + {l}*1]",
+            "tileloadd tmm6, [{b1} + {l}*1]",
+            "tileloadd tmm7, [{b2} + {l}*1]",
+            "tdpbssd tmm0, tmm4, tmm5",
+            "tdpbssd tmm1, tmm4, tmm6",
+            "tdpbssd tmm2, tmm4, tmm7",
+            a = in(reg) a.add(1024 * t),
+            b0 = in(reg) b.add(3072 * t), b1 = in(reg) b.add(3072 * t + 1024),
+            b2 = in(reg) b.add(3072 * t + 2048),
+            l = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+    }
+    asm!(
+        "tilestored [{c0} + {l}*1], tmm0",
+        "tilestored [{c1} + {l}*1], tmm1",
+        "tilestored [{c2} + {l}*1], tmm2",
+        c0 = in(reg) c, c1 = in(reg) c.add(256), c2 = in(reg) c.add(512),
+        l = in(reg) 64usize,
         options(nostack),
     );
 }
@@ -347,74 +474,116 @@ unsafe fn dot2<const SIGNED_B: bool>(
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 unsafe fn tiles(
     kind: Super,
-    b: &[u8],
+    (a, b): (&[Line], &[Line]),
     meta: &[Meta],
-    xs: &[BlockQ8K],
+    (xs, pairs): (&[BlockQ8K], &[[i32; 4]]),
     nb: usize,
     full: usize,
     (out, n, col): (SyncPtr, usize, usize),
 ) {
-    let q6 = kind == Super::Q6K;
-    let sub = if q6 { 16 } else { 32 };
-    let cfg = TileConfig::new(sub as u16);
+    let cfg = TileConfig::new();
     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
-    let stride = nb * size_of::<BlockQ8K>();
-    let qs = std::mem::offset_of!(BlockQ8K, qs);
-    let mut c = [[0i32; 16]; 32];
-    for t0 in (0..full).step_by(16) {
-        let x0 = xs.as_ptr().add(t0 * nb);
-        let mut acc = [_mm512_setzero_ps(); 16];
-        for (sb, mt) in meta.iter().enumerate() {
-            let a = (x0.add(sb) as *const u8).add(qs);
-            let bb = b.as_ptr().add(sb * B_BYTES);
-            let mut isum = [_mm512_setzero_si512(); 16];
-            for p in 0..QK / sub / 2 {
-                let (s0, s1) = (2 * p, 2 * p + 1);
-                let tiles_a = (a.add(sub * s0), a.add(sub * s1), stride);
-                let tiles_b = (bb.add(sub * 16 * s0), bb.add(sub * 16 * s1));
-                match q6 {
-                    true => dot2::<true>(tiles_a, tiles_b, &mut c),
-                    false => dot2::<false>(tiles_a, tiles_b, &mut c),
-                }
-                let (k0, k1) = (load_i(&mt.sc[s0]), load_i(&mt.sc[s1]));
-                for (r, s) in isum.iter_mut().enumerate() {
-                    let v0 = _mm512_mullo_epi32(load_i(&c[r]), k0);
-                    let v1 = _mm512_mullo_epi32(load_i(&c[16 + r]), k1);
-                    *s = _mm512_add_epi32(*s, _mm512_add_epi32(v0, v1));
+    let nd = digit_count(kind);
+    // Two C buffers: the tiles of super-block sb are stored while sb - 1's epilogue runs.
+    #[repr(C, align(64))]
+    struct Tiles([[i32; 16]; 64]);
+    let mut cbuf = [Tiles([[0; 16]; 64]), Tiles([[0; 16]; 64])];
+    let cb: [*mut i32; 2] = [cbuf[0].0.as_mut_ptr().cast(), cbuf[1].0.as_mut_ptr().cast()];
+    // Q4_K/Q5_K: two activation tiles at once (the second repeats the first at an odd end).
+    let step = if kind == Super::Q6K { 16 } else { 32 };
+    for t0 in (0..full).step_by(step) {
+        let rows = (full - t0).min(step);
+        let (j0, j1) = (t0 / 16, (t0 + rows) / 16 - 1);
+        let mut acc = [_mm512_setzero_ps(); 32];
+        for sb in 0..=nb {
+            if sb < nb {
+                let tile = |j: usize| a.as_ptr().add(64 * (j * nb + sb)) as *const u8;
+                let bb = b.as_ptr().add(sb * nd * B_BYTES / 64) as *const u8;
+                match kind {
+                    Super::Q6K => super_q6k(tile(j0), bb, cb[sb % 2]),
+                    _ => super_q4k(tile(j0), tile(j1), bb, cb[sb % 2]),
                 }
             }
-            let d = _mm512_loadu_ps(mt.d.as_ptr());
-            if q6 {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let xb = &*x0.add(r * nb + sb);
-                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), scale, *acc);
-                }
+            let Some(sb) = sb.checked_sub(1) else {
                 continue;
-            }
-            let dmin = _mm512_loadu_ps(mt.dmin.as_ptr());
-            let mins: [__m512i; 4] = std::array::from_fn(|j| load_i(&mt.mins[j]));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let xb = &*x0.add(r * nb + sb);
-                let mut msum = _mm512_setzero_si512();
-                for (j, m) in mins.iter().enumerate() {
-                    let bs = &xb.bsums;
-                    let b0 = bs[4 * j] as i32 + bs[4 * j + 1] as i32;
-                    let b1 = bs[4 * j + 2] as i32 + bs[4 * j + 3] as i32;
-                    let pair = _mm512_set1_epi32((b0 & 0xffff) | (b1 << 16));
-                    msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*m, pair));
-                }
-                let dx = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
-                let mx = _mm512_mul_ps(dmin, _mm512_set1_ps(-xb.d));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), dx, *acc);
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), mx, *acc);
+            };
+            let c = &*(cb[sb % 2] as *const [[i32; 16]; 64]);
+            let at = |r: usize| {
+                let tok = if r < 16 {
+                    16 * j0 + r
+                } else {
+                    16 * j1 + r - 16
+                };
+                tok * nb + sb
+            };
+            match kind {
+                Super::Q6K => epilogue_q6k(c, &meta[sb], |r| xs[at(r)].d, &mut acc),
+                _ => epilogue_q4k(
+                    c,
+                    &meta[sb],
+                    |r| (xs[at(r)].d, pairs[at(r)]),
+                    &mut acc[..rows],
+                ),
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
+        for (r, acc) in acc[..rows].iter().enumerate() {
             _mm512_storeu_ps(out.get().add((t0 + r) * n + col), *acc);
         }
     }
     asm!("tilerelease", options(nostack, nomem));
+}
+
+/// Q4_K/Q5_K: row r of `acc` (activation row r's d and (Σ, Σ) pairs of its sub-blocks from
+/// `x`) takes `8 hi + lo` and the mins, with `x8_k::q4k`'s float step.
+#[inline(always)]
+unsafe fn epilogue_q4k(
+    c: &[[i32; 16]; 64],
+    mt: &Meta,
+    x: impl Fn(usize) -> (f32, [i32; 4]),
+    acc: &mut [__m512],
+) {
+    let (d, dmin) = (
+        _mm512_loadu_ps(mt.d.as_ptr()),
+        _mm512_loadu_ps(mt.dmin.as_ptr()),
+    );
+    let mins: [__m512i; 4] = std::array::from_fn(|j| load_i(&mt.mins[j]));
+    for (r, acc) in acc.iter_mut().enumerate() {
+        let (xd, pairs) = x(r);
+        let (tile, i) = (r / 16, r % 16);
+        let hi = load_i(&c[32 * tile + i]);
+        let isum = _mm512_add_epi32(_mm512_slli_epi32(hi, 3), load_i(&c[32 * tile + 16 + i]));
+        let mut msum = _mm512_setzero_si512();
+        for (m, p) in mins.iter().zip(pairs) {
+            msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*m, _mm512_set1_epi32(p)));
+        }
+        let dx = _mm512_mul_ps(d, _mm512_set1_ps(xd));
+        let mx = _mm512_mul_ps(dmin, _mm512_set1_ps(-xd));
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dx, *acc);
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), mx, *acc);
+    }
+}
+
+/// Q6_K: row r of `acc` takes `49 a + 7 b + c` with `x8_k::q6k`'s float step.
+#[inline(always)]
+unsafe fn epilogue_q6k(
+    c: &[[i32; 16]; 64],
+    mt: &Meta,
+    xd: impl Fn(usize) -> f32,
+    acc: &mut [__m512],
+) {
+    let d = _mm512_loadu_ps(mt.d.as_ptr());
+    for (r, acc) in acc[..16].iter_mut().enumerate() {
+        let (hi, mid, lo) = (load_i(&c[r]), load_i(&c[16 + r]), load_i(&c[32 + r]));
+        // 49 hi = 32 hi + 16 hi + hi, 7 mid = 8 mid - mid (exact in int32).
+        let hi = _mm512_add_epi32(
+            _mm512_add_epi32(_mm512_slli_epi32(hi, 5), _mm512_slli_epi32(hi, 4)),
+            hi,
+        );
+        let mid = _mm512_sub_epi32(_mm512_slli_epi32(mid, 3), mid);
+        let isum = _mm512_add_epi32(_mm512_add_epi32(hi, mid), lo);
+        let scale = _mm512_mul_ps(d, _mm512_set1_ps(xd(r)));
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+    }
 }
 
 #[inline(always)]

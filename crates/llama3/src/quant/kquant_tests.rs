@@ -150,7 +150,7 @@ fn amx_tiles_equal_rows_alone() {
                     w.iter_mut().for_each(|v| *v = v.signum());
                 }
                 let p = Packed::new(&weight(dtype, w, n, k)).unwrap().unwrap();
-                for m in [16, 45] {
+                for m in [16, 45, 80] {
                     let x = data(m * k, seed + m as u64);
                     let got = p.gemm(&x, m);
                     for j in 0..m {
