@@ -11,7 +11,7 @@ use super::q8::{quantize_row_q8_0, quantize_row_q8_k, BlockQ8, BlockQ8K};
 use super::test_data as data;
 
 /// GGUF bytes of `n` rows of `k` elements: random indices and scales, d ~ 1/64.
-fn blocks(iq: Iq4, n: usize, k: usize, seed: u64) -> Vec<u8> {
+pub(super) fn blocks(iq: Iq4, n: usize, k: usize, seed: u64) -> Vec<u8> {
     let count = n * k / iq.block_elems() * iq.block_bytes();
     let mut s = seed;
     let mut bytes: Vec<u8> = (0..count)

@@ -135,35 +135,3 @@ fn simd_equals_portable_and_many_equals_each() {
 fn q_bytes(p: &Packed) -> Vec<u8> {
     p.group_data(0).to_vec()
 }
-
-/// Prompt-sized products on AMX (tiles of 16 rows, the rest and a last group of 8 weight rows
-/// on the VNNI kernels) equal every row decoded alone, bit for bit: extreme and random weights.
-#[test]
-fn amx_tiles_equal_rows_alone() {
-    #[cfg(target_arch = "x86_64")]
-    if super::amx::available() {
-        let (n, k) = (40, 768);
-        for dtype in TYPES {
-            for seed in [11, 12] {
-                let mut w = data(n * k, seed);
-                if seed == 12 {
-                    w.iter_mut().for_each(|v| *v = v.signum());
-                }
-                let p = Packed::new(&weight(dtype, w, n, k)).unwrap().unwrap();
-                for m in [16, 45, 80] {
-                    let x = data(m * k, seed + m as u64);
-                    let got = p.gemm(&x, m);
-                    for j in 0..m {
-                        let one = p.gemm(&x[j * k..(j + 1) * k], 1);
-                        assert!(one == got[j * n..(j + 1) * n], "{dtype:?} m={m} row {j}");
-                    }
-                }
-            }
-        }
-        return;
-    }
-    llama3_testutil::skip(
-        "amx_tiles_equal_rows_alone",
-        "no AMX-INT8 here (or LLAMA3_ISA picks another path)",
-    );
-}

@@ -11,6 +11,12 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod amx_blk;
+#[cfg(target_arch = "x86_64")]
+mod amx_k;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod amx_tests;
 mod format;
 pub mod grad;
 mod iq4;

@@ -25,13 +25,13 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::amx;
 pub use super::format::Format;
 use super::format::{kernel, kernel_f16, kernel_k, pack_block, unpack_block};
 use super::iq4::Iq4;
 use super::isa::Isa;
 use super::q8::{BlockQ8, BlockQ8K};
+#[cfg(target_arch = "x86_64")]
+use super::{amx, amx_blk, amx_k};
 use super::{q4_0, q4_1, q5, q8_0, Kind, SyncPtr};
 use crate::{Error, Result};
 
@@ -279,13 +279,21 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
             let kernel = SuperKernel(format, isa);
             #[cfg(target_arch = "x86_64")]
             if m >= amx::MIN_ROWS && amx::takes(format) && amx::available() {
-                return amx::gemm_k(ws, &xq, k / 256, m, &kernel);
+                return match format {
+                    Format::Super(_) => amx_k::gemm_k(ws, &xq, k / 256, m, &kernel),
+                    _ => amx_blk::gemm(format, ws, (&xq, k / 256), m, &kernel),
+                };
             }
             drive(ws, &xq, k / 256, m, &kernel)
         }
         _ => {
             let xq = format.quantize(x, k, m);
-            drive(ws, &xq, k / 32, m, &BlockKernel(format, isa))
+            let kernel = BlockKernel(format, isa);
+            #[cfg(target_arch = "x86_64")]
+            if m >= amx::MIN_ROWS && amx::takes(format) && amx::available() {
+                return amx_blk::gemm(format, ws, (&xq, k / 32), m, &kernel);
+            }
+            drive(ws, &xq, k / 32, m, &kernel)
         }
     }
 }

@@ -1,0 +1,315 @@
+//! Prompts of the formats scaled per block of 32 on AMX (`amx.rs`): Q4_0 and IQ4_NL (an f16
+//! scale per block: each block's tile takes `x8::q4_0`'s float step) and IQ4_XS (integer
+//! scales per sub-block of 32 summed in int32, one float step per super-block, as
+//! `iq4::xs_simd`). Weights are signed bytes (`tdpbssd`): Q4_0's `q - 8` (`Σ (q - 8) x` is
+//! the VNNI kernel's `Σ q x - 8 Σ x`), IQ4's table values. A block is one K step of 32 bytes;
+//! two activation tiles share each weight tile, and a block's tiles are stored while the
+//! previous block's epilogue runs.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::amx::{drive_pairs, load_i, release, Line, TileConfig};
+use super::iq4::{Iq4, VALUES};
+use super::packed::{group_rows, Packed, Tile};
+use super::q8::{BlockQ8, BlockQ8K};
+use super::{Format, Kind, SyncPtr};
+
+/// The formats here.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Blk {
+    Q4_0,
+    Iq4Nl,
+    Iq4Xs,
+}
+
+impl Blk {
+    fn of(format: Format) -> Option<Blk> {
+        match format {
+            Format::Blocks(Kind::Q4_0) => Some(Blk::Q4_0),
+            Format::Iq(Iq4::Nl) => Some(Blk::Iq4Nl),
+            Format::Iq(Iq4::Xs) => Some(Blk::Iq4Xs),
+            _ => None,
+        }
+    }
+
+    /// Packed bytes per block of 32 of 8 rows, and where the nibble vectors start.
+    fn layout(self) -> (usize, usize) {
+        match self {
+            Blk::Q4_0 | Blk::Iq4Nl => (super::x8::Q4_0_GROUP, 16),
+            // Per super-block: d | ls - 32 [s][c] | 8 x 128 bytes of nibbles.
+            Blk::Iq4Xs => (Iq4::Xs.group_bytes(), XS_QS),
+        }
+    }
+}
+
+const XS_SC: usize = 16;
+const XS_QS: usize = 80;
+
+/// An activation row's blocks of 32: its quants and scale (`BlockQ8` per block, or `BlockQ8K`
+/// per 8 blocks).
+pub(super) trait Blocks: Sync {
+    /// Quants of block `u` (of 32) of the row starting at `self`.
+    fn quants(row: &[Self], u: usize) -> &[i8]
+    where
+        Self: Sized;
+    /// The scale of the block or super-block holding block `u`.
+    fn scale(row: &[Self], u: usize) -> f32
+    where
+        Self: Sized;
+}
+
+impl Blocks for BlockQ8 {
+    fn quants(row: &[Self], u: usize) -> &[i8] {
+        &row[u].qs
+    }
+    fn scale(row: &[Self], u: usize) -> f32 {
+        row[u].d
+    }
+}
+
+impl Blocks for BlockQ8K {
+    fn quants(row: &[Self], u: usize) -> &[i8] {
+        &row[u / 8].qs[32 * (u % 8)..][..32]
+    }
+    fn scale(row: &[Self], u: usize) -> f32 {
+        row[u / 8].d
+    }
+}
+
+/// `y_i = x @ W_i^T` for Q4_0, IQ4_NL or IQ4_XS weights of one format and K (`format`), `xs`
+/// the rows' activation blocks (`stride` per row), `m >= MIN_ROWS`; `fallback` (the VNNI
+/// kernel) takes the rows past the last full tile of 16 and a last group of 8 weight rows.
+/// Another format: an empty result.
+pub(super) fn gemm<A: Blocks>(
+    format: Format,
+    ws: &[&Packed],
+    (xs, stride): (&[A], usize),
+    m: usize,
+    fallback: &impl Tile<A>,
+) -> Vec<Vec<f32>> {
+    let Some(kind) = Blk::of(format) else {
+        return Vec::new();
+    };
+    let Some(k) = ws.first().map(|w| w.dims().1) else {
+        return Vec::new();
+    };
+    let (nu, full) = (k / 32, m / 16 * 16);
+    let a = activation_tiles(xs, stride, nu, full);
+    let pair = |w: &Packed, g: usize, (out, n): (SyncPtr, usize)| {
+        let (b, meta) = unpack(kind, w.group_data(g), w.group_data(g + 1), nu);
+        let rows = |j: usize| &xs[j * stride..][..stride];
+        // SAFETY: `available` checked AMX-INT8 and AVX-512 and got the tile state; `a` holds
+        // `full` rows of `nu` blocks, `b` and `meta` `nu` blocks; this task owns columns
+        // 8g..8g + 16.
+        unsafe { tiles(kind, (&a, &b), &meta, &rows, nu, full, (out, n, 8 * g)) };
+        for h in 0..2 {
+            group_rows(
+                fallback,
+                w.group_data(g + h),
+                xs,
+                stride,
+                full..m,
+                (out, n, g + h),
+            );
+        }
+    };
+    drive_pairs(ws, m, pair, |w, g, rows, (out, n)| {
+        group_rows(fallback, w.group_data(g), xs, stride, rows, (out, n, g))
+    })
+}
+
+/// The activations' quants as A tiles (16 rows of 32 bytes, 8 lines): tile j, block u at
+/// line 8 (j nu + u).
+fn activation_tiles<A: Blocks>(xs: &[A], stride: usize, nu: usize, full: usize) -> Vec<Line> {
+    let mut a = vec![Line::ZERO; full / 16 * nu * 8];
+    a.par_chunks_mut(nu * 8).enumerate().for_each(|(j, tile)| {
+        for (u, lines) in tile.chunks_exact_mut(8).enumerate() {
+            for r in 0..16 {
+                let row = &xs[(16 * j + r) * stride..][..stride];
+                let line = &mut lines[r / 2].0[32 * (r % 2)..][..32];
+                for (o, q) in line.iter_mut().zip(A::quants(row, u)) {
+                    *o = *q as u8;
+                }
+            }
+        }
+    });
+    a
+}
+
+/// A block's scales for 16 weight rows: the f16 scale (IQ4_XS: of the super-block) and the
+/// integer scale (IQ4_XS: `ls - 32`).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Meta {
+    d: [f32; 16],
+    sc: [i32; 16],
+}
+
+/// Rows 8g..8g + 16 (groups `g0`, `g1`) as B tiles (8 lines of 64 bytes per block: line v
+/// holds elements 4v..4v + 4 of each row) and their scales.
+fn unpack(kind: Blk, g0: &[u8], g1: &[u8], nu: usize) -> (Vec<Line>, Vec<Meta>) {
+    let (gb, qs) = kind.layout();
+    let mut b = vec![Line::ZERO; nu * 8];
+    let mut meta = Vec::with_capacity(nu);
+    for u in 0..nu {
+        // The packed block holding block u and where u's nibbles start in it.
+        let (at, q) = match kind {
+            Blk::Iq4Xs => ((u / 8) * gb, qs + 128 * (u % 8)),
+            Blk::Q4_0 | Blk::Iq4Nl => (u * gb, qs),
+        };
+        let gs = [&g0[at..][..gb], &g1[at..][..gb]];
+        let mut mt = Meta {
+            d: [0.0; 16],
+            sc: [0; 16],
+        };
+        for (h, g) in gs.iter().enumerate() {
+            for c in 0..8 {
+                mt.d[8 * h + c] = half::f16::from_le_bytes([g[2 * c], g[2 * c + 1]]).to_f32();
+                if kind == Blk::Iq4Xs {
+                    mt.sc[8 * h + c] = g[XS_SC + 8 * (u % 8) + c] as i8 as i32;
+                }
+            }
+            // SAFETY: AVX2 is there (`available`); 4 vectors of 32 bytes from `q` lie within
+            // the packed block, 8 lines of `b` from 8u within `b`.
+            unsafe { lines(kind, g.as_ptr().add(q), &mut b[8 * u..][..8], h) };
+        }
+        meta.push(mt);
+    }
+    (b, meta)
+}
+
+/// Half `h` (rows 8h..8h + 8) of a block's 8 B lines from its 4 packed nibble vectors (`q`):
+/// vector v's low nibbles are elements 4v..4v + 4 of each row, its high ones 16 + 4v...
+#[target_feature(enable = "avx2")]
+unsafe fn lines(kind: Blk, q: *const u8, dst: &mut [Line], h: usize) {
+    let low = _mm256_set1_epi8(0x0f);
+    let t = VALUES.map(|v| v as u8);
+    let table = _mm256_loadu2_m128i(t.as_ptr() as *const __m128i, t.as_ptr() as *const __m128i);
+    let value = |n: __m256i| match kind {
+        Blk::Q4_0 => _mm256_sub_epi8(n, _mm256_set1_epi8(8)),
+        Blk::Iq4Nl | Blk::Iq4Xs => _mm256_shuffle_epi8(table, n),
+    };
+    for v in 0..4 {
+        let raw = _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
+        let lo = value(_mm256_and_si256(raw, low));
+        let hi = value(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
+        _mm256_storeu_si256(dst[v].0.as_mut_ptr().add(32 * h) as *mut __m256i, lo);
+        _mm256_storeu_si256(dst[4 + v].0.as_mut_ptr().add(32 * h) as *mut __m256i, hi);
+    }
+}
+
+/// One block of two activation tiles (`a0`, `a1`: 16 rows of 32 bytes) against its B tile
+/// (`b`: 8 lines): `c` = [a0 x b, a1 x b].
+#[inline(always)]
+unsafe fn block(a0: *const u8, a1: *const u8, b: *const u8, c: *mut i32) {
+    asm!(
+        "tileloadd tmm4, [{a0} + {r}*1]",
+        "tileloadd tmm5, [{a1} + {r}*1]",
+        "tileloadd tmm6, [{b} + {l}*1]",
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tdpbssd tmm0, tmm4, tmm6",
+        "tdpbssd tmm1, tmm5, tmm6",
+        a0 = in(reg) a0, a1 = in(reg) a1, b = in(reg) b,
+        r = in(reg) 32usize, l = in(reg) 64usize,
+        options(nostack, readonly),
+    );
+    asm!(
+        "tilestored [{c0} + {l}*1], tmm0",
+        "tilestored [{c1} + {l}*1], tmm1",
+        c0 = in(reg) c, c1 = in(reg) c.add(256), l = in(reg) 64usize,
+        options(nostack),
+    );
+}
+
+/// Activation rows 0..`full` (tiles of 16; `row(t)` gives row t's blocks) against the 16
+/// weight rows of `b`/`meta`, into columns col..col + 16 of `out` (`n` wide).
+///
+/// # Safety
+/// AMX-INT8, AVX-512 and the tile state (`available`); `a` holds `full` rows of `nu` blocks;
+/// the caller owns those outputs.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn tiles<'x, A: Blocks + 'x>(
+    kind: Blk,
+    (a, b): (&[Line], &[Line]),
+    meta: &[Meta],
+    row: &impl Fn(usize) -> &'x [A],
+    nu: usize,
+    full: usize,
+    (out, n, col): (SyncPtr, usize, usize),
+) {
+    // C 0-1, A 4-5 (16 rows of 32 bytes), B 6 (8 lines).
+    let ab = [
+        (16, 64),
+        (16, 64),
+        (0, 0),
+        (0, 0),
+        (16, 32),
+        (16, 32),
+        (8, 64),
+        (0, 0),
+    ];
+    TileConfig::new(ab).load();
+    #[repr(C, align(64))]
+    struct Tiles([[i32; 16]; 32]);
+    let mut cbuf = [Tiles([[0; 16]; 32]), Tiles([[0; 16]; 32])];
+    let cb: [*mut i32; 2] = [cbuf[0].0.as_mut_ptr().cast(), cbuf[1].0.as_mut_ptr().cast()];
+    for t0 in (0..full).step_by(32) {
+        let rows = (full - t0).min(32);
+        // The second tile repeats the first at an odd end.
+        let (j0, j1) = (t0 / 16, (t0 + rows) / 16 - 1);
+        let tok = |r: usize| {
+            if r < 16 {
+                16 * j0 + r
+            } else {
+                16 * j1 + r - 16
+            }
+        };
+        let mut acc = [_mm512_setzero_ps(); 32];
+        let mut isum = [_mm512_setzero_si512(); 32];
+        for u in 0..=nu {
+            if u < nu {
+                let tile = |j: usize| a.as_ptr().add(8 * (j * nu + u)) as *const u8;
+                block(
+                    tile(j0),
+                    tile(j1),
+                    b.as_ptr().add(8 * u) as *const u8,
+                    cb[u % 2],
+                );
+            }
+            let Some(u) = u.checked_sub(1) else {
+                continue;
+            };
+            let c = &*(cb[u % 2] as *const [[i32; 16]; 32]);
+            let mt = &meta[u];
+            let d = _mm512_loadu_ps(mt.d.as_ptr());
+            if kind != Blk::Iq4Xs {
+                // x8::q4_0: acc = fma(Σ (q - 8) x, d_w d_x, acc) per block.
+                for (r, acc) in acc[..rows].iter_mut().enumerate() {
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(A::scale(row(tok(r)), u)));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(load_i(&c[r])), scale, *acc);
+                }
+                continue;
+            }
+            // iq4::xs_simd: total += isum_s (ls_s - 32); per super-block acc = fma(total, ..).
+            let sc = load_i(&mt.sc);
+            for (r, s) in isum[..rows].iter_mut().enumerate() {
+                *s = _mm512_add_epi32(*s, _mm512_mullo_epi32(load_i(&c[r]), sc));
+            }
+            if u % 8 == 7 {
+                for (r, acc) in acc[..rows].iter_mut().enumerate() {
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(A::scale(row(tok(r)), u)));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), scale, *acc);
+                    isum[r] = _mm512_setzero_si512();
+                }
+            }
+        }
+        for (r, acc) in acc[..rows].iter().enumerate() {
+            _mm512_storeu_ps(out.get().add((t0 + r) * n + col), *acc);
+        }
+    }
+    release();
+}

@@ -1,0 +1,479 @@
+//! K-quant prompts on AMX (`amx.rs`). A super-block's sub-block scales are small integers,
+//! so the scaled sum `Σ_s sc_s Σ_(k in s) q_k x_k` is split into digit matrices whose bytes
+//! still fit a tile: Q4_K/Q5_K scales (0..63) as `8 hi + lo` (hi, lo <= 7; `lo * q` <= 217
+//! unsigned, `tdpbsud`), Q6_K's (-128..127) in balanced base 7, `49 a + 7 b + c` with digits
+//! -3..3 times `q - 32` (|.| <= 96, `tdpbssd`; `Σ sc Σ (q - 32) x` is exactly `x8_k::q6k`'s
+//! `Σ sc Σ q x - 32 Σ sc Σ x`). Each digit matrix accumulates a whole super-block in a tile
+//! (4 K steps of 64), and the super-block takes `x8_k.rs`'s float step.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::amx::{drive_pairs, load_i, release, Line, TileConfig};
+use super::kquant::{q4k_layout, Super, MN, Q5K_QH, Q6K_B, Q6K_SC, QK, SC};
+use super::packed::{group_rows, Packed, SuperKernel};
+use super::q8::BlockQ8K;
+use super::x8_q5::bit5;
+use super::{Format, SyncPtr};
+
+/// Bytes of one digit matrix per super-block (256 elements of 16 rows).
+const B_BYTES: usize = QK * 16;
+
+/// `y_i = x @ W_i^T` for K-quant weights of one format and K, `xs` the activations quantized
+/// per super-block (`nb` per row), `m >= MIN_ROWS`; `fallback` (the VNNI kernel) takes the
+/// rows past the last full tile of 16 and a last group of 8 weight rows. As `drive`: tasks
+/// own disjoint columns, all weights in one parallel pass.
+pub(super) fn gemm_k(
+    ws: &[&Packed],
+    xs: &[BlockQ8K],
+    nb: usize,
+    m: usize,
+    fallback: &SuperKernel,
+) -> Vec<Vec<f32>> {
+    let Format::Super(kind) = fallback.0 else {
+        return Vec::new();
+    };
+    let full = m / 16 * 16;
+    let a = activation_tiles(xs, nb, full);
+    let pairs = min_pairs(xs, kind);
+    let pair = |w: &Packed, g: usize, (out, n): (SyncPtr, usize)| {
+        let (b, meta) = unpack(kind, w.group_data(g), w.group_data(g + 1), nb);
+        // SAFETY: `available` checked AMX-INT8 and AVX-512 and got the tile state; `a` holds
+        // `full` rows, `b` and `meta` `nb` super-blocks; this task owns columns 8g..8g + 16.
+        unsafe {
+            tiles(
+                kind,
+                (&a, &b),
+                &meta,
+                (xs, &pairs),
+                nb,
+                full,
+                (out, n, 8 * g),
+            )
+        };
+        for h in 0..2 {
+            group_rows(
+                fallback,
+                w.group_data(g + h),
+                xs,
+                nb,
+                full..m,
+                (out, n, g + h),
+            );
+        }
+    };
+    drive_pairs(ws, m, pair, |w, g, rows, (out, n)| {
+        group_rows(fallback, w.group_data(g), xs, nb, rows, (out, n, g))
+    })
+}
+
+/// The activations' quants as A tiles on cache lines: tile (16 rows) j, super-block sb, K step
+/// t (64 elements) at line 16 ((j nb + sb) 4 + t), row r = line + r.
+fn activation_tiles(xs: &[BlockQ8K], nb: usize, full: usize) -> Vec<Line> {
+    let mut a = vec![Line::ZERO; full * nb * 4];
+    a.par_chunks_mut(16 * nb * 4)
+        .enumerate()
+        .for_each(|(j, tile)| {
+            for (u, line) in tile.iter_mut().enumerate() {
+                let (sb, t, r) = (u / 64, u / 16 % 4, u % 16);
+                let x = &xs[(16 * j + r) * nb + sb].qs[64 * t..][..64];
+                for (o, q) in line.0.iter_mut().zip(x) {
+                    *o = *q as u8;
+                }
+            }
+        });
+    a
+}
+
+/// Q4_K/Q5_K: each activation block's sums of its sub-blocks of 32 as int16 pairs (Σ_2j,
+/// Σ_2j+1), which meet the rows' (m_2j, m_2j+1) in `madd` as in `x8_k::q4k`.
+fn min_pairs(xs: &[BlockQ8K], kind: Super) -> Vec<[i32; 4]> {
+    if kind == Super::Q6K {
+        return Vec::new();
+    }
+    xs.iter()
+        .map(|x| {
+            let bs = &x.bsums;
+            std::array::from_fn(|j| {
+                let b0 = bs[4 * j] as i32 + bs[4 * j + 1] as i32;
+                let b1 = bs[4 * j + 2] as i32 + bs[4 * j + 3] as i32;
+                (b0 & 0xffff) | (b1 << 16)
+            })
+        })
+        .collect()
+}
+
+/// Digit matrices per K-quant: Q4_K/Q5_K scales (0..63) as 8 hi + lo, Q6_K's (-128..127) in
+/// balanced base 7 (49 a + 7 b + c, digits -3..3).
+fn digit_count(kind: Super) -> usize {
+    match kind {
+        Super::Q6K => 3,
+        Super::Q4K | Super::Q5K => 2,
+    }
+}
+
+/// A super-block's scales for 16 weight rows, as the epilogue and the digit matrices take them.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Meta {
+    d: [f32; 16],
+    dmin: [f32; 16],
+    /// (m_2j, m_2j+1) of each row as int16 pairs (Q4_K/Q5_K).
+    mins: [[i32; 16]; 4],
+    /// Digit `i` of sub-block `s`'s scale of each row: `dig[i][s][row]`.
+    dig: [[[i32; 16]; 16]; 3],
+}
+
+/// Rows 8g..8g + 16 (groups `g0`, `g1`) as tile B lines, `B_BYTES * digits` per super-block,
+/// and their scales.
+fn unpack(kind: Super, g0: &[u8], g1: &[u8], nb: usize) -> (Vec<Line>, Vec<Meta>) {
+    let gb = kind.group_bytes();
+    let nd = digit_count(kind);
+    let mut b = vec![Line::ZERO; nb * nd * B_BYTES / 64];
+    let mut values = vec![0u8; B_BYTES];
+    let mut meta = Vec::with_capacity(nb);
+    for sb in 0..nb {
+        let gs = [&g0[sb * gb..][..gb], &g1[sb * gb..][..gb]];
+        let mt = scales(kind, gs);
+        // SAFETY: AVX2 and AVX-512 BW are there (`available`); loads and stores stay within
+        // `gs`, `values` and `b`'s super-block.
+        unsafe {
+            match kind {
+                Super::Q4K => lines_q4k::<false>(gs, &mut values),
+                Super::Q5K => lines_q4k::<true>(gs, &mut values),
+                Super::Q6K => lines_q6k(gs, &mut values),
+            }
+            let lines = nd * B_BYTES / 64;
+            digits(kind, &values, &mt, &mut b[sb * lines..][..lines]);
+        }
+        meta.push(mt);
+    }
+    (b, meta)
+}
+
+fn f16_at(g: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([g[at], g[at + 1]]).to_f32()
+}
+
+fn scales(kind: Super, gs: [&[u8]; 2]) -> Meta {
+    let mut m = Meta {
+        d: [0.0; 16],
+        dmin: [0.0; 16],
+        mins: [[0; 16]; 4],
+        dig: [[[0; 16]; 16]; 3],
+    };
+    for (h, g) in gs.iter().enumerate() {
+        for c in 0..8 {
+            let r = 8 * h + c;
+            m.d[r] = f16_at(g, 2 * c);
+            match kind {
+                Super::Q6K => {
+                    for s in 0..16 {
+                        let sc = g[Q6K_SC + 8 * s + c] as i8 as i32;
+                        let c0 = (sc + 3).rem_euclid(7) - 3;
+                        let c1 = ((sc - c0) / 7 + 3).rem_euclid(7) - 3;
+                        let c2 = ((sc - c0) / 7 - c1) / 7;
+                        debug_assert_eq!(49 * c2 + 7 * c1 + c0, sc);
+                        [m.dig[0][s][r], m.dig[1][s][r], m.dig[2][s][r]] = [c2, c1, c0];
+                    }
+                }
+                Super::Q4K | Super::Q5K => {
+                    m.dmin[r] = f16_at(g, 16 + 2 * c);
+                    for s in 0..8 {
+                        let sc = g[SC + 8 * s + c] as i32;
+                        [m.dig[0][s][r], m.dig[1][s][r]] = [sc >> 3, sc & 7];
+                    }
+                    for j in 0..4 {
+                        let (lo, hi) = (g[MN + 16 * j + c], g[MN + 16 * j + 8 + c]);
+                        m.mins[j][r] = lo as i32 | (hi as i32) << 16;
+                    }
+                }
+            }
+        }
+    }
+    m
+}
+
+/// Q4_K/Q5_K values (0..31) as tile lines: line L (elements 4L..4L + 4 of each row) at 64 L,
+/// rows 0-7 from group 0, 8-15 from group 1. The nibble pieces of `kquant.rs`'s layout are
+/// already 4 consecutive elements per row.
+#[target_feature(enable = "avx2")]
+unsafe fn lines_q4k<const Q5: bool>(gs: [&[u8]; 2], dst: &mut [u8]) {
+    let (_, qs) = q4k_layout(Q5);
+    let low = _mm256_set1_epi8(0x0f);
+    let out = dst.as_mut_ptr();
+    for (h, g) in gs.iter().enumerate() {
+        let g = g.as_ptr();
+        for p in 0..4 {
+            for i in 0..8 {
+                let raw = _mm256_loadu_si256(g.add(qs + 32 * (8 * p + i)) as *const __m256i);
+                let mut lo = _mm256_and_si256(raw, low);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                if Q5 {
+                    let qh = _mm256_loadu_si256(g.add(Q5K_QH + 32 * i) as *const __m256i);
+                    lo = _mm256_or_si256(lo, bit5(qh, p, 0));
+                    hi = _mm256_or_si256(hi, bit5(qh, p, 1));
+                }
+                // Sub-blocks 2p (low nibbles) and 2p + 1, line i of each.
+                let at = |s: usize| out.add(512 * s + 64 * i + 32 * h) as *mut __m256i;
+                _mm256_storeu_si256(at(2 * p), lo);
+                _mm256_storeu_si256(at(2 * p + 1), hi);
+            }
+        }
+    }
+}
+
+/// Q6_K values minus 32 (signed) as tile lines, as `lines_q4k`. Bits as `x8_k::q6k`
+/// assembles them.
+#[target_feature(enable = "avx2")]
+unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
+    let low = _mm256_set1_epi8(0x0f);
+    let top = _mm256_set1_epi8(0x30);
+    let off = _mm256_set1_epi8(32);
+    let out = dst.as_mut_ptr();
+    for (h, g) in gs.iter().enumerate() {
+        for b in 0..8 {
+            let blk = g.as_ptr().add(Q6K_B + 192 * b);
+            for u in 0..2 {
+                let hb = _mm256_loadu_si256(blk.add(128 + 32 * u) as *const __m256i);
+                for t in 0..2 {
+                    let v = 2 * u + t;
+                    let raw = _mm256_loadu_si256(blk.add(32 * v) as *const __m256i);
+                    let (ha, hh) = match t {
+                        0 => (_mm256_slli_epi16(hb, 4), _mm256_slli_epi16(hb, 2)),
+                        _ => (hb, _mm256_srli_epi16(hb, 2)),
+                    };
+                    let lo = _mm256_or_si256(_mm256_and_si256(raw, low), _mm256_and_si256(ha, top));
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    let hi = _mm256_or_si256(hi, _mm256_and_si256(hh, top));
+                    // Sub-blocks 2b (elements 0..16 of the 32) and 2b + 1, line v of each.
+                    let at = |s: usize| out.add(256 * s + 64 * v + 32 * h) as *mut __m256i;
+                    _mm256_storeu_si256(at(2 * b), _mm256_sub_epi8(lo, off));
+                    _mm256_storeu_si256(at(2 * b + 1), _mm256_sub_epi8(hi, off));
+                }
+            }
+        }
+    }
+}
+
+/// The digit matrices of one super-block: for each K step t of 64 elements (lines 16t..16t +
+/// 16) and digit i, at (t * digits + i) * 1024, each value times its row's digit of its
+/// sub-block's scale (|product| <= 217 unsigned for Q4_K/Q5_K, <= 96 signed for Q6_K: a byte).
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+unsafe fn digits(kind: Super, values: &[u8], mt: &Meta, dst: &mut [Line]) {
+    let nd = digit_count(kind);
+    let lines_per_sub = if kind == Super::Q6K { 4 } else { 8 };
+    let bytes = _mm512_set1_epi32(0x0101_0101);
+    let (ff, lo8) = (_mm512_set1_epi32(0xff), _mm512_set1_epi16(0xff));
+    // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
+    let even = |v: __m512i| _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
+    let odd = |v: __m512i| _mm512_srai_epi16(v, 8);
+    for line in 0..64 {
+        let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
+        let s = line / lines_per_sub;
+        let (t, l) = (line / 16, line % 16);
+        for i in 0..nd {
+            let dg = _mm512_loadu_si512(mt.dig[i][s].as_ptr() as *const __m512i);
+            let dg = _mm512_mullo_epi32(_mm512_and_si512(dg, ff), bytes);
+            let pe = _mm512_and_si512(_mm512_mullo_epi16(even(v), even(dg)), lo8);
+            let po = _mm512_slli_epi16(_mm512_mullo_epi16(odd(v), odd(dg)), 8);
+            let at = dst.as_mut_ptr().add((t * nd + i) * 16 + l);
+            _mm512_storeu_si512(at as *mut __m512i, _mm512_or_si512(pe, po));
+        }
+    }
+}
+
+/// One super-block of two activation tiles (at `a0`, `a1`: 4 K steps of 1 KiB) against the
+/// two digit matrices of `b` (Q4_K/Q5_K): `c` = [a0 x hi, a0 x lo, a1 x hi, a1 x lo].
+#[inline(always)]
+unsafe fn super_q4k(a0: *const u8, a1: *const u8, b: *const u8, c: *mut i32) {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+    for t in 0..4 {
+        asm!(
+            "tileloadd tmm4, [{a0} + {l}*1]",
+            "tileloadd tmm5, [{a1} + {l}*1]",
+            "tileloadd tmm6, [{b0} + {l}*1]",
+            "tileloadd tmm7, [{b1} + {l}*1]",
+            "tdpbsud tmm0, tmm4, tmm6",
+            "tdpbsud tmm1, tmm4, tmm7",
+            "tdpbsud tmm2, tmm5, tmm6",
+            "tdpbsud tmm3, tmm5, tmm7",
+            a0 = in(reg) a0.add(1024 * t), a1 = in(reg) a1.add(1024 * t),
+            b0 = in(reg) b.add(2048 * t), b1 = in(reg) b.add(2048 * t + 1024),
+            l = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+    }
+    asm!(
+        "tilestored [{c0} + {l}*1], tmm0",
+        "tilestored [{c1} + {l}*1], tmm1",
+        "tilestored [{c2} + {l}*1], tmm2",
+        "tilestored [{c3} + {l}*1], tmm3",
+        c0 = in(reg) c, c1 = in(reg) c.add(256), c2 = in(reg) c.add(512), c3 = in(reg) c.add(768),
+        l = in(reg) 64usize,
+        options(nostack),
+    );
+}
+
+/// One super-block of an activation tile against the three digit matrices of `b` (Q6_K).
+#[inline(always)]
+unsafe fn super_q6k(a: *const u8, b: *const u8, c: *mut i32) {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        options(nostack, nomem)
+    );
+    for t in 0..4 {
+        asm!(
+            "tileloadd tmm4, [{a} + {l}*1]",
+            "tileloadd tmm5, [{b0} + {l}*1]",
+            "tileloadd tmm6, [{b1} + {l}*1]",
+            "tileloadd tmm7, [{b2} + {l}*1]",
+            "tdpbssd tmm0, tmm4, tmm5",
+            "tdpbssd tmm1, tmm4, tmm6",
+            "tdpbssd tmm2, tmm4, tmm7",
+            a = in(reg) a.add(1024 * t),
+            b0 = in(reg) b.add(3072 * t), b1 = in(reg) b.add(3072 * t + 1024),
+            b2 = in(reg) b.add(3072 * t + 2048),
+            l = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+    }
+    asm!(
+        "tilestored [{c0} + {l}*1], tmm0",
+        "tilestored [{c1} + {l}*1], tmm1",
+        "tilestored [{c2} + {l}*1], tmm2",
+        c0 = in(reg) c, c1 = in(reg) c.add(256), c2 = in(reg) c.add(512),
+        l = in(reg) 64usize,
+        options(nostack),
+    );
+}
+
+/// Activation rows 0..`full` (tiles of 16) against the 16 weight rows of `b`/`meta`, into
+/// columns col..col + 16 of `out` (`n` wide).
+///
+/// # Safety
+/// AMX-INT8, AVX-512 and the tile state (`available`); `xs` holds `full` rows of `nb`
+/// blocks; the caller owns those outputs.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn tiles(
+    kind: Super,
+    (a, b): (&[Line], &[Line]),
+    meta: &[Meta],
+    (xs, pairs): (&[BlockQ8K], &[[i32; 4]]),
+    nb: usize,
+    full: usize,
+    (out, n, col): (SyncPtr, usize, usize),
+) {
+    TileConfig::new([(16, 64); 8]).load();
+    let nd = digit_count(kind);
+    // Two C buffers: the tiles of super-block sb are stored while sb - 1's epilogue runs.
+    #[repr(C, align(64))]
+    struct Tiles([[i32; 16]; 64]);
+    let mut cbuf = [Tiles([[0; 16]; 64]), Tiles([[0; 16]; 64])];
+    let cb: [*mut i32; 2] = [cbuf[0].0.as_mut_ptr().cast(), cbuf[1].0.as_mut_ptr().cast()];
+    // Q4_K/Q5_K: two activation tiles at once (the second repeats the first at an odd end).
+    let step = if kind == Super::Q6K { 16 } else { 32 };
+    for t0 in (0..full).step_by(step) {
+        let rows = (full - t0).min(step);
+        let (j0, j1) = (t0 / 16, (t0 + rows) / 16 - 1);
+        let mut acc = [_mm512_setzero_ps(); 32];
+        for sb in 0..=nb {
+            if sb < nb {
+                let tile = |j: usize| a.as_ptr().add(64 * (j * nb + sb)) as *const u8;
+                let bb = b.as_ptr().add(sb * nd * B_BYTES / 64) as *const u8;
+                match kind {
+                    Super::Q6K => super_q6k(tile(j0), bb, cb[sb % 2]),
+                    _ => super_q4k(tile(j0), tile(j1), bb, cb[sb % 2]),
+                }
+            }
+            let Some(sb) = sb.checked_sub(1) else {
+                continue;
+            };
+            let c = &*(cb[sb % 2] as *const [[i32; 16]; 64]);
+            let at = |r: usize| {
+                let tok = if r < 16 {
+                    16 * j0 + r
+                } else {
+                    16 * j1 + r - 16
+                };
+                tok * nb + sb
+            };
+            match kind {
+                Super::Q6K => epilogue_q6k(c, &meta[sb], |r| xs[at(r)].d, &mut acc),
+                _ => epilogue_q4k(
+                    c,
+                    &meta[sb],
+                    |r| (xs[at(r)].d, pairs[at(r)]),
+                    &mut acc[..rows],
+                ),
+            }
+        }
+        for (r, acc) in acc[..rows].iter().enumerate() {
+            _mm512_storeu_ps(out.get().add((t0 + r) * n + col), *acc);
+        }
+    }
+    release();
+}
+
+/// Q4_K/Q5_K: row r of `acc` (activation row r's d and (Σ, Σ) pairs of its sub-blocks from
+/// `x`) takes `8 hi + lo` and the mins, with `x8_k::q4k`'s float step.
+#[inline(always)]
+unsafe fn epilogue_q4k(
+    c: &[[i32; 16]; 64],
+    mt: &Meta,
+    x: impl Fn(usize) -> (f32, [i32; 4]),
+    acc: &mut [__m512],
+) {
+    let (d, dmin) = (
+        _mm512_loadu_ps(mt.d.as_ptr()),
+        _mm512_loadu_ps(mt.dmin.as_ptr()),
+    );
+    let mins: [__m512i; 4] = std::array::from_fn(|j| load_i(&mt.mins[j]));
+    for (r, acc) in acc.iter_mut().enumerate() {
+        let (xd, pairs) = x(r);
+        let (tile, i) = (r / 16, r % 16);
+        let hi = load_i(&c[32 * tile + i]);
+        let isum = _mm512_add_epi32(_mm512_slli_epi32(hi, 3), load_i(&c[32 * tile + 16 + i]));
+        let mut msum = _mm512_setzero_si512();
+        for (m, p) in mins.iter().zip(pairs) {
+            msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*m, _mm512_set1_epi32(p)));
+        }
+        let dx = _mm512_mul_ps(d, _mm512_set1_ps(xd));
+        let mx = _mm512_mul_ps(dmin, _mm512_set1_ps(-xd));
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dx, *acc);
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), mx, *acc);
+    }
+}
+
+/// Q6_K: row r of `acc` takes `49 a + 7 b + c` with `x8_k::q6k`'s float step.
+#[inline(always)]
+unsafe fn epilogue_q6k(
+    c: &[[i32; 16]; 64],
+    mt: &Meta,
+    xd: impl Fn(usize) -> f32,
+    acc: &mut [__m512],
+) {
+    let d = _mm512_loadu_ps(mt.d.as_ptr());
+    for (r, acc) in acc[..16].iter_mut().enumerate() {
+        let (hi, mid, lo) = (load_i(&c[r]), load_i(&c[16 + r]), load_i(&c[32 + r]));
+        // 49 hi = 32 hi + 16 hi + hi, 7 mid = 8 mid - mid (exact in int32).
+        let hi = _mm512_add_epi32(
+            _mm512_add_epi32(_mm512_slli_epi32(hi, 5), _mm512_slli_epi32(hi, 4)),
+            hi,
+        );
+        let mid = _mm512_sub_epi32(_mm512_slli_epi32(mid, 3), mid);
+        let isum = _mm512_add_epi32(_mm512_add_epi32(hi, mid), lo);
+        let scale = _mm512_mul_ps(d, _mm512_set1_ps(xd(r)));
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+    }
+}
