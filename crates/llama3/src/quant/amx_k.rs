@@ -39,20 +39,17 @@ pub(super) fn gemm_k(
     let a = activation_tiles(xs, nb, full);
     let pairs = min_pairs(xs, kind);
     let pair = |w: &Packed, g: usize, (out, n): (SyncPtr, usize)| {
-        let (b, meta) = unpack(kind, w.group_data(g), w.group_data(g + 1), nb);
-        // SAFETY: `available` checked AMX-INT8 and AVX-512 and got the tile state; `a` holds
-        // `full` rows, `b` and `meta` `nb` super-blocks; this task owns columns 8g..8g + 16.
-        unsafe {
-            tiles(
-                kind,
-                (&a, &b),
-                &meta,
-                (xs, &pairs),
-                nb,
-                full,
-                (out, n, 8 * g),
-            )
-        };
+        unpack(
+            kind,
+            (w.group_data(g), w.group_data(g + 1)),
+            nb,
+            |b, meta| {
+                // SAFETY: `available` checked AMX-INT8 and AVX-512 and got the tile state; `a`
+                // holds `full` rows, `b` and `meta` `nb` super-blocks; this task owns columns
+                // 8g..8g + 16.
+                unsafe { tiles(kind, (&a, b), meta, (xs, &pairs), nb, full, (out, n, 8 * g)) }
+            },
+        );
         for h in 0..2 {
             group_rows(
                 fallback,
@@ -114,7 +111,7 @@ fn digit_count(kind: Super) -> usize {
     }
 }
 
-/// A super-block's scales for 16 weight rows, as the epilogue and the digit matrices take them.
+/// A super-block's scales for 16 weight rows, as the epilogue takes them.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Meta {
@@ -122,48 +119,86 @@ struct Meta {
     dmin: [f32; 16],
     /// (m_2j, m_2j+1) of each row as int16 pairs (Q4_K/Q5_K).
     mins: [[i32; 16]; 4],
-    /// Digit `i` of sub-block `s`'s scale of each row: `dig[i][s][row]`.
-    dig: [[[i32; 16]; 16]; 3],
 }
 
-/// Rows 8g..8g + 16 (groups `g0`, `g1`) as tile B lines, `B_BYTES * digits` per super-block,
-/// and their scales.
-fn unpack(kind: Super, g0: &[u8], g1: &[u8], nb: usize) -> (Vec<Line>, Vec<Meta>) {
+/// Digit `i` of sub-block `s`'s scale of each of the 16 rows: `[i][s][row]`.
+type Digits = [[[i8; 16]; 16]; 3];
+
+/// Per-thread buffers of `unpack`, reused from task to task: B lines, scales, values.
+struct Scratch {
+    b: Vec<Line>,
+    meta: Vec<Meta>,
+    values: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch { b: Vec::new(), meta: Vec::new(), values: Vec::new() })
+    };
+}
+
+/// Rows 8g..8g + 16 (groups `g0`, `g1`) as tile B lines (`B_BYTES * digits` per super-block)
+/// and their scales, in this thread's scratch, for `f`.
+fn unpack<T>(
+    kind: Super,
+    (g0, g1): (&[u8], &[u8]),
+    nb: usize,
+    f: impl FnOnce(&[Line], &[Meta]) -> T,
+) -> T {
     let gb = kind.group_bytes();
     let nd = digit_count(kind);
-    let mut b = vec![Line::ZERO; nb * nd * B_BYTES / 64];
-    let mut values = vec![0u8; B_BYTES];
-    let mut meta = Vec::with_capacity(nb);
-    for sb in 0..nb {
-        let gs = [&g0[sb * gb..][..gb], &g1[sb * gb..][..gb]];
-        let mt = scales(kind, gs);
-        // SAFETY: AVX2 and AVX-512 BW are there (`available`); loads and stores stay within
-        // `gs`, `values` and `b`'s super-block.
-        unsafe {
-            match kind {
-                Super::Q4K => lines_q4k::<false>(gs, &mut values),
-                Super::Q5K => lines_q4k::<true>(gs, &mut values),
-                Super::Q6K => lines_q6k(gs, &mut values),
+    let lines = nd * B_BYTES / 64;
+    SCRATCH.with_borrow_mut(|sc| {
+        // Every line and scale below is written before it is read.
+        sc.b.resize(nb * lines, Line::ZERO);
+        sc.values.resize(B_BYTES, 0);
+        sc.meta.clear();
+        for sb in 0..nb {
+            let gs = [&g0[sb * gb..][..gb], &g1[sb * gb..][..gb]];
+            let (mt, dig) = scales(kind, gs);
+            // SAFETY: AVX2 and AVX-512 BW are there (`available`); loads and stores stay
+            // within `gs`, `values` and `b`'s super-block.
+            unsafe {
+                match kind {
+                    Super::Q4K => lines_q4k::<false>(gs, &mut sc.values),
+                    Super::Q5K => lines_q4k::<true>(gs, &mut sc.values),
+                    Super::Q6K => lines_q6k(gs, &mut sc.values),
+                }
+                digits(kind, &sc.values, &dig, &mut sc.b[sb * lines..][..lines]);
             }
-            let lines = nd * B_BYTES / 64;
-            digits(kind, &values, &mt, &mut b[sb * lines..][..lines]);
+            sc.meta.push(mt);
         }
-        meta.push(mt);
-    }
-    (b, meta)
+        f(&sc.b[..nb * lines], &sc.meta)
+    })
 }
+
+/// The balanced base-7 digits (a, b, c), `49 a + 7 b + c = sc`, of each i8 `sc` by its byte.
+const BASE7: [[i8; 3]; 256] = {
+    let mut t = [[0i8; 3]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let sc = byte as u8 as i8 as i32;
+        let c = (sc + 3).rem_euclid(7) - 3;
+        let b = ((sc - c) / 7 + 3).rem_euclid(7) - 3;
+        let a = ((sc - c) / 7 - b) / 7;
+        assert!(49 * a + 7 * b + c == sc && a.abs() <= 3);
+        t[byte] = [a as i8, b as i8, c as i8];
+        byte += 1;
+    }
+    t
+};
 
 fn f16_at(g: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([g[at], g[at + 1]]).to_f32()
 }
 
-fn scales(kind: Super, gs: [&[u8]; 2]) -> Meta {
+fn scales(kind: Super, gs: [&[u8]; 2]) -> (Meta, Digits) {
     let mut m = Meta {
         d: [0.0; 16],
         dmin: [0.0; 16],
         mins: [[0; 16]; 4],
-        dig: [[[0; 16]; 16]; 3],
     };
+    let mut dig = [[[0i8; 16]; 16]; 3];
     for (h, g) in gs.iter().enumerate() {
         for c in 0..8 {
             let r = 8 * h + c;
@@ -171,19 +206,15 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> Meta {
             match kind {
                 Super::Q6K => {
                     for s in 0..16 {
-                        let sc = g[Q6K_SC + 8 * s + c] as i8 as i32;
-                        let c0 = (sc + 3).rem_euclid(7) - 3;
-                        let c1 = ((sc - c0) / 7 + 3).rem_euclid(7) - 3;
-                        let c2 = ((sc - c0) / 7 - c1) / 7;
-                        debug_assert_eq!(49 * c2 + 7 * c1 + c0, sc);
-                        [m.dig[0][s][r], m.dig[1][s][r], m.dig[2][s][r]] = [c2, c1, c0];
+                        let [a, b, d] = BASE7[g[Q6K_SC + 8 * s + c] as usize];
+                        [dig[0][s][r], dig[1][s][r], dig[2][s][r]] = [a, b, d];
                     }
                 }
                 Super::Q4K | Super::Q5K => {
                     m.dmin[r] = f16_at(g, 16 + 2 * c);
                     for s in 0..8 {
-                        let sc = g[SC + 8 * s + c] as i32;
-                        [m.dig[0][s][r], m.dig[1][s][r]] = [sc >> 3, sc & 7];
+                        let sc = g[SC + 8 * s + c];
+                        [dig[0][s][r], dig[1][s][r]] = [(sc >> 3) as i8, (sc & 7) as i8];
                     }
                     for j in 0..4 {
                         let (lo, hi) = (g[MN + 16 * j + c], g[MN + 16 * j + 8 + c]);
@@ -193,7 +224,7 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> Meta {
             }
         }
     }
-    m
+    (m, dig)
 }
 
 /// Q4_K/Q5_K values (0..31) as tile lines: line L (elements 4L..4L + 4 of each row) at 64 L,
@@ -262,25 +293,31 @@ unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
 /// 16) and digit i, at (t * digits + i) * 1024, each value times its row's digit of its
 /// sub-block's scale (|product| <= 217 unsigned for Q4_K/Q5_K, <= 96 signed for Q6_K: a byte).
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-unsafe fn digits(kind: Super, values: &[u8], mt: &Meta, dst: &mut [Line]) {
+unsafe fn digits(kind: Super, values: &[u8], dig: &Digits, dst: &mut [Line]) {
     let nd = digit_count(kind);
-    let lines_per_sub = if kind == Super::Q6K { 4 } else { 8 };
-    let bytes = _mm512_set1_epi32(0x0101_0101);
-    let (ff, lo8) = (_mm512_set1_epi32(0xff), _mm512_set1_epi16(0xff));
+    let (subs, lines_per_sub) = if kind == Super::Q6K { (16, 4) } else { (8, 8) };
+    let lo8 = _mm512_set1_epi16(0xff);
     // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
     let even = |v: __m512i| _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
     let odd = |v: __m512i| _mm512_srai_epi16(v, 8);
-    for line in 0..64 {
-        let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
-        let s = line / lines_per_sub;
-        let (t, l) = (line / 16, line % 16);
-        for i in 0..nd {
-            let dg = _mm512_loadu_si512(mt.dig[i][s].as_ptr() as *const __m512i);
-            let dg = _mm512_mullo_epi32(_mm512_and_si512(dg, ff), bytes);
-            let pe = _mm512_and_si512(_mm512_mullo_epi16(even(v), even(dg)), lo8);
-            let po = _mm512_slli_epi16(_mm512_mullo_epi16(odd(v), odd(dg)), 8);
-            let at = dst.as_mut_ptr().add((t * nd + i) * 16 + l);
-            _mm512_storeu_si512(at as *mut __m512i, _mm512_or_si512(pe, po));
+    for s in 0..subs {
+        // Each row's digit in its 4 bytes, sign-extended in 16-bit lanes.
+        let dg: [[__m512i; 2]; 3] = std::array::from_fn(|i| {
+            let d = _mm512_cvtepi8_epi32(_mm_loadu_si128(dig[i][s].as_ptr() as *const __m128i));
+            let d = _mm512_and_si512(d, _mm512_set1_epi32(0xff));
+            let d = _mm512_mullo_epi32(d, _mm512_set1_epi32(0x0101_0101));
+            [even(d), odd(d)]
+        });
+        for line in s * lines_per_sub..(s + 1) * lines_per_sub {
+            let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
+            let (ve, vo) = (even(v), odd(v));
+            let (t, l) = (line / 16, line % 16);
+            for (i, [de, dd]) in dg.iter().enumerate().take(nd) {
+                let pe = _mm512_and_si512(_mm512_mullo_epi16(ve, *de), lo8);
+                let po = _mm512_slli_epi16(_mm512_mullo_epi16(vo, *dd), 8);
+                let at = dst.as_mut_ptr().add((t * nd + i) * 16 + l);
+                _mm512_storeu_si512(at as *mut __m512i, _mm512_or_si512(pe, po));
+            }
         }
     }
 }
