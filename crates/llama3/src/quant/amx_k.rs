@@ -121,8 +121,8 @@ struct Meta {
     mins: [[i32; 16]; 4],
 }
 
-/// Digit `i` of sub-block `s`'s scale of each of the 16 rows: `[i][s][row]`.
-type Digits = [[[i8; 16]; 16]; 3];
+/// Digit `i` of sub-block `s`'s scale of each of the 16 rows: `[s][i][row]`.
+type Digits = [[[i8; 16]; 3]; 16];
 
 /// Per-thread buffers of `unpack`, reused from task to task: B lines, scales, values.
 struct Scratch {
@@ -198,7 +198,7 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> (Meta, Digits) {
         dmin: [0.0; 16],
         mins: [[0; 16]; 4],
     };
-    let mut dig = [[[0i8; 16]; 16]; 3];
+    let mut dig = [[[0i8; 16]; 3]; 16];
     for (h, g) in gs.iter().enumerate() {
         for c in 0..8 {
             let r = 8 * h + c;
@@ -207,14 +207,14 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> (Meta, Digits) {
                 Super::Q6K => {
                     for s in 0..16 {
                         let [a, b, d] = BASE7[g[Q6K_SC + 8 * s + c] as usize];
-                        [dig[0][s][r], dig[1][s][r], dig[2][s][r]] = [a, b, d];
+                        [dig[s][0][r], dig[s][1][r], dig[s][2][r]] = [a, b, d];
                     }
                 }
                 Super::Q4K | Super::Q5K => {
                     m.dmin[r] = f16_at(g, 16 + 2 * c);
                     for s in 0..8 {
                         let sc = g[SC + 8 * s + c];
-                        [dig[0][s][r], dig[1][s][r]] = [(sc >> 3) as i8, (sc & 7) as i8];
+                        [dig[s][0][r], dig[s][1][r]] = [(sc >> 3) as i8, (sc & 7) as i8];
                     }
                     for j in 0..4 {
                         let (lo, hi) = (g[MN + 16 * j + c], g[MN + 16 * j + 8 + c]);
@@ -300,10 +300,10 @@ unsafe fn digits(kind: Super, values: &[u8], dig: &Digits, dst: &mut [Line]) {
     // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
     let even = |v: __m512i| _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
     let odd = |v: __m512i| _mm512_srai_epi16(v, 8);
-    for s in 0..subs {
+    for (s, ds) in dig.iter().enumerate().take(subs) {
         // Each row's digit in its 4 bytes, sign-extended in 16-bit lanes.
         let dg: [[__m512i; 2]; 3] = std::array::from_fn(|i| {
-            let d = _mm512_cvtepi8_epi32(_mm_loadu_si128(dig[i][s].as_ptr() as *const __m128i));
+            let d = _mm512_cvtepi8_epi32(_mm_loadu_si128(ds[i].as_ptr() as *const __m128i));
             let d = _mm512_and_si512(d, _mm512_set1_epi32(0xff));
             let d = _mm512_mullo_epi32(d, _mm512_set1_epi32(0x0101_0101));
             [even(d), odd(d)]
