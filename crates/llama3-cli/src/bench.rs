@@ -318,6 +318,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "device": device,
             "cuda_kernels": cuda_kernels(model.device()),
             "matmul_kernels": kernels,
+            "cpu_kernels": llama3::quant::cpu_path(),
             "dtype": format!("{:?}", model.dtype()),
             "batch": a.batch,
             "n_prompt": a.n_prompt,

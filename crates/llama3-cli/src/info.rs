@@ -117,6 +117,9 @@ pub fn info(a: InfoArgs) -> Result<()> {
         .map(|(k, n)| format!("{k} x{n}"))
         .collect();
     println!("matmuls         {}", kernels.join(", "));
+    if loaded.model.device().is_cpu() {
+        println!("cpu kernels     {}", llama3::quant::cpu_path());
+    }
     println!("layers          {}", c.num_hidden_layers);
     println!(
         "hidden / ffn    {} / {}",

@@ -50,6 +50,17 @@ pub(crate) use q8::has_avx2;
 pub(crate) use q8::hsum;
 pub use q8::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, BlockQ8, BlockQ8K};
 
+/// The CPU kernels' paths on this machine, for `info` and `bench`: the packed kernels'
+/// instruction set, and AMX where it runs (prompts and batches of 16 rows or more).
+pub fn cpu_path() -> String {
+    let isa = isa::Isa::detected().name();
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        return format!("{isa}; amx for 16+ rows of Q4_0, IQ4_NL, IQ4_XS, Q4_K, Q5_K, Q6_K");
+    }
+    isa.to_string()
+}
+
 /// The weight types with kernels here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
