@@ -425,6 +425,7 @@ fn drive<A: Sync>(
 /// Activation rows `rows` (of `stride` blocks each in `xs`) against weight group `g` (`w`, 8
 /// rows) into columns 8g..8g + 8 of `out` (`n` wide): 8 or 4 rows per kernel call, the rest
 /// one by one. The caller owns those outputs.
+#[inline(always)]
 pub(super) fn group_rows<A>(
     kernel: &impl Tile<A>,
     w: &[u8],
@@ -450,8 +451,8 @@ pub(super) fn group_rows<A>(
             unsafe { store(out, (j + i) * n + 8 * g, row) };
         }
     }
-    let mut j = rows.start;
-    while kernel.rows8() && j + 8 <= rows.end {
+    let (mut j, rows8) = (rows.start, kernel.rows8());
+    while rows8 && j + 8 <= rows.end {
         tile::<A, 8>(kernel, w, xs, stride, j, (out, n, g));
         j += 8;
     }
