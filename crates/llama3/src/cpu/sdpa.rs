@@ -24,6 +24,9 @@ pub trait Elem: Copy + Send + Sync {
     /// Eight elements from `p` as f32 lanes.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Sixteen elements from `p` as f32 lanes (AVX-512F).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl Elem for f32 {
@@ -35,6 +38,11 @@ impl Elem for f32 {
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
     }
 }
 
@@ -48,6 +56,12 @@ impl Elem for f16 {
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
 }
 
@@ -70,10 +84,27 @@ pub fn attend<E: Elem>(
     out: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
+    let avx512 = cfg!(target_arch = "x86_64")
+        && crate::quant::isa::Isa::detected() == crate::quant::isa::Isa::Avx512Vnni;
+    let paths = (crate::quant::has_avx2(), avx512);
+    attend_on(paths, q, (first, group), (k, v), dh, round, out, scratch)
+}
+
+/// `attend` on the paths `(avx2, avx512)` (both false: the portable code).
+#[allow(clippy::too_many_arguments)]
+fn attend_on<E: Elem>(
+    (avx2, avx512): (bool, bool),
+    q: &[f32],
+    (first, group): (usize, usize),
+    (k, v): (&[E], &[E]),
+    dh: usize,
+    round: bool,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
     let r = q.len() / dh;
     let group = group.max(1);
     let scale = 1.0 / (dh as f32).sqrt();
-    let avx2 = crate::quant::has_avx2();
     // The keys row `row` sees.
     let len = |row: usize| first + row / group + 1;
     // Tiles of whole groups where they fit, so a tile's rows see the same keys.
@@ -94,9 +125,33 @@ pub fn attend<E: Elem>(
         for i in 0..n {
             softmax(&mut scratch[i * s..][..len(r0 + i)], round);
         }
-        for i in 0..n {
+        let tile_out = &mut out[r0 * dh..(r0 + n) * dh];
+        if avx512 && dh.is_multiple_of(64) {
+            // SAFETY: AVX-512F detected (the AVX512-VNNI path); the kernel checks the lengths.
+            let w = |i: usize| &scratch[i * s..][..len(r0 + i)];
+            let mut rows = tile_out.chunks_exact_mut(dh);
+            let mut o = || rows.next().unwrap_or_default();
+            let v = &v[..s * dh];
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                match n {
+                    4 => avx2::weighted_sum_rows::<4, E>(
+                        [w(0), w(1), w(2), w(3)],
+                        v,
+                        dh,
+                        [o(), o(), o(), o()],
+                    ),
+                    3 => {
+                        avx2::weighted_sum_rows::<3, E>([w(0), w(1), w(2)], v, dh, [o(), o(), o()])
+                    }
+                    2 => avx2::weighted_sum_rows::<2, E>([w(0), w(1)], v, dh, [o(), o()]),
+                    _ => avx2::weighted_sum_rows::<1, E>([w(0)], v, dh, [o()]),
+                }
+            }
+            continue;
+        }
+        for (i, o) in tile_out.chunks_exact_mut(dh).enumerate() {
             let l = len(r0 + i);
-            let o = &mut out[(r0 + i) * dh..][..dh];
             weighted_sum(&scratch[i * s..][..l], &v[..l * dh], dh, o, avx2);
         }
     }
@@ -341,6 +396,75 @@ mod tests {
         weighted_sum(&w, &vh, dh, &mut a, crate::quant::has_avx2());
         weighted_sum(&w, &vh, dh, &mut b, false);
         assert_eq!(a, b);
+    }
+
+    /// Whole calls (score tiles, softmax, the weighted sums of a tile's rows at once with
+    /// AVX-512) give the portable code's bits: GQA groups, f32 and f16 caches, rows of
+    /// several lengths in a tile.
+    #[test]
+    fn attend_gives_the_portable_bits() {
+        for (dh, group, r, first) in [(64, 1, 7, 5), (128, 2, 10, 3), (64, 4, 9, 0), (72, 1, 5, 2)]
+        {
+            let s = first + r / group + 1;
+            let q = data(r * dh, 11);
+            let (mut k, mut v) = (data(s * dh, 12), data(s * dh, 13));
+            round_f16(&mut k);
+            round_f16(&mut v);
+            let h = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
+            let (kh, vh) = (h(&k), h(&v));
+            let paths = (
+                crate::quant::has_avx2(),
+                cfg!(target_arch = "x86_64")
+                    && crate::quant::isa::Isa::available()
+                        .contains(&crate::quant::isa::Isa::Avx512Vnni),
+            );
+            if !paths.1 {
+                llama3_testutil::skip("attend_gives_the_portable_bits", "no AVX-512 here");
+            }
+            let run = |p, k: &[f16], v: &[f16]| {
+                let mut o = vec![0f32; r * dh];
+                attend_on(
+                    p,
+                    &q,
+                    (first, group),
+                    (k, v),
+                    dh,
+                    true,
+                    &mut o,
+                    &mut Vec::new(),
+                );
+                o
+            };
+            let bits = |x: Vec<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(run(paths, &kh, &vh)),
+                bits(run((false, false), &kh, &vh)),
+                "dh={dh}"
+            );
+            let mut a = vec![0f32; r * dh];
+            let mut b = vec![0f32; r * dh];
+            attend_on(
+                paths,
+                &q,
+                (first, group),
+                (&k[..], &v[..]),
+                dh,
+                false,
+                &mut a,
+                &mut Vec::new(),
+            );
+            attend_on(
+                (false, false),
+                &q,
+                (first, group),
+                (&k[..], &v[..]),
+                dh,
+                false,
+                &mut b,
+                &mut Vec::new(),
+            );
+            assert_eq!(bits(a), bits(b), "f32 dh={dh}");
+        }
     }
 
     /// An f16 cache gives what an f32 cache holding the same (rounded) values gives.

@@ -140,3 +140,48 @@ pub(super) unsafe fn weighted_sum<const C: usize, E: Elem>(
         _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a);
     }
 }
+
+/// `sdpa::weighted_sum` for the R rows of a tile at once, 64 columns at a time with AVX-512:
+/// each V row is loaded and widened once for all R rows (`w[r]` the rows' weights, row r
+/// seeing `w[r].len()` keys; their own keys past the shortest go alone). One fma per element
+/// and key, in key order, as the portable code: the same bits.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub(super) unsafe fn weighted_sum_rows<const R: usize, E: Elem>(
+    w: [&[f32]; R],
+    v: &[E],
+    dh: usize,
+    mut out: [&mut [f32]; R],
+) {
+    let s = w.iter().map(|w| w.len()).max().unwrap_or(0);
+    assert!(v.len() >= s * dh && dh.is_multiple_of(64) && out.iter().all(|o| o.len() >= dh));
+    let common = w.iter().map(|w| w.len()).min().unwrap_or(0);
+    let vp = v.as_ptr();
+    for c in (0..dh).step_by(64) {
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let row = |j: usize| -> [__m512; 4] {
+            std::array::from_fn(|i| E::load16(vp.add(j * dh + c + 16 * i)))
+        };
+        for j in 0..common {
+            let vj = row(j);
+            for r in 0..R {
+                let wv = _mm512_set1_ps(*w[r].get_unchecked(j));
+                for i in 0..4 {
+                    acc[r][i] = _mm512_fmadd_ps(wv, vj[i], acc[r][i]);
+                }
+            }
+        }
+        for r in 0..R {
+            for j in common..w[r].len() {
+                let (vj, wv) = (row(j), _mm512_set1_ps(w[r][j]));
+                for i in 0..4 {
+                    acc[r][i] = _mm512_fmadd_ps(wv, vj[i], acc[r][i]);
+                }
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            for (i, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.as_mut_ptr().add(c + 16 * i), *a);
+            }
+        }
+    }
+}
