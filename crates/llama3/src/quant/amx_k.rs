@@ -300,23 +300,43 @@ unsafe fn digits(kind: Super, values: &[u8], dig: &Digits, dst: &mut [Line]) {
     // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
     let even = |v: __m512i| _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
     let odd = |v: __m512i| _mm512_srai_epi16(v, 8);
+    let out = dst.as_mut_ptr();
     for (s, ds) in dig.iter().enumerate().take(subs) {
-        // Each row's digit in its 4 bytes, sign-extended in 16-bit lanes.
+        let lines = s * lines_per_sub..(s + 1) * lines_per_sub;
+        let line_at = |line: usize| values.as_ptr().add(64 * line) as *const __m512i;
+        let store = |line: usize, i: usize, p: __m512i| {
+            let (t, l) = (line / 16, line % 16);
+            _mm512_storeu_si512(out.add((t * nd + i) * 16 + l) as *mut __m512i, p)
+        };
+        let widen =
+            |i: usize| _mm512_cvtepi8_epi32(_mm_loadu_si128(ds[i].as_ptr() as *const __m128i));
+        if kind != Super::Q6K {
+            // Values <= 31 and digits <= 7: both bytes of a 16-bit lane times the row's digit
+            // in one multiply (each product < 256, so neither carries into the other).
+            let dg: [__m512i; 2] = std::array::from_fn(|i| {
+                _mm512_mullo_epi32(widen(i), _mm512_set1_epi32(0x0001_0001))
+            });
+            for line in lines {
+                let v = _mm512_loadu_si512(line_at(line));
+                for (i, d) in dg.iter().enumerate() {
+                    store(line, i, _mm512_mullo_epi16(v, *d));
+                }
+            }
+            continue;
+        }
+        // Signed values and digits: even bytes sign-extended in 16-bit lanes, odd ones.
         let dg: [[__m512i; 2]; 3] = std::array::from_fn(|i| {
-            let d = _mm512_cvtepi8_epi32(_mm_loadu_si128(ds[i].as_ptr() as *const __m128i));
-            let d = _mm512_and_si512(d, _mm512_set1_epi32(0xff));
+            let d = _mm512_and_si512(widen(i), _mm512_set1_epi32(0xff));
             let d = _mm512_mullo_epi32(d, _mm512_set1_epi32(0x0101_0101));
             [even(d), odd(d)]
         });
-        for line in s * lines_per_sub..(s + 1) * lines_per_sub {
-            let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
+        for line in lines {
+            let v = _mm512_loadu_si512(line_at(line));
             let (ve, vo) = (even(v), odd(v));
-            let (t, l) = (line / 16, line % 16);
-            for (i, [de, dd]) in dg.iter().enumerate().take(nd) {
+            for (i, [de, dd]) in dg.iter().enumerate() {
                 let pe = _mm512_and_si512(_mm512_mullo_epi16(ve, *de), lo8);
                 let po = _mm512_slli_epi16(_mm512_mullo_epi16(vo, *dd), 8);
-                let at = dst.as_mut_ptr().add((t * nd + i) * 16 + l);
-                _mm512_storeu_si512(at as *mut __m512i, _mm512_or_si512(pe, po));
+                store(line, i, _mm512_or_si512(pe, po));
             }
         }
     }
