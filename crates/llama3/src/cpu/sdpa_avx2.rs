@@ -170,11 +170,11 @@ pub(super) unsafe fn weighted_sum_rows<const R: usize, E: Elem>(
                 }
             }
         }
-        for r in 0..R {
-            for j in common..w[r].len() {
-                let (vj, wv) = (row(j), _mm512_set1_ps(w[r][j]));
-                for i in 0..4 {
-                    acc[r][i] = _mm512_fmadd_ps(wv, vj[i], acc[r][i]);
+        for (wr, acc) in w.iter().zip(acc.iter_mut()) {
+            for (j, &wj) in wr.iter().enumerate().skip(common) {
+                let (vj, wv) = (row(j), _mm512_set1_ps(wj));
+                for (a, v) in acc.iter_mut().zip(vj) {
+                    *a = _mm512_fmadd_ps(wv, v, *a);
                 }
             }
         }
