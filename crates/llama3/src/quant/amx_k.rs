@@ -421,7 +421,7 @@ unsafe fn super_q6k(a: *const u8, b: *const u8, c: *mut i32) {
 /// # Safety
 /// AMX-INT8, AVX-512 and the tile state (`available`); `xs` holds `full` rows of `nb`
 /// blocks; the caller owns those outputs.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tiles(
     kind: Super,
     (a, b): (&[Line], &[Line]),
@@ -503,7 +503,8 @@ unsafe fn epilogue_q4k(
         let isum = _mm512_add_epi32(_mm512_slli_epi32(hi, 3), load_i(&c[32 * tile + 16 + i]));
         let mut msum = _mm512_setzero_si512();
         for (m, p) in mins.iter().zip(pairs) {
-            msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*m, _mm512_set1_epi32(p)));
+            // madd and add in one (`vpdpwssd`, no saturation): the same int32 sum.
+            msum = _mm512_dpwssd_epi32(msum, *m, _mm512_set1_epi32(p));
         }
         let dx = _mm512_mul_ps(d, _mm512_set1_ps(xd));
         let mx = _mm512_mul_ps(dmin, _mm512_set1_ps(-xd));
