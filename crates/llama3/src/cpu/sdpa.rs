@@ -398,6 +398,16 @@ mod tests {
         assert_eq!(a, b);
     }
 
+    /// K and V of `len` values rounded to f16 precision, as f32 and as f16.
+    fn rounded_cache(len: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f16>, Vec<f16>) {
+        let (mut k, mut v) = (data(len, seed), data(len, seed + 1));
+        round_f16(&mut k);
+        round_f16(&mut v);
+        let h = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
+        let (kh, vh) = (h(&k), h(&v));
+        (k, v, kh, vh)
+    }
+
     /// Whole calls (score tiles, softmax, the weighted sums of a tile's rows at once with
     /// AVX-512) give the portable code's bits: GQA groups, f32 and f16 caches, rows of
     /// several lengths in a tile.
@@ -407,11 +417,7 @@ mod tests {
         {
             let s = first + r / group + 1;
             let q = data(r * dh, 11);
-            let (mut k, mut v) = (data(s * dh, 12), data(s * dh, 13));
-            round_f16(&mut k);
-            round_f16(&mut v);
-            let h = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
-            let (kh, vh) = (h(&k), h(&v));
+            let (k, v, kh, vh) = rounded_cache(s * dh, 12);
             let paths = (
                 crate::quant::has_avx2(),
                 cfg!(target_arch = "x86_64")
@@ -421,49 +427,29 @@ mod tests {
             if !paths.1 {
                 llama3_testutil::skip("attend_gives_the_portable_bits", "no AVX-512 here");
             }
-            let run = |p, k: &[f16], v: &[f16]| {
-                let mut o = vec![0f32; r * dh];
-                attend_on(
-                    p,
-                    &q,
-                    (first, group),
-                    (k, v),
-                    dh,
-                    true,
-                    &mut o,
-                    &mut Vec::new(),
-                );
-                o
-            };
-            let bits = |x: Vec<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            fn run<E: Elem>(
+                p: (bool, bool),
+                q: &[f32],
+                at: (usize, usize),
+                kv: (&[E], &[E]),
+                dh: usize,
+            ) -> Vec<u32> {
+                let mut o = vec![0f32; q.len()];
+                attend_on(p, q, at, kv, dh, true, &mut o, &mut Vec::new());
+                o.iter().map(|v| v.to_bits()).collect()
+            }
+            let at = (first, group);
+            let (kh, vh) = ((&kh[..], &vh[..]), (&k[..], &v[..]));
             assert_eq!(
-                bits(run(paths, &kh, &vh)),
-                bits(run((false, false), &kh, &vh)),
+                run(paths, &q, at, kh, dh),
+                run((false, false), &q, at, kh, dh),
                 "dh={dh}"
             );
-            let mut a = vec![0f32; r * dh];
-            let mut b = vec![0f32; r * dh];
-            attend_on(
-                paths,
-                &q,
-                (first, group),
-                (&k[..], &v[..]),
-                dh,
-                false,
-                &mut a,
-                &mut Vec::new(),
+            assert_eq!(
+                run(paths, &q, at, vh, dh),
+                run((false, false), &q, at, vh, dh),
+                "f32 dh={dh}"
             );
-            attend_on(
-                (false, false),
-                &q,
-                (first, group),
-                (&k[..], &v[..]),
-                dh,
-                false,
-                &mut b,
-                &mut Vec::new(),
-            );
-            assert_eq!(bits(a), bits(b), "f32 dh={dh}");
         }
     }
 
@@ -473,11 +459,7 @@ mod tests {
         let (dh, r, first) = (64, 6, 9);
         let s = first + r;
         let q = data(r * dh, 8);
-        let (mut k, mut v) = (data(s * dh, 9), data(s * dh, 10));
-        round_f16(&mut k);
-        round_f16(&mut v);
-        let h = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
-        let (kh, vh) = (h(&k), h(&v));
+        let (k, v, kh, vh) = rounded_cache(s * dh, 9);
         let (mut a, mut b) = (vec![0f32; r * dh], vec![0f32; r * dh]);
         attend(&q, first, 1, &k, &v, dh, true, &mut a, &mut Vec::new());
         attend(&q, first, 1, &kh, &vh, dh, true, &mut b, &mut Vec::new());

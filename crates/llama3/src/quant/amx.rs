@@ -22,12 +22,9 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::ops::Range;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
-use super::packed::Packed;
+use super::packed::{column_tasks, group_rows, Packed, Tile};
 use super::{Format, Kind, SyncPtr};
 
 /// Activation rows per tile: prompts shorter than this go through the VNNI kernels.
@@ -128,34 +125,34 @@ pub(super) unsafe fn release() {
     asm!("tilerelease", options(nostack, nomem));
 }
 
-/// The parallel pass of every AMX kernel, as `packed.rs`'s `drive`: `ys_i (m, N_i)`, tasks
-/// own 16 columns (groups g and g + 1 of weight `i`; `pair(w, g, (out, n))` writes all `m`
-/// rows of them) or, when N_i / 8 is odd, the last 8 (`single(w, g, 0..m, (out, n))`).
-pub(super) fn drive_pairs(
+/// The parallel pass of every AMX kernel, as `packed.rs`'s `drive`: a task per 16 weight rows
+/// (groups g and g + 1) where `tiles(w, g, (out, n, 8g))` computes rows 0..`full` (tiles of
+/// 16) and `fallback` (the VNNI kernel) the rows after them; a last single group of 8 (N / 8
+/// odd) all on `fallback`. `xs` holds the rows' activation blocks, `stride` per row.
+pub(super) fn gemm_pairs<A: Sync>(
     ws: &[&Packed],
     m: usize,
-    pair: impl Fn(&Packed, usize, (SyncPtr, usize)) + Sync,
-    single: impl Fn(&Packed, usize, Range<usize>, (SyncPtr, usize)) + Sync,
+    (xs, stride): (&[A], usize),
+    fallback: &impl Tile<A>,
+    tiles: impl Fn(&Packed, usize, (SyncPtr, usize, usize)) + Sync,
 ) -> Vec<Vec<f32>> {
-    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n())).collect();
-    let outs: Vec<SyncPtr> = ys.iter_mut().map(|y| SyncPtr(y.as_mut_ptr())).collect();
-    let tasks: Vec<(usize, usize)> = ws
-        .iter()
-        .enumerate()
-        .flat_map(|(i, w)| (0..w.n() / 8).step_by(2).map(move |g| (i, g)))
-        .collect();
-    tasks.par_iter().for_each(|&(i, g)| {
-        let (w, out) = (ws[i], outs[i]);
-        match g + 1 == w.n() / 8 {
-            true => single(w, g, 0..m, (out, w.n())),
-            false => pair(w, g, (out, w.n())),
+    let full = m / 16 * 16;
+    column_tasks(ws, m, 2, |w, g, (out, n)| {
+        if g + 1 == n / 8 {
+            return group_rows(fallback, w.group_data(g), xs, stride, 0..m, (out, n, g));
         }
-    });
-    for (y, w) in ys.iter_mut().zip(ws) {
-        // SAFETY: the tasks wrote every (row, column) of every weight.
-        unsafe { y.set_len(m * w.n()) };
-    }
-    ys
+        tiles(w, g, (out, n, 8 * g));
+        for h in 0..2 {
+            group_rows(
+                fallback,
+                w.group_data(g + h),
+                xs,
+                stride,
+                full..m,
+                (out, n, g + h),
+            );
+        }
+    })
 }
 
 #[inline(always)]

@@ -11,9 +11,9 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::amx::{drive_pairs, load_i, release, Line, TileConfig};
+use super::amx::{gemm_pairs, load_i, release, Line, TileConfig};
 use super::iq4::{Iq4, VALUES};
-use super::packed::{group_rows, Packed, Tile};
+use super::packed::{Packed, Tile};
 use super::q8::{BlockQ8, BlockQ8K};
 use super::{Format, Kind, SyncPtr};
 
@@ -98,26 +98,13 @@ pub(super) fn gemm<A: Blocks>(
     };
     let (nu, full) = (k / 32, m / 16 * 16);
     let a = activation_tiles(xs, stride, nu, full);
-    let pair = |w: &Packed, g: usize, (out, n): (SyncPtr, usize)| {
+    let rows = |j: usize| &xs[j * stride..][..stride];
+    gemm_pairs(ws, m, (xs, stride), fallback, |w, g, out| {
         let (b, meta) = unpack(kind, w.group_data(g), w.group_data(g + 1), nu);
-        let rows = |j: usize| &xs[j * stride..][..stride];
         // SAFETY: `available` checked AMX-INT8 and AVX-512 and got the tile state; `a` holds
         // `full` rows of `nu` blocks, `b` and `meta` `nu` blocks; this task owns columns
         // 8g..8g + 16.
-        unsafe { tiles(kind, (&a, &b), &meta, &rows, nu, full, (out, n, 8 * g)) };
-        for h in 0..2 {
-            group_rows(
-                fallback,
-                w.group_data(g + h),
-                xs,
-                stride,
-                full..m,
-                (out, n, g + h),
-            );
-        }
-    };
-    drive_pairs(ws, m, pair, |w, g, rows, (out, n)| {
-        group_rows(fallback, w.group_data(g), xs, stride, rows, (out, n, g))
+        unsafe { tiles(kind, (&a, &b), &meta, &rows, nu, full, out) }
     })
 }
 

@@ -11,11 +11,11 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::amx::{drive_pairs, load_i, release, Line, TileConfig};
-use super::kquant::{q4k_layout, Super, MN, Q5K_QH, Q6K_B, Q6K_SC, QK, SC};
-use super::packed::{group_rows, Packed, SuperKernel};
+use super::amx::{gemm_pairs, load_i, release, Line, TileConfig};
+use super::kquant::{Super, MN, Q6K_B, Q6K_SC, QK, SC};
+use super::packed::{Packed, SuperKernel};
 use super::q8::BlockQ8K;
-use super::x8_q5::bit5;
+use super::x8_k::{q4k_values, q6k_values};
 use super::{Format, SyncPtr};
 
 /// Bytes of one digit matrix per super-block (256 elements of 16 rows).
@@ -38,7 +38,7 @@ pub(super) fn gemm_k(
     let full = m / 16 * 16;
     let a = activation_tiles(xs, nb, full);
     let pairs = min_pairs(xs, kind);
-    let pair = |w: &Packed, g: usize, (out, n): (SyncPtr, usize)| {
+    gemm_pairs(ws, m, (xs, nb), fallback, |w, g, out| {
         unpack(
             kind,
             (w.group_data(g), w.group_data(g + 1)),
@@ -47,22 +47,9 @@ pub(super) fn gemm_k(
                 // SAFETY: `available` checked AMX-INT8 and AVX-512 and got the tile state; `a`
                 // holds `full` rows, `b` and `meta` `nb` super-blocks; this task owns columns
                 // 8g..8g + 16.
-                unsafe { tiles(kind, (&a, b), meta, (xs, &pairs), nb, full, (out, n, 8 * g)) }
+                unsafe { tiles(kind, (&a, b), meta, (xs, &pairs), nb, full, out) }
             },
-        );
-        for h in 0..2 {
-            group_rows(
-                fallback,
-                w.group_data(g + h),
-                xs,
-                nb,
-                full..m,
-                (out, n, g + h),
-            );
-        }
-    };
-    drive_pairs(ws, m, pair, |w, g, rows, (out, n)| {
-        group_rows(fallback, w.group_data(g), xs, nb, rows, (out, n, g))
+        )
     })
 }
 
@@ -232,21 +219,12 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> (Meta, Digits) {
 /// already 4 consecutive elements per row.
 #[target_feature(enable = "avx2")]
 unsafe fn lines_q4k<const Q5: bool>(gs: [&[u8]; 2], dst: &mut [u8]) {
-    let (_, qs) = q4k_layout(Q5);
-    let low = _mm256_set1_epi8(0x0f);
     let out = dst.as_mut_ptr();
     for (h, g) in gs.iter().enumerate() {
         let g = g.as_ptr();
         for p in 0..4 {
             for i in 0..8 {
-                let raw = _mm256_loadu_si256(g.add(qs + 32 * (8 * p + i)) as *const __m256i);
-                let mut lo = _mm256_and_si256(raw, low);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                if Q5 {
-                    let qh = _mm256_loadu_si256(g.add(Q5K_QH + 32 * i) as *const __m256i);
-                    lo = _mm256_or_si256(lo, bit5(qh, p, 0));
-                    hi = _mm256_or_si256(hi, bit5(qh, p, 1));
-                }
+                let (lo, hi) = q4k_values::<Q5>(g, p, i);
                 // Sub-blocks 2p (low nibbles) and 2p + 1, line i of each.
                 let at = |s: usize| out.add(512 * s + 64 * i + 32 * h) as *mut __m256i;
                 _mm256_storeu_si256(at(2 * p), lo);
@@ -260,8 +238,6 @@ unsafe fn lines_q4k<const Q5: bool>(gs: [&[u8]; 2], dst: &mut [u8]) {
 /// assembles them.
 #[target_feature(enable = "avx2")]
 unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
-    let low = _mm256_set1_epi8(0x0f);
-    let top = _mm256_set1_epi8(0x30);
     let off = _mm256_set1_epi8(32);
     let out = dst.as_mut_ptr();
     for (h, g) in gs.iter().enumerate() {
@@ -271,14 +247,7 @@ unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
                 let hb = _mm256_loadu_si256(blk.add(128 + 32 * u) as *const __m256i);
                 for t in 0..2 {
                     let v = 2 * u + t;
-                    let raw = _mm256_loadu_si256(blk.add(32 * v) as *const __m256i);
-                    let (ha, hh) = match t {
-                        0 => (_mm256_slli_epi16(hb, 4), _mm256_slli_epi16(hb, 2)),
-                        _ => (hb, _mm256_srli_epi16(hb, 2)),
-                    };
-                    let lo = _mm256_or_si256(_mm256_and_si256(raw, low), _mm256_and_si256(ha, top));
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                    let hi = _mm256_or_si256(hi, _mm256_and_si256(hh, top));
+                    let (lo, hi) = q6k_values(blk, hb, u, t);
                     // Sub-blocks 2b (elements 0..16 of the 32) and 2b + 1, line v of each.
                     let at = |s: usize| out.add(256 * s + 64 * v + 32 * h) as *mut __m256i;
                     _mm256_storeu_si256(at(2 * b), _mm256_sub_epi8(lo, off));
@@ -369,15 +338,7 @@ unsafe fn super_q4k(a0: *const u8, a1: *const u8, b: *const u8, c: *mut i32) {
             options(nostack, readonly),
         );
     }
-    asm!(
-        "tilestored [{c0} + {l}*1], tmm0",
-        "tilestored [{c1} + {l}*1], tmm1",
-        "tilestored [{c2} + {l}*1], tmm2",
-        "tilestored [{c3} + {l}*1], tmm3",
-        c0 = in(reg) c, c1 = in(reg) c.add(256), c2 = in(reg) c.add(512), c3 = in(reg) c.add(768),
-        l = in(reg) 64usize,
-        options(nostack),
-    );
+    store_c(4, c);
 }
 
 /// One super-block of an activation tile against the three digit matrices of `b` (Q6_K).
@@ -405,6 +366,12 @@ unsafe fn super_q6k(a: *const u8, b: *const u8, c: *mut i32) {
             options(nostack, readonly),
         );
     }
+    store_c(3, c);
+}
+
+/// Stores C tiles 0..`count` (3 or 4) into `c`, 1 KiB each.
+#[inline(always)]
+unsafe fn store_c(count: usize, c: *mut i32) {
     asm!(
         "tilestored [{c0} + {l}*1], tmm0",
         "tilestored [{c1} + {l}*1], tmm1",
@@ -413,6 +380,13 @@ unsafe fn super_q6k(a: *const u8, b: *const u8, c: *mut i32) {
         l = in(reg) 64usize,
         options(nostack),
     );
+    if count == 4 {
+        asm!(
+            "tilestored [{c3} + {l}*1], tmm3",
+            c3 = in(reg) c.add(768), l = in(reg) 64usize,
+            options(nostack),
+        );
+    }
 }
 
 /// Activation rows 0..`full` (tiles of 16) against the 16 weight rows of `b`/`meta`, into

@@ -388,18 +388,7 @@ fn drive<A: Sync>(
     m: usize,
     kernel: &impl Tile<A>,
 ) -> Vec<Vec<f32>> {
-    // Not zeroed: the tasks below write every element before the lengths are set.
-    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n())).collect();
-    let outs: Vec<SyncPtr> = ys.iter_mut().map(|y| SyncPtr(y.as_mut_ptr())).collect();
-    // (weight, first group) of every task
-    let tasks: Vec<(usize, usize)> = ws
-        .iter()
-        .enumerate()
-        .flat_map(|(i, w)| (0..w.n() / 8).step_by(GROUPS_PER_TASK).map(move |g| (i, g)))
-        .collect();
-    let task = |&(i, g0): &(usize, usize)| {
-        let (wt, out) = (ws[i], outs[i]);
-        let n = wt.n();
+    column_tasks(ws, m, GROUPS_PER_TASK, |wt, g0, (out, n)| {
         let gsize = wt.k() / wt.kind.block_elems() * wt.kind.group_bytes();
         let gs = g0..(g0 + GROUPS_PER_TASK).min(n / 8);
         for j0 in (0..m).step_by(X_TILE) {
@@ -409,11 +398,32 @@ fn drive<A: Sync>(
                 group_rows(kernel, w, xs, stride, j0..j1, (out, n, g));
             }
         }
-    };
+    })
+}
+
+/// The outputs of `m` rows against each weight of `ws`, and the one parallel pass that fills
+/// them: a task per run of `step` groups of 8 weight rows (`task(w, g, (out, n))` from group
+/// g of weight w, `out` its output of `n` columns), all weights' tasks together. Each task
+/// must write every element of its columns.
+pub(super) fn column_tasks(
+    ws: &[&Packed],
+    m: usize,
+    step: usize,
+    task: impl Fn(&Packed, usize, (SyncPtr, usize)) + Sync,
+) -> Vec<Vec<f32>> {
+    // Not zeroed: the tasks write every element before the lengths are set.
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n())).collect();
+    let outs: Vec<SyncPtr> = ys.iter_mut().map(|y| SyncPtr(y.as_mut_ptr())).collect();
+    // (weight, first group) of every task
+    let tasks: Vec<(usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| (0..w.n() / 8).step_by(step).map(move |g| (i, g)))
+        .collect();
     tasks
         .par_iter()
         .with_min_len(if m < 4 { 4 } else { 1 })
-        .for_each(task);
+        .for_each(|&(i, g)| task(ws[i], g, (outs[i], ws[i].n())));
     for (y, w) in ys.iter_mut().zip(ws) {
         // SAFETY: the tasks covered every (row, group of 8 columns) of every weight, so all
         // m * n elements were written (f32 has no invalid bit patterns either way).

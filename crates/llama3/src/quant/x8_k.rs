@@ -14,6 +14,31 @@ use super::q8::BlockQ8K;
 use super::x8::bcast4;
 use super::x8_q5::bit5;
 
+/// Q4_K (`Q5 = false`) or Q5_K values of nibble vector 8p + i of packed block `g`
+/// (`kquant.rs`'s layout): elements 4i..4i + 4 of sub-blocks 2p (`lo`) and 2p + 1 (`hi`) of each
+/// of the 8 rows, with Q5_K's fifth bits.
+#[inline(always)]
+pub(crate) unsafe fn q4k_values<const Q5: bool>(
+    g: *const u8,
+    p: usize,
+    i: usize,
+) -> (__m256i, __m256i) {
+    let (_, qs) = q4k_layout(Q5);
+    let low = _mm256_set1_epi8(0x0f);
+    let raw = _mm256_loadu_si256(g.add(qs + 32 * (8 * p + i)) as *const __m256i);
+    let lo = _mm256_and_si256(raw, low);
+    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+    if !Q5 {
+        return (lo, hi);
+    }
+    let qh = _mm256_loadu_si256(g.add(Q5K_QH + 32 * i) as *const __m256i);
+    // Bit 2p (low nibbles) and 2p + 1 of each byte.
+    (
+        _mm256_or_si256(lo, bit5(qh, p, 0)),
+        _mm256_or_si256(hi, bit5(qh, p, 1)),
+    )
+}
+
 /// Q4_K (`Q5 = false`) or Q5_K x Q8_K. The 4-bit values' `maddubs` lanes reach 2 * 15 * 127
 /// = 3810 and 8 of them add up in int16; the 5-bit values' reach 7874, so those are widened
 /// after 4. Widening applies the sub-block's scale (`Dot::scaled`); the mins meet the
@@ -25,10 +50,9 @@ pub unsafe fn q4k<D: Dot, const R: usize, const Q5: bool>(
     x: [&[BlockQ8K]; R],
     out: &mut [[f32; 8]; R],
 ) {
-    let (gb, qs) = q4k_layout(Q5);
+    let (gb, _) = q4k_layout(Q5);
     let nb = w.len() / gb;
     assert!(x.iter().all(|r| r.len() >= nb));
-    let low = _mm256_set1_epi8(0x0f);
     let mut acc = [_mm256_setzero_ps(); R];
     for sb in 0..nb {
         let g = w.as_ptr().add(sb * gb);
@@ -41,14 +65,7 @@ pub unsafe fn q4k<D: Dot, const R: usize, const Q5: bool>(
             let (sa, sbv) = (sc(2 * p), sc(2 * p + 1));
             let (mut a, mut b) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
             for i in 0..8 {
-                let raw = _mm256_loadu_si256(g.add(qs + 32 * (8 * p + i)) as *const __m256i);
-                let mut lo = _mm256_and_si256(raw, low);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                if Q5 {
-                    let qh = _mm256_loadu_si256(g.add(Q5K_QH + 32 * i) as *const __m256i);
-                    lo = _mm256_or_si256(lo, bit5(qh, p, 0)); // bit 2p of each byte
-                    hi = _mm256_or_si256(hi, bit5(qh, p, 1));
-                }
+                let (lo, hi) = q4k_values::<Q5>(g, p, i);
                 for r in 0..R {
                     let xq = &x[r].get_unchecked(sb).qs;
                     a[r] = D::acc(a[r], lo, bcast4(xq, 64 * p + 4 * i));
@@ -96,6 +113,28 @@ unsafe fn loadl(p: *const u8) -> __m128i {
     _mm_loadl_epi64(p as *const __m128i)
 }
 
+/// Q6_K's values 0..63 of nibble vector v = 2u + t of activation block `blk` (`kquant.rs`'s
+/// layout): elements 4v..4v + 4 (`lo`) and 16 + 4v.. (`hi`) of each of the 8 rows, with `h` the
+/// block's high-bit vector u.
+#[inline(always)]
+pub(crate) unsafe fn q6k_values(
+    blk: *const u8,
+    h: __m256i,
+    u: usize,
+    t: usize,
+) -> (__m256i, __m256i) {
+    let (low, top) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+    let raw = _mm256_loadu_si256(blk.add(32 * (2 * u + t)) as *const __m256i);
+    // Bits 0-1 / 2-3 (t = 0) or 4-5 / 6-7 (t = 1) of h moved to 4-5.
+    let (ha, hb) = match t {
+        0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 2)),
+        _ => (h, _mm256_srli_epi16(h, 2)),
+    };
+    let lo = _mm256_or_si256(_mm256_and_si256(raw, low), _mm256_and_si256(ha, top));
+    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+    (lo, _mm256_or_si256(hi, _mm256_and_si256(hb, top)))
+}
+
 /// Q6_K x Q8_K. One high-bit vector completes 4 value vectors (`kquant.rs`'s layout); the
 /// values 0..63 go through `maddubs` unsigned (lanes reach 2 * 63 * 127 = 16002, so two add
 /// up in int16) and are widened with their sub-block's i8 scale (`Dot::scaled`); the offset
@@ -106,8 +145,6 @@ pub unsafe fn q6k<D: Dot, const R: usize>(w: &[u8], x: [&[BlockQ8K]; R], out: &m
     let gb = Super::Q6K.group_bytes();
     let nb = w.len() / gb;
     assert!(x.iter().all(|r| r.len() >= nb));
-    let low = _mm256_set1_epi8(0x0f);
-    let top = _mm256_set1_epi8(0x30);
     let mut acc = [_mm256_setzero_ps(); R];
     for sb in 0..nb {
         let g = w.as_ptr().add(sb * gb);
@@ -122,15 +159,7 @@ pub unsafe fn q6k<D: Dot, const R: usize>(w: &[u8], x: [&[BlockQ8K]; R], out: &m
                 let (mut a, mut bb) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
                 for t in 0..2 {
                     let v = 2 * u + t;
-                    let raw = _mm256_loadu_si256(blk.add(32 * v) as *const __m256i);
-                    // Bits 0-1 / 2-3 (t = 0) or 4-5 / 6-7 (t = 1) of h moved to 4-5.
-                    let (ha, hb) = match t {
-                        0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 2)),
-                        _ => (h, _mm256_srli_epi16(h, 2)),
-                    };
-                    let lo = _mm256_or_si256(_mm256_and_si256(raw, low), _mm256_and_si256(ha, top));
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                    let hi = _mm256_or_si256(hi, _mm256_and_si256(hb, top));
+                    let (lo, hi) = q6k_values(blk, h, u, t);
                     for r in 0..R {
                         let xq = &x[r].get_unchecked(sb).qs;
                         a[r] = D::acc(a[r], lo, bcast4(xq, 32 * b + 4 * v));
