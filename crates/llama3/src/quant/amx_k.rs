@@ -146,12 +146,15 @@ fn unpack<T>(
             // SAFETY: AVX2 and AVX-512 BW are there (`available`); loads and stores stay
             // within `gs`, `values` and `b`'s super-block.
             unsafe {
+                let b = &mut sc.b[sb * lines..][..lines];
                 match kind {
-                    Super::Q4K => lines_q4k::<false>(gs, &mut sc.values),
-                    Super::Q5K => lines_q4k::<true>(gs, &mut sc.values),
-                    Super::Q6K => lines_q6k(gs, &mut sc.values),
+                    Super::Q4K => digits_q4k::<false>(gs, &dig, b),
+                    Super::Q5K => digits_q4k::<true>(gs, &dig, b),
+                    Super::Q6K => {
+                        lines_q6k(gs, &mut sc.values);
+                        digits_q6k(&sc.values, &dig, b)
+                    }
                 }
-                digits(kind, &sc.values, &dig, &mut sc.b[sb * lines..][..lines]);
             }
             sc.meta.push(mt);
         }
@@ -214,21 +217,36 @@ fn scales(kind: Super, gs: [&[u8]; 2]) -> (Meta, Digits) {
     (m, dig)
 }
 
-/// Q4_K/Q5_K values (0..31) as tile lines: line L (elements 4L..4L + 4 of each row) at 64 L,
-/// rows 0-7 from group 0, 8-15 from group 1. The nibble pieces of `kquant.rs`'s layout are
-/// already 4 consecutive elements per row.
-#[target_feature(enable = "avx2")]
-unsafe fn lines_q4k<const Q5: bool>(gs: [&[u8]; 2], dst: &mut [u8]) {
+/// Q4_K/Q5_K digit matrices of one super-block straight from the packed groups (rows 0-7
+/// from group 0, 8-15 from group 1): line L (elements 4L..4L + 4 of each row; the nibble pieces
+/// of `kquant.rs`'s layout are already 4 consecutive elements per row) of digit i at (t * 2 +
+/// i) * 16 + L % 16, t = L / 16, each value (<= 31) times its row's digit (<= 7) of its
+/// sub-block: both bytes of a 16-bit lane in one multiply (each product < 256, no carry).
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+unsafe fn digits_q4k<const Q5: bool>(gs: [&[u8]; 2], dig: &Digits, dst: &mut [Line]) {
     let out = dst.as_mut_ptr();
-    for (h, g) in gs.iter().enumerate() {
-        let g = g.as_ptr();
-        for p in 0..4 {
-            for i in 0..8 {
-                let (lo, hi) = q4k_values::<Q5>(g, p, i);
-                // Sub-blocks 2p (low nibbles) and 2p + 1, line i of each.
-                let at = |s: usize| out.add(512 * s + 64 * i + 32 * h) as *mut __m256i;
-                _mm256_storeu_si256(at(2 * p), lo);
-                _mm256_storeu_si256(at(2 * p + 1), hi);
+    let both = |a: __m256i, b: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+    // Sub-block s's digit i in both 16-bit halves of each row's 4 bytes.
+    let digit = |s: usize, i: usize| {
+        let d = _mm512_cvtepi8_epi32(_mm_loadu_si128(dig[s][i].as_ptr() as *const __m128i));
+        _mm512_mullo_epi32(d, _mm512_set1_epi32(0x0001_0001))
+    };
+    let (g0, g1) = (gs[0].as_ptr(), gs[1].as_ptr());
+    for p in 0..4 {
+        // Sub-blocks 2p (low nibbles) and 2p + 1 (high) share their bytes.
+        let dg = [
+            [digit(2 * p, 0), digit(2 * p, 1)],
+            [digit(2 * p + 1, 0), digit(2 * p + 1, 1)],
+        ];
+        for i in 0..8 {
+            let ((lo0, hi0), (lo1, hi1)) = (q4k_values::<Q5>(g0, p, i), q4k_values::<Q5>(g1, p, i));
+            for (h, v) in [both(lo0, lo1), both(hi0, hi1)].into_iter().enumerate() {
+                let line = 8 * (2 * p + h) + i;
+                let (t, l) = (line / 16, line % 16);
+                for (d, dv) in dg[h].iter().enumerate() {
+                    let at = out.add((t * 2 + d) * 16 + l) as *mut __m512i;
+                    _mm512_storeu_si512(at, _mm512_mullo_epi16(v, *dv));
+                }
             }
         }
     }
@@ -258,54 +276,34 @@ unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
     }
 }
 
-/// The digit matrices of one super-block: for each K step t of 64 elements (lines 16t..16t +
-/// 16) and digit i, at (t * digits + i) * 1024, each value times its row's digit of its
-/// sub-block's scale (|product| <= 217 unsigned for Q4_K/Q5_K, <= 96 signed for Q6_K: a byte).
+/// Q6_K's digit matrices of one super-block from its values (`lines_q6k`): for each K step t
+/// of 64 elements (lines 16t..16t + 16) and digit i, at (t * 3 + i) * 16, each value (q - 32)
+/// times its row's digit (-3..3) of its sub-block's scale (|product| <= 96: a signed byte).
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-unsafe fn digits(kind: Super, values: &[u8], dig: &Digits, dst: &mut [Line]) {
-    let nd = digit_count(kind);
-    let (subs, lines_per_sub) = if kind == Super::Q6K { (16, 4) } else { (8, 8) };
+unsafe fn digits_q6k(values: &[u8], dig: &Digits, dst: &mut [Line]) {
     let lo8 = _mm512_set1_epi16(0xff);
     // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
     let even = |v: __m512i| _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
     let odd = |v: __m512i| _mm512_srai_epi16(v, 8);
     let out = dst.as_mut_ptr();
-    for (s, ds) in dig.iter().enumerate().take(subs) {
-        let lines = s * lines_per_sub..(s + 1) * lines_per_sub;
-        let line_at = |line: usize| values.as_ptr().add(64 * line) as *const __m512i;
-        let store = |line: usize, i: usize, p: __m512i| {
-            let (t, l) = (line / 16, line % 16);
-            _mm512_storeu_si512(out.add((t * nd + i) * 16 + l) as *mut __m512i, p)
-        };
-        let widen =
-            |i: usize| _mm512_cvtepi8_epi32(_mm_loadu_si128(ds[i].as_ptr() as *const __m128i));
-        if kind != Super::Q6K {
-            // Values <= 31 and digits <= 7: both bytes of a 16-bit lane times the row's digit
-            // in one multiply (each product < 256, so neither carries into the other).
-            let dg: [__m512i; 2] = std::array::from_fn(|i| {
-                _mm512_mullo_epi32(widen(i), _mm512_set1_epi32(0x0001_0001))
-            });
-            for line in lines {
-                let v = _mm512_loadu_si512(line_at(line));
-                for (i, d) in dg.iter().enumerate() {
-                    store(line, i, _mm512_mullo_epi16(v, *d));
-                }
-            }
-            continue;
-        }
-        // Signed values and digits: even bytes sign-extended in 16-bit lanes, odd ones.
+    for (s, ds) in dig.iter().enumerate() {
+        // Each row's digit in its 4 bytes, sign-extended in 16-bit lanes.
         let dg: [[__m512i; 2]; 3] = std::array::from_fn(|i| {
-            let d = _mm512_and_si512(widen(i), _mm512_set1_epi32(0xff));
+            let d = _mm512_cvtepi8_epi32(_mm_loadu_si128(ds[i].as_ptr() as *const __m128i));
+            let d = _mm512_and_si512(d, _mm512_set1_epi32(0xff));
             let d = _mm512_mullo_epi32(d, _mm512_set1_epi32(0x0101_0101));
             [even(d), odd(d)]
         });
-        for line in lines {
-            let v = _mm512_loadu_si512(line_at(line));
+        // Sub-block s: 16 elements, lines 4s..4s + 4.
+        for line in 4 * s..4 * s + 4 {
+            let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
             let (ve, vo) = (even(v), odd(v));
+            let (t, l) = (line / 16, line % 16);
             for (i, [de, dd]) in dg.iter().enumerate() {
                 let pe = _mm512_and_si512(_mm512_mullo_epi16(ve, *de), lo8);
                 let po = _mm512_slli_epi16(_mm512_mullo_epi16(vo, *dd), 8);
-                store(line, i, _mm512_or_si512(pe, po));
+                let at = out.add((t * 3 + i) * 16 + l) as *mut __m512i;
+                _mm512_storeu_si512(at, _mm512_or_si512(pe, po));
             }
         }
     }
@@ -431,22 +429,21 @@ unsafe fn tiles(
                 continue;
             };
             let c = &*(cb[sb % 2] as *const [[i32; 16]; 64]);
-            let at = |r: usize| {
-                let tok = if r < 16 {
-                    16 * j0 + r
-                } else {
-                    16 * j1 + r - 16
-                };
-                tok * nb + sb
+            // Row r's activation block (and its min pairs): tile j0's rows, then j1's.
+            let at = |r: usize| match r < 16 {
+                true => (16 * j0 + r) * nb + sb,
+                false => (16 * j1 + r - 16) * nb + sb,
             };
             match kind {
-                Super::Q6K => epilogue_q6k(c, &meta[sb], |r| xs[at(r)].d, &mut acc),
-                _ => epilogue_q4k(
-                    c,
-                    &meta[sb],
-                    |r| (xs[at(r)].d, pairs[at(r)]),
-                    &mut acc[..rows],
-                ),
+                // SAFETY (both): at(r) < full * nb <= xs.len() (= pairs.len() for Q4_K/Q5_K).
+                Super::Q6K => {
+                    let xd = |r| xs.get_unchecked(at(r)).d;
+                    epilogue_q6k(c, &meta[sb], xd, &mut acc)
+                }
+                _ => {
+                    let x = |r| (xs.get_unchecked(at(r)).d, *pairs.get_unchecked(at(r)));
+                    epilogue_q4k(c, &meta[sb], x, &mut acc[..rows])
+                }
             }
         }
         for (r, acc) in acc[..rows].iter().enumerate() {
