@@ -80,7 +80,7 @@ fn request_tiles() -> bool {
 pub fn takes(format: Format) -> bool {
     matches!(
         format,
-        Format::Super(_) | Format::Blocks(Kind::Q4_0) | Format::Iq(_)
+        Format::Super(_) | Format::Blocks(Kind::Q4_0 | Kind::Q5_0 | Kind::Q8_0) | Format::Iq(_)
     )
 }
 

@@ -1,8 +1,8 @@
-//! Prompts of the formats scaled per block of 32 on AMX (`amx.rs`): Q4_0 and IQ4_NL (an f16
-//! scale per block: each block's tile takes `x8::q4_0`'s float step) and IQ4_XS (integer
+//! Prompts of the formats scaled per block of 32 on AMX (`amx.rs`): Q4_0, Q5_0, Q8_0 and IQ4_NL
+//! (an f16 scale per block: each block's tile takes `x8::q4_0`'s float step) and IQ4_XS (integer
 //! scales per sub-block of 32 summed in int32, one float step per super-block, as
-//! `iq4::xs_simd`). Weights are signed bytes (`tdpbssd`): Q4_0's `q - 8` (`Σ (q - 8) x` is
-//! the VNNI kernel's `Σ q x - 8 Σ x`), IQ4's table values. A block is one K step of 32 bytes;
+//! `iq4::xs_simd`). Weights are signed bytes (`tdpbssd`): Q4_0's `q - 8` and Q5_0's `q - 16`
+//! (`Σ (q - 8) x` is the VNNI kernels' `Σ q x - 8 Σ x`), Q8_0's own, IQ4's table values. A block is one K step of 32 bytes;
 //! two activation tiles share each weight tile, and a block's tiles are stored while the
 //! previous block's epilogue runs.
 
@@ -15,12 +15,15 @@ use super::amx::{gemm_pairs, load_i, release, Line, TileConfig};
 use super::iq4::{Iq4, VALUES};
 use super::packed::{Packed, Tile};
 use super::q8::{BlockQ8, BlockQ8K};
+use super::x8_q5::q5_values;
 use super::{Format, Kind, SyncPtr};
 
 /// The formats here.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Blk {
     Q4_0,
+    Q5_0,
+    Q8_0,
     Iq4Nl,
     Iq4Xs,
 }
@@ -29,6 +32,8 @@ impl Blk {
     fn of(format: Format) -> Option<Blk> {
         match format {
             Format::Blocks(Kind::Q4_0) => Some(Blk::Q4_0),
+            Format::Blocks(Kind::Q5_0) => Some(Blk::Q5_0),
+            Format::Blocks(Kind::Q8_0) => Some(Blk::Q8_0),
             Format::Iq(Iq4::Nl) => Some(Blk::Iq4Nl),
             Format::Iq(Iq4::Xs) => Some(Blk::Iq4Xs),
             _ => None,
@@ -39,6 +44,10 @@ impl Blk {
     fn layout(self) -> (usize, usize) {
         match self {
             Blk::Q4_0 | Blk::Iq4Nl => (super::x8::Q4_0_GROUP, 16),
+            // d | qh (regrouped fifth bits) | nibbles.
+            Blk::Q5_0 => (super::x8_q5::group(1), 48),
+            // d | 8 vectors of 4 bytes per row.
+            Blk::Q8_0 => (super::x8::Q8_0_GROUP, 16),
             // Per super-block: d | ls - 32 [s][c] | 8 x 128 bytes of nibbles.
             Blk::Iq4Xs => (Iq4::Xs.group_bytes(), XS_QS),
         }
@@ -79,7 +88,7 @@ impl Blocks for BlockQ8K {
     }
 }
 
-/// `y_i = x @ W_i^T` for Q4_0, IQ4_NL or IQ4_XS weights of one format and K (`format`), `xs`
+/// `y_i = x @ W_i^T` for Q4_0, Q5_0, Q8_0, IQ4_NL or IQ4_XS weights of one format and K (`format`), `xs`
 /// the rows' activation blocks (`stride` per row), `m >= MIN_ROWS`; `fallback` (the VNNI
 /// kernel) takes the rows past the last full tile of 16 and a last group of 8 weight rows.
 /// Another format: an empty result.
@@ -145,7 +154,7 @@ fn unpack(kind: Blk, g0: &[u8], g1: &[u8], nu: usize) -> (Vec<Line>, Vec<Meta>) 
         // The packed block holding block u and where u's nibbles start in it.
         let (at, q) = match kind {
             Blk::Iq4Xs => ((u / 8) * gb, qs + 128 * (u % 8)),
-            Blk::Q4_0 | Blk::Iq4Nl => (u * gb, qs),
+            Blk::Q4_0 | Blk::Q5_0 | Blk::Q8_0 | Blk::Iq4Nl => (u * gb, qs),
         };
         let gs = [&g0[at..][..gb], &g1[at..][..gb]];
         let mut mt = Meta {
@@ -159,32 +168,51 @@ fn unpack(kind: Blk, g0: &[u8], g1: &[u8], nu: usize) -> (Vec<Line>, Vec<Meta>) 
                     mt.sc[8 * h + c] = g[XS_SC + 8 * (u % 8) + c] as i8 as i32;
                 }
             }
-            // SAFETY: AVX2 is there (`available`); 4 vectors of 32 bytes from `q` lie within
-            // the packed block, 8 lines of `b` from 8u within `b`.
-            unsafe { lines(kind, g.as_ptr().add(q), &mut b[8 * u..][..8], h) };
+            // SAFETY: AVX2 is there (`available`); the vectors read from `q` (and Q5_0's qh)
+            // lie within the packed block, 8 lines of `b` from 8u within `b`.
+            unsafe { lines(kind, (g.as_ptr(), q), &mut b[8 * u..][..8], h) };
         }
         meta.push(mt);
     }
     (b, meta)
 }
 
-/// Half `h` (rows 8h..8h + 8) of a block's 8 B lines from its 4 packed nibble vectors (`q`):
-/// vector v's low nibbles are elements 4v..4v + 4 of each row, its high ones 16 + 4v...
+/// Half `h` (rows 8h..8h + 8) of a block's 8 B lines, from packed block `g` with its vectors at
+/// `q`: Q8_0's 8 vectors are the lines; otherwise nibble vector v's low nibbles are elements
+/// 4v..4v + 4 of each row (line v) and its high ones 16 + 4v.. (line 4 + v), made signed values
+/// as the VNNI kernels' sums take them (Q4_0 `q - 8`, Q5_0 `q - 16` with its fifth bits, IQ4
+/// through the table).
 #[target_feature(enable = "avx2")]
-unsafe fn lines(kind: Blk, q: *const u8, dst: &mut [Line], h: usize) {
+unsafe fn lines(kind: Blk, (g, q): (*const u8, usize), dst: &mut [Line], h: usize) {
+    assert!(dst.len() >= 8);
+    let out = dst.as_mut_ptr();
+    let at = |line: usize| (*out.add(line)).0.as_mut_ptr().add(32 * h) as *mut __m256i;
+    if kind == Blk::Q8_0 {
+        for s in 0..8 {
+            let v = _mm256_loadu_si256(g.add(q + 32 * s) as *const __m256i);
+            _mm256_storeu_si256(at(s), v);
+        }
+        return;
+    }
     let low = _mm256_set1_epi8(0x0f);
     let t = VALUES.map(|v| v as u8);
     let table = _mm256_loadu2_m128i(t.as_ptr() as *const __m128i, t.as_ptr() as *const __m128i);
     let value = |n: __m256i| match kind {
         Blk::Q4_0 => _mm256_sub_epi8(n, _mm256_set1_epi8(8)),
-        Blk::Iq4Nl | Blk::Iq4Xs => _mm256_shuffle_epi8(table, n),
+        Blk::Q5_0 => _mm256_sub_epi8(n, _mm256_set1_epi8(16)),
+        Blk::Iq4Nl | Blk::Iq4Xs | Blk::Q8_0 => _mm256_shuffle_epi8(table, n),
     };
     for v in 0..4 {
-        let raw = _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
-        let lo = value(_mm256_and_si256(raw, low));
-        let hi = value(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
-        _mm256_storeu_si256(dst[v].0.as_mut_ptr().add(32 * h) as *mut __m256i, lo);
-        _mm256_storeu_si256(dst[4 + v].0.as_mut_ptr().add(32 * h) as *mut __m256i, hi);
+        let (lo, hi) = match kind {
+            Blk::Q5_0 => q5_values(g, 1, v),
+            _ => {
+                let raw = _mm256_loadu_si256(g.add(q + 32 * v) as *const __m256i);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                (_mm256_and_si256(raw, low), hi)
+            }
+        };
+        _mm256_storeu_si256(at(v), value(lo));
+        _mm256_storeu_si256(at(4 + v), value(hi));
     }
 }
 

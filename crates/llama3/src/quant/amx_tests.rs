@@ -27,6 +27,8 @@ fn weights(n: usize, k: usize) -> Vec<(String, Packed)> {
         GgmlDType::Q5K,
         GgmlDType::Q6K,
         GgmlDType::Q4_0,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
     ] {
         let random = data(n * k, 11);
         let signs: Vec<f32> = random.iter().map(|v| v.signum()).collect();

@@ -56,7 +56,9 @@ pub fn cpu_path() -> String {
     let isa = isa::Isa::detected().name();
     #[cfg(target_arch = "x86_64")]
     if amx::available() {
-        return format!("{isa}; amx for 16+ rows of Q4_0, IQ4_NL, IQ4_XS, Q4_K, Q5_K, Q6_K");
+        return format!(
+            "{isa}; amx for 16+ rows of Q4_0, Q5_0, Q8_0, IQ4_NL, IQ4_XS, Q4_K, Q5_K, Q6_K"
+        );
     }
     isa.to_string()
 }

@@ -101,6 +101,25 @@ pub(crate) unsafe fn bit5(
     _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
 }
 
+/// The 5-bit values (0..31) of nibble vector v of a packed Q5_0 (`h` = 1 header field) or
+/// Q5_1 (`h` = 2) block of 8 rows at `g`: elements 4v..4v + 4 (`lo`) and 16 + 4v.. (`hi`) of
+/// each row, the fifth bits from the regrouped `qh`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn q5_values(
+    g: *const u8,
+    h: usize,
+    v: usize,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let low = _mm256_set1_epi8(0x0f);
+    let qh = _mm256_loadu_si256(g.add(16 * h) as *const __m256i);
+    let raw = _mm256_loadu_si256(g.add(16 * h + 32 + 32 * v) as *const __m256i);
+    let lo = _mm256_or_si256(_mm256_and_si256(raw, low), bit5(qh, v, 0));
+    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+    (lo, _mm256_or_si256(hi, bit5(qh, v, 1)))
+}
+
 /// With AVX2. 5-bit values against i8 through `maddubs`: a lane is at most 2 * 31 * 127 =
 /// 7874, two of them 15748 < 32767, widened to int32 after each pair.
 #[cfg(target_arch = "x86_64")]
@@ -115,18 +134,13 @@ pub unsafe fn q5<D: super::isa::Dot, const R: usize, const MIN: bool>(
     let gb = group(h);
     let nb = w.len() / gb;
     assert!(x.iter().all(|r| r.len() >= nb));
-    let low = _mm256_set1_epi8(0x0f);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         let g = w.as_ptr().add(b * gb);
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
-        let qh = _mm256_loadu_si256(g.add(16 * h) as *const __m256i);
         let mut isum = [_mm256_setzero_si256(); R];
         for v in 0..4 {
-            let raw = _mm256_loadu_si256(g.add(16 * h + 32 + 32 * v) as *const __m256i);
-            let lo = _mm256_or_si256(_mm256_and_si256(raw, low), bit5(qh, v, 0));
-            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-            let hi = _mm256_or_si256(hi, bit5(qh, v, 1));
+            let (lo, hi) = q5_values(g, h, v);
             for r in 0..R {
                 let qs = &x[r].get_unchecked(b).qs;
                 let (x1, x2) = (
