@@ -2,8 +2,9 @@
 //! 16 activation rows by 16 weight rows over 64 bytes of K in one instruction, where the VNNI
 //! kernels take 8 weight rows by 4 activation rows one 4-byte piece at a time. This file has
 //! what the AMX kernels share: detection, tile configurations, cache-line buffers and the
-//! parallel driver; `amx_k.rs` has the K-quants, `amx_blk.rs` the formats scaled per block of
-//! 32 (Q4_0, IQ4_XS).
+//! parallel driver, and the tile steps of the signed digit matrices; `amx_k.rs` has the
+//! K-quants, `amx_xs.rs` IQ4_XS, `amx_blk.rs` the formats scaled per block of 32 (Q4_0, Q5_0,
+//! Q8_0, IQ4_NL).
 //!
 //! Same integers, same float work, so the same bits as every other path: a row computed in a
 //! prompt here equals the row decoded alone by the VNNI kernels. Integer sums are exact in any
@@ -153,6 +154,110 @@ pub(super) fn gemm_pairs<A: Sync>(
             );
         }
     })
+}
+
+/// Digit matrices of one super-block from its signed values (64 tile lines, `lines_q6k` or
+/// `amx_blk`'s IQ4 lines): for each K step t of 64 elements (lines 16t..16t + 16) and digit i of
+/// N, at (t * N + i) * 16, each value times its row's digit i of its sub-block (`dig[s][i]`,
+/// `dig.len()` sub-blocks of 64 / len lines) in a signed byte (Q6_K: |(q - 32) x digit| <= 96;
+/// IQ4_XS: |value x ternary digit| <= 127).
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+pub(super) unsafe fn digits_signed<const N: usize>(
+    values: &[u8],
+    dig: &[[[i8; 16]; N]],
+    dst: &mut [Line],
+) {
+    assert!(values.len() >= 64 * 64 && dst.len() >= 64 * N && !dig.is_empty());
+    let lines_per_sub = 64 / dig.len();
+    let lo8 = _mm512_set1_epi16(0xff);
+    // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
+    let even = |v: __m512i| _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
+    let odd = |v: __m512i| _mm512_srai_epi16(v, 8);
+    let out = dst.as_mut_ptr();
+    for (s, ds) in dig.iter().enumerate() {
+        // Each row's digit in its 4 bytes, sign-extended in 16-bit lanes.
+        let dg: [[__m512i; 2]; N] = std::array::from_fn(|i| {
+            let d = _mm512_cvtepi8_epi32(_mm_loadu_si128(ds[i].as_ptr() as *const __m128i));
+            let d = _mm512_and_si512(d, _mm512_set1_epi32(0xff));
+            let d = _mm512_mullo_epi32(d, _mm512_set1_epi32(0x0101_0101));
+            [even(d), odd(d)]
+        });
+        for line in lines_per_sub * s..lines_per_sub * (s + 1) {
+            let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
+            let (ve, vo) = (even(v), odd(v));
+            let (t, l) = (line / 16, line % 16);
+            for (i, [de, dd]) in dg.iter().enumerate() {
+                let pe = _mm512_and_si512(_mm512_mullo_epi16(ve, *de), lo8);
+                let po = _mm512_slli_epi16(_mm512_mullo_epi16(vo, *dd), 8);
+                let at = out.add((t * N + i) * 16 + l) as *mut __m512i;
+                _mm512_storeu_si512(at, _mm512_or_si512(pe, po));
+            }
+        }
+    }
+}
+
+/// One super-block of an activation tile (`a`: 4 K steps of 1 KiB) against `nd` (3: Q6_K, 4:
+/// IQ4_XS in `amx_xs.rs`) signed digit matrices of `b` (`nd` KiB per K step), stored into `c`.
+#[inline(always)]
+pub(super) unsafe fn super_signed(nd: usize, a: *const u8, b: *const u8, c: *mut i32) {
+    zero_c();
+    for t in 0..4 {
+        let b = b.add(1024 * nd * t);
+        asm!(
+            "tileloadd tmm4, [{a} + {l}*1]",
+            "tileloadd tmm5, [{b0} + {l}*1]",
+            "tileloadd tmm6, [{b1} + {l}*1]",
+            "tileloadd tmm7, [{b2} + {l}*1]",
+            "tdpbssd tmm0, tmm4, tmm5",
+            "tdpbssd tmm1, tmm4, tmm6",
+            "tdpbssd tmm2, tmm4, tmm7",
+            a = in(reg) a.add(1024 * t),
+            b0 = in(reg) b, b1 = in(reg) b.add(1024), b2 = in(reg) b.add(2048),
+            l = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+        if nd == 4 {
+            asm!(
+                "tileloadd tmm5, [{b3} + {l}*1]",
+                "tdpbssd tmm3, tmm4, tmm5",
+                b3 = in(reg) b.add(3072), l = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+    }
+    store_c(nd, c);
+}
+
+/// Zeroes C tiles 0-3.
+#[inline(always)]
+pub(super) unsafe fn zero_c() {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+}
+
+/// Stores C tiles 0..`count` (3 or 4) into `c`, 1 KiB each.
+#[inline(always)]
+pub(super) unsafe fn store_c(count: usize, c: *mut i32) {
+    asm!(
+        "tilestored [{c0} + {l}*1], tmm0",
+        "tilestored [{c1} + {l}*1], tmm1",
+        "tilestored [{c2} + {l}*1], tmm2",
+        c0 = in(reg) c, c1 = in(reg) c.add(256), c2 = in(reg) c.add(512),
+        l = in(reg) 64usize,
+        options(nostack),
+    );
+    if count == 4 {
+        asm!(
+            "tilestored [{c3} + {l}*1], tmm3",
+            c3 = in(reg) c.add(768), l = in(reg) 64usize,
+            options(nostack),
+        );
+    }
 }
 
 #[inline(always)]

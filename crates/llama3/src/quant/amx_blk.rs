@@ -1,10 +1,9 @@
-//! Prompts of the formats scaled per block of 32 on AMX (`amx.rs`): Q4_0, Q5_0, Q8_0 and IQ4_NL
-//! (an f16 scale per block: each block's tile takes `x8::q4_0`'s float step) and IQ4_XS (integer
-//! scales per sub-block of 32 summed in int32, one float step per super-block, as
-//! `iq4::xs_simd`). Weights are signed bytes (`tdpbssd`): Q4_0's `q - 8` and Q5_0's `q - 16`
-//! (`Σ (q - 8) x` is the VNNI kernels' `Σ q x - 8 Σ x`), Q8_0's own, IQ4's table values. A block is one K step of 32 bytes;
-//! two activation tiles share each weight tile, and a block's tiles are stored while the
-//! previous block's epilogue runs.
+//! Prompts of the formats scaled per block of 32 on AMX (`amx.rs`): Q4_0, Q5_0, Q8_0 and IQ4_NL,
+//! an f16 scale per block: each block's tile takes `x8::q4_0`'s float step. Weights are signed
+//! bytes (`tdpbssd`): Q4_0's `q - 8` and Q5_0's `q - 16` (`Σ (q - 8) x` is the VNNI kernels'
+//! `Σ q x - 8 Σ x`), Q8_0's own, IQ4's table values (also IQ4_XS's values, `amx_xs.rs`). A
+//! block is one K step of 32 bytes; two activation tiles share each weight tile, and a block's
+//! tiles are stored while the previous block's epilogue runs.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -14,18 +13,17 @@ use rayon::prelude::*;
 use super::amx::{gemm_pairs, load_i, release, Line, TileConfig};
 use super::iq4::{Iq4, VALUES};
 use super::packed::{Packed, Tile};
-use super::q8::{BlockQ8, BlockQ8K};
+use super::q8::BlockQ8;
 use super::x8_q5::q5_values;
 use super::{Format, Kind, SyncPtr};
 
 /// The formats here.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Blk {
+pub(super) enum Blk {
     Q4_0,
     Q5_0,
     Q8_0,
     Iq4Nl,
-    Iq4Xs,
 }
 
 impl Blk {
@@ -35,7 +33,6 @@ impl Blk {
             Format::Blocks(Kind::Q5_0) => Some(Blk::Q5_0),
             Format::Blocks(Kind::Q8_0) => Some(Blk::Q8_0),
             Format::Iq(Iq4::Nl) => Some(Blk::Iq4Nl),
-            Format::Iq(Iq4::Xs) => Some(Blk::Iq4Xs),
             _ => None,
         }
     }
@@ -48,56 +45,20 @@ impl Blk {
             Blk::Q5_0 => (super::x8_q5::group(1), 48),
             // d | 8 vectors of 4 bytes per row.
             Blk::Q8_0 => (super::x8::Q8_0_GROUP, 16),
-            // Per super-block: d | ls - 32 [s][c] | 8 x 128 bytes of nibbles.
-            Blk::Iq4Xs => (Iq4::Xs.group_bytes(), XS_QS),
         }
     }
 }
 
-const XS_SC: usize = 16;
-const XS_QS: usize = 80;
-
-/// An activation row's blocks of 32: its quants and scale (`BlockQ8` per block, or `BlockQ8K`
-/// per 8 blocks).
-pub(super) trait Blocks: Sync {
-    /// Quants of block `u` (of 32) of the row starting at `self`.
-    fn quants(row: &[Self], u: usize) -> &[i8]
-    where
-        Self: Sized;
-    /// The scale of the block or super-block holding block `u`.
-    fn scale(row: &[Self], u: usize) -> f32
-    where
-        Self: Sized;
-}
-
-impl Blocks for BlockQ8 {
-    fn quants(row: &[Self], u: usize) -> &[i8] {
-        &row[u].qs
-    }
-    fn scale(row: &[Self], u: usize) -> f32 {
-        row[u].d
-    }
-}
-
-impl Blocks for BlockQ8K {
-    fn quants(row: &[Self], u: usize) -> &[i8] {
-        &row[u / 8].qs[32 * (u % 8)..][..32]
-    }
-    fn scale(row: &[Self], u: usize) -> f32 {
-        row[u / 8].d
-    }
-}
-
-/// `y_i = x @ W_i^T` for Q4_0, Q5_0, Q8_0, IQ4_NL or IQ4_XS weights of one format and K (`format`), `xs`
+/// `y_i = x @ W_i^T` for Q4_0, Q5_0, Q8_0 or IQ4_NL weights of one format and K (`format`), `xs`
 /// the rows' activation blocks (`stride` per row), `m >= MIN_ROWS`; `fallback` (the VNNI
 /// kernel) takes the rows past the last full tile of 16 and a last group of 8 weight rows.
 /// Another format: an empty result.
-pub(super) fn gemm<A: Blocks>(
+pub(super) fn gemm(
     format: Format,
     ws: &[&Packed],
-    (xs, stride): (&[A], usize),
+    (xs, stride): (&[BlockQ8], usize),
     m: usize,
-    fallback: &impl Tile<A>,
+    fallback: &impl Tile<BlockQ8>,
 ) -> Vec<Vec<f32>> {
     let Some(kind) = Blk::of(format) else {
         return Vec::new();
@@ -113,20 +74,20 @@ pub(super) fn gemm<A: Blocks>(
         // SAFETY: `available` checked AMX-INT8 and AVX-512 and got the tile state; `a` holds
         // `full` rows of `nu` blocks, `b` and `meta` `nu` blocks; this task owns columns
         // 8g..8g + 16.
-        unsafe { tiles(kind, (&a, &b), &meta, &rows, nu, full, out) }
+        unsafe { tiles((&a, &b), &meta, &rows, nu, full, out) }
     })
 }
 
 /// The activations' quants as A tiles (16 rows of 32 bytes, 8 lines): tile j, block u at
 /// line 8 (j nu + u).
-fn activation_tiles<A: Blocks>(xs: &[A], stride: usize, nu: usize, full: usize) -> Vec<Line> {
+fn activation_tiles(xs: &[BlockQ8], stride: usize, nu: usize, full: usize) -> Vec<Line> {
     let mut a = vec![Line::ZERO; full / 16 * nu * 8];
     a.par_chunks_mut(nu * 8).enumerate().for_each(|(j, tile)| {
         for (u, lines) in tile.chunks_exact_mut(8).enumerate() {
             for r in 0..16 {
                 let row = &xs[(16 * j + r) * stride..][..stride];
                 let line = &mut lines[r / 2].0[32 * (r % 2)..][..32];
-                for (o, q) in line.iter_mut().zip(A::quants(row, u)) {
+                for (o, q) in line.iter_mut().zip(&row[u].qs) {
                     *o = *q as u8;
                 }
             }
@@ -135,14 +96,8 @@ fn activation_tiles<A: Blocks>(xs: &[A], stride: usize, nu: usize, full: usize) 
     a
 }
 
-/// A block's scales for 16 weight rows: the f16 scale (IQ4_XS: of the super-block) and the
-/// integer scale (IQ4_XS: `ls - 32`).
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Meta {
-    d: [f32; 16],
-    sc: [i32; 16],
-}
+/// A block's scales of 16 weight rows.
+type Meta = [f32; 16];
 
 /// Rows 8g..8g + 16 (groups `g0`, `g1`) as B tiles (8 lines of 64 bytes per block: line v
 /// holds elements 4v..4v + 4 of each row) and their scales.
@@ -151,26 +106,15 @@ fn unpack(kind: Blk, g0: &[u8], g1: &[u8], nu: usize) -> (Vec<Line>, Vec<Meta>) 
     let mut b = vec![Line::ZERO; nu * 8];
     let mut meta = Vec::with_capacity(nu);
     for u in 0..nu {
-        // The packed block holding block u and where u's nibbles start in it.
-        let (at, q) = match kind {
-            Blk::Iq4Xs => ((u / 8) * gb, qs + 128 * (u % 8)),
-            Blk::Q4_0 | Blk::Q5_0 | Blk::Q8_0 | Blk::Iq4Nl => (u * gb, qs),
-        };
-        let gs = [&g0[at..][..gb], &g1[at..][..gb]];
-        let mut mt = Meta {
-            d: [0.0; 16],
-            sc: [0; 16],
-        };
+        let gs = [&g0[u * gb..][..gb], &g1[u * gb..][..gb]];
+        let mut mt = [0f32; 16];
         for (h, g) in gs.iter().enumerate() {
             for c in 0..8 {
-                mt.d[8 * h + c] = half::f16::from_le_bytes([g[2 * c], g[2 * c + 1]]).to_f32();
-                if kind == Blk::Iq4Xs {
-                    mt.sc[8 * h + c] = g[XS_SC + 8 * (u % 8) + c] as i8 as i32;
-                }
+                mt[8 * h + c] = half::f16::from_le_bytes([g[2 * c], g[2 * c + 1]]).to_f32();
             }
-            // SAFETY: AVX2 is there (`available`); the vectors read from `q` (and Q5_0's qh)
+            // SAFETY: AVX2 is there (`available`); the vectors read from `qs` (and Q5_0's qh)
             // lie within the packed block, 8 lines of `b` from 8u within `b`.
-            unsafe { lines(kind, (g.as_ptr(), q), &mut b[8 * u..][..8], h) };
+            unsafe { lines(kind, (g.as_ptr(), qs), &mut b[8 * u..][..8], h) };
         }
         meta.push(mt);
     }
@@ -183,7 +127,7 @@ fn unpack(kind: Blk, g0: &[u8], g1: &[u8], nu: usize) -> (Vec<Line>, Vec<Meta>) 
 /// as the VNNI kernels' sums take them (Q4_0 `q - 8`, Q5_0 `q - 16` with its fifth bits, IQ4
 /// through the table).
 #[target_feature(enable = "avx2")]
-unsafe fn lines(kind: Blk, (g, q): (*const u8, usize), dst: &mut [Line], h: usize) {
+pub(super) unsafe fn lines(kind: Blk, (g, q): (*const u8, usize), dst: &mut [Line], h: usize) {
     assert!(dst.len() >= 8);
     let out = dst.as_mut_ptr();
     let at = |line: usize| (*out.add(line)).0.as_mut_ptr().add(32 * h) as *mut __m256i;
@@ -200,7 +144,7 @@ unsafe fn lines(kind: Blk, (g, q): (*const u8, usize), dst: &mut [Line], h: usiz
     let value = |n: __m256i| match kind {
         Blk::Q4_0 => _mm256_sub_epi8(n, _mm256_set1_epi8(8)),
         Blk::Q5_0 => _mm256_sub_epi8(n, _mm256_set1_epi8(16)),
-        Blk::Iq4Nl | Blk::Iq4Xs | Blk::Q8_0 => _mm256_shuffle_epi8(table, n),
+        Blk::Iq4Nl | Blk::Q8_0 => _mm256_shuffle_epi8(table, n),
     };
     for v in 0..4 {
         let (lo, hi) = match kind {
@@ -247,11 +191,10 @@ unsafe fn block(a0: *const u8, a1: *const u8, b: *const u8, c: *mut i32) {
 /// AMX-INT8, AVX-512 and the tile state (`available`); `a` holds `full` rows of `nu` blocks;
 /// the caller owns those outputs.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-unsafe fn tiles<'x, A: Blocks + 'x>(
-    kind: Blk,
+unsafe fn tiles<'x>(
     (a, b): (&[Line], &[Line]),
     meta: &[Meta],
-    row: &impl Fn(usize) -> &'x [A],
+    row: &impl Fn(usize) -> &'x [BlockQ8],
     nu: usize,
     full: usize,
     (out, n, col): (SyncPtr, usize, usize),
@@ -284,7 +227,6 @@ unsafe fn tiles<'x, A: Blocks + 'x>(
             }
         };
         let mut acc = [_mm512_setzero_ps(); 32];
-        let mut isum = [_mm512_setzero_si512(); 32];
         for u in 0..=nu {
             if u < nu {
                 let tile = |j: usize| a.as_ptr().add(8 * (j * nu + u)) as *const u8;
@@ -299,27 +241,11 @@ unsafe fn tiles<'x, A: Blocks + 'x>(
                 continue;
             };
             let c = &*(cb[u % 2] as *const [[i32; 16]; 32]);
-            let mt = &meta[u];
-            let d = _mm512_loadu_ps(mt.d.as_ptr());
-            if kind != Blk::Iq4Xs {
-                // x8::q4_0: acc = fma(Σ (q - 8) x, d_w d_x, acc) per block.
-                for (r, acc) in acc[..rows].iter_mut().enumerate() {
-                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(A::scale(row(tok(r)), u)));
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(load_i(&c[r])), scale, *acc);
-                }
-                continue;
-            }
-            // iq4::xs_simd: total += isum_s (ls_s - 32); per super-block acc = fma(total, ..).
-            let sc = load_i(&mt.sc);
-            for (r, s) in isum[..rows].iter_mut().enumerate() {
-                *s = _mm512_add_epi32(*s, _mm512_mullo_epi32(load_i(&c[r]), sc));
-            }
-            if u % 8 == 7 {
-                for (r, acc) in acc[..rows].iter_mut().enumerate() {
-                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(A::scale(row(tok(r)), u)));
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), scale, *acc);
-                    isum[r] = _mm512_setzero_si512();
-                }
+            // x8::q4_0: acc = fma(Σ (q - 8) x, d_w d_x, acc) per block.
+            let d = _mm512_loadu_ps(meta[u].as_ptr());
+            for (r, acc) in acc[..rows].iter_mut().enumerate() {
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(row(tok(r))[u].d));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(load_i(&c[r])), scale, *acc);
             }
         }
         for (r, acc) in acc[..rows].iter().enumerate() {

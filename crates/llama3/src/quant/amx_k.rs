@@ -11,7 +11,11 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::amx::{gemm_pairs, load_i, release, Line, TileConfig};
+use super::amx::{
+    digits_signed, gemm_pairs, load_i, release, store_c, super_signed, zero_c, Line, TileConfig,
+};
+use super::amx_xs;
+use super::iq4::Iq4;
 use super::kquant::{Super, MN, Q6K_B, Q6K_SC, QK, SC};
 use super::packed::{Packed, SuperKernel};
 use super::q8::BlockQ8K;
@@ -21,7 +25,7 @@ use super::{Format, SyncPtr};
 /// Bytes of one digit matrix per super-block (256 elements of 16 rows).
 const B_BYTES: usize = QK * 16;
 
-/// `y_i = x @ W_i^T` for K-quant weights of one format and K, `xs` the activations quantized
+/// `y_i = x @ W_i^T` for K-quant (or IQ4_XS: `amx_xs.rs`) weights of one format and K, `xs` the activations quantized
 /// per super-block (`nb` per row), `m >= MIN_ROWS`; `fallback` (the VNNI kernel) takes the
 /// rows past the last full tile of 16 and a last group of 8 weight rows. As `drive`: tasks
 /// own disjoint columns, all weights in one parallel pass.
@@ -32,11 +36,16 @@ pub(super) fn gemm_k(
     m: usize,
     fallback: &SuperKernel,
 ) -> Vec<Vec<f32>> {
-    let Format::Super(kind) = fallback.0 else {
-        return Vec::new();
-    };
     let full = m / 16 * 16;
     let a = activation_tiles(xs, nb, full);
+    let kind = match fallback.0 {
+        Format::Super(kind) => kind,
+        Format::Iq(Iq4::Xs) => {
+            let pair = |w: &Packed, g, out| amx_xs::pair(w, g, out, (&a, xs), nb, full);
+            return gemm_pairs(ws, m, (xs, nb), fallback, pair);
+        }
+        _ => return Vec::new(),
+    };
     let pairs = min_pairs(xs, kind);
     gemm_pairs(ws, m, (xs, nb), fallback, |w, g, out| {
         unpack(
@@ -55,7 +64,7 @@ pub(super) fn gemm_k(
 
 /// The activations' quants as A tiles on cache lines: tile (16 rows) j, super-block sb, K step
 /// t (64 elements) at line 16 ((j nb + sb) 4 + t), row r = line + r.
-fn activation_tiles(xs: &[BlockQ8K], nb: usize, full: usize) -> Vec<Line> {
+pub(super) fn activation_tiles(xs: &[BlockQ8K], nb: usize, full: usize) -> Vec<Line> {
     let mut a = vec![Line::ZERO; full * nb * 4];
     a.par_chunks_mut(16 * nb * 4)
         .enumerate()
@@ -152,7 +161,7 @@ fn unpack<T>(
                     Super::Q5K => digits_q4k::<true>(gs, &dig, b),
                     Super::Q6K => {
                         lines_q6k(gs, &mut sc.values);
-                        digits_q6k(&sc.values, &dig, b)
+                        digits_signed(&sc.values, &dig, b)
                     }
                 }
             }
@@ -276,50 +285,11 @@ unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
     }
 }
 
-/// Q6_K's digit matrices of one super-block from its values (`lines_q6k`): for each K step t
-/// of 64 elements (lines 16t..16t + 16) and digit i, at (t * 3 + i) * 16, each value (q - 32)
-/// times its row's digit (-3..3) of its sub-block's scale (|product| <= 96: a signed byte).
-#[target_feature(enable = "avx2,avx512f,avx512bw")]
-unsafe fn digits_q6k(values: &[u8], dig: &Digits, dst: &mut [Line]) {
-    let lo8 = _mm512_set1_epi16(0xff);
-    // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
-    let even = |v: __m512i| _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
-    let odd = |v: __m512i| _mm512_srai_epi16(v, 8);
-    let out = dst.as_mut_ptr();
-    for (s, ds) in dig.iter().enumerate() {
-        // Each row's digit in its 4 bytes, sign-extended in 16-bit lanes.
-        let dg: [[__m512i; 2]; 3] = std::array::from_fn(|i| {
-            let d = _mm512_cvtepi8_epi32(_mm_loadu_si128(ds[i].as_ptr() as *const __m128i));
-            let d = _mm512_and_si512(d, _mm512_set1_epi32(0xff));
-            let d = _mm512_mullo_epi32(d, _mm512_set1_epi32(0x0101_0101));
-            [even(d), odd(d)]
-        });
-        // Sub-block s: 16 elements, lines 4s..4s + 4.
-        for line in 4 * s..4 * s + 4 {
-            let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
-            let (ve, vo) = (even(v), odd(v));
-            let (t, l) = (line / 16, line % 16);
-            for (i, [de, dd]) in dg.iter().enumerate() {
-                let pe = _mm512_and_si512(_mm512_mullo_epi16(ve, *de), lo8);
-                let po = _mm512_slli_epi16(_mm512_mullo_epi16(vo, *dd), 8);
-                let at = out.add((t * 3 + i) * 16 + l) as *mut __m512i;
-                _mm512_storeu_si512(at, _mm512_or_si512(pe, po));
-            }
-        }
-    }
-}
-
 /// One super-block of two activation tiles (at `a0`, `a1`: 4 K steps of 1 KiB) against the
 /// two digit matrices of `b` (Q4_K/Q5_K): `c` = [a0 x hi, a0 x lo, a1 x hi, a1 x lo].
 #[inline(always)]
 unsafe fn super_q4k(a0: *const u8, a1: *const u8, b: *const u8, c: *mut i32) {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+    zero_c();
     for t in 0..4 {
         asm!(
             "tileloadd tmm4, [{a0} + {l}*1]",
@@ -337,54 +307,6 @@ unsafe fn super_q4k(a0: *const u8, a1: *const u8, b: *const u8, c: *mut i32) {
         );
     }
     store_c(4, c);
-}
-
-/// One super-block of an activation tile against the three digit matrices of `b` (Q6_K).
-#[inline(always)]
-unsafe fn super_q6k(a: *const u8, b: *const u8, c: *mut i32) {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        options(nostack, nomem)
-    );
-    for t in 0..4 {
-        asm!(
-            "tileloadd tmm4, [{a} + {l}*1]",
-            "tileloadd tmm5, [{b0} + {l}*1]",
-            "tileloadd tmm6, [{b1} + {l}*1]",
-            "tileloadd tmm7, [{b2} + {l}*1]",
-            "tdpbssd tmm0, tmm4, tmm5",
-            "tdpbssd tmm1, tmm4, tmm6",
-            "tdpbssd tmm2, tmm4, tmm7",
-            a = in(reg) a.add(1024 * t),
-            b0 = in(reg) b.add(3072 * t), b1 = in(reg) b.add(3072 * t + 1024),
-            b2 = in(reg) b.add(3072 * t + 2048),
-            l = in(reg) 64usize,
-            options(nostack, readonly),
-        );
-    }
-    store_c(3, c);
-}
-
-/// Stores C tiles 0..`count` (3 or 4) into `c`, 1 KiB each.
-#[inline(always)]
-unsafe fn store_c(count: usize, c: *mut i32) {
-    asm!(
-        "tilestored [{c0} + {l}*1], tmm0",
-        "tilestored [{c1} + {l}*1], tmm1",
-        "tilestored [{c2} + {l}*1], tmm2",
-        c0 = in(reg) c, c1 = in(reg) c.add(256), c2 = in(reg) c.add(512),
-        l = in(reg) 64usize,
-        options(nostack),
-    );
-    if count == 4 {
-        asm!(
-            "tilestored [{c3} + {l}*1], tmm3",
-            c3 = in(reg) c.add(768), l = in(reg) 64usize,
-            options(nostack),
-        );
-    }
 }
 
 /// Activation rows 0..`full` (tiles of 16) against the 16 weight rows of `b`/`meta`, into
@@ -421,7 +343,7 @@ unsafe fn tiles(
                 let tile = |j: usize| a.as_ptr().add(64 * (j * nb + sb)) as *const u8;
                 let bb = b.as_ptr().add(sb * nd * B_BYTES / 64) as *const u8;
                 match kind {
-                    Super::Q6K => super_q6k(tile(j0), bb, cb[sb % 2]),
+                    Super::Q6K => super_signed(3, tile(j0), bb, cb[sb % 2]),
                     _ => super_q4k(tile(j0), tile(j1), bb, cb[sb % 2]),
                 }
             }

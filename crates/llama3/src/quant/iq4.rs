@@ -32,8 +32,8 @@ pub enum Iq4 {
     Xs,
 }
 
-const XS_SC: usize = 16;
-const XS_QS: usize = 80;
+pub(super) const XS_SC: usize = 16;
+pub(super) const XS_QS: usize = 80;
 /// Bytes of a packed IQ4_NL block of 8 rows (Q4_0's).
 pub const NL_GROUP: usize = 16 + 128;
 

@@ -17,6 +17,8 @@ mod amx_blk;
 mod amx_k;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod amx_tests;
+#[cfg(target_arch = "x86_64")]
+mod amx_xs;
 mod format;
 pub mod grad;
 mod iq4;

@@ -279,10 +279,8 @@ pub fn gemm_many(ws: &[&Packed], x: &[f32], m: usize) -> Vec<Vec<f32>> {
             let kernel = SuperKernel(format, isa);
             #[cfg(target_arch = "x86_64")]
             if m >= amx::MIN_ROWS && amx::takes(format) && amx::available() {
-                return match format {
-                    Format::Super(_) => amx_k::gemm_k(ws, &xq, k / 256, m, &kernel),
-                    _ => amx_blk::gemm(format, ws, (&xq, k / 256), m, &kernel),
-                };
+                // K-quants and IQ4_XS (`amx_xs.rs`).
+                return amx_k::gemm_k(ws, &xq, k / 256, m, &kernel);
             }
             drive(ws, &xq, k / 256, m, &kernel)
         }
