@@ -163,11 +163,11 @@ pub(super) fn gemm_pairs<A: Sync>(
 /// IQ4_XS: |value x ternary digit| <= 127).
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
 pub(super) unsafe fn digits_signed<const N: usize>(
-    values: &[u8],
+    values: &[Line],
     dig: &[[[i8; 16]; N]],
     dst: &mut [Line],
 ) {
-    assert!(values.len() >= 64 * 64 && dst.len() >= 64 * N && !dig.is_empty());
+    assert!(values.len() >= 64 && dst.len() >= 64 * N && !dig.is_empty());
     let lines_per_sub = 64 / dig.len();
     let lo8 = _mm512_set1_epi16(0xff);
     // Signed bytes: even ones sign-extended in 16-bit lanes, odd ones.
@@ -182,8 +182,9 @@ pub(super) unsafe fn digits_signed<const N: usize>(
             let d = _mm512_mullo_epi32(d, _mm512_set1_epi32(0x0101_0101));
             [even(d), odd(d)]
         });
-        for line in lines_per_sub * s..lines_per_sub * (s + 1) {
-            let v = _mm512_loadu_si512(values.as_ptr().add(64 * line) as *const __m512i);
+        let first = lines_per_sub * s;
+        for (line, value) in values.iter().enumerate().skip(first).take(lines_per_sub) {
+            let v = _mm512_loadu_si512(value.0.as_ptr() as *const __m512i);
             let (ve, vo) = (even(v), odd(v));
             let (t, l) = (line / 16, line % 16);
             for (i, [de, dd]) in dg.iter().enumerate() {

@@ -124,7 +124,7 @@ type Digits = [[[i8; 16]; 3]; 16];
 struct Scratch {
     b: Vec<Line>,
     meta: Vec<Meta>,
-    values: Vec<u8>,
+    values: Vec<Line>,
 }
 
 thread_local! {
@@ -147,7 +147,7 @@ fn unpack<T>(
     SCRATCH.with_borrow_mut(|sc| {
         // Every line and scale below is written before it is read.
         sc.b.resize(nb * lines, Line::ZERO);
-        sc.values.resize(B_BYTES, 0);
+        sc.values.resize(64, Line::ZERO);
         sc.meta.clear();
         for sb in 0..nb {
             let gs = [&g0[sb * gb..][..gb], &g1[sb * gb..][..gb]];
@@ -264,9 +264,10 @@ unsafe fn digits_q4k<const Q5: bool>(gs: [&[u8]; 2], dig: &Digits, dst: &mut [Li
 /// Q6_K values minus 32 (signed) as tile lines, as `lines_q4k`. Bits as `x8_k::q6k`
 /// assembles them.
 #[target_feature(enable = "avx2")]
-unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [u8]) {
+unsafe fn lines_q6k(gs: [&[u8]; 2], dst: &mut [Line]) {
+    assert!(dst.len() >= 64);
     let off = _mm256_set1_epi8(32);
-    let out = dst.as_mut_ptr();
+    let out = dst.as_mut_ptr() as *mut u8;
     for (h, g) in gs.iter().enumerate() {
         for b in 0..8 {
             let blk = g.as_ptr().add(Q6K_B + 192 * b);

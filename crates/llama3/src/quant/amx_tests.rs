@@ -1,7 +1,7 @@
-//! Tests of the AMX kernels (`amx_k.rs`, `amx_blk.rs`): a prompt-sized product (tiles of 16
-//! rows, the rows past the last tile and a last group of 8 weight rows on the VNNI kernels)
-//! equals every row decoded alone by the VNNI kernel, bit for bit, for every format with AMX
-//! kernels. The VNNI kernels themselves are checked against the dense product in
+//! Tests of the AMX kernels (`amx_k.rs`, `amx_xs.rs`, `amx_blk.rs`): a prompt-sized product
+//! (tiles of 16 rows, the rows past the last tile and a last group of 8 weight rows on the VNNI
+//! kernels) equals every row decoded alone by the VNNI kernel, bit for bit, for every format
+//! with AMX kernels. The VNNI kernels themselves are checked against the dense product in
 //! `kquant_tests.rs`, `packed_tests.rs` and `iq4_tests.rs`.
 
 use candle_core::quantized::{GgmlDType, QTensor};

@@ -10,8 +10,7 @@ use std::arch::x86_64::*;
 
 use super::amx::{digits_signed, load_i, release, super_signed, Line, TileConfig};
 use super::amx_blk::{lines, Blk};
-use super::iq4::Iq4;
-use super::iq4::{XS_QS, XS_SC};
+use super::iq4::{Iq4, XS_QS, XS_SC};
 use super::packed::Packed;
 use super::q8::BlockQ8K;
 use super::SyncPtr;
@@ -92,12 +91,8 @@ fn unpack(g0: &[u8], g1: &[u8], nb: usize) -> (Vec<Line>, Vec<[f32; 16]>) {
                 };
             }
         }
-        // SAFETY: `values` is 64 lines of plain bytes; AVX-512 BW is there (`available`);
-        // `b`'s super-block holds ND x 64 lines.
-        unsafe {
-            let bytes = std::slice::from_raw_parts(values.as_ptr() as *const u8, 64 * 64);
-            digits_signed(bytes, &dig, &mut b[sb * ND * 64..][..ND * 64])
-        };
+        // SAFETY: AVX-512 BW is there (`available`); `b`'s super-block holds ND x 64 lines.
+        unsafe { digits_signed(&values, &dig, &mut b[sb * ND * 64..][..ND * 64]) };
         ds.push(d);
     }
     (b, ds)
