@@ -156,8 +156,14 @@ pub fn setup_process() {
         if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
             std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
+        // Ranks of a data-parallel job started on one machine share its cores, unless the
+        // launcher bound each to its own (mpirun's default for a few ranks).
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let launch = llama3_train::dist::Launch::from_env();
+            let n = launch.map_or_else(
+                |_| std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |l| l.threads(),
+            );
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
         tune_malloc();

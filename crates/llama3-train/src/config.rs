@@ -92,8 +92,15 @@ pub struct TrainConfig {
     pub seq_len: usize,
     /// Blocks per micro-batch. Default 8.
     pub batch_size: usize,
-    /// Micro-batches per optimizer step. Default 1.
+    /// Micro-batches per optimizer step on each rank. Default 1.
     pub grad_accum: usize,
+    /// Ranks of a data-parallel job (set from the launcher, not a setting of its own): each
+    /// takes `grad_accum` of a step's micro-batches, so a step sees `batch_size x grad_accum x
+    /// world_size` blocks. Default 1.
+    pub world_size: usize,
+    /// Seconds a rank waits in one collective before it gives up on the others (a rank died
+    /// or hangs) and exits naming the call. Default 600.
+    pub dist_timeout: u64,
     /// Passes over the training blocks (ignored when `max_steps` is set). Default 1.
     pub num_epochs: usize,
     /// Optimizer steps; overrides `num_epochs`.
@@ -124,7 +131,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Held-out share of the training blocks when no valid data is given. Default 0.05.
     pub valid_fraction: f64,
-    /// GPUs to use: 0 trains where `device` says, 1 on the first CUDA GPU (one GPU at most).
+    /// GPUs to use: 0 trains where `device` says, 1 on the first CUDA GPU, N > 1 on N GPUs of
+    /// this machine, one rank each (the CLI starts them; a build with the `nccl` feature).
     /// (The CLI maps an explicit `--num-gpus 0` without `--device` to `device = "cpu"`.)
     pub num_gpus: usize,
     /// `auto` (default: the first GPU when built with CUDA and one is present), `cpu`, `cuda`,
@@ -166,6 +174,8 @@ impl Default for TrainConfig {
             seq_len: 256,
             batch_size: 8,
             grad_accum: 1,
+            world_size: 1,
+            dist_timeout: 600,
             num_epochs: 1,
             max_steps: None,
             learning_rate: 1e-3,
@@ -222,11 +232,21 @@ impl TrainConfig {
         }
     }
 
+    /// Micro-batches per optimizer step over all ranks.
+    pub fn global_accum(&self) -> usize {
+        self.grad_accum * self.world_size
+    }
+
     /// Whether `other` describes the same run, so that its checkpoints can be resumed: the
-    /// settings that shape data, model and optimizer agree (the step count and the
-    /// evaluation/saving cadence may change).
+    /// settings that shape data, model and optimizer agree (the step count, the
+    /// evaluation/saving cadence, and the split of a step's micro-batches over ranks may
+    /// change).
     pub fn same_run(&self, other: &TrainConfig) -> bool {
         let strip = |c: &TrainConfig| TrainConfig {
+            grad_accum: c.global_accum(),
+            world_size: 1,
+            dist_timeout: 0,
+            num_gpus: 0,
             max_steps: None,
             num_epochs: 0,
             eval_every: 0,
@@ -250,6 +270,7 @@ impl TrainConfig {
             ("seq_len", self.seq_len),
             ("batch_size", self.batch_size),
             ("grad_accum", self.grad_accum),
+            ("world_size", self.world_size),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
@@ -278,10 +299,11 @@ impl TrainConfig {
                     }
                 ));
             }
-            if self.num_gpus > 1 {
+            if self.num_gpus > 1 && !cfg!(feature = "nccl") {
                 return bad(format!(
-                    "--num-gpus {}: training uses one GPU; multi-GPU data parallelism is not \
-                     supported",
+                    "--num-gpus {}: training on several GPUs needs a build with the `nccl` \
+                     cargo feature (scripts/build-cuda.sh builds it); on CPUs, start ranks with \
+                     `mpirun -np N` on a build with the `mpi` feature",
                     self.num_gpus
                 ));
             }
@@ -328,7 +350,12 @@ impl TrainConfig {
     pub fn device(&self) -> crate::Result<candle_core::Device> {
         Ok(match self.num_gpus {
             0 => llama3::device::parse(&self.device)?,
-            _ => llama3::device::parse("cuda:0")?,
+            1 => llama3::device::parse("cuda:0")?,
+            // One GPU per rank: the rank's place on this machine picks it.
+            _ => {
+                let local = crate::dist::Launch::from_env().map_or(0, |l| l.local_rank);
+                llama3::device::parse(&format!("cuda:{local}"))?
+            }
         })
     }
 }

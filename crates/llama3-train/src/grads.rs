@@ -4,7 +4,11 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+use crate::dist::Collective;
 use crate::{Error, Result};
+
+/// Floats per all-reduce bucket: PyTorch DDP's 25 MB (`bucket_cap_mb`).
+const BUCKET: usize = 25 * 1024 * 1024 / 4;
 
 /// One optional gradient per parameter, in the order of the parameter list.
 #[derive(Clone, Debug, Default)]
@@ -102,6 +106,65 @@ impl Grads {
             }
         }
         Ok(norm)
+    }
+
+    /// Sums every gradient over the ranks of `comm` (data parallelism: each rank accumulated
+    /// its own micro-batches, whose losses were divided by the step's counted tokens over all
+    /// ranks), in buckets of consecutive parameters of at most 25 MB, so every rank then
+    /// holds the gradient one process accumulating all the micro-batches would. Which
+    /// parameters have gradients must agree across ranks (the same graph on each).
+    pub fn all_reduce(&mut self, comm: &dyn Collective) -> Result<()> {
+        if comm.size() == 1 {
+            return Ok(());
+        }
+        let mut present: Vec<f64> = self
+            .grads
+            .iter()
+            .map(|g| g.is_some() as u8 as f64)
+            .collect();
+        comm.all_reduce_f64(&mut present)?;
+        let ranks = comm.size() as f64;
+        if let Some(i) = present.iter().position(|&p| p != 0.0 && p != ranks) {
+            return Err(Error::Input(format!(
+                "parameter {i} has a gradient on {} of {ranks} ranks: the ranks run different \
+                 models",
+                present[i]
+            )));
+        }
+        let idx: Vec<usize> = (0..self.grads.len())
+            .filter(|&i| present[i] > 0.0)
+            .collect();
+        let sizes: Vec<usize> = self
+            .grads
+            .iter()
+            .map(|g| g.as_ref().map_or(0, |g| g.elem_count()))
+            .collect();
+        let numel = |i: usize| sizes[i];
+        let mut start = 0;
+        while start < idx.len() {
+            let (mut end, mut len) = (start, 0);
+            while end < idx.len() && (end == start || len + numel(idx[end]) <= BUCKET) {
+                len += numel(idx[end]);
+                end += 1;
+            }
+            let parts = idx[start..end]
+                .iter()
+                .filter_map(|&i| self.grads[i].as_ref())
+                .map(|g| g.to_dtype(DType::F32)?.flatten_all())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let summed = comm.all_reduce_tensor(&Tensor::cat(&parts, 0)?)?;
+            let mut off = 0;
+            for &i in &idx[start..end] {
+                if let Some(g) = self.grads[i].as_mut() {
+                    let n = g.elem_count();
+                    let s = summed.narrow(0, off, n)?.reshape(g.shape())?;
+                    *g = s.to_dtype(g.dtype())?;
+                    off += n;
+                }
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     /// Forgets all gradients (after the optimizer step).

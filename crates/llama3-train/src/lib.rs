@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod corpus;
+pub mod dist;
 pub mod error;
 pub mod grads;
 pub mod init;

@@ -32,6 +32,10 @@ pub struct StepLog {
     /// Tokens in the step's micro-batches.
     pub tokens: u64,
     pub tokens_per_s: f64,
+    /// Seconds of the step spent in collectives (data-parallel runs only): the gradient
+    /// all-reduce and the few numbers the ranks agree on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_s: Option<f64>,
 }
 
 /// One evaluation on the held-out blocks.
@@ -73,7 +77,8 @@ pub fn check_tensorboard(wanted: bool) -> Result<()> {
 }
 
 pub struct Metrics {
-    file: std::fs::File,
+    /// None for the ranks of a data-parallel job other than 0, which keep records only.
+    file: Option<std::fs::File>,
     path: PathBuf,
     /// Every record of the run so far: those kept on opening, then those written.
     records: Vec<Record>,
@@ -109,7 +114,7 @@ impl Metrics {
             }
         }
         Ok(Self {
-            file,
+            file: Some(file),
             path,
             records: kept,
             #[cfg(feature = "tensorboard")]
@@ -117,11 +122,24 @@ impl Metrics {
         })
     }
 
+    /// Records kept in memory only, no file: a data-parallel rank other than 0 (rank 0
+    /// writes the run's metrics).
+    pub fn in_memory() -> Self {
+        Self {
+            file: None,
+            path: PathBuf::new(),
+            records: Vec::new(),
+            #[cfg(feature = "tensorboard")]
+            events: None,
+        }
+    }
+
     pub fn write(&mut self, r: &Record) -> Result<()> {
-        let l = line(r, &self.path)?;
-        self.file
-            .write_all(l.as_bytes())
-            .map_err(|e| Error::io(&self.path, e))?;
+        if let Some(file) = &mut self.file {
+            let l = line(r, &self.path)?;
+            file.write_all(l.as_bytes())
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
         #[cfg(feature = "tensorboard")]
         if let Some(events) = &mut self.events {
             events_write(events, r)?;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::batches::Dataset;
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
+use crate::dist::{self, Collective};
 use crate::loss::{causal_lm_loss_sum, counted_labels};
 use crate::metrics::{EvalLog, Metrics, Record, StepLog};
 use crate::optim::AdamW;
@@ -75,10 +76,16 @@ pub struct Summary {
 /// checkpoint when `resume`; writes the final model into `cfg.model_path` as an HF directory.
 /// A stop request ([`crate::stop`]) ends it between two steps: the last step done is
 /// checkpointed and the summary says `interrupted` (the caller clears old requests first).
+///
+/// Data parallel over the ranks of `comm` ([`dist::Single`] for one process): rank `r`
+/// takes micro-batches `r, r + W, ...` of each step's `grad_accum x W`, the gradients are
+/// summed across ranks before clipping, and every rank steps alike; rank 0 alone writes
+/// metrics, checkpoints and the final model.
 pub fn train(
     cfg: &TrainConfig,
     setup: Setup,
     resume: bool,
+    comm: &dyn Collective,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary> {
     let Setup {
@@ -119,8 +126,15 @@ pub fn train(
         state.micro_batches = saved.micro_batches;
         state.tokens_seen = saved.tokens_seen;
     }
+    // Every rank starts from rank 0's weights.
+    dist::broadcast_params(comm, opt.params())?;
+    let (rank, world) = (comm.rank(), comm.size());
+    let owner = rank == 0;
     let start = state.step;
-    let mut metrics = Metrics::open(run, start, cfg.tensorboard)?;
+    let mut metrics = match owner {
+        true => Metrics::open(run, start, cfg.tensorboard)?,
+        false => Metrics::in_memory(),
+    };
     let mut grads = Grads::new(opt.params().len());
     let done = |state: &TrainState, metrics: &Metrics, checkpoint, model| {
         summary(
@@ -145,15 +159,18 @@ pub fn train(
         // Learning rate of this step.
         let lr = schedule.lr_at(step);
 
-        // Eval and checkpoint, unless the run this one resumes did them at this step. A stop
-        // asked for by now skips the evaluation: a resume runs it (none in the metrics).
+        // Eval and checkpoint, unless the run this one resumes did them at this step (rank
+        // 0's metrics say). A stop asked for by now, on any rank, skips the evaluation: a
+        // resume runs it (none in the metrics).
         let eval_due = cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || last);
         let evaluated = metrics
             .records()
             .iter()
             .any(|r| matches!(r, Record::Eval(e) if e.step == step));
-        if let (Some(v), true, false, false) = (&valid, eval_due, evaluated, stop_requested()) {
-            let loss = evaluate(&model, v.as_ref(), cfg, &device)?;
+        let mut stop = dist::any(comm, stop_requested())?;
+        let eval_now = dist::from_root(comm, eval_due && !evaluated)?;
+        if let (Some(v), true, false) = (&valid, eval_now, stop) {
+            let loss = evaluate(&model, v.as_ref(), cfg, &device, comm)?;
             let log = EvalLog {
                 step,
                 loss,
@@ -161,13 +178,16 @@ pub fn train(
             };
             metrics.write(&Record::Eval(log.clone()))?;
             on_event(Event::Eval(&log));
+            stop = dist::any(comm, stop_requested())?;
         }
-        let stop = stop_requested();
         let save_due = cfg.save_every > 0 && step.is_multiple_of(cfg.save_every);
         if step > saved_step && (save_due || last || stop) {
-            let dir = checkpoint::save(run, &state, &model, &opt)?;
-            on_event(Event::Saved { step, path: &dir });
-            (saved_step, last_checkpoint) = (step, Some(dir));
+            if owner {
+                let dir = checkpoint::save(run, &state, &model, &opt)?;
+                on_event(Event::Saved { step, path: &dir });
+                last_checkpoint = Some(dir);
+            }
+            saved_step = step;
         }
 
         // Stop when asked: between steps, the last one done checkpointed.
@@ -181,19 +201,24 @@ pub fn train(
         }
 
         // Micro-steps with accumulation: each micro-batch's summed loss is divided by the
-        // step's counted tokens, so the step's loss is their mean whatever the split.
+        // step's counted tokens (over all ranks), so the step's loss is their mean whatever
+        // the split. Rank r takes the step's micro-batches r, r + W, ...
         let timer = Instant::now();
+        let comm_before = comm.busy();
+        let micro = |m: usize| state.micro_batches + m * world + rank;
         let batches = (0..cfg.grad_accum)
-            .map(|m| train.batch(state.micro_batches + m, &device))
+            .map(|m| train.batch(micro(m), &device))
             .collect::<Result<Vec<_>>>()?;
-        let mut counted = 0;
+        let mut counted = [0f64];
         for (_, labels) in &batches {
-            counted += counted_labels(labels)?;
+            counted[0] += counted_labels(labels)? as f64;
         }
+        comm.all_reduce_f64(&mut counted)?;
+        let counted = counted[0] as usize;
         let mut loss = 0f64;
         for (m, (ids, labels)) in batches.iter().enumerate() {
             // LoRA dropout masks: a function of the seed and the micro-batch (exact resume).
-            let micro = (state.micro_batches + m) as u64;
+            let micro = micro(m) as u64;
             llama3::peft::set_dropout_seed(&mut model, Some((cfg.seed, micro)));
             if cfg.gradient_checkpointing {
                 let params = opt.params();
@@ -209,6 +234,20 @@ pub fn train(
 
         llama3::peft::set_dropout_seed(&mut model, None); // off for evaluation
 
+        // Sum the gradients, the losses and the token counts over the ranks.
+        grads.all_reduce(comm)?;
+        let mut sums = [
+            loss,
+            batches.iter().map(|(ids, _)| ids.elem_count() as f64).sum(),
+        ];
+        comm.all_reduce_f64(&mut sums)?;
+        let [loss, tokens] = sums;
+        let tokens = tokens as u64;
+        let comm_s = comm
+            .busy()
+            .zip(comm_before)
+            .map(|(after, before)| (after - before).as_secs_f64());
+
         // Clip.
         let grad_norm = if cfg.clip > 0.0 {
             grads.clip_global_norm(cfg.clip)?
@@ -223,9 +262,8 @@ pub fn train(
         grads.clear();
 
         // Log.
-        let tokens: u64 = batches.iter().map(|(ids, _)| ids.elem_count() as u64).sum();
         state.step += 1;
-        state.micro_batches += cfg.grad_accum;
+        state.micro_batches += cfg.grad_accum * world;
         state.tokens_seen += tokens;
         let log = StepLog {
             step: state.step,
@@ -234,6 +272,7 @@ pub fn train(
             grad_norm,
             tokens,
             tokens_per_s: tokens as f64 / timer.elapsed().as_secs_f64().max(1e-9),
+            comm_s,
         };
         metrics.write(&Record::Train(log.clone()))?;
         on_event(Event::Step(&log));
@@ -245,8 +284,9 @@ pub fn train(
         }
     }
     // The final model, next to the run's files: an HF directory, or a PEFT adapter (with the
-    // tokenizer, as PEFT's save_pretrained with a tokenizer does).
+    // tokenizer, as PEFT's save_pretrained with a tokenizer does). Rank 0's.
     match lora {
+        _ if !owner => {}
         true => {
             llama3::peft::save(&mut model, &cfg.lora_config(), run)?;
             hf_dir::write_tokenizer(run, &tokenizer, model.config.max_position_embeddings)?;
@@ -295,22 +335,29 @@ fn summary(
     }
 }
 
-/// Mean loss over the first `eval_batches` batches of the held-out blocks, in order.
+/// Mean loss over the first `eval_batches` batches of the held-out blocks, in order; batch
+/// `i` on rank `i mod W`, the sums added over ranks.
 pub fn evaluate(
     model: &Llama,
     valid: &dyn Dataset,
     cfg: &TrainConfig,
     device: &Device,
+    comm: &dyn Collective,
 ) -> Result<f64> {
     // No gradient graph for evaluation: fused kernels, less memory.
     let model = &model.detached();
-    let (mut sum, mut count) = (0f64, 0usize);
+    let mut sums = [0f64, 0f64];
     let idx: Vec<usize> = (0..valid.len()).collect();
-    for chunk in idx.chunks(cfg.batch_size).take(cfg.eval_batches.max(1)) {
+    let chunks = idx.chunks(cfg.batch_size).take(cfg.eval_batches.max(1));
+    for (i, chunk) in chunks.enumerate() {
+        if i % comm.size() != comm.rank() {
+            continue;
+        }
         let (ids, labels) = valid.batch(chunk, device)?;
         let (s, n) = causal_lm_loss_sum(model, &ids, &labels)?;
-        sum += s.to_scalar::<f32>()? as f64;
-        count += n;
+        sums[0] += s.to_scalar::<f32>()? as f64;
+        sums[1] += n as f64;
     }
-    Ok(sum / count.max(1) as f64)
+    comm.all_reduce_f64(&mut sums)?;
+    Ok(sums[0] / sums[1].max(1.0))
 }

@@ -32,6 +32,9 @@ pub enum Phase<'a> {
     /// Fine-tuning examples of `what` read: kept, dropped (nothing left to learn after
     /// truncation to --seq-len).
     Examples(&'a str, usize, usize),
+    /// A run of `.0` ranks resumed on `.1`: the same global batch and data order, the sums
+    /// grouped differently (equal to rounding, not bit for bit).
+    Regrouped(usize, usize),
 }
 
 /// Checks the output directory, loads or builds the model, tokenizes the data.
@@ -40,8 +43,26 @@ pub fn prepare(
     resume: bool,
     progress: &(dyn Fn(Phase) + Sync),
 ) -> Result<Setup> {
+    prepare_as(cfg, resume, true, progress)
+}
+
+/// [`prepare`] for one rank of a data-parallel job: the `owner` (rank 0, first) checks and
+/// claims the run directory and writes the token cache; the others come after it and read
+/// the cache.
+pub fn prepare_as(
+    cfg: &TrainConfig,
+    resume: bool,
+    owner: bool,
+    progress: &(dyn Fn(Phase) + Sync),
+) -> Result<Setup> {
     cfg.validate()?;
-    check_run_dir(cfg, resume)?;
+    if owner {
+        if let Some(old) = check_run_dir(cfg, resume)? {
+            if old.world_size != cfg.world_size {
+                progress(Phase::Regrouped(old.world_size, cfg.world_size));
+            }
+        }
+    }
     let device = cfg.device()?;
     let (mut model, tokenizer) = model_and_tokenizer(cfg, &device)?;
     if cfg.precision == Precision::Bf16 {
@@ -110,17 +131,20 @@ pub fn prepare(
     let train = Shuffled::new(train, cfg.batch_size, cfg.seed)?;
     let total_steps = match cfg.max_steps {
         Some(n) => n,
-        None => cfg.num_epochs * (train.batches_per_epoch() / cfg.grad_accum),
+        None => cfg.num_epochs * (train.batches_per_epoch() / cfg.global_accum()),
     };
     if total_steps == 0 {
         return Err(Error::Input(format!(
-            "no optimizer step fits: {} batches per epoch with --grad-accum {}; lower \
-             --batch-size or --grad-accum, or set --max-steps",
+            "no optimizer step fits: {} batches per epoch with --grad-accum {} on {} ranks; \
+             lower --batch-size or --grad-accum, or set --max-steps",
             train.batches_per_epoch(),
-            cfg.grad_accum
+            cfg.grad_accum,
+            cfg.world_size
         )));
     }
-    claim_run_dir(cfg)?;
+    if owner {
+        claim_run_dir(cfg)?;
+    }
     Ok(Setup {
         model,
         tokenizer,
@@ -130,8 +154,8 @@ pub fn prepare(
     })
 }
 
-/// A fresh run needs an empty (or new) directory; `--resume` needs the same run's.
-fn check_run_dir(cfg: &TrainConfig, resume: bool) -> Result<()> {
+/// A fresh run needs an empty (or new) directory; `--resume` needs the same run's (returned).
+fn check_run_dir(cfg: &TrainConfig, resume: bool) -> Result<Option<TrainConfig>> {
     let run = &cfg.model_path;
     let saved = run.join("train_config.json");
     if saved.exists() {
@@ -145,6 +169,25 @@ fn check_run_dir(cfg: &TrainConfig, resume: bool) -> Result<()> {
                 run.display()
             )));
         }
+        if old.global_accum() != cfg.global_accum() {
+            return Err(Error::Input(format!(
+                "{} was trained with {} micro-batches per step ({} ranks x --grad-accum {}); \
+                 on {} ranks resume with --grad-accum {} to keep that global batch",
+                run.display(),
+                old.global_accum(),
+                old.world_size,
+                old.grad_accum,
+                cfg.world_size,
+                match old.global_accum() % cfg.world_size {
+                    0 => (old.global_accum() / cfg.world_size).to_string(),
+                    _ => format!(
+                        "(none fits: {} is not a multiple of {})",
+                        old.global_accum(),
+                        cfg.world_size
+                    ),
+                }
+            )));
+        }
         if !old.same_run(cfg) {
             return Err(Error::Input(format!(
                 "{} holds a different run (its settings are in {}); --resume continues only \
@@ -153,13 +196,16 @@ fn check_run_dir(cfg: &TrainConfig, resume: bool) -> Result<()> {
                 saved.display()
             )));
         }
+        atomic::create_dir_all(run)?;
+        return Ok(Some(old));
     } else if run.join("config.json").exists() {
         return Err(Error::Input(format!(
             "{} holds a model that is not a training run of ours; choose another --model-path",
             run.display()
         )));
     }
-    Ok(atomic::create_dir_all(run)?)
+    atomic::create_dir_all(run)?;
+    Ok(None)
 }
 
 /// Marks the directory as this run's, once the inputs are known to be good (a run that failed

@@ -107,7 +107,8 @@ fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
         lora_alpha,
         lora_dropout,
         lora_targets,
-        eval_batches
+        eval_batches,
+        dist_timeout
     );
     if a.rslora {
         c.use_rslora = true;

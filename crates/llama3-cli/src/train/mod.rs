@@ -4,6 +4,7 @@
 //! Python's keyword arguments become the same flags (`settings`).
 
 mod config;
+mod ranks;
 mod session;
 pub mod settings;
 #[cfg(unix)]
@@ -21,6 +22,12 @@ Without --init and --tokenizer, the preset \"tiny\" is trained from scratch with
 model's tokenizer (SmolLM2-135M-Instruct's, fetched into the cache on first use, as `llama3 \
 pull` does); both are said on stderr when taken. To fine-tune instead, give --init a model \
 (an HF directory or a GGUF file).
+
+Data parallelism: `mpirun -np N llama3 train ...` (or srun, or torchrun's variables) runs N \
+ranks of one job on a build with the `mpi` cargo feature (CPUs; one machine or many), \
+--num-gpus N on a build with `nccl` (the GPUs of this machine). Each rank takes its share of \
+every step's --batch-size x --grad-accum x N blocks; rank 0 writes the run. See \
+docs/distributed.md.
 
 Ctrl-C stops after the current step: a checkpoint is written, the command says how to \
 continue (the same command with --resume) and exits with status 130. A second Ctrl-C quits \
@@ -175,9 +182,19 @@ pub struct TrainArgs {
     /// Continue the run in --model-path from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: all cores; the ranks of a data-parallel job on one machine
+    /// share them).
     #[arg(short = 't', long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Data-parallel jobs (`mpirun -np N llama3 train ...`, srun, torchrun, --num-gpus N):
+    /// seconds a rank waits in one exchange with the others before it exits naming the wait
+    /// (a rank died or hangs). Default 600.
+    #[arg(
+        long = "dist-timeout",
+        visible_alias = "dist_timeout",
+        value_name = "SECS"
+    )]
+    pub dist_timeout: Option<u64>,
 }
 
 /// Trains as `llama3 train` would with these settings: the names of its flags (`data_path`
@@ -205,6 +222,14 @@ pub fn train(
 
 /// `llama3 train`: a Ctrl-C during the loop stops it at a safe point (exit status 130).
 pub(crate) fn run(args: TrainArgs) -> Result<i32> {
+    // `--num-gpus N` from a shell: start the N ranks, each this command again.
+    let launch = llama3_train::dist::Launch::from_env().map_err(anyhow::Error::msg)?;
+    if launch.world_size == 1 {
+        let cfg = config::to_config(&args, &mut |_| {})?;
+        if cfg.num_gpus > 1 {
+            return ranks::run_local(cfg.num_gpus);
+        }
+    }
     #[cfg(unix)]
     let _sigint = sigint::Handler::install()?;
     let summary = session::train(&args, "run the same command with --resume", &mut |e| {

@@ -6,9 +6,10 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use llama3_train::dist::{self, Collective, Launch};
 use llama3_train::pretrain::Event;
-use llama3_train::setup::{prepare, Phase};
-use llama3_train::TrainSummary;
+use llama3_train::setup::{prepare_as, Phase, Setup};
+use llama3_train::{TrainConfig, TrainSummary};
 
 use super::config::to_config;
 use super::TrainArgs;
@@ -25,14 +26,35 @@ pub(super) fn train(
         anyhow::ensure!(t > 0, "--threads must be at least 1");
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
-    let cfg = to_config(a, &mut |m| eprintln!("{m}"))?;
-    let tty = std::io::stderr().is_terminal();
+    // A rank of a data-parallel job (one process alone: rank 0 of 1); rank 0 speaks for it.
+    let launch = Launch::from_env().map_err(anyhow::Error::msg)?;
+    let owner = launch.rank == 0;
+    let mut cfg = to_config(a, &mut |m| {
+        if owner {
+            eprintln!("{m}")
+        }
+    })?;
+    if cfg.num_gpus > 1 && launch.world_size != cfg.num_gpus {
+        anyhow::bail!(
+            "--num-gpus {}: the `llama3 train` command starts one rank per GPU (here {} \
+             started {} rank{}); run it from a shell, or start the ranks with torchrun",
+            cfg.num_gpus,
+            launch.launcher,
+            launch.world_size,
+            if launch.world_size == 1 { "" } else { "s" }
+        );
+    }
+    let timeout = std::time::Duration::from_secs(cfg.dist_timeout);
+    let comm = dist::connect(&launch, cfg.device()?.is_cuda(), timeout)?;
+    cfg.world_size = comm.size();
+    let tty = owner && std::io::stderr().is_terminal();
     let tok_bar = bar(
         tty,
         "tokenize",
         "{prefix} [{bar:30}] {bytes}/{total_bytes} eta {eta}",
     );
-    let setup = prepare(&cfg, a.resume, &|phase| match phase {
+    let progress = |phase: Phase| match phase {
+        _ if !owner => {}
         Phase::Tokenizing(what, done, total) => {
             if let Some(b) = &tok_bar {
                 b.set_prefix(format!("tokenize {what}"));
@@ -50,28 +72,49 @@ pub(super) fn train(
                 );
             }
         }
-    })?;
+        Phase::Regrouped(old, new) => eprintln!(
+            "resuming a run of {old} rank(s) on {new}: the same global batch and data order; \
+             the gradient sums are grouped differently, so the results agree to rounding, not \
+             bit for bit"
+        ),
+    };
+    let setup = prepare_ranks(&cfg, a.resume, comm.as_ref(), &progress)?;
     if let Some(b) = tok_bar {
         b.finish_and_clear();
     }
-    eprintln!(
-        "model: {:.2} M parameters; {} steps of {} x {} x {} tokens; output {}",
-        setup.model.config.num_parameters() as f64 / 1e6,
-        setup.total_steps,
-        cfg.grad_accum,
-        cfg.batch_size,
-        cfg.seq_len,
-        cfg.model_path.display()
-    );
+    if owner {
+        let ranks = match comm.size() {
+            1 => String::new(),
+            n => format!(
+                " x {n} ranks ({}, {} threads each)",
+                comm.backend(),
+                rayon_threads()
+            ),
+        };
+        eprintln!(
+            "model: {:.2} M parameters; {} steps of {} x {} x {} tokens{ranks}; output {}",
+            setup.model.config.num_parameters() as f64 / 1e6,
+            setup.total_steps,
+            cfg.grad_accum,
+            cfg.batch_size,
+            cfg.seq_len,
+            cfg.model_path.display()
+        );
+    }
     let step_bar = bar(
         tty,
         "train",
         "{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
     );
-    let summary = llama3_train::pretrain::train(&cfg, setup, a.resume, &mut |e| {
-        show(&e, step_bar.as_ref());
+    let summary = llama3_train::pretrain::train(&cfg, setup, a.resume, comm.as_ref(), &mut |e| {
+        if owner {
+            show(&e, step_bar.as_ref());
+        }
         on_event(&e);
     })?;
+    if !owner {
+        return Ok(summary);
+    }
     if let Some(b) = step_bar {
         b.finish_and_clear();
     }
@@ -105,6 +148,35 @@ pub(super) fn train(
         }
     }
     Ok(summary)
+}
+
+/// The run's setup on every rank: rank 0 first (it checks and claims the run directory and
+/// tokenizes into the cache), then the others, which read the cache. When rank 0 fails, the
+/// others stop too, saying so.
+fn prepare_ranks(
+    cfg: &TrainConfig,
+    resume: bool,
+    comm: &dyn Collective,
+    progress: &(dyn Fn(Phase) + Sync),
+) -> Result<Setup> {
+    // Waits here last as long as rank 0's tokenizing: no collective deadline.
+    let patient = comm.unwatched();
+    if comm.rank() == 0 {
+        let setup = prepare_as(cfg, resume, true, progress);
+        dist::any(patient, setup.is_err())?;
+        return Ok(setup?);
+    }
+    if dist::any(patient, false)? {
+        anyhow::bail!(
+            "rank {}: rank 0 could not set up the run (its error says why)",
+            comm.rank()
+        );
+    }
+    Ok(prepare_as(cfg, resume, false, progress)?)
+}
+
+fn rayon_threads() -> String {
+    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into())
 }
 
 /// The progress bar, or a line every 10 steps and each evaluation without a terminal.
