@@ -14,6 +14,7 @@ use llama3::loader::LoadOptions;
 use llama3::peft::{LoraConfig, TARGETS};
 use llama3::tokenizer::Tokenizer;
 use llama3_train::classify::{self, ClsConfig, ClsMethod, Example, Progress};
+use llama3_train::dist::{self, Launch};
 
 use crate::args::ModelArgs;
 
@@ -97,6 +98,11 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this; 0 disables clipping.
     #[arg(long, default_value_t = 1.0, value_name = "NORM")]
     pub clip: f64,
+    /// Data-parallel jobs (`mpirun -np N llama3 classify train ...`, a build with the `mpi`
+    /// feature): seconds a rank waits in one exchange with the others before it exits naming
+    /// the wait.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub dist_timeout: u64,
     /// LoRA rank (`--method lora`).
     #[arg(long, default_value_t = 8, value_name = "R")]
     pub lora_r: usize,
@@ -267,24 +273,38 @@ fn train(a: TrainArgs) -> Result<()> {
         dense_base: !a.qlora,
     };
     let pad = default_pad(&loaded.model, Some(&tok));
-    eprintln!(
-        "training {} on {} examples, labels {:?}, {} epochs, lr {:.1e}",
-        a.method,
-        examples.len(),
-        labels.names,
-        cfg.epochs,
-        cfg.lr
-    );
+    // A rank of a data-parallel job (`mpirun -np N llama3 classify train ...`): each takes
+    // its share of every batch; rank 0 reports, evaluates and writes.
+    let launch = Launch::from_env().map_err(anyhow::Error::msg)?;
+    let gpu = loaded.model.device().is_cuda();
+    let comm = dist::connect(&launch, gpu, std::time::Duration::from_secs(a.dist_timeout))?;
+    let owner = comm.rank() == 0;
+    if owner {
+        eprintln!(
+            "training {} on {} examples, labels {:?}, {} epochs, lr {:.1e}{}",
+            a.method,
+            examples.len(),
+            labels.names,
+            cfg.epochs,
+            cfg.lr,
+            match comm.size() {
+                1 => String::new(),
+                n => format!(", {n} ranks ({})", comm.backend()),
+            }
+        );
+    }
     let start = std::time::Instant::now();
-    let feat_bar = crate::progress::bar("features", "texts");
-    let step_bar = crate::progress::bar("training", "steps");
+    let feat_bar = crate::progress::bar("features", "texts").filter(|_| owner);
+    let step_bar = crate::progress::bar("training", "steps").filter(|_| owner);
     let mut cls = classify::train(
         loaded.model,
         labels.names.clone(),
         pad,
         &examples,
         &cfg,
+        comm.as_ref(),
         &mut |p| match p {
+            _ if !owner => {}
             Progress::Features { done, total } => match &feat_bar {
                 Some(b) => {
                     b.set_length(total as u64);
@@ -319,6 +339,9 @@ fn train(a: TrainArgs) -> Result<()> {
     )?;
     for b in [feat_bar, step_bar].into_iter().flatten() {
         b.finish_and_clear();
+    }
+    if !owner {
+        return Ok(());
     }
     eprintln!("trained in {:.1} s", start.elapsed().as_secs_f64());
     if let Some((v, idx)) = valid {

@@ -314,3 +314,58 @@ fn more_ranks_than_the_build_supports_is_a_clear_error() {
         .unwrap();
     assert_one_line_error(&out, "WORLD_SIZE=\"x\" is not a number");
 }
+
+/// The sequence classifier's loop too: LoRA adapters and the head on the default model, each
+/// rank taking its share of every batch, give one process's weights.
+#[test]
+fn classifier_two_ranks_equal_one_process() {
+    let Some(bin) = mpi("classifier_two_ranks_equal_one_process") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    let rows: Vec<String> = [
+        ("A warm, funny and moving film.", "fresh"),
+        ("An absolute delight from start to finish.", "fresh"),
+        ("Brilliant performances and a gripping story.", "fresh"),
+        ("A joyous triumph that I loved.", "fresh"),
+        ("A dull, lifeless mess that drags on forever.", "rotten"),
+        ("Terrible acting and a boring, stupid plot.", "rotten"),
+        ("Badly shot and poorly acted.", "rotten"),
+        ("A tedious failure that I hated.", "rotten"),
+    ]
+    .iter()
+    .map(|(t, l)| serde_json::json!({"text": t, "label": l}).to_string())
+    .collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "classify",
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--method",
+            "lora",
+            "--epochs",
+            "2",
+            "--lora-r",
+            "4",
+            "--batch-size",
+            "4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    run(single(&args(&one)));
+    let out = run(mpirun(&bin, &args(&two)));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 ranks (mpi)"));
+    assert_same_weights(
+        &one.join("model.safetensors"),
+        &two.join("model.safetensors"),
+        1e-5,
+    );
+}

@@ -22,6 +22,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::dist::{self, Collective};
 use crate::grads::Grads;
 use crate::loss::cross_entropy_sum;
 use crate::optim::{AdamW, AdamWConfig};
@@ -92,13 +93,17 @@ pub enum Progress {
     },
 }
 
-/// Trains a classifier head (and LoRA adapters or every weight) on `train`.
+/// Trains a classifier head (and LoRA adapters or every weight) on `train`. Data parallel
+/// over the ranks of `comm` ([`dist::Single`] alone): each rank takes the examples of every
+/// batch whose index is its rank modulo the rank count (its share of the head-only features
+/// too), the gradients are summed across ranks, every rank steps alike.
 pub fn train(
     mut model: Llama,
     labels: Vec<String>,
     pad_token_id: u32,
     train: &[Example],
     cfg: &ClsConfig,
+    comm: &dyn Collective,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Classifier> {
     let n_labels = labels.len();
@@ -147,8 +152,21 @@ pub fn train(
         labels,
         pad_token_id,
     };
+    // Every rank starts from rank 0's trainable weights.
+    dist::broadcast_params(comm, &params)?;
+    let (rank, world) = (comm.rank(), comm.size());
+    let mine = |i: &usize| i % world == rank;
     let features = match cfg.method {
-        ClsMethod::Head => Some(pooled_features(&cls, train, cfg.batch_size, progress)?),
+        ClsMethod::Head => {
+            let own = |i: usize| mine(&i);
+            Some(pooled_features(
+                &cls,
+                train,
+                &own,
+                cfg.batch_size,
+                progress,
+            )?)
+        }
         _ => None,
     };
 
@@ -175,27 +193,43 @@ pub fn train(
     let mut step = 0;
     for epoch in 0..cfg.epochs.max(1) {
         order.shuffle(&mut rng);
-        for batch in order.chunks(cfg.batch_size.max(1)) {
-            let targets: Vec<u32> = batch.iter().map(|&i| train[i].label as u32).collect();
-            let targets = Tensor::from_vec(targets, batch.len(), &device)?;
-            let logits = match &features {
-                // (B, D) cached features through the head.
-                Some(f) => {
-                    let rows: Vec<Tensor> = batch.iter().map(|&i| f[i].clone()).collect();
-                    Tensor::stack(&rows, 0)?.matmul(&score.as_tensor().t()?)?
-                }
-                None => {
-                    // LoRA dropout masks of this step.
-                    peft::set_dropout_seed(&mut cls.model, Some((cfg.seed, step as u64)));
-                    let rows: Vec<Vec<u32>> = batch.iter().map(|&i| train[i].ids.clone()).collect();
-                    let ids = cls.batch(&rows, &device)?;
-                    cls.forward(&ids)?
-                }
-            }; // (B, L)
-            let loss = (cross_entropy_sum(&logits, &targets)? / batch.len() as f64)?;
-            let store = loss.backward()?;
-            peft::set_dropout_seed(&mut cls.model, None);
-            grads.accumulate(&params, &store)?;
+        for global in order.chunks(cfg.batch_size.max(1)) {
+            // This rank's share of the batch (all of it alone); the loss divides by the
+            // whole batch, so the summed gradients are those of the batch's mean.
+            let batch: Vec<usize> = global.iter().copied().filter(mine).collect();
+            let mut loss = [0f64];
+            if !batch.is_empty() {
+                let targets: Vec<u32> = batch.iter().map(|&i| train[i].label as u32).collect();
+                let targets = Tensor::from_vec(targets, batch.len(), &device)?;
+                let logits = match &features {
+                    // (B, D) cached features through the head.
+                    Some(f) => {
+                        let rows = batch
+                            .iter()
+                            .map(|&i| {
+                                f[i].clone()
+                                    .ok_or_else(|| Error::Input("missing feature row".into()))
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Tensor::stack(&rows, 0)?.matmul(&score.as_tensor().t()?)?
+                    }
+                    None => {
+                        // LoRA dropout masks of this step.
+                        peft::set_dropout_seed(&mut cls.model, Some((cfg.seed, step as u64)));
+                        let rows: Vec<Vec<u32>> =
+                            batch.iter().map(|&i| train[i].ids.clone()).collect();
+                        let ids = cls.batch(&rows, &device)?;
+                        cls.forward(&ids)?
+                    }
+                }; // (B, L)
+                let part = (cross_entropy_sum(&logits, &targets)? / global.len() as f64)?;
+                let store = part.backward()?;
+                peft::set_dropout_seed(&mut cls.model, None);
+                grads.accumulate(&params, &store)?;
+                loss[0] = part.to_scalar::<f32>()? as f64;
+            }
+            grads.all_reduce(&params, comm)?;
+            comm.all_reduce_f64(&mut loss)?;
             // 0 means no clipping, as in `TrainConfig::clip`: a norm of 0 would scale every
             // gradient to 0 and leave the head untrained.
             if cfg.clip > 0.0 {
@@ -209,7 +243,7 @@ pub fn train(
                 step,
                 total,
                 epoch,
-                loss: loss.to_scalar::<f32>()? as f64,
+                loss: loss[0],
                 lr,
             });
         }
@@ -232,15 +266,17 @@ fn init_head(labels: usize, d: usize, seed: u64, device: &Device) -> Result<Tens
     Ok(Tensor::from_vec(v, (labels, d), device)?)
 }
 
-/// The frozen model's pooled hidden state (D) of every example, batched by length.
+/// The frozen model's pooled hidden state (D) of the examples `own` picks (None for the
+/// others), batched by length.
 fn pooled_features(
     cls: &Classifier,
     data: &[Example],
+    own: &dyn Fn(usize) -> bool,
     batch_size: usize,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<Tensor>> {
+) -> Result<Vec<Option<Tensor>>> {
     let device = cls.model.device().clone();
-    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut order: Vec<usize> = (0..data.len()).filter(|&i| own(i)).collect();
     order.sort_by_key(|&i| data[i].ids.len());
     let mut out: Vec<Option<Tensor>> = vec![None; data.len()];
     let mut done = 0;
@@ -257,9 +293,7 @@ fn pooled_features(
             total: data.len(),
         });
     }
-    out.into_iter()
-        .map(|f| f.ok_or_else(|| Error::Input("missing feature row".into())))
-        .collect()
+    Ok(out)
 }
 
 /// Writes the LoRA adapters and the head of `cls` as a PEFT sequence-classification adapter:

@@ -111,11 +111,19 @@ impl Grads {
     /// Sums every gradient over the ranks of `comm` (data parallelism: each rank accumulated
     /// its own micro-batches, whose losses were divided by the step's counted tokens over all
     /// ranks), in buckets of consecutive parameters of at most 25 MB, so every rank then
-    /// holds the gradient one process accumulating all the micro-batches would. Which
-    /// parameters have gradients must agree across ranks (the same graph on each).
-    pub fn all_reduce(&mut self, comm: &dyn Collective) -> Result<()> {
+    /// holds the gradient one process accumulating all the micro-batches would. A
+    /// parameter without a gradient on a rank that got no data this step counts as zeros
+    /// there; one without a gradient on every rank stays without.
+    pub fn all_reduce(&mut self, params: &[(String, Var)], comm: &dyn Collective) -> Result<()> {
         if comm.size() == 1 {
             return Ok(());
+        }
+        if params.len() != self.grads.len() {
+            return Err(Error::Input(format!(
+                "{} parameters for {} gradient slots",
+                params.len(),
+                self.grads.len()
+            )));
         }
         let mut present: Vec<f64> = self
             .grads
@@ -123,13 +131,10 @@ impl Grads {
             .map(|g| g.is_some() as u8 as f64)
             .collect();
         comm.all_reduce_f64(&mut present)?;
-        let ranks = comm.size() as f64;
-        if let Some(i) = present.iter().position(|&p| p != 0.0 && p != ranks) {
-            return Err(Error::Input(format!(
-                "parameter {i} has a gradient on {} of {ranks} ranks: the ranks run different \
-                 models",
-                present[i]
-            )));
+        for ((slot, (_, var)), &p) in self.grads.iter_mut().zip(params).zip(&present) {
+            if slot.is_none() && p > 0.0 {
+                *slot = Some(var.as_tensor().zeros_like()?);
+            }
         }
         let idx: Vec<usize> = (0..self.grads.len())
             .filter(|&i| present[i] > 0.0)

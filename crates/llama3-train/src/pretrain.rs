@@ -235,7 +235,7 @@ pub fn train(
         llama3::peft::set_dropout_seed(&mut model, None); // off for evaluation
 
         // Sum the gradients, the losses and the token counts over the ranks.
-        grads.all_reduce(comm)?;
+        grads.all_reduce(opt.params(), comm)?;
         let mut sums = [
             loss,
             batches.iter().map(|(ids, _)| ids.elem_count() as f64).sum(),

@@ -73,6 +73,7 @@ fn run(method: ClsMethod, epochs: usize, lr: f64) -> (Classifier, Vec<f64>) {
         0,
         &train,
         &config(method, epochs, lr),
+        &llama3_train::dist::Single,
         &mut |p| {
             if let Progress::Step { loss, .. } = p {
                 losses.push(loss)
@@ -155,10 +156,18 @@ fn saved_directory_reloads_with_the_same_logits() {
 fn bad_input_is_an_error() {
     let cfg = config(ClsMethod::Head, 1, 1e-2);
     let err = |labels: Vec<String>, data: Vec<Example>| {
-        classify::train(model(), labels, 0, &data, &cfg, &mut |_| {})
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
+        classify::train(
+            model(),
+            labels,
+            0,
+            &data,
+            &cfg,
+            &llama3_train::dist::Single,
+            &mut |_| {},
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
     };
     let two = || vec!["a".to_string(), "b".to_string()];
     assert!(err(vec!["a".into()], data(4, 1)).contains("at least 2 labels"));
@@ -196,11 +205,19 @@ fn clip_zero_means_no_clipping() {
             ..config(ClsMethod::Head, 20, lr)
         };
         let labels = vec!["low".into(), "high".into()];
-        let cls = classify::train(model(), labels, 0, &train, &cfg, &mut |p| {
-            if let Progress::Step { loss, .. } = p {
-                losses.push(loss)
-            }
-        })
+        let cls = classify::train(
+            model(),
+            labels,
+            0,
+            &train,
+            &cfg,
+            &llama3_train::dist::Single,
+            &mut |p| {
+                if let Progress::Step { loss, .. } = p {
+                    losses.push(loss)
+                }
+            },
+        )
         .unwrap();
         (head(&cls), losses)
     };
