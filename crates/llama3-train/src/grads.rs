@@ -152,22 +152,65 @@ impl Grads {
                 len += numel(idx[end]);
                 end += 1;
             }
-            let parts = idx[start..end]
-                .iter()
-                .filter_map(|&i| self.grads[i].as_ref())
-                .map(|g| g.to_dtype(DType::F32)?.flatten_all())
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let summed = comm.all_reduce_tensor(&Tensor::cat(&parts, 0)?)?;
-            let mut off = 0;
-            for &i in &idx[start..end] {
-                if let Some(g) = self.grads[i].as_mut() {
-                    let n = g.elem_count();
-                    let s = summed.narrow(0, off, n)?.reshape(g.shape())?;
-                    *g = s.to_dtype(g.dtype())?;
-                    off += n;
-                }
+            let bucket = &idx[start..end];
+            match self.grads[bucket[0]]
+                .as_ref()
+                .is_some_and(|g| g.device().is_cuda())
+            {
+                // On the GPU: one device tensor, summed where it is (NCCL).
+                true => self.all_reduce_tensors(bucket, comm)?,
+                // On the CPU: one host buffer (padded to a multiple of the rank count), two
+                // copies in all.
+                false => self.all_reduce_host(bucket, len, comm)?,
             }
             start = end;
+        }
+        Ok(())
+    }
+
+    /// The gradients `bucket` summed over ranks as one device tensor.
+    fn all_reduce_tensors(&mut self, bucket: &[usize], comm: &dyn Collective) -> Result<()> {
+        let parts = bucket
+            .iter()
+            .filter_map(|&i| self.grads[i].as_ref())
+            .map(|g| g.to_dtype(DType::F32)?.flatten_all())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let summed = comm.all_reduce_tensor(&Tensor::cat(&parts, 0)?)?;
+        let mut off = 0;
+        for &i in bucket {
+            if let Some(g) = self.grads[i].as_mut() {
+                let n = g.elem_count();
+                let s = summed.narrow(0, off, n)?.reshape(g.shape())?;
+                *g = s.to_dtype(g.dtype())?;
+                off += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradients `bucket` (`len` floats) summed over ranks through one host buffer.
+    fn all_reduce_host(
+        &mut self,
+        bucket: &[usize],
+        len: usize,
+        comm: &dyn Collective,
+    ) -> Result<()> {
+        let mut buf = Vec::with_capacity(len.div_ceil(comm.size()) * comm.size());
+        for &i in bucket {
+            if let Some(g) = &self.grads[i] {
+                buf.extend_from_slice(&g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        buf.resize(buf.capacity(), 0.0);
+        comm.all_reduce_f32(&mut buf)?;
+        let mut off = 0;
+        for &i in bucket {
+            if let Some(g) = self.grads[i].as_mut() {
+                let n = g.elem_count();
+                let s = Tensor::from_slice(&buf[off..off + n], g.shape(), g.device())?;
+                *g = s.to_dtype(g.dtype())?;
+                off += n;
+            }
         }
         Ok(())
     }

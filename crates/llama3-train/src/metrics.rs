@@ -33,9 +33,13 @@ pub struct StepLog {
     pub tokens: u64,
     pub tokens_per_s: f64,
     /// Seconds of the step spent in collectives (data-parallel runs only): the gradient
-    /// all-reduce and the few numbers the ranks agree on.
+    /// all-reduce and the few numbers the ranks agree on, the wait for the slowest rank excluded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm_s: Option<f64>,
+    /// Seconds this rank waited at the step's end for the slowest one (load imbalance,
+    /// machine noise); data-parallel runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<f64>,
 }
 
 /// One evaluation on the held-out blocks.

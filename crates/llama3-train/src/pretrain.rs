@@ -234,7 +234,11 @@ pub fn train(
 
         llama3::peft::set_dropout_seed(&mut model, None); // off for evaluation
 
-        // Sum the gradients, the losses and the token counts over the ranks.
+        // Sum the gradients, the losses and the token counts over the ranks, once the
+        // slowest rank is here (timed apart: the exchange alone is `comm_s`).
+        let waited = Instant::now();
+        comm.barrier()?;
+        let wait_s = comm.busy().map(|_| waited.elapsed().as_secs_f64());
         grads.all_reduce(opt.params(), comm)?;
         let mut sums = [
             loss,
@@ -246,7 +250,7 @@ pub fn train(
         let comm_s = comm
             .busy()
             .zip(comm_before)
-            .map(|(after, before)| (after - before).as_secs_f64());
+            .map(|(after, before)| (after - before).as_secs_f64() - wait_s.unwrap_or(0.0));
 
         // Clip.
         let grad_norm = if cfg.clip > 0.0 {
@@ -273,6 +277,7 @@ pub fn train(
             tokens,
             tokens_per_s: tokens as f64 / timer.elapsed().as_secs_f64().max(1e-9),
             comm_s,
+            wait_s,
         };
         metrics.write(&Record::Train(log.clone()))?;
         on_event(Event::Step(&log));

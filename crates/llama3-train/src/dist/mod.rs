@@ -55,14 +55,20 @@ pub trait Collective {
     /// last as long as another rank's work, such as rank 0 tokenizing the corpus.
     fn unwatched(&self) -> &dyn Collective;
 
-    /// Sums `buf` over ranks, in place, identically on every rank (reduce-scatter then
-    /// all-gather over a copy padded to a multiple of the rank count).
+    /// Sums `buf` over ranks, in place, identically on every rank: reduce-scatter then
+    /// all-gather (into `buf` itself when its length is a multiple of the rank count, else
+    /// over a padded copy).
     fn all_reduce_f32(&self, buf: &mut [f32]) -> Result<()> {
         let n = self.size();
         if n == 1 {
             return Ok(());
         }
         let chunk = buf.len().div_ceil(n);
+        if buf.len() == chunk * n {
+            let mut mine = vec![0f32; chunk];
+            self.reduce_scatter_f32(buf, &mut mine)?;
+            return self.all_gather_f32(&mine, buf);
+        }
         let mut padded = vec![0f32; chunk * n];
         padded[..buf.len()].copy_from_slice(buf);
         let mut mine = vec![0f32; chunk];
