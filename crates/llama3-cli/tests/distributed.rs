@@ -120,6 +120,7 @@ fn records(run: &Path) -> Vec<serde_json::Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("tokens_per_s");
             o.remove("comm_s");
+            o.remove("wait_s");
             v
         })
         .collect()
