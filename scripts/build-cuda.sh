@@ -2,9 +2,14 @@
 # Builds the CUDA flavour of `llama3` (and the GPU test binary) on a machine with no CUDA
 # toolkit and no GPU: the CUDA 13.0 compiler and libraries come from Python wheels, and a stub
 # libcuda (link time only; the driver's real one is loaded at run time) satisfies the linker.
+# The build has the `nccl` feature (data parallelism over GPUs, `llama3 train --num-gpus N`),
+# with NCCL from its wheel too.
 #
 #   scripts/build-cuda.sh            # -> target-cuda/release/llama3, target-cuda/gpu-tests
 #
+# The binaries link libnccl.so.2 (as they link libcudart.so.13 and libcublas.so.13): at run time
+# the loader must find it, e.g. LD_LIBRARY_PATH=<the wheel's nvidia/nccl/lib> (this machine:
+# ~/.cache/llama3/cuda/nccl/nvidia/nccl/lib; scripts/gpu-test-dist.sh looks for it).
 # Environment: LLAMA3_CUDA_PREFIX (toolkit cache, default ~/.cache/llama3/cuda),
 # CUDA_COMPUTE_CAP (default 90 = H100/H200), CARGO_TARGET_DIR (default target-cuda).
 # Use CUDA 13.0.x: PTX from a newer nvcc does not load on a 13.0 driver.
@@ -17,12 +22,25 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
 WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14
   nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88)
+# NCCL 2.30: the API cudarc 0.19's `nccl` feature binds (its wheel says +cuda13.3; NCCL links
+# its own CUDA runtime statically, so it runs on 13.0 drivers).
+NCCL_VERSION=2.30.7
+FEATURES=${LLAMA3_CUDA_FEATURES:-nccl}
 
 # 1. The toolkit, from wheels.
 CU=$PREFIX/pkgs/nvidia/cu13
 if [ ! -x "$CU/bin/nvcc" ]; then
   echo "== installing the CUDA 13.0 toolkit wheels into $PREFIX/pkgs"
   python3 -m pip install -q --disable-pip-version-check --target "$PREFIX/pkgs" "${WHEELS[@]}"
+fi
+# NCCL in a folder of its own: `pip install --target` skips (or, with --upgrade, replaces) a
+# top-level folder that is already there, and the toolkit's wheels hold nvidia/ already.
+NCCL=$PREFIX/nccl/nvidia/nccl
+if [ ! -d "$PREFIX/nccl/nvidia_nccl_cu13-$NCCL_VERSION.dist-info" ]; then
+  echo "== installing the NCCL $NCCL_VERSION wheel into $PREFIX/nccl"
+  rm -rf "$PREFIX/nccl"
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target "$PREFIX/nccl" \
+    "nvidia-nccl-cu13==$NCCL_VERSION"
 fi
 
 # 2. A CUDA_HOME-shaped tree over them, with the unversioned names the linker looks for.
@@ -34,6 +52,10 @@ for so in "$CU"/lib/*.so.*; do
   ln -sfn "$so" "$HOME_DIR/lib64/$base"
   ln -sfn "$so" "$HOME_DIR/lib64/${base%%.so.*}.so"
 done
+# NCCL: libnccl.so for the linker (cudarc links -lnccl), its headers under $CUDA_HOME/nccl.
+ln -sfn "$NCCL/lib/libnccl.so.2" "$HOME_DIR/lib64/libnccl.so.2"
+ln -sfn "$NCCL/lib/libnccl.so.2" "$HOME_DIR/lib64/libnccl.so"
+ln -sfn "$NCCL" "$HOME_DIR/nccl"
 
 # 3. A stub libcuda.so.1 that defines every driver entry point cudarc declares.
 if [ ! -e "$HOME_DIR/lib64/libcuda.so" ]; then
@@ -52,13 +74,17 @@ export LIBRARY_PATH=$HOME_DIR/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}
 export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$(nproc)}
 nvcc --version | tail -2
 
-# 4. The binary and the GPU test binary.
-echo "== cargo build --release --features cuda (candle's kernels take ~20 min on 2 cores)"
-cargo build --release --features cuda -p llama3-cli
-cargo test --release --features cuda -p llama3-cli --test gpu --no-run 2>&1 | tee "$CARGO_TARGET_DIR/gpu-tests.log"
+# 4. The binary and the GPU test binary, with the same features (`nccl` implies `cuda`), so
+# they share one build of the dependencies.
+echo "== cargo build --release --features $FEATURES (candle's kernels take ~20 min on 2 cores)"
+cargo build --release --features "$FEATURES" -p llama3-cli
+cargo test --release --features "$FEATURES" -p llama3-cli --test gpu --no-run 2>&1 | tee "$CARGO_TARGET_DIR/gpu-tests.log"
 test_bin=$(grep -o 'target-cuda/release/deps/gpu-[0-9a-f]*' "$CARGO_TARGET_DIR/gpu-tests.log" | tail -1 || true)
 if [ -z "$test_bin" ]; then
   test_bin=$(ls -t "$CARGO_TARGET_DIR"/release/deps/gpu-* | grep -v '\.d$' | head -1)
 fi
 cp "$test_bin" "$CARGO_TARGET_DIR/gpu-tests"
-echo "== built $CARGO_TARGET_DIR/release/llama3 and $CARGO_TARGET_DIR/gpu-tests"
+echo "== built $CARGO_TARGET_DIR/release/llama3 and $CARGO_TARGET_DIR/gpu-tests (features: $FEATURES)"
+if [[ $FEATURES == *nccl* ]]; then
+  echo "   at run time they need libnccl.so.2 on the loader's path (here: $NCCL/lib)"
+fi

@@ -180,9 +180,18 @@ fn two_ranks_equal_one_process_accumulating_two_micro_batches() {
     );
     assert_eq!(records(&two).len(), 20 + 3, "20 steps, 3 evaluations");
 
+    // The single process's run continued on 2 ranks (its global batch of 2 micro-batches
+    // kept): said, and it goes on.
+    let mut more = flags(&data, &one, 30, &full);
+    more.push("--resume".into());
+    let out = run(mpirun(&bin, &more));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("resuming a run of 1 rank(s) on 2"), "{said}");
+    assert_eq!(records(&one).len(), 30 + 4, "30 steps, 4 evaluations");
+
     // LoRA (with dropout: masks follow the global micro-batch index) on the model just
     // trained.
-    let base = one.to_string_lossy().into_owned();
+    let base = two.to_string_lossy().into_owned();
     let lora = ["--init", &base, "--method", "lora", "--lora-dropout", "0.1"];
     let (l1, l2) = (dir.path().join("l1"), dir.path().join("l2"));
     let accum: Vec<&str> = lora.iter().copied().chain(["--grad-accum", "2"]).collect();

@@ -18,7 +18,7 @@ use super::{rendezvous, Collective, Launch};
 use crate::{Error, Result};
 
 pub struct Nccl {
-    comm: Arc<Comm>,
+    comm: Comm,
     stream: Arc<CudaStream>,
 }
 
@@ -49,6 +49,11 @@ impl Nccl {
             *d = *s as std::ffi::c_char;
         }
         let stream = device.cuda_stream();
+        // NCCL takes the thread's current device for the communicator: this rank's GPU.
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| nccl_err("device", e))?;
         let comm = Comm::from_rank(
             stream.clone(),
             launch.rank,
@@ -56,10 +61,7 @@ impl Nccl {
             Id::uninit(internal),
         )
         .map_err(|e| nccl_err("init", e))?;
-        Ok(Self {
-            comm: Arc::new(comm),
-            stream,
-        })
+        Ok(Self { comm, stream })
     }
 
     fn sync(&self) -> Result<()> {
