@@ -2,16 +2,20 @@
 # Builds the CUDA flavour of `llama3` (and the GPU test binary) on a machine with no CUDA
 # toolkit and no GPU: the CUDA 13.0 compiler and libraries come from Python wheels, and a stub
 # libcuda (link time only; the driver's real one is loaded at run time) satisfies the linker.
-# The build has the `nccl` feature (data parallelism over GPUs, `llama3 train --num-gpus N`),
-# with NCCL from its wheel too.
 #
 #   scripts/build-cuda.sh            # -> target-cuda/release/llama3, target-cuda/gpu-tests
+#   LLAMA3_CUDA_FEATURES=nccl scripts/build-cuda.sh   # the same with data parallelism over
+#                                    # GPUs (`llama3 train --num-gpus N`), NCCL from its wheel
 #
-# The binaries link libnccl.so.2 (as they link libcudart.so.13 and libcublas.so.13): at run time
-# the loader must find it, e.g. LD_LIBRARY_PATH=<the wheel's nvidia/nccl/lib> (this machine:
-# ~/.cache/llama3/cuda/nccl/nvidia/nccl/lib; scripts/gpu-test-dist.sh looks for it).
+# The `nccl` build links libnccl.so.2 (as every CUDA build links libcudart.so.13 and
+# libcublas.so.13): at run time the loader must find it, e.g. LD_LIBRARY_PATH=<the wheel's
+# nvidia/nccl/lib> (this machine: ~/.cache/llama3/cuda/nccl/nvidia/nccl/lib; a GPU machine:
+# `pip install nvidia-nccl-cu13==2.30.7`; scripts/gpu-test-dist.sh looks for it). The default
+# build leaves NCCL out, so the GPU pack (scripts/gpu-pack.sh) needs no 250 MB library.
+#
 # Environment: LLAMA3_CUDA_PREFIX (toolkit cache, default ~/.cache/llama3/cuda),
-# CUDA_COMPUTE_CAP (default 90 = H100/H200), CARGO_TARGET_DIR (default target-cuda).
+# CUDA_COMPUTE_CAP (default 90 = H100/H200), CARGO_TARGET_DIR (default target-cuda),
+# LLAMA3_CUDA_FEATURES (default cuda; nccl adds NCCL data parallelism).
 # Use CUDA 13.0.x: PTX from a newer nvcc does not load on a 13.0 driver.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +26,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
 WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14
   nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88)
-# NCCL 2.30: the API cudarc 0.19's `nccl` feature binds (its wheel says +cuda13.3; NCCL links
-# its own CUDA runtime statically, so it runs on 13.0 drivers).
+# NCCL 2.30: the API cudarc 0.19's `nccl` feature binds. Its wheel says +cuda13.3; NCCL links
+# its CUDA runtime statically and carries SASS for the GPUs, so a 13.0 driver should load it
+# (CUDA's minor-version compatibility).
 NCCL_VERSION=2.30.7
-FEATURES=${LLAMA3_CUDA_FEATURES:-nccl}
+FEATURES=${LLAMA3_CUDA_FEATURES:-cuda}
 
 # 1. The toolkit, from wheels.
 CU=$PREFIX/pkgs/nvidia/cu13
@@ -36,7 +41,7 @@ fi
 # NCCL in a folder of its own: `pip install --target` skips (or, with --upgrade, replaces) a
 # top-level folder that is already there, and the toolkit's wheels hold nvidia/ already.
 NCCL=$PREFIX/nccl/nvidia/nccl
-if [ ! -d "$PREFIX/nccl/nvidia_nccl_cu13-$NCCL_VERSION.dist-info" ]; then
+if [[ $FEATURES == *nccl* ]] && [ ! -d "$PREFIX/nccl/nvidia_nccl_cu13-$NCCL_VERSION.dist-info" ]; then
   echo "== installing the NCCL $NCCL_VERSION wheel into $PREFIX/nccl"
   rm -rf "$PREFIX/nccl"
   python3 -m pip install -q --disable-pip-version-check --no-deps --target "$PREFIX/nccl" \
@@ -53,9 +58,11 @@ for so in "$CU"/lib/*.so.*; do
   ln -sfn "$so" "$HOME_DIR/lib64/${base%%.so.*}.so"
 done
 # NCCL: libnccl.so for the linker (cudarc links -lnccl), its headers under $CUDA_HOME/nccl.
-ln -sfn "$NCCL/lib/libnccl.so.2" "$HOME_DIR/lib64/libnccl.so.2"
-ln -sfn "$NCCL/lib/libnccl.so.2" "$HOME_DIR/lib64/libnccl.so"
-ln -sfn "$NCCL" "$HOME_DIR/nccl"
+if [[ $FEATURES == *nccl* ]]; then
+  ln -sfn "$NCCL/lib/libnccl.so.2" "$HOME_DIR/lib64/libnccl.so.2"
+  ln -sfn "$NCCL/lib/libnccl.so.2" "$HOME_DIR/lib64/libnccl.so"
+  ln -sfn "$NCCL" "$HOME_DIR/nccl"
+fi
 
 # 3. A stub libcuda.so.1 that defines every driver entry point cudarc declares.
 if [ ! -e "$HOME_DIR/lib64/libcuda.so" ]; then
