@@ -26,7 +26,8 @@ pull` does); both are said on stderr when taken. To fine-tune instead, give --in
 Data parallelism: `mpirun -np N llama3 train ...` (or srun, or torchrun's variables) runs N \
 ranks of one job on a build with the `mpi` cargo feature (CPUs; one machine or many), \
 --num-gpus N on a build with `nccl` (the GPUs of this machine). Each rank takes its share of \
-every step's --batch-size x --grad-accum x N blocks; rank 0 writes the run. See \
+every step's --batch-size x --grad-accum x N blocks; rank 0 writes the run. To stop all ranks \
+after a step with a checkpoint, send SIGUSR1 to mpirun (it forwards it to the ranks). See \
 docs/distributed.md.
 
 Ctrl-C stops after the current step: a checkpoint is written, the command says how to \
@@ -126,8 +127,9 @@ pub struct TrainArgs {
     /// Seed of the initial weights and the data order. Default 1337.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// GPUs to use: 1 trains on the first CUDA GPU (builds with --features cuda); 0 trains on
-    /// the CPU (or where --device says). Default: where --device says.
+    /// GPUs to use: 1 trains on the first CUDA GPU (builds with --features cuda); N > 1 starts
+    /// N data-parallel ranks, one per GPU (builds with --features nccl); 0 trains on the CPU
+    /// (or where --device says). Default: where --device says.
     #[arg(long = "num-gpus", visible_alias = "num_gpus", value_name = "N")]
     pub num_gpus: Option<usize>,
     /// Where to train: cpu, cuda, cuda:N or auto (a GPU when built with CUDA and present).

@@ -3,6 +3,9 @@
 //! before that (loading, tokenizing: nothing to save) and on a second Ctrl-C the process quits
 //! at once with status 130, as without a handler. The handler only does async-signal-safe
 //! things: atomic loads and stores, write(2), _exit(2).
+//!
+//! SIGUSR1 asks for the same stop, never quits: it is the signal launchers forward to every
+//! rank (`kill -USR1 <mpirun's pid>`; mpirun itself ends the job on Ctrl-C).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,6 +25,16 @@ extern "C" fn on_sigint(_: libc::c_int) {
     }
 }
 
+const SAY_USR1: &[u8] = b"\nSIGUSR1: stopping after this step to write a checkpoint\n";
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    if !llama3_train::stop_requested() {
+        llama3_train::request_stop();
+        // SAFETY: as above.
+        unsafe { libc::write(2, SAY_USR1.as_ptr().cast(), SAY_USR1.len()) };
+    }
+}
+
 /// From now on a Ctrl-C stops the loop at a safe point.
 pub(super) fn arm() {
     ARMED.store(true, Ordering::SeqCst);
@@ -30,6 +43,7 @@ pub(super) fn arm() {
 /// The handler, installed until dropped; then the previous one (a Python host's) is back.
 pub(super) struct Handler {
     previous: libc::sigaction,
+    previous_usr1: libc::sigaction,
 }
 
 impl Handler {
@@ -49,7 +63,19 @@ impl Handler {
                     std::io::Error::last_os_error()
                 );
             }
-            Ok(Self { previous })
+            action.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            let mut previous_usr1: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGUSR1, &action, &mut previous_usr1) != 0 {
+                libc::sigaction(libc::SIGINT, &previous, std::ptr::null_mut());
+                anyhow::bail!(
+                    "cannot install the SIGUSR1 handler: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(Self {
+                previous,
+                previous_usr1,
+            })
         }
     }
 }
@@ -58,6 +84,9 @@ impl Drop for Handler {
     fn drop(&mut self) {
         ARMED.store(false, Ordering::SeqCst);
         // SAFETY: restores the action saved by `install`.
-        unsafe { libc::sigaction(libc::SIGINT, &self.previous, std::ptr::null_mut()) };
+        unsafe {
+            libc::sigaction(libc::SIGINT, &self.previous, std::ptr::null_mut());
+            libc::sigaction(libc::SIGUSR1, &self.previous_usr1, std::ptr::null_mut());
+        }
     }
 }
