@@ -379,3 +379,50 @@ fn classifier_two_ranks_equal_one_process() {
         1e-5,
     );
 }
+
+/// A rank that hangs (stopped, where no launcher notices) ends the job within the collective
+/// deadline: the waiting rank says what it waited in and exits, never a hang.
+#[test]
+fn a_hung_rank_ends_the_job_at_the_deadline() {
+    let Some(bin) = mpi("a_hung_rank_ends_the_job_at_the_deadline") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = corpus(dir.path());
+    let tok = tokenizer();
+    let init = ["--init", "tiny", "--tokenizer", &tok, "--dist-timeout", "3"];
+    let run_dir = dir.path().join("hung");
+    let mut job = mpirun(&bin, &flags(&data, &run_dir, 100_000, &init))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let latest = run_dir.join("checkpoints/latest");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !latest.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        assert!(job.try_wait().unwrap().is_none(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = rank_pid(&run_dir, 1).expect("rank 1's process");
+    let t0 = Instant::now();
+    // SAFETY: stops a process of this test (mpirun kills it when the job ends).
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let out = loop {
+        if job.try_wait().unwrap().is_some() {
+            break job.wait_with_output().unwrap();
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            // SAFETY: as above; the test fails below either way.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("the job outlived its hung rank by 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("rank 0 of 2") && said.contains("has waited"),
+        "{said}"
+    );
+}
