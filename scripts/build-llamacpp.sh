@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's own command-line tools (llama-bench, llama-perplexity, llama-quantize) for
-# speed and quality comparisons (scripts/bench_types.sh). The source is the llama.cpp that the
+# Builds llama.cpp's own command-line tools (llama-bench, llama-perplexity, llama-quantize, and the
+# llama-speculative example) for speed and quality comparisons (scripts/bench_types.sh,
+# scripts/draft_bench.sh). The source is the llama.cpp that the
 # llama-cpp-python sdist vendors, fetched with pip (the one package registry this machine
 # reaches); nothing of llama.cpp enters this repository.
 #
@@ -9,7 +10,7 @@
 # Environment: LLAMA3_LLAMACPP (cache dir, default ~/.cache/llama3/llamacpp-$VERSION),
 #   LLAMA_CPP_PYTHON_VERSION (0.3.36), JOBS (nproc).
 #   LLAMACPP_CMAKE_ARGS (extra cmake arguments, e.g. "-DGGML_NATIVE=OFF -DGGML_AVX2=ON").
-# Idempotent: a second run with the same settings finds the three binaries and only prints the
+# Idempotent: a second run with the same settings finds the binaries and only prints the
 # path; changed settings rebuild. The first build takes 10-15 minutes on two cores. If cmake is
 # missing it is pip-installed into a venv in the cache dir.
 # Built with -DGGML_NATIVE=ON (this CPU's instruction set), Release, no curl, and without AMX:
@@ -26,12 +27,12 @@ jobs="${JOBS:-$(nproc)}"
 src="$cache/src"           # the extracted sdist; llama.cpp is $src/vendor/llama.cpp
 build="$cache/build"
 bin="$build/bin"
-targets=(llama-bench llama-perplexity llama-quantize)
+targets=(llama-bench llama-perplexity llama-quantize llama-speculative)
 
 no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake_args=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$no_amx"
             "-DCMAKE_CXX_FLAGS=$no_amx" -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
-            -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF
+            -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF
             ${LLAMACPP_CMAKE_ARGS:-})
 stamp="$build/llama3-build-args"  # the arguments of the build in $build
 

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// with prompt-lookup speculation of up to N drafts, and the share of drafts accepted.
     #[arg(long, value_name = "N")]
     pub lookup: Option<usize>,
+    /// Also speculation with a draft model (--draft MODEL, --draft-max N) on an open-ended
+    /// answer: tokens/s plain and with the draft, and the share of drafts accepted.
+    #[command(flatten)]
+    pub draft: crate::args::DraftArgs,
 }
 
 /// The copy task's paragraph.
@@ -79,48 +83,65 @@ const PARAGRAPH: &str = "The committee met on Tuesday to review the budget. Afte
     and hire two more teachers for the primary school. The vote was unanimous, and the chair \
     thanked everyone for their patience and their careful work.";
 
-/// Speculation on the copy task: (plain tok/s, lookup tok/s, drafts accepted, drafts).
-fn lookup_test(
+/// The draft-model task's request: an open-ended answer, nothing to copy.
+const OPEN_TASK: &str = "Write a short story about a lighthouse keeper who finds a message in a \
+    bottle.";
+
+/// How the speculative test drafts.
+enum Spec {
+    /// Prompt lookup of up to N drafts, on the copy task.
+    Lookup(usize),
+    /// A draft model of up to N drafts per verify, on the open task.
+    Draft(llama3::generate::DraftModel, usize),
+}
+
+/// Speculation against plain decoding, greedy, same output checked: (plain tok/s,
+/// speculative tok/s, drafts accepted, drafts).
+fn spec_test(
     loaded: &Loaded,
     n: usize,
-    k: usize,
+    spec: &Spec,
     reps: usize,
 ) -> Result<(Summary, Summary, usize, usize)> {
     let tok = loaded
         .tokenizer
         .as_ref()
-        .context("--lookup needs the model's tokenizer")?;
-    let msg = Message::new(
-        "user",
-        format!("Repeat this paragraph word for word:\n\n{PARAGRAPH}"),
-    );
-    let prompt = tok.encode_chat(&[msg], true)?;
-    let run = |lookup: usize| -> Result<(Vec<u32>, f64, usize, usize)> {
-        let opts = GenerateOptions {
+        .context("--lookup and --draft need the model's tokenizer")?;
+    let text = match spec {
+        Spec::Lookup(_) => format!("Repeat this paragraph word for word:\n\n{PARAGRAPH}"),
+        Spec::Draft(..) => OPEN_TASK.to_string(),
+    };
+    let prompt = tok.encode_chat(&[Message::new("user", text)], true)?;
+    let run = |on: bool| -> Result<(Vec<u32>, f64, usize, usize)> {
+        let mut opts = GenerateOptions {
             max_tokens: n,
             sampling: SamplingParams::greedy(),
             end_ids: tok.end_ids().to_vec(),
-            lookup,
             ..GenerateOptions::default()
         };
+        match (on, spec) {
+            (false, _) => {}
+            (true, Spec::Lookup(k)) => opts.lookup = *k,
+            (true, Spec::Draft(d, k)) => (opts.draft, opts.draft_max) = (Some(d.clone()), *k),
+        }
         let mut s = Session::new(&loaded.model, prompt.len() + n)?;
         let out = generate_text(&loaded.model, Some(tok), &mut s, &prompt, opts, &[], |_| {})?;
         let rate = out.ids.len() as f64 / out.gen_seconds.max(1e-12);
         Ok((out.ids, rate, out.accepted, out.drafted))
     };
-    let (mut plain, mut spec, mut acc, mut drafted) = (vec![], vec![], 0, 0);
-    run(k)?; // warm-up
+    let (mut plain, mut fast, mut acc, mut drafted) = (vec![], vec![], 0, 0);
+    run(true)?; // warm-up
     for _ in 0..reps {
-        let (a, ra, ..) = run(0)?;
-        let (b, rb, ac, d) = run(k)?;
+        let (a, ra, ..) = run(false)?;
+        let (b, rb, ac, d) = run(true)?;
         if a != b {
-            bail!("prompt lookup changed the output (a bug)");
+            bail!("speculation changed the output (a bug)");
         }
         plain.push(ra);
-        spec.push(rb);
+        fast.push(rb);
         (acc, drafted) = (ac, d);
     }
-    Ok((Summary::of(plain), Summary::of(spec), acc, drafted))
+    Ok((Summary::of(plain), Summary::of(fast), acc, drafted))
 }
 
 /// Mean and sample standard deviation (n - 1), as llama-bench's `stdev`.
@@ -228,7 +249,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         // Token ids are drawn at random: no tokenizer (its memory is not the model's), unless
         // the copy task needs one.
-        None => a.model.load_with(a.lookup.is_some())?,
+        None => a
+            .model
+            .load_with(a.lookup.is_some() || a.draft.draft.is_some())?,
     };
     let load_seconds = t0.elapsed().as_secs_f64();
     let model = &loaded.model;
@@ -288,7 +311,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let lookup = match a.lookup {
         Some(0) => bail!("--lookup must be at least 1"),
-        Some(k) => Some((k, lookup_test(&loaded, a.n_gen.max(32), k, a.reps)?)),
+        Some(k) => Some((
+            k,
+            spec_test(&loaded, a.n_gen.max(32), &Spec::Lookup(k), a.reps)?,
+        )),
+        None => None,
+    };
+    let draft = match a.draft.load(&a.model, &loaded)? {
+        Some(d) => {
+            let k = a.draft.draft_max;
+            let spec = Spec::Draft(d, k);
+            Some((k, spec_test(&loaded, a.n_gen.max(32), &spec, a.reps)?))
+        }
         None => None,
     };
     let op_us = throughput::op_overhead_us(model.device(), model.dtype())?;
@@ -342,6 +376,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "max_drafts": k, "copy_task_tokens_per_second": plain,
                 "copy_task_lookup_tokens_per_second": spec, "drafts": d, "accepted": acc,
             })),
+            "draft": draft.as_ref().map(|(k, (plain, spec, acc, d))| serde_json::json!({
+                "model": a.draft.draft, "max_drafts": k, "open_task_tokens_per_second": plain,
+                "open_task_draft_tokens_per_second": spec, "drafts": d, "accepted": acc,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
@@ -379,6 +417,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         row(format!("copy task lookup{k}"), spec);
         println!(
             "lookup {k}: {:.2}x on the copy task, {acc}/{d} drafts accepted (identical output)",
+            spec.mean / plain.mean.max(1e-12)
+        );
+    }
+    if let Some((k, (plain, spec, acc, d))) = &draft {
+        row("open task".into(), plain);
+        row(format!("open task draft{k}"), spec);
+        println!(
+            "draft {}: {:.2}x on the open task, {acc}/{d} drafts accepted (identical output)",
+            a.draft.draft.as_deref().unwrap_or(""),
             spec.mean / plain.mean.max(1e-12)
         );
     }

@@ -143,3 +143,39 @@ fn bench_reports_prompt_lookup_on_the_copy_task() {
     );
     assert!(acc > 0 && acc <= d, "{acc}/{d}");
 }
+
+/// `--draft MODEL`: an open answer's speed plain and with the draft model, and its acceptance
+/// (the model as its own draft: every draft accepted, the output checked identical by bench).
+#[test]
+fn bench_reports_a_draft_model() {
+    let model = default_model();
+    let j = json_of(&llama3!(&[
+        "bench",
+        "-m",
+        &model,
+        "-p",
+        "8",
+        "-n",
+        "24",
+        "-r",
+        "1",
+        "--draft",
+        &model,
+        "--draft-max",
+        "4",
+        "--json",
+    ]));
+    let d = &j["draft"];
+    assert_eq!(d["max_drafts"], 4);
+    for key in [
+        "open_task_tokens_per_second",
+        "open_task_draft_tokens_per_second",
+    ] {
+        assert!(d[key]["mean"].as_f64().unwrap() > 0.0, "{key}");
+    }
+    let (acc, n) = (
+        d["accepted"].as_u64().unwrap(),
+        d["drafts"].as_u64().unwrap(),
+    );
+    assert!(n > 0 && acc == n, "{acc}/{n}");
+}

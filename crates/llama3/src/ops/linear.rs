@@ -130,12 +130,33 @@ pub fn dense(w: &Tensor, x: &Tensor, compute_dtype: Option<DType>) -> Result<Ten
     let dt = compute_dtype.unwrap_or(w.dtype());
     let x2 = x.reshape(((), w.dim(1)?))?.to_dtype(dt)?;
     let w = w.to_dtype(dt)?;
-    // (N, in) x (in, out) -> (N, out); training on the CPU: `fused::linear`.
+    // (N, in) x (in, out) -> (N, out); training on the CPU: `fused::linear`; a few rows of
+    // an f32 inference (decoding): `cpu::matvec`, one pass over the weight.
+    let rows = x2.dim(0)?;
     let y = match super::trains_on_cpu(&[&x2, &w]) {
         true => crate::fused::linear::linear(&x2, &w)?,
+        false if few_rows_f32(&x2, &w, rows) => {
+            let (k, n) = (w.dim(1)?, w.dim(0)?);
+            let mut out = vec![0f32; rows * n];
+            crate::fused::with_f32([&x2, &w], |[xs, ws]| {
+                crate::cpu::matvec::matmul(xs, ws, rows, k, n, &mut out)
+            })?;
+            Tensor::from_vec(out, (rows, n), x2.device())?
+        }
         false => x2.matmul(&w.t()?)?,
     };
     Ok(y.to_dtype(x.dtype())?.reshape(out_dims)?)
+}
+
+/// Whether `x (rows, in) · wᵀ` goes to `cpu::matvec`: f32 on the CPU, a few rows, no
+/// gradients.
+fn few_rows_f32(x: &Tensor, w: &Tensor, rows: usize) -> bool {
+    rows <= crate::cpu::matvec::MAX_ROWS
+        && w.device().is_cpu()
+        && w.dtype() == DType::F32
+        && x.dtype() == DType::F32
+        && !x.track_op()
+        && !w.track_op()
 }
 
 /// Whether projections are stacked on `device` ([`Stack`]): on a GPU. The CPU keeps
