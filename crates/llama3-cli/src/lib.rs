@@ -15,6 +15,7 @@ mod merge;
 mod perplexity;
 mod plot;
 mod progress;
+mod prune;
 mod quantize;
 mod serve;
 mod throughput;
@@ -57,6 +58,9 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Write a model directory (e.g. a training run) as a GGUF for llama.cpp.
     Export(export::ExportArgs),
+    /// Prune a model with calibration text: drop layers, narrow the MLPs, or Wanda / 2:4
+    /// sparsity; writes an HF directory, prints the held-out perplexity before and after.
+    Prune(prune::PruneArgs),
     /// Perplexity of a text file (llama.cpp's protocol, or HF's sliding window with --stride).
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt-based evaluation: BIG-bench multiple choice (acc, acc_norm) and zero-/k-shot
@@ -122,6 +126,7 @@ pub fn run_command(args: Vec<OsString>) -> Result<i32, CliError> {
         Command::Quantize(a) => quantize::run(a).map(|()| 0),
         Command::Merge(a) => merge::run(a).map(|()| 0),
         Command::Export(a) => export::run(a).map(|()| 0),
+        Command::Prune(a) => prune::run(a).map(|()| 0),
         Command::Perplexity(a) => perplexity::run(a).map(|()| 0),
         Command::Eval(a) => eval::run(a).map(|()| 0),
         Command::Bench(a) => bench::run(a).map(|()| 0),

@@ -25,6 +25,7 @@ pub mod model;
 pub mod ops;
 pub mod peft;
 pub mod perplexity;
+pub mod prune;
 pub mod quant;
 pub mod quantize;
 pub mod rng;

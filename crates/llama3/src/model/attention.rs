@@ -40,6 +40,19 @@ impl Attention {
         self.o_proj.forward(&y) // (B, T, D)
     }
 
+    /// The heads' output before `o_proj`, without a cache: (B, T, D) -> (B, T, H*Dh). What
+    /// pruning measures of o_proj's input (`crate::prune`).
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.project_rows(x)?;
+        ops::attention::attention(self.heads(), &q, &k, &v, cos, sin, mask, None)
+    }
+
     /// The new rows of N sequences that have their own caches (continuous batching): `seqs[i].t`
     /// rows of sequence i, in order, as (M, 1, D) with M = Σ T_i — one row each for a decode
     /// step, a prompt chunk for a sequence being prefilled. The projections run as one batch,
