@@ -117,7 +117,10 @@ fn wanda_zeroes_each_row_and_two_of_four() {
     let same = dir.path().join("same");
     prune(&same, &["--drop-layers", "0"]);
     let base = tensors(&same.join("model.safetensors"));
-    for name in ["model.embed_tokens.weight", "model.layers.7.input_layernorm.weight"] {
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.7.input_layernorm.weight",
+    ] {
         assert_eq!(to_vec(&w[name]), to_vec(&base[name]), "{name}");
     }
     assert_ne!(

@@ -161,6 +161,13 @@ pub struct TrainConfig {
     /// built with its `tensorboard` feature (as the `llama3` CLI is); asking for them
     /// without the feature is an error.
     pub tensorboard: bool,
+    /// Distillation: a teacher model (HF directory or GGUF, the student's vocabulary) whose
+    /// logits the student learns on the same tokens (`distill`).
+    pub teacher: Option<PathBuf>,
+    /// Weight of the teacher's KL term; the cross-entropy gets `1 - kd_alpha`. Default 0.5.
+    pub kd_alpha: f64,
+    /// Temperature of both softmaxes in the KL term (scaled back by T²). Default 1.0.
+    pub kd_temperature: f64,
 }
 
 impl Default for TrainConfig {
@@ -205,6 +212,9 @@ impl Default for TrainConfig {
             lora_dropout: 0.0,
             gradient_checkpointing: false,
             tensorboard: cfg!(feature = "tensorboard"),
+            teacher: None,
+            kd_alpha: 0.5,
+            kd_temperature: 1.0,
         }
     }
 }
@@ -330,6 +340,20 @@ impl TrainConfig {
             }
             if self.lora_targets.is_empty() {
                 return bad("no LoRA targets".into());
+            }
+        }
+        if self.teacher.is_some() {
+            if !(0.0..=1.0).contains(&self.kd_alpha) {
+                return bad(format!("--kd-alpha {} must be in [0, 1]", self.kd_alpha));
+            }
+            if !(self.kd_temperature > 0.0 && self.kd_temperature.is_finite()) {
+                return bad(format!(
+                    "--kd-temperature {} must be above 0",
+                    self.kd_temperature
+                ));
+            }
+            if self.gradient_checkpointing {
+                return bad("--teacher does not combine with --gradient-checkpointing".into());
             }
         }
         crate::metrics::check_tensorboard(self.tensorboard)?;

@@ -19,6 +19,7 @@ pub mod classify;
 pub mod config;
 pub mod corpus;
 pub mod dist;
+pub mod distill;
 pub mod error;
 pub mod grads;
 pub mod init;

@@ -94,6 +94,7 @@ pub fn train(
         mut train,
         valid,
         total_steps,
+        teacher,
     } = setup;
     let run = cfg.model_path.as_path();
     let device = model.device().clone();
@@ -226,7 +227,11 @@ pub fn train(
                     recompute::loss_and_grads(&model, ids, labels, counted, params, &mut grads)?;
                 continue;
             }
-            let (sum, _) = causal_lm_loss_sum(&model, ids, labels)?;
+            // Distillation: the teacher's KL beside the cross-entropy, same positions.
+            let (sum, _) = match &teacher {
+                Some(t) => crate::distill::loss_sum(&model, t, ids, labels)?,
+                None => causal_lm_loss_sum(&model, ids, labels)?,
+            };
             let part = (sum / counted.max(1) as f64)?;
             loss += part.to_scalar::<f32>()? as f64;
             grads.accumulate(opt.params(), &part.backward()?)?;

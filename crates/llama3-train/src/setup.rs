@@ -23,6 +23,8 @@ pub struct Setup {
     pub train: Shuffled,
     pub valid: Option<Box<dyn Dataset>>,
     pub total_steps: usize,
+    /// Distillation's teacher (`--teacher`), loaded and checked against the vocabulary.
+    pub teacher: Option<crate::distill::Teacher>,
 }
 
 /// What `prepare` reports while it works.
@@ -75,6 +77,17 @@ pub fn prepare_as(
             model.config.vocab_size
         )));
     }
+    let teacher = match &cfg.teacher {
+        Some(p) => Some(crate::distill::Teacher::load(
+            p,
+            model.config.vocab_size,
+            &tokenizer,
+            cfg.kd_alpha,
+            cfg.kd_temperature,
+            &device,
+        )?),
+        None => None,
+    };
     let cache = cfg.model_path.join("cache");
     let files = collect_files(&cfg.data_path)?;
     let valid_files = match cfg.valid_data_path.is_empty() {
@@ -151,6 +164,7 @@ pub fn prepare_as(
         train,
         valid,
         total_steps,
+        teacher,
     })
 }
 

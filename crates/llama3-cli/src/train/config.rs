@@ -108,8 +108,13 @@ fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
         lora_dropout,
         lora_targets,
         eval_batches,
-        dist_timeout
+        dist_timeout,
+        kd_alpha,
+        kd_temperature
     );
+    if a.teacher.is_some() {
+        c.teacher = a.teacher.clone();
+    }
     if a.rslora {
         c.use_rslora = true;
     }

@@ -181,6 +181,21 @@ pub struct TrainArgs {
         visible_alias = "gradient_checkpointing"
     )]
     pub gradient_checkpointing: bool,
+    /// Distillation: a teacher model (HF directory or GGUF with the same vocabulary) whose
+    /// distribution the student learns on the same tokens: loss (1 - A) x CE + A x T² x
+    /// KL(teacher || student) at temperature T (the logged training loss is that loss).
+    #[arg(long, value_name = "MODEL")]
+    pub teacher: Option<PathBuf>,
+    /// Weight A of the teacher's KL term (--teacher). Default 0.5.
+    #[arg(long = "kd-alpha", visible_alias = "kd_alpha", value_name = "A")]
+    pub kd_alpha: Option<f64>,
+    /// Softmax temperature T of the KL term (--teacher). Default 1.0.
+    #[arg(
+        long = "kd-temperature",
+        visible_alias = "kd_temperature",
+        value_name = "T"
+    )]
+    pub kd_temperature: Option<f64>,
     /// Continue the run in --model-path from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
