@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own command-line tools (llama-bench, llama-perplexity, llama-quantize, and the
-# llama-speculative example) for speed and quality comparisons (scripts/bench_types.sh,
+# llama-speculative and llama-simple examples) for speed and quality comparisons (scripts/bench_types.sh,
 # scripts/draft_bench.sh). The source is the llama.cpp that the
 # llama-cpp-python sdist vendors, fetched with pip (the one package registry this machine
 # reaches); nothing of llama.cpp enters this repository.
@@ -27,7 +27,7 @@ jobs="${JOBS:-$(nproc)}"
 src="$cache/src"           # the extracted sdist; llama.cpp is $src/vendor/llama.cpp
 build="$cache/build"
 bin="$build/bin"
-targets=(llama-bench llama-perplexity llama-quantize llama-speculative)
+targets=(llama-bench llama-perplexity llama-quantize llama-speculative llama-simple)
 
 no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake_args=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$no_amx"

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Pruning and distillation of the default model (SmolLM2-135M-Instruct), measured in one run
+# (issue 21, acceptance 1; the table in docs/compression.md):
+#   dense          the default model's weights as an f32 HF directory (`prune --drop-layers 0`)
+#   depth -4, -8   `llama3 prune --drop-layers N` (ShortGPT block influence)
+#   MLP 75%        `llama3 prune --ffn-keep 0.75`
+#   ... + KD       each again after a short distillation from the dense model
+#                  (`llama3 train --init PRUNED --teacher DENSE`, KD_STEPS steps of 4 x 128 tokens)
+#   Wanda 50%, 2:4 `llama3 prune --sparsity 0.5` / `--pattern 2:4` (dense storage)
+# Calibration and distillation text: State of the Union addresses up to 2000 (the held-out
+# file holds the last ten). Every model is exported to a Q8_0 GGUF, and measured there:
+# parameters, file size, pp512 and tg128 (`llama3 bench`, REPS repetitions), held-out
+# perplexity (`llama3 perplexity`, llama.cpp's protocol, the first CHUNKS chunks of 512), and
+# whether llama.cpp (`llama-simple`) continues a prompt with our greedy text.
+#
+# Usage: scripts/compression_bench.sh [OUT_DIR]
+# Environment: KD_STEPS (30), CHUNKS (50), REPS (2), LLAMA3_BIN (target/release/llama3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KD_STEPS="${KD_STEPS:-30}"
+CHUNKS="${CHUNKS:-50}"
+REPS="${REPS:-2}"
+out="${1:-$(mktemp -d)}"
+mkdir -p "$out"
+bin="${LLAMA3_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --bin llama3 >&2
+  bin=target/release/llama3
+fi
+lcpp=$(scripts/build-llamacpp.sh)
+model=$("$bin" pull 2>/dev/null | tail -1)
+sotu=../shared/data/sotu
+heldout=$sotu/heldout-last10.txt
+calib="$out/calib.txt"
+mkdir -p "$out/train"
+for f in "$sotu"/data/1*.txt "$sotu"/data/2000_*.txt; do cat "$f"; echo; done >"$calib"
+cp "$calib" "$out/train/"
+prompt="Fellow citizens of the Senate and House of Representatives"
+
+prune() { # name, flags...
+  local name=$1
+  shift
+  [ -f "$out/$name/config.json" ] && return
+  "$bin" prune -m "$model" --calib "$calib" -o "$out/$name" --calib-tokens 16384 "$@" \
+    2>&1 | grep -v '^calibrate ' | sed "s/^/[$name] /" >&2
+}
+distill() { # student dir name
+  local name=$1
+  [ -f "$out/$name+kd/model.safetensors" ] && return
+  local t0=$SECONDS
+  "$bin" train --init "$out/$name" --teacher "$out/dense" --kd-alpha 0.5 --kd-temperature 2 \
+    --data_path "$out/train" --seq-len 128 --batch-size 4 --max-steps "$KD_STEPS" \
+    --learning-rate 1e-4 --warmup 3 --eval-every 0 --save-every 0 --model_path "$out/$name+kd" \
+    >/dev/null 2>&1
+  echo "[$name+kd] $KD_STEPS steps x 512 tokens distilled in $((SECONDS - t0)) s" >&2
+}
+
+prune dense --drop-layers 0
+prune depth-4 --drop-layers 4
+prune depth-8 --drop-layers 8
+prune mlp-75 --ffn-keep 0.75
+prune wanda-50 --sparsity 0.5
+prune wanda-2of4 --pattern 2:4
+for m in depth-4 depth-8 mlp-75; do distill "$m"; done
+
+echo "| model | layers | MLP | params (M) | Q8_0 MiB | pp512 t/s | tg128 t/s | held-out ppl | llama.cpp greedy |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+for m in dense depth-4 depth-4+kd depth-8 depth-8+kd mlp-75 mlp-75+kd wanda-50 wanda-2of4; do
+  dir="$out/$m"
+  gguf="$out/$m.q8_0.gguf"
+  [ -f "$gguf" ] || "$bin" export "$dir" --gguf "$gguf" --type q8_0 >/dev/null 2>&1
+  # Speed and perplexity, kept in $out/$m.cells (delete it to measure again).
+  if [ ! -s "$out/$m.cells" ]; then
+    bench=$("$bin" bench -m "$gguf" -r "$REPS" --json 2>/dev/null)
+    ppl=$("$bin" perplexity -m "$gguf" --file "$heldout" --chunks "$CHUNKS" --json 2>/dev/null |
+      python3 -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["ppl"])')
+    python3 - "$dir/config.json" "$gguf" "$ppl" "$bench" >"$out/$m.cells" <<'PY'
+import json, os, sys
+cfg, b = json.load(open(sys.argv[1])), json.loads(sys.argv[4])
+print(f"{cfg['num_hidden_layers']} | {cfg['intermediate_size']} | {b['parameters'] / 1e6:.1f} | "
+      f"{os.path.getsize(sys.argv[2]) / 2**20:.0f} | {b['pp_tokens_per_second']['mean']:.0f} | "
+      f"{b['tg_tokens_per_second']['mean']:.1f} | {sys.argv[3]}")
+PY
+  fi
+  # Greedy text against llama.cpp's: "same", or where it parts, the gap between our top two
+  # log-probabilities there (a near-tie is a rounding matter, not a different model).
+  ours=$("$bin" generate -m "$gguf" -p "$prompt" -n 24 --temperature 0 --json --top-logprobs 2 2>/dev/null)
+  theirs=$("$lcpp/llama-simple" -m "$gguf" -n 24 "$prompt" 2>/dev/null)
+  same=$(python3 - "$prompt" "$theirs" "$ours" <<'PY'
+import json, sys
+prompt, theirs, ours = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+theirs = theirs[len(prompt):] if theirs.startswith(prompt) else theirs
+text = ""
+for i, s in enumerate(ours["steps"]):
+    top = s["top_logprobs"]
+    text += top[0]["piece"].replace("\u0120", " ").replace("\u010a", "\n")
+    if not theirs.startswith(text):
+        gap = top[0]["logprob"] - top[1]["logprob"]
+        print(f"same for {i} tokens, then a near-tie (gap {gap:.3f})" if gap < 0.1
+              else f"differs after {i} tokens (gap {gap:.3f})")
+        break
+else:
+    print("same")
+PY
+)
+  echo "| $m | $(cat "$out/$m.cells") | $same |"
+done
