@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use llama3_testutil::{assert_one_line_error, ok, shared, skip_or_fail_on_ci};
+use llama3_testutil::{
+    assert_one_line_error, llama_spm_vocab, ok, skip_or_fail_on_ci, sotu_corpus,
+};
 
 /// The MPI build and `mpirun`, or None (reported as skipped).
 fn mpi(test: &str) -> Option<PathBuf> {
@@ -33,26 +35,6 @@ fn mpi(test: &str) -> Option<PathBuf> {
         return None;
     }
     Some(bin)
-}
-
-/// Llama 2's 32000-token SentencePiece vocabulary (llama.cpp's vocab-only GGUF).
-fn tokenizer() -> String {
-    let p = shared().join("data/llama-vocab-gguf/ggml-vocab-llama-spm.gguf");
-    p.to_string_lossy().into_owned()
-}
-
-/// A few State of the Union addresses copied into `dir/data`.
-fn corpus(dir: &Path) -> String {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for name in [
-        "1790_george_washington_n.txt",
-        "1791_george_washington_n.txt",
-        "1792_george_washington_n.txt",
-    ] {
-        std::fs::copy(shared().join("data/sotu/data").join(name), data.join(name)).unwrap();
-    }
-    data.to_string_lossy().into_owned()
 }
 
 /// `llama3 train` flags shared by every run here: micro-batches of 4 blocks of 32 tokens.
@@ -162,8 +144,8 @@ fn two_ranks_equal_one_process_accumulating_two_micro_batches() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
-    let tok = tokenizer();
+    let data = sotu_corpus(dir.path(), 3);
+    let tok = llama_spm_vocab();
     let full = ["--init", "tiny", "--tokenizer", &tok];
     // Full training of the tiny preset, 20 steps.
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
@@ -229,8 +211,8 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_exactly() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
-    let tok = tokenizer();
+    let data = sotu_corpus(dir.path(), 3);
+    let tok = llama_spm_vocab();
     let init = ["--init", "tiny", "--tokenizer", &tok];
     let straight = dir.path().join("straight");
     run(mpirun(&bin, &flags(&data, &straight, 60, &init)));
@@ -304,8 +286,8 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_exactly() {
 #[test]
 fn more_ranks_than_the_build_supports_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
-    let tok = tokenizer();
+    let data = sotu_corpus(dir.path(), 3);
+    let tok = llama_spm_vocab();
     let init = ["--init", "tiny", "--tokenizer", &tok];
     let args = flags(&data, &dir.path().join("o"), 2, &init);
     if cfg!(feature = "mpi") {
@@ -388,8 +370,8 @@ fn a_hung_rank_ends_the_job_at_the_deadline() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
-    let tok = tokenizer();
+    let data = sotu_corpus(dir.path(), 3);
+    let tok = llama_spm_vocab();
     let init = ["--init", "tiny", "--tokenizer", &tok, "--dist-timeout", "3"];
     let run_dir = dir.path().join("hung");
     let mut job = mpirun(&bin, &flags(&data, &run_dir, 100_000, &init))

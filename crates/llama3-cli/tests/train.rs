@@ -5,44 +5,30 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use llama3_testutil::{assert_one_line_error, ok, shared};
-
-/// Llama 2's 32000-token SentencePiece vocabulary (llama.cpp's vocab-only GGUF).
-fn tokenizer() -> String {
-    let p = shared().join("data/llama-vocab-gguf/ggml-vocab-llama-spm.gguf");
-    p.to_string_lossy().into_owned()
-}
-
-/// A few State of the Union addresses copied into `dir/data`.
-fn corpus(dir: &Path) -> String {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for name in [
-        "1790_george_washington_n.txt",
-        "1791_george_washington_n.txt",
-        "1792_george_washington_n.txt",
-    ] {
-        std::fs::copy(shared().join("data/sotu/data").join(name), data.join(name)).unwrap();
-    }
-    data.to_string_lossy().into_owned()
-}
+use llama3_testutil::{assert_one_line_error, llama_spm_vocab, ok, shared, sotu_corpus};
 
 fn train_cmd(data: &str, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
-    c.args(["train", "--data_path", data, "--tokenizer", &tokenizer()])
-        .args(["--init", "tiny", "--seq-len", "32", "--batch-size", "2"])
-        .args([
-            "--max-steps",
-            "40",
-            "--save-every",
-            "5",
-            "--eval-every",
-            "10",
-        ])
-        .args(["--warmup", "3", "--learning-rate", "3e-3", "-t", "2"])
-        .arg("--model_path")
-        .arg(out)
-        .args(extra);
+    c.args([
+        "train",
+        "--data_path",
+        data,
+        "--tokenizer",
+        &llama_spm_vocab(),
+    ])
+    .args(["--init", "tiny", "--seq-len", "32", "--batch-size", "2"])
+    .args([
+        "--max-steps",
+        "40",
+        "--save-every",
+        "5",
+        "--eval-every",
+        "10",
+    ])
+    .args(["--warmup", "3", "--learning-rate", "3e-3", "-t", "2"])
+    .arg("--model_path")
+    .arg(out)
+    .args(extra);
     c
 }
 
@@ -69,7 +55,7 @@ fn losses(run: &Path) -> Vec<String> {
 #[test]
 fn resume_after_sigkill_is_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = sotu_corpus(dir.path(), 3);
     let straight = dir.path().join("straight");
     run(train_cmd(&data, &straight, &[]));
     // The run's TensorBoard events hold every logged step, and the loss curve was drawn.
@@ -133,7 +119,7 @@ fn assert_error(mut c: Command, needle: &str) {
 #[test]
 fn bad_input_gives_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = sotu_corpus(dir.path(), 3);
     let out = dir.path().join("out");
     assert_error(
         train_cmd(&data, &out, &["--init", "huge"]),
@@ -190,12 +176,12 @@ fn bad_input_gives_clear_errors() {
 #[test]
 fn toml_config_and_flags_override_it() {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = sotu_corpus(dir.path(), 3);
     let toml = dir.path().join("run.toml");
     let text = format!(
         "data_path = [{data:?}]\ntokenizer = {:?}\nseq_len = 16\nbatch_size = 2\n\
          max_steps = 5\nlearning_rate = 0.002\nbetas = [0.9, 0.99]\nlr_schedule = \"linear\"\n",
-        tokenizer()
+        llama_spm_vocab()
     );
     std::fs::write(&toml, text).unwrap();
     let out = dir.path().join("out");
@@ -252,7 +238,7 @@ fn toml_config_and_flags_override_it() {
 fn trained_model_exports_to_gguf_with_the_same_greedy_text() {
     for vocab in ["ggml-vocab-llama-bpe.gguf", "ggml-vocab-llama-spm.gguf"] {
         let dir = tempfile::tempdir().unwrap();
-        let data = corpus(dir.path());
+        let data = sotu_corpus(dir.path(), 3);
         let out = dir.path().join("run");
         let tok = shared().join("data/llama-vocab-gguf").join(vocab);
         let mut c = train_cmd(&data, &out, &["--max-steps", "3", "--seq-len", "16"]);

@@ -6,26 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use llama3_cli::{TrainEvent, TrainSummary};
-use llama3_testutil::{ok, shared};
-
-/// Llama 2's 32000-token SentencePiece vocabulary (llama.cpp's vocab-only GGUF).
-fn tokenizer() -> String {
-    let p = shared().join("data/llama-vocab-gguf/ggml-vocab-llama-spm.gguf");
-    p.to_string_lossy().into_owned()
-}
-
-/// Two State of the Union addresses.
-fn corpus(dir: &Path) -> String {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for name in [
-        "1790_george_washington_n.txt",
-        "1791_george_washington_n.txt",
-    ] {
-        std::fs::copy(shared().join("data/sotu/data").join(name), data.join(name)).unwrap();
-    }
-    data.to_string_lossy().into_owned()
-}
+use llama3_testutil::{llama_spm_vocab, ok, sotu_corpus};
 
 /// A tiny run's settings, as flag/value pairs. A constant learning rate after warmup: the
 /// rate of a step does not depend on the step count, which the tests change.
@@ -33,7 +14,7 @@ fn settings(data: &str, out: &Path, max_steps: usize) -> Vec<(String, String)> {
     let out = out.to_string_lossy().into_owned();
     [
         ("data_path", data),
-        ("tokenizer", &tokenizer()),
+        ("tokenizer", &llama_spm_vocab()),
         ("init", "tiny"),
         ("seq_len", "32"),
         ("batch_size", "2"),
@@ -88,7 +69,7 @@ fn ctrl_c_stops_at_a_step_with_a_checkpoint_that_resumes_exactly() {
     use std::time::{Duration, Instant};
 
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = sotu_corpus(dir.path(), 2);
     let stopped = dir.path().join("stopped");
     let mut child = train_cmd(&data, &stopped, 100_000)
         .stderr(std::process::Stdio::piped())
@@ -150,7 +131,7 @@ fn ctrl_c_stops_at_a_step_with_a_checkpoint_that_resumes_exactly() {
 #[test]
 fn the_library_trains_reports_events_and_stops_on_request() {
     let dir = tempfile::tempdir().unwrap();
-    let data = corpus(dir.path());
+    let data = sotu_corpus(dir.path(), 2);
     let run = dir.path().join("run");
     let pairs = |extra: &[(&str, &str)]| -> Vec<(String, Vec<String>)> {
         let mut s = settings(&data, &run, 6);

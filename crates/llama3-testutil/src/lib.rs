@@ -34,6 +34,32 @@ pub fn shared() -> PathBuf {
     p
 }
 
+/// Llama 2's 32000-token SentencePiece vocabulary (llama.cpp's vocab-only GGUF): the
+/// tokenizer of the tiny training runs in the tests.
+pub fn llama_spm_vocab() -> String {
+    let p = shared().join("data/llama-vocab-gguf/ggml-vocab-llama-spm.gguf");
+    p.to_string_lossy().into_owned()
+}
+
+/// The first `n` State of the Union addresses (1790 on) copied into `dir/data`, as a training
+/// data path.
+pub fn sotu_corpus(dir: &Path, n: usize) -> String {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("create the data folder");
+    for name in [
+        "1790_george_washington_n.txt",
+        "1791_george_washington_n.txt",
+        "1792_george_washington_n.txt",
+    ]
+    .iter()
+    .take(n)
+    {
+        let src = shared().join("data/sotu/data").join(name);
+        std::fs::copy(&src, data.join(name)).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    }
+    data.to_string_lossy().into_owned()
+}
+
 /// A file or folder under `shared()/golden`.
 pub fn golden(rel: &str) -> PathBuf {
     shared().join("golden").join(rel)
