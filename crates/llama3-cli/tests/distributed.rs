@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use llama3_testutil::{
     assert_one_line_error, llama_spm_vocab, ok, skip_or_fail_on_ci, sotu_corpus,
+    wait_for_checkpoint,
 };
 
 /// The MPI build and `mpirun`, or None (reported as skipped).
@@ -224,20 +225,7 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_exactly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let latest = killed.join("checkpoints/latest");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let at = std::fs::read_to_string(&latest).unwrap_or_default();
-        if at.trim() >= "step-00000010" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no checkpoint appeared");
-        assert!(
-            job.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_checkpoint(&killed, 10, &mut job);
     let pid = rank_pid(&killed, 1).expect("rank 1's process");
     let t0 = Instant::now();
     // SAFETY: sends a signal to a process of this test.
@@ -379,13 +367,7 @@ fn a_hung_rank_ends_the_job_at_the_deadline() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let latest = run_dir.join("checkpoints/latest");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !latest.exists() {
-        assert!(Instant::now() < deadline, "no checkpoint appeared");
-        assert!(job.try_wait().unwrap().is_none(), "the job ended early");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_checkpoint(&run_dir, 1, &mut job);
     let pid = rank_pid(&run_dir, 1).expect("rank 1's process");
     let t0 = Instant::now();
     // SAFETY: stops a process of this test (mpirun kills it when the job ends).

@@ -4,9 +4,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
-use llama3_testutil::{default_model, llama3, shared};
+use llama3_testutil::{default_model, llama3, shared, wait_for_checkpoint};
 
 fn train_cmd(model: &Path, out: &Path, extra: &[&str]) -> Command {
     let data = shared().join("data/sotu/data/1790_george_washington_n.txt");
@@ -97,16 +96,7 @@ fn qlora_with_dropout_trains_resumes_exactly_and_writes_a_peft_adapter() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let latest = killed.join("checkpoints/latest");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while std::fs::read_to_string(&latest).unwrap_or_default().trim() < "step-00000003" {
-        assert!(Instant::now() < deadline, "no checkpoint appeared");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_checkpoint(&killed, 3, &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
-use llama3_testutil::{assert_one_line_error, llama_spm_vocab, ok, shared, sotu_corpus};
+use llama3_testutil::{
+    assert_one_line_error, llama_spm_vocab, ok, shared, sotu_corpus, wait_for_checkpoint,
+};
 
 fn train_cmd(data: &str, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_llama3"));
@@ -81,20 +82,7 @@ fn resume_after_sigkill_is_exact() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let latest = killed.join("checkpoints/latest");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let at = std::fs::read_to_string(&latest).unwrap_or_default();
-        if at.trim() >= "step-00000015" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no checkpoint appeared");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_checkpoint(&killed, 15, &mut child);
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
     assert!(

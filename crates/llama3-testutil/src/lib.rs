@@ -60,6 +60,26 @@ pub fn sotu_corpus(dir: &Path, n: usize) -> String {
     data.to_string_lossy().into_owned()
 }
 
+/// Waits (up to 10 minutes) until the training run in `run` has a checkpoint of step `step`
+/// or later, failing if `child` (the run) ends first: where a test kills or stops a run.
+pub fn wait_for_checkpoint(run: &Path, step: usize, child: &mut std::process::Child) {
+    let latest = run.join("checkpoints/latest");
+    let want = format!("step-{step:08}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while std::fs::read_to_string(&latest).unwrap_or_default().trim() < want.as_str() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
+        let ended = child.try_wait().expect("wait for the run");
+        assert!(
+            ended.is_none(),
+            "the run ended before step {step}: {ended:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// A file or folder under `shared()/golden`.
 pub fn golden(rel: &str) -> PathBuf {
     shared().join("golden").join(rel)

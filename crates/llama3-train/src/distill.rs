@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor, D};
 use llama3::tokenizer::Tokenizer;
 use llama3::Llama;
 
-use crate::loss::{cross_entropy_sum, shifted_targets, HEAD_ROWS};
+use crate::loss::{counted_positions, cross_entropy_sum, HEAD_ROWS};
 use crate::{Error, Result};
 
 /// The teacher and the loss's weights.
@@ -72,11 +72,7 @@ pub fn loss_sum(
     labels: &Tensor,
 ) -> Result<(Tensor, usize)> {
     let (b, t) = ids.dims2()?;
-    let (rows, targets) = shifted_targets(
-        &labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?,
-        b,
-        t,
-    )?;
+    let (rows, targets) = counted_positions(ids, labels)?;
     let hidden = student.forward_hidden(ids, None)?.reshape((b * t, ()))?; // (B*T, D)
     if rows.is_empty() {
         return Ok((hidden.zeros_like()?.sum_all()?.to_dtype(DType::F32)?, 0));

@@ -33,18 +33,7 @@ pub fn causal_lm_loss(model: &Llama, ids: &Tensor, labels: &Tensor) -> Result<Te
 /// is what makes chat fine-tuning with a large vocabulary fit in memory.
 pub fn causal_lm_loss_sum(model: &Llama, ids: &Tensor, labels: &Tensor) -> Result<(Tensor, usize)> {
     let (b, t) = ids.dims2()?;
-    if labels.dims() != [b, t] {
-        return Err(Error::Input(format!(
-            "labels have shape {:?}, input ids {:?}",
-            labels.dims(),
-            ids.dims()
-        )));
-    }
-    let (rows, targets) = shifted_targets(
-        &labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?,
-        b,
-        t,
-    )?;
+    let (rows, targets) = counted_positions(ids, labels)?;
     let hidden = model.forward_hidden(ids, None)?; // (B, T, D)
     if rows.is_empty() {
         return Ok((hidden.zeros_like()?.sum_all()?.to_dtype(DType::F32)?, 0));
@@ -95,6 +84,24 @@ pub fn head_chunks<'a>(
                 let logits = model.lm_head.forward(&select(r)?)?; // (n, V)
                 cross_entropy_sum(&logits, &Tensor::new(tg, hidden.device())?)
             }),
+    )
+}
+
+/// The flat rows of `ids` (B, T) whose next label is counted, and those labels (see
+/// [`shifted_targets`]); `labels` must have the shape of `ids`.
+pub fn counted_positions(ids: &Tensor, labels: &Tensor) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (b, t) = ids.dims2()?;
+    if labels.dims() != [b, t] {
+        return Err(Error::Input(format!(
+            "labels have shape {:?}, input ids {:?}",
+            labels.dims(),
+            ids.dims()
+        )));
+    }
+    shifted_targets(
+        &labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?,
+        b,
+        t,
     )
 }
 

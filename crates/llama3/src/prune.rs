@@ -152,6 +152,7 @@ pub fn prune_mlp(model: &mut Llama, stats: &Stats, keep: f64) -> Result<usize> {
     }
     let f = model.config.intermediate_size;
     let kept = (((f as f64 * keep) / 32.0).round() as usize * 32).clamp(32.min(f), f);
+    let device = model.device().clone();
     for (l, layer) in model.layers.iter_mut().enumerate() {
         let imp = &stats.channels[l];
         if imp.len() != f {
@@ -161,7 +162,6 @@ pub fn prune_mlp(model: &mut Llama, stats: &Stats, keep: f64) -> Result<usize> {
         order.sort_by(|&a, &b| imp[b].total_cmp(&imp[a]));
         let mut idx: Vec<u32> = order[..kept].iter().map(|&i| i as u32).collect();
         idx.sort_unstable();
-        let device = layer.mlp.down_proj.weight.dequantize()?.device().clone();
         let idx = Tensor::from_vec(idx, kept, &device)?;
         let rows = |lin: &Linear| -> Result<Linear> {
             let w = lin.weight.dequantize()?.index_select(&idx, 0)?;

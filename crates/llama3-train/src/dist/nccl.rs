@@ -9,13 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::CudaStream;
-use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+};
+use candle_core::cuda_backend::cudarc::nccl::result::{NcclError, NcclStatus};
+use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp};
+
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use super::{rendezvous, Collective, Launch};
 use crate::{Error, Result};
+
+/// What cudarc's NCCL calls return.
+type NcclResult = std::result::Result<NcclStatus, NcclError>;
 
 pub struct Nccl {
     comm: Comm,
@@ -64,6 +71,30 @@ impl Nccl {
         Ok(Self { comm, stream })
     }
 
+    /// Host `input` to the device, `op` from it into a device buffer of `out.len()`, the
+    /// result back into `out` (the few host numbers and the CPU fallback take this way).
+    fn via_device<T: DeviceRepr + ValidAsZeroBits + NcclType>(
+        &self,
+        what: &str,
+        input: &[T],
+        out: &mut [T],
+        op: impl FnOnce(&Comm, &CudaSlice<T>, &mut CudaSlice<T>) -> NcclResult,
+    ) -> Result<()> {
+        let send = self
+            .stream
+            .clone_htod(input)
+            .map_err(|e| nccl_err("copy", e))?;
+        let mut recv = self
+            .stream
+            .alloc_zeros::<T>(out.len())
+            .map_err(|e| nccl_err("alloc", e))?;
+        op(&self.comm, &send, &mut recv).map_err(|e| nccl_err(what, e))?;
+        self.stream
+            .memcpy_dtoh(&recv, out)
+            .map_err(|e| nccl_err("copy", e))?;
+        self.sync()
+    }
+
     fn sync(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| nccl_err("stream", e))
     }
@@ -102,64 +133,26 @@ impl Collective for Nccl {
         "nccl"
     }
     fn reduce_scatter_f32(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
-        let send = self
-            .stream
-            .clone_htod(input)
-            .map_err(|e| nccl_err("copy", e))?;
-        let mut recv = self
-            .stream
-            .alloc_zeros::<f32>(out.len())
-            .map_err(|e| nccl_err("alloc", e))?;
-        self.comm
-            .reduce_scatter(&send, &mut recv, &ReduceOp::Sum)
-            .map_err(|e| nccl_err("reduce-scatter", e))?;
-        self.stream
-            .memcpy_dtoh(&recv, out)
-            .map_err(|e| nccl_err("copy", e))?;
-        self.sync()
+        self.via_device("reduce-scatter", input, out, |c, send, recv| {
+            c.reduce_scatter(send, recv, &ReduceOp::Sum)
+        })
     }
     fn all_gather_f32(&self, chunk: &[f32], out: &mut [f32]) -> Result<()> {
-        let send = self
-            .stream
-            .clone_htod(chunk)
-            .map_err(|e| nccl_err("copy", e))?;
-        let mut recv = self
-            .stream
-            .alloc_zeros::<f32>(out.len())
-            .map_err(|e| nccl_err("alloc", e))?;
-        self.comm
-            .all_gather(&send, &mut recv)
-            .map_err(|e| nccl_err("all-gather", e))?;
-        self.stream
-            .memcpy_dtoh(&recv, out)
-            .map_err(|e| nccl_err("copy", e))?;
-        self.sync()
+        self.via_device("all-gather", chunk, out, |c, send, recv| {
+            c.all_gather(send, recv)
+        })
     }
     fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let mut dev = self
-            .stream
-            .clone_htod(&*buf)
-            .map_err(|e| nccl_err("copy", e))?;
-        self.comm
-            .all_reduce_in_place(&mut dev, &ReduceOp::Sum)
-            .map_err(|e| nccl_err("all-reduce", e))?;
-        self.stream
-            .memcpy_dtoh(&dev, buf)
-            .map_err(|e| nccl_err("copy", e))?;
-        self.sync()
+        let input = buf.to_vec();
+        self.via_device("all-reduce", &input, buf, |c, send, recv| {
+            c.all_reduce(send, recv, &ReduceOp::Sum)
+        })
     }
     fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        let mut dev = self
-            .stream
-            .clone_htod(&*buf)
-            .map_err(|e| nccl_err("copy", e))?;
-        self.comm
-            .broadcast_in_place(&mut dev, root as i32)
-            .map_err(|e| nccl_err("broadcast", e))?;
-        self.stream
-            .memcpy_dtoh(&dev, buf)
-            .map_err(|e| nccl_err("copy", e))?;
-        self.sync()
+        let input = buf.to_vec();
+        self.via_device("broadcast", &input, buf, |c, send, recv| {
+            c.broadcast(Some(send), recv, root as i32)
+        })
     }
     fn barrier(&self) -> Result<()> {
         self.all_reduce_f64(&mut [0.0])

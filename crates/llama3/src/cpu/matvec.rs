@@ -13,6 +13,8 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use crate::quant::isa::Isa;
+
 /// Most activation rows this path takes; more go to gemm (compute-bound there).
 pub const MAX_ROWS: usize = 16;
 
@@ -59,21 +61,18 @@ enum Dot {
 }
 
 impl Dot {
+    /// The path of the packed kernels (`quant::isa`: detected once, `LLAMA3_ISA` honored);
+    /// AVX512-VNNI implies AVX-512F.
     fn detected() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let asked = std::env::var("LLAMA3_ISA").unwrap_or_default();
-            if asked != "portable" && asked != "avx2" && is_x86_feature_detected!("avx512f") {
-                return Dot::Avx512;
-            }
-            if asked != "portable"
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-            {
-                return Dot::Avx2;
-            }
+        match Isa::detected() {
+            Isa::Portable => Dot::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::AvxVnni => Dot::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Dot::Avx512,
+            #[allow(unreachable_patterns)]
+            _ => Dot::Portable,
         }
-        Dot::Portable
     }
 
     fn dot(self, a: &[f32], b: &[f32]) -> f32 {
