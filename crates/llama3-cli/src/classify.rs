@@ -122,6 +122,9 @@ pub struct TrainArgs {
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
     pub rslora: bool,
+    /// DoRA (weight-decomposed LoRA, PEFT's use_dora): a trained magnitude per output row.
+    #[arg(long = "use-dora", visible_alias = "use_dora")]
+    pub use_dora: bool,
     /// With --method lora on a quantized (GGUF) base: keep the base quantized (QLoRA: less
     /// memory, slower on the CPU) instead of dequantizing it to f32 first.
     #[arg(long)]
@@ -267,6 +270,7 @@ fn train(a: TrainArgs) -> Result<()> {
         seed: d.seed,
         lora: LoraConfig {
             lora_dropout: a.lora_dropout,
+            use_dora: a.use_dora,
             ..LoraConfig::new(a.lora_r, a.lora_alpha, &targets_str, a.rslora)
         },
         targets: a.lora_targets.clone(),

@@ -152,6 +152,8 @@ pub struct TrainConfig {
     pub lora_targets: Vec<String>,
     /// rsLoRA scaling.
     pub use_rslora: bool,
+    /// DoRA (PEFT's `use_dora`): a trained magnitude per output row of every adapted weight.
+    pub use_dora: bool,
     /// Dropout on the adapters' inputs while training (PEFT `lora_dropout`). Default 0.
     pub lora_dropout: f64,
     /// Recompute each layer's activations during backward instead of keeping them: memory of
@@ -209,6 +211,7 @@ impl Default for TrainConfig {
                 .map(|s| s.to_string())
                 .collect(),
             use_rslora: false,
+            use_dora: false,
             lora_dropout: 0.0,
             gradient_checkpointing: false,
             tensorboard: cfg!(feature = "tensorboard"),
@@ -367,6 +370,7 @@ impl TrainConfig {
         let mut c =
             llama3::peft::LoraConfig::new(self.lora_r, self.lora_alpha, &targets, self.use_rslora);
         c.lora_dropout = self.lora_dropout;
+        c.use_dora = self.use_dora;
         c
     }
 

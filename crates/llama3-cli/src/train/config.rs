@@ -118,6 +118,9 @@ fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     if a.rslora {
         c.use_rslora = true;
     }
+    if a.use_dora {
+        c.use_dora = true;
+    }
     if a.gradient_checkpointing {
         c.gradient_checkpointing = true;
     }

@@ -174,6 +174,11 @@ pub struct TrainArgs {
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
     pub rslora: bool,
+    /// DoRA (weight-decomposed LoRA, PEFT's use_dora): each adapted weight's rows are
+    /// rescaled to a trained magnitude vector. Saved in PEFT's layout; `llama3 merge` folds it
+    /// in (llama.cpp cannot load DoRA adapters).
+    #[arg(long = "use-dora", visible_alias = "use_dora")]
+    pub use_dora: bool,
     /// Recompute activations layer by layer during backward: memory of one layer's graph
     /// instead of all of them, for about one extra forward of compute.
     #[arg(

@@ -25,6 +25,20 @@ pub struct Lora {
     pub dropout: f64,
     pub dropout_seed: Option<u64>,
     pub id: u64,
+    /// DoRA (PEFT's `use_dora`), when the adapter has a magnitude vector.
+    pub dora: Option<Dora>,
+}
+
+/// DoRA's weight decomposition (PEFT's `DoraLinearLayer`): the adapted weight `W + scale B A`
+/// with each output row rescaled to a learned norm, `m / ||W + scale B A||`, the norm
+/// detached from the graph (DoRA section 4.3, as PEFT does).
+#[derive(Clone, Debug)]
+pub struct Dora {
+    /// `lora_magnitude_vector` (out,): each output row's norm after adaptation.
+    pub magnitude: Tensor,
+    /// `magnitude / ||W + scale B A||` (out,), kept where A, B and m are fixed (inference);
+    /// None while training (computed in every forward).
+    pub row_scale: Option<Tensor>,
 }
 
 /// Inverted dropout of `x` with drop probability `p` (`torch.nn.Dropout` in training: kept
@@ -144,21 +158,54 @@ impl Linear {
         }
     }
 
-    /// `y` plus the adapters' `scale * B(A x)`.
+    /// `y` plus the adapters' `scale * B(A x)`; a DoRA adapter rescales the rows as PEFT's
+    /// `lora.Linear.forward` does: `y + (s - 1) base + s scale B(A x)` with `s` its
+    /// [`Self::dora_row_scale`] and `base` the output so far (`W dropout(x)` while dropout is on).
     fn add_lora(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
         let mut y = y;
         for l in &self.lora {
             // PEFT: lora_B(lora_A(dropout(x))) * scaling, in the adapter's dtype.
             let mut x2 = x.to_dtype(l.a.dtype())?;
-            if let Some(seed) = l.dropout_seed.filter(|_| l.dropout > 0.0) {
+            let dropped = l.dropout_seed.filter(|_| l.dropout > 0.0);
+            if let Some(seed) = dropped {
                 x2 = dropout(&x2, l.dropout, seed, l.id)?;
             }
             let h = x2.broadcast_matmul(&l.a.t()?)?; // (.., r)
             let d = h.broadcast_matmul(&l.b.t()?)?; // (.., out)
             let d = (d * l.scale)?.to_dtype(y.dtype())?;
-            y = (y + d)?;
+            let Some(dora) = &l.dora else {
+                y = (y + d)?;
+                continue;
+            };
+            let s = self.dora_row_scale(l, dora)?.to_dtype(y.dtype())?; // (out,)
+            let base = match dropped {
+                Some(_) => op::matmul(&self.weight, &x2.to_dtype(x.dtype())?, self.compute_dtype)?,
+                None => y.clone(),
+            };
+            let rescaled = (base.broadcast_mul(&(&s - 1.0)?)? + d.broadcast_mul(&s)?)?;
+            y = (y + rescaled)?;
         }
         Ok(y)
+    }
+
+    /// DoRA's `m / ||W + scale B A||` per output row (out,), f32: kept when fixed, else
+    /// computed from the dequantized weight with the norm detached (gradients reach `m`).
+    pub fn dora_row_scale(&self, l: &Lora, dora: &Dora) -> Result<Tensor> {
+        if let Some(s) = &dora.row_scale {
+            return Ok(s.clone());
+        }
+        let norm = self.adapted_row_norms(l)?;
+        Ok(dora.magnitude.to_dtype(DType::F32)?.div(&norm)?)
+    }
+
+    /// `||W + scale B A||` of each output row (out,), f32, detached: DoRA's weight norm (its
+    /// magnitude's initial value when B is zero).
+    pub fn adapted_row_norms(&self, l: &Lora) -> Result<Tensor> {
+        let w = self.weight.dequantize()?.detach().to_dtype(DType::F32)?;
+        let ba = l.b.detach().to_dtype(DType::F32)?;
+        let ba = ba.matmul(&l.a.detach().to_dtype(DType::F32)?.to_device(ba.device())?)?; // (out, in)
+        let full = (w.to_device(ba.device())? + (ba * l.scale)?)?;
+        Ok(full.sqr()?.sum(1)?.sqrt()?)
     }
 }
 
@@ -243,6 +290,7 @@ mod tests {
             dropout: 0.0,
             dropout_seed: None,
             id: 0,
+            dora: None,
         });
         assert!(stack.forward([&q, &adapted, &v], &x).unwrap().is_none());
         let replaced = lin(4, 2.0);

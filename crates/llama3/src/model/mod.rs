@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 pub use crate::kv::{KvCache, SeqRows};
 pub use attention::Attention;
 pub use layer::DecoderLayer;
-pub use linear::{Linear, LinearWeight, Lora, Stack};
+pub use linear::{Dora, Linear, LinearWeight, Lora, Stack};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rope::Rope;

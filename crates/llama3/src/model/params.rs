@@ -133,6 +133,9 @@ impl Llama {
             for l in lin.lora.iter_mut() {
                 l.a = l.a.detach();
                 l.b = l.b.detach();
+                if let Some(d) = l.dora.as_mut() {
+                    d.magnitude = d.magnitude.detach();
+                }
             }
         }
         m.norm.weight = m.norm.weight.detach();

@@ -93,9 +93,6 @@ impl LoraConfig {
                 return bad(format!("peft_type {t}: only LORA adapters are supported"));
             }
         }
-        if self.use_dora {
-            return bad("DoRA adapters (use_dora) are not supported".into());
-        }
         if self.fan_in_fan_out {
             return bad("fan_in_fan_out adapters (GPT-2 Conv1D layout) do not fit Llama".into());
         }

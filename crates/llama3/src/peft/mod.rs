@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 pub use crate::model::linear::dropout;
-use crate::model::{Linear, LinearWeight, Llama, Lora};
+use crate::model::{Dora, Linear, LinearWeight, Llama, Lora};
 use crate::rng::splitmix;
 use crate::{Error, Result};
 
@@ -33,12 +33,16 @@ pub const TARGETS: &[&str] = &[
     "lm_head",
 ];
 const PREFIX: &str = "base_model.model.";
+/// PEFT's key suffix of a DoRA magnitude vector (after the module name).
+const MAGNITUDE: &str = ".lora_magnitude_vector";
 
 /// An adapter read from disk: its config and its A/B matrices by module name.
 pub struct Adapter {
     pub config: LoraConfig,
     /// module (`model.layers.0.self_attn.q_proj`) -> (A (r, in), B (out, r)).
     pub weights: BTreeMap<String, (Tensor, Tensor)>,
+    /// DoRA's `lora_magnitude_vector` (out,) by module, when `use_dora`.
+    pub magnitudes: BTreeMap<String, Tensor>,
     /// Modules PEFT saved whole (`modules_to_save`), by tensor name: a sequence-classification
     /// adapter's head, `score.weight` (L, D).
     pub saved: BTreeMap<String, Tensor>,
@@ -61,6 +65,7 @@ impl Adapter {
             .map_err(|e| Error::format(&file, crate::error::candle_message(&e)))?;
         let mut parts: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
         let mut saved = BTreeMap::new();
+        let mut magnitudes = BTreeMap::new();
         let to_save = config.saved_modules();
         for (key, t) in tensors {
             let name = key.strip_prefix(PREFIX).unwrap_or(&key);
@@ -68,6 +73,9 @@ impl Adapter {
                 (m, 0)
             } else if let Some(m) = name.strip_suffix(".lora_B.weight") {
                 (m, 1)
+            } else if let Some(m) = name.strip_suffix(MAGNITUDE).filter(|_| config.use_dora) {
+                magnitudes.insert(m.to_string(), t.to_dtype(DType::F32)?);
+                continue;
             } else if name
                 .strip_suffix(".weight")
                 .is_some_and(|m| to_save.iter().any(|s| s == m))
@@ -79,8 +87,7 @@ impl Adapter {
             } else {
                 return Err(Error::Unsupported(format!(
                     "{}: tensor {key} is not a LoRA A/B matrix nor a weight of \
-                     modules_to_save {to_save:?} (embedding adapters and DoRA magnitudes are \
-                     not supported)",
+                     modules_to_save {to_save:?} (embedding adapters are not supported)",
                     file.display()
                 )));
             };
@@ -117,9 +124,18 @@ impl Adapter {
         if weights.is_empty() {
             return Err(Error::format(&file, "no LoRA tensors"));
         }
+        if config.use_dora {
+            if let Some(m) = weights.keys().find(|m| !magnitudes.contains_key(*m)) {
+                return Err(Error::format(
+                    &file,
+                    format!("use_dora is set but {m} has no lora_magnitude_vector"),
+                ));
+            }
+        }
         Ok(Self {
             config,
             weights,
+            magnitudes,
             saved,
             path: dir.to_path_buf(),
         })
@@ -156,7 +172,11 @@ impl Adapter {
             })?;
             let (r, inp) = a.dims2()?;
             let (out, rb) = b.dims2()?;
-            if inp != lin.in_features() || out != lin.out_features() || rb != r {
+            let m_ok = self
+                .magnitudes
+                .get(module)
+                .is_none_or(|m| m.dims() == [out]);
+            if inp != lin.in_features() || out != lin.out_features() || rb != r || !m_ok {
                 return Err(Error::Shape {
                     name: format!("{module} lora_A {:?} / lora_B {:?}", a.dims(), b.dims()),
                     file: self.path.join(WEIGHTS_FILE),
@@ -167,14 +187,25 @@ impl Adapter {
         }
         for (module, (a, b)) in &self.weights {
             if let Some(lin) = linears.get_mut(module) {
-                lin.lora.push(Lora {
+                let mut l = Lora {
                     a: a.to_device(&device)?,
                     b: b.to_device(&device)?,
                     scale: self.config.scaling(module) * weight,
                     dropout: self.config.lora_dropout,
                     dropout_seed: None,
                     id: module_id(module),
-                });
+                    dora: None,
+                };
+                if let Some(m) = self.magnitudes.get(module) {
+                    // Fixed from here on: the row scale is computed once.
+                    let mut dora = Dora {
+                        magnitude: m.to_device(&device)?,
+                        row_scale: None,
+                    };
+                    dora.row_scale = Some(lin.dora_row_scale(&l, &dora)?);
+                    l.dora = Some(dora);
+                }
+                lin.lora.push(l);
             }
         }
         Ok(self.weights.len())
@@ -240,14 +271,23 @@ pub fn add_adapters(
         let a: Vec<f32> = (0..config.r * inp)
             .map(|_| rng.random_range(-bound..bound) as f32)
             .collect();
-        lin.lora.push(Lora {
+        let mut l = Lora {
             a: Tensor::from_vec(a, (config.r, inp), &device)?,
             b: Tensor::zeros((out, config.r), DType::F32, &device)?,
             scale: config.scaling(&name),
             dropout: config.lora_dropout,
             dropout_seed: None,
             id: module_id(&name),
-        });
+            dora: None,
+        };
+        if config.use_dora {
+            // PEFT's `dora_init`: m = ||W + scale B A|| = ||W|| row by row (B is zero).
+            l.dora = Some(Dora {
+                magnitude: lin.adapted_row_norms(&l)?,
+                row_scale: None,
+            });
+        }
+        lin.lora.push(l);
         n += 1;
     }
     Ok(n)
@@ -266,6 +306,12 @@ pub fn trainable(model: &mut Llama) -> Result<Vec<(String, candle_core::Var)>> {
             l.b = b.as_tensor().clone();
             out.push((format!("{PREFIX}{name}.lora_A.weight"), a));
             out.push((format!("{PREFIX}{name}.lora_B.weight"), b));
+            if let Some(dora) = l.dora.as_mut() {
+                let m = candle_core::Var::from_tensor(&dora.magnitude)?;
+                dora.magnitude = m.as_tensor().clone();
+                dora.row_scale = None; // m, A and B change from step to step
+                out.push((format!("{PREFIX}{name}{MAGNITUDE}"), m));
+            }
         }
     }
     if out.is_empty() {
@@ -319,12 +365,22 @@ pub fn merge(model: &mut Llama) -> Result<()> {
             )));
         };
         let (mut w, dtype) = (t.to_dtype(DType::F32)?, t.dtype());
+        let base = w.clone();
         for l in lin.lora.drain(..) {
             // (out, r) x (r, in) -> (out, in)
             let delta =
                 l.b.to_dtype(DType::F32)?
                     .matmul(&l.a.to_dtype(DType::F32)?)?;
-            w = (w + (delta * l.scale)?)?;
+            let delta = (delta * l.scale)?;
+            let Some(dora) = &l.dora else {
+                w = (w + delta)?;
+                continue;
+            };
+            // PEFT's DoRA merge: the rows of W + delta rescaled by m / ||base + delta||, the
+            // norm of the unmerged weight, as the forward computes it.
+            let norm = (&base + &delta)?.sqr()?.sum_keepdim(1)?.sqrt()?; // (out, 1)
+            let m = dora.magnitude.to_dtype(DType::F32)?.unsqueeze(1)?;
+            w = (w + delta)?.broadcast_mul(&m.div(&norm)?)?;
         }
         lin.weight = LinearWeight::Dense(w.to_dtype(dtype)?);
     }
@@ -359,6 +415,10 @@ pub fn save_with(
             let b = l.b.detach().to_dtype(DType::F32)?.contiguous()?;
             tensors.push((format!("{PREFIX}{name}.lora_A.weight"), a));
             tensors.push((format!("{PREFIX}{name}.lora_B.weight"), b));
+            if let Some(dora) = &l.dora {
+                let m = dora.magnitude.detach().to_dtype(DType::F32)?.contiguous()?;
+                tensors.push((format!("{PREFIX}{name}{MAGNITUDE}"), m));
+            }
         }
     }
     if tensors.is_empty() {
@@ -405,6 +465,7 @@ mod tests {
             dropout: 0.5,
             dropout_seed: None,
             id: module_id("m"),
+            dora: None,
         });
         let x = Tensor::randn(0f32, 1.0, (3, 32), &dev).unwrap();
         let off = lin.forward(&x).unwrap();
