@@ -104,10 +104,8 @@ impl ModelArgs {
                 .with_context(|| format!("--chat-template-file {}", f.display()))?;
         }
         for spec in &self.lora {
-            let (dir, scale) = llama3::peft::parse_spec(spec)?;
-            let adapter = llama3::peft::Adapter::load(&dir, loaded.model.device())?;
-            let n = adapter.apply(&mut loaded.model, scale)?;
-            tracing::info!("LoRA {} (x{scale}) on {n} modules", dir.display());
+            let applied = llama3::peft::apply_spec(&mut loaded.model, spec)?;
+            tracing::info!("{applied}");
         }
         tracing::info!(
             "loaded {} ({:.1} M parameters) on {} in {:.2} s",

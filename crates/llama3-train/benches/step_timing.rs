@@ -106,7 +106,7 @@ fn layer_parts() {
         time("attention", &|| {
             layer
                 .self_attn
-                .forward(x.as_tensor(), &cos, &sin, mask.as_ref(), None)
+                .forward(x.as_tensor(), &cos, &sin, mask.as_ref(), None, None)
                 .unwrap()
         });
         time("mlp", &|| layer.mlp.forward(x.as_tensor()).unwrap());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use llama3::weights::{Weight, WeightSource};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::Result;
 
@@ -63,7 +63,7 @@ impl WeightSource for RandomInit {
         } else {
             // One stream per tensor name, so the weights do not depend on the load order.
             let mut rng = StdRng::seed_from_u64(self.seed ^ fnv1a(name.as_bytes()));
-            normal(&mut rng, n, INIT_STD)
+            llama3::rng::normal(&mut rng, n, INIT_STD)
         };
         let t = Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?;
         Ok(Weight::Dense(t))
@@ -76,21 +76,6 @@ impl WeightSource for RandomInit {
     fn path(&self) -> &Path {
         &self.path
     }
-}
-
-/// `n` samples of N(0, std) by Box-Muller.
-fn normal(rng: &mut StdRng, n: usize, std: f64) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
-        let u2: f64 = rng.random();
-        let r = (-2.0 * u1.ln()).sqrt() * std;
-        let a = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * a.cos()) as f32);
-        out.push((r * a.sin()) as f32);
-    }
-    out.truncate(n);
-    out
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

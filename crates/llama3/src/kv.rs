@@ -63,7 +63,13 @@ pub struct KvCache {
     round_f16: bool,
     /// Activation dtype: what `append` returns.
     dtype: DType,
+    /// Rows before the first token: a virtual prefix (prefix or prompt tuning, PEFT) written
+    /// once by [`Self::set_prefix`]; every sequence attends to it, none of the token
+    /// bookkeeping (`len`, spans, `truncate`) counts it.
+    base: usize,
+    /// Tokens cached, after the `base` rows.
     len: usize,
+    /// Tokens the cache can hold (rows for `base + capacity` are allocated).
     capacity: usize,
 }
 
@@ -98,9 +104,58 @@ impl KvCache {
             layers,
             round_f16,
             dtype,
+            base: 0,
             len: 0,
             capacity,
         })
+    }
+
+    /// Writes a virtual prefix of N positions, per layer (K, V) each (1, Hkv, N, Dh), K with
+    /// RoPE at positions 0..N, into the first rows of an empty cache for every sequence of the
+    /// batch: tokens then start at position N and attend to it. The token capacity shrinks by N.
+    pub fn set_prefix(&mut self, prefix: &[(Tensor, Tensor)]) -> Result<()> {
+        let n = prefix.first().map_or(Ok(0), |(k, _)| k.dim(2))?;
+        if self.pos() != 0 || prefix.len() != self.layers.len() || n > self.capacity {
+            return Err(Error::Input(format!(
+                "a virtual prefix of {n} positions for {} layers does not fit an empty cache of \
+                 {} layers and {} positions",
+                prefix.len(),
+                self.layers.len(),
+                self.capacity
+            )));
+        }
+        for ((kc, vc), (k, v)) in self.layers.iter().zip(prefix) {
+            let b = kc.dim(0)?;
+            let fit = |x: &Tensor| -> Result<Tensor> {
+                Ok(x.to_dtype(kc.dtype())?
+                    .broadcast_as((b, x.dim(1)?, n, x.dim(3)?))?
+                    .contiguous()?)
+            };
+            kc.slice_set(&fit(k)?, 2, 0)?;
+            vc.slice_set(&fit(v)?, 2, 0)?;
+        }
+        self.base = n;
+        self.capacity -= n;
+        Ok(())
+    }
+
+    /// Turns the tokens cached so far into the virtual prefix (prompt tuning's, computed by a
+    /// forward of its embeddings into the empty cache).
+    pub fn keep_as_prefix(&mut self) {
+        self.base += self.len;
+        self.capacity -= self.len;
+        self.len = 0;
+    }
+
+    /// Sequences the cache holds (B).
+    pub fn batch(&self) -> Result<usize> {
+        Ok(self.layers.first().map_or(Ok(1), |(k, _)| k.dim(0))?)
+    }
+
+    /// The position of the next token: the virtual prefix's rows plus [`Self::len`] (where
+    /// RoPE and the causal mask start, and the rows attention reads before the new ones).
+    pub fn pos(&self) -> usize {
+        self.base + self.len
     }
 
     /// Rows each head's buffer holds (at least [`Self::capacity`], see [`rows_for`]): the
@@ -124,7 +179,7 @@ impl KvCache {
             .ok_or_else(|| Error::Input(format!("KV cache has no layer {layer}")))
     }
 
-    /// Positions already cached.
+    /// Tokens already cached (a virtual prefix not counted; see [`Self::pos`]).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -154,14 +209,14 @@ impl KvCache {
     }
 
     /// Writes k, v (B, Hkv, T, Dh) at the current position of `layer` and returns the cached
-    /// keys and values so far, (B, Hkv, S, Dh) with S = len + T, in the activation dtype.
+    /// keys and values so far, (B, Hkv, S, Dh) with S = pos + T, in the activation dtype.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(2)?;
         self.reserve(t)?;
         let (kc, vc) = &self.layers[layer];
-        kc.slice_set(&k.to_dtype(kc.dtype())?.contiguous()?, 2, self.len)?;
-        vc.slice_set(&v.to_dtype(vc.dtype())?.contiguous()?, 2, self.len)?;
-        let s = self.len + t;
+        kc.slice_set(&k.to_dtype(kc.dtype())?.contiguous()?, 2, self.pos())?;
+        vc.slice_set(&v.to_dtype(vc.dtype())?.contiguous()?, 2, self.pos())?;
+        let s = self.pos() + t;
         let read = |c: &Tensor| -> Result<Tensor> { Ok(c.narrow(2, 0, s)?.to_dtype(self.dtype)?) };
         Ok((read(kc)?, read(vc)?))
     }
@@ -186,8 +241,8 @@ impl KvCache {
             // A compact copy (`contiguous` could return a view of the cache).
             .map(|(k, v)| {
                 Ok((
-                    k.narrow(2, start, len)?.force_contiguous()?,
-                    v.narrow(2, start, len)?.force_contiguous()?,
+                    k.narrow(2, self.base + start, len)?.force_contiguous()?,
+                    v.narrow(2, self.base + start, len)?.force_contiguous()?,
                 ))
             })
             .collect()
@@ -208,8 +263,8 @@ impl KvCache {
             )));
         }
         for ((kc, vc), (k, v)) in self.layers.iter().zip(span) {
-            kc.slice_set(k, 2, start)?;
-            vc.slice_set(v, 2, start)?;
+            kc.slice_set(k, 2, self.base + start)?;
+            vc.slice_set(v, 2, self.base + start)?;
         }
         self.len = start + len;
         Ok(())

@@ -297,10 +297,8 @@ pub fn open(spec: Option<&str>, o: &OpenOptions, say: impl FnMut(&str)) -> Resul
         loaded.tokenizer = Some(Tokenizer::from_file(t)?);
     }
     for spec in &o.lora {
-        let (dir, scale) = crate::peft::parse_spec(spec)?;
-        let adapter = crate::peft::Adapter::load(&dir, loaded.model.device())?;
-        let n = adapter.apply(&mut loaded.model, scale)?;
-        tracing::info!("LoRA {} (x{scale}) on {n} modules", dir.display());
+        let applied = crate::peft::apply_spec(&mut loaded.model, spec)?;
+        tracing::info!("{applied}");
     }
     Ok(loaded)
 }

@@ -77,7 +77,7 @@ pub fn attend(
                 );
                 prepare(heads, qr, kr, cos, sin, c.rounds_to_f16());
             }
-            let first = c.len();
+            let first = c.pos();
             write_rows(c, layer, ki, vi)?;
             Ok(first)
         })
@@ -162,7 +162,7 @@ fn write_rows(c: &mut KvCache, layer: usize, k: &[f32], v: &[f32]) -> Result<()>
     let t = k.len() / (hkv * dh);
     c.reserve(t)?;
     let op = WriteRows {
-        pos: c.len(),
+        pos: c.pos(),
         round: c.rounds_to_f16(),
     };
     let rows = |x: &[f32]| Tensor::from_slice(x, (t, hkv * dh), &Device::Cpu);

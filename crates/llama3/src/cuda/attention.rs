@@ -38,7 +38,7 @@ pub fn applies(heads: Heads, x: &Tensor) -> bool {
 }
 
 /// q (B, H*Dh), k and v (B, Hkv*Dh) — rows may be views with a stride (of a fused
-/// projection) — and cos, sin (1, Dh/2) of position `cache.len()` in q's dtype: writes k (with
+/// projection) — and cos, sin (1, Dh/2) of position `cache.pos()` in q's dtype: writes k (with
 /// RoPE) and v into `layer` of `cache` at that position and returns the attention output
 /// (B, H*Dh) in q's dtype. The caller advances the cache after the last layer.
 #[allow(clippy::too_many_arguments)]
@@ -60,7 +60,7 @@ pub fn attend(
         vc: vc.clone(),
         cos: cos.to_dtype(q.dtype())?.contiguous()?,
         sin: sin.to_dtype(q.dtype())?.contiguous()?,
-        pos: cache.len(),
+        pos: cache.pos(),
         round_q: cache.rounds_to_f16(),
     };
     Ok(q.apply_op3_no_bwd(k, v, &op)?)

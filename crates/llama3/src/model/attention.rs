@@ -26,7 +26,9 @@ pub struct Attention {
 
 impl Attention {
     /// (B, T, D) -> (B, T, D). `cos`/`sin` (T, Dh/2) for positions pos..pos+T; `mask` (T, S)
-    /// additive, None when T = 1; `cache` is (cache, layer index), None when training.
+    /// additive, None when T = 1; `cache` is (cache, layer index), None when training;
+    /// `prefix`: keys (with RoPE) and values (1, Hkv, N, Dh) before the new rows' (prefix
+    /// tuning without a cache).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -34,9 +36,11 @@ impl Attention {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
+        prefix: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
         let (q, k, v) = self.project_rows(x)?;
-        let y = ops::attention::attention(self.heads(), &q, &k, &v, cos, sin, mask, cache)?;
+        let (heads, rope) = (self.heads(), (cos, sin));
+        let y = ops::attention::attention(heads, &q, &k, &v, rope, mask, cache, prefix)?;
         self.o_proj.forward(&y) // (B, T, D)
     }
 
@@ -50,7 +54,7 @@ impl Attention {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (q, k, v) = self.project_rows(x)?;
-        ops::attention::attention(self.heads(), &q, &k, &v, cos, sin, mask, None)
+        ops::attention::attention(self.heads(), &q, &k, &v, (cos, sin), mask, None, None)
     }
 
     /// The new rows of N sequences that have their own caches (continuous batching): `seqs[i].t`
@@ -159,7 +163,7 @@ mod tests {
                     let c = &mut plain[i];
                     let mask = (s.t > 1).then(|| causal_mask(s.t, c.len(), &dev).unwrap());
                     let heads = attn.heads();
-                    let cache = Some((&mut *c, 0));
+                    let cache = ops::attention::Kv::Cache((&mut *c, 0));
                     let y = ops::attention::candle_attention(
                         heads,
                         &q,

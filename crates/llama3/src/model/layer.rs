@@ -23,13 +23,15 @@ impl DecoderLayer {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let (x, m) = self.forward_carry(x, None, cos, sin, mask, cache)?;
+        let (x, m) = self.forward_carry(x, None, cos, sin, mask, cache, None)?;
         Ok((x + m)?)
     }
 
     /// [`Self::forward`] with the residual stream carried as `x + pending` (the previous
     /// layer's MLP output, not yet added): the add joins this layer's input norm, one launch on
-    /// a GPU. Returns this layer's (x, MLP output), unsummed.
+    /// a GPU. Returns this layer's (x, MLP output), unsummed. `prefix`: prefix tuning's keys
+    /// and values of this layer without a cache (see [`Attention::forward`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_carry(
         &self,
         x: &Tensor,
@@ -38,9 +40,10 @@ impl DecoderLayer {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
+        prefix: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, Tensor)> {
         let (x, h) = self.input_norm(x, pending)?;
-        let a = self.self_attn.forward(&h, cos, sin, mask, cache)?;
+        let a = self.self_attn.forward(&h, cos, sin, mask, cache, prefix)?;
         let (x, h) = self.post_attention_layernorm.forward_add(&x, &a)?; // x + a, its norm
         Ok((x, self.mlp.forward(&h)?))
     }

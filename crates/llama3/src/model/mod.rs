@@ -8,6 +8,7 @@ pub mod mlp;
 pub mod norm;
 pub mod params;
 pub mod rope;
+mod virtual_tokens;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ pub use linear::{Dora, Linear, LinearWeight, Lora, Stack};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rope::Rope;
+pub use virtual_tokens::Virtual;
 
 use crate::config::LlamaConfig;
 use crate::quant::Packed;
@@ -73,6 +75,8 @@ pub struct Llama {
     /// (V, D); shares the embedding's storage when the head is tied.
     pub lm_head: Linear,
     pub rope: Rope,
+    /// PEFT prompt or prefix tuning: virtual tokens before every sequence.
+    pub virtual_tokens: Option<Virtual>,
     device: Device,
     /// Activation dtype: the dense weights' dtype, f32 with quantized weights.
     dtype: DType,
@@ -159,6 +163,7 @@ impl Llama {
             norm: norm("model.norm.weight")?,
             lm_head,
             rope: Rope::new(&config, rope_freqs, device),
+            virtual_tokens: None,
             config,
             device: device.clone(),
             dtype,
@@ -210,19 +215,49 @@ impl Llama {
     }
 
     /// Ids already checked by [`Self::check_ids`].
-    fn forward_hidden_here(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (_b, t) = ids.dims2()?;
-        let pos = cache.as_ref().map_or(0, |c| c.len());
+    fn forward_hidden_here(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.embed_tokens.forward(ids)?; // (B, T, D)
+        match (&cache, &self.virtual_tokens) {
+            // Prompt tuning without a cache: its N embeddings first, their rows dropped after.
+            (None, Some(Virtual::Prompt(p))) => {
+                let (n, d) = p.dims2()?;
+                let p = p
+                    .to_dtype(x.dtype())?
+                    .unsqueeze(0)?
+                    .broadcast_as((b, n, d))?;
+                let x = Tensor::cat(&[&p.contiguous()?, &x], 1)?; // (B, N+T, D)
+                Ok(self.forward_embeds(x, None)?.narrow(1, n, t)?)
+            }
+            _ => self.forward_embeds(x, cache),
+        }
+    }
+
+    /// (B, T, D) input embeddings -> (B, T, D) hidden states after the final norm, from
+    /// the cache's position on (after a prefix-tuning prefix without a cache).
+    fn forward_embeds(&self, x: Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        let pos = match (&cache, &self.virtual_tokens) {
+            (Some(c), _) => c.pos(),
+            (None, Some(Virtual::Prefix(p))) => p.dim(0)?,
+            (None, _) => 0,
+        };
         if let Some(c) = cache.as_ref() {
             c.reserve(t)?;
         }
         let (cos, sin, mask) = self.positions(pos, t)?;
-        let mut x = self.embed_tokens.forward(ids)?; // (B, T, D)
+        let mut x = x;
         let mut pending = None; // the last MLP output, added with the next norm
         for (i, layer) in self.layers.iter().enumerate() {
+            // With a cache the prefix is its first rows; without one, each layer's own.
+            let prefix = match cache.is_some() {
+                true => None,
+                false => self.prefix_of(i)?,
+            };
+            let prefix = prefix.as_ref().map(|(k, v)| (k, v));
             let c = cache.as_deref_mut().map(|c| (c, i));
             let (nx, m) =
-                layer.forward_carry(&x, pending.as_ref(), &cos, &sin, mask.as_ref(), c)?;
+                layer.forward_carry(&x, pending.as_ref(), &cos, &sin, mask.as_ref(), c, prefix)?;
             (x, pending) = (nx, Some(m));
         }
         if let Some(c) = cache {
@@ -345,7 +380,7 @@ impl Llama {
         for (c, p) in caches.iter().zip(parts) {
             c.reserve(p.len())?;
             let (mut cos, mut sin) = (Vec::new(), Vec::new());
-            for pos in c.len()..c.len() + p.len() {
+            for pos in c.pos()..c.pos() + p.len() {
                 let (c, s) = self.rope.row(pos);
                 cos.extend(c);
                 sin.extend(s);
@@ -383,16 +418,20 @@ impl Llama {
     }
 
     /// A KV cache for `batch` sequences of up to `capacity` positions.
+    /// With virtual tokens (prompt or prefix tuning) they fill its first rows.
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
-        let capacity = capacity.min(self.config.max_position_embeddings.max(1));
-        KvCache::new(
+        let n = self.virtual_len();
+        let capacity = (capacity + n).min(self.config.max_position_embeddings.max(1));
+        let mut cache = KvCache::new(
             &self.config,
             batch,
             capacity,
             self.dtype,
             self.kv_dtype,
             &self.device,
-        )
+        )?;
+        self.fill_virtual(&mut cache)?;
+        Ok(cache)
     }
 
     /// How the KV cache stores keys and values: f16 by default for quantized checkpoints (as

@@ -139,6 +139,9 @@ impl Llama {
             }
         }
         m.norm.weight = m.norm.weight.detach();
+        if let Some(v) = m.virtual_tokens.as_mut() {
+            *v.tensor_mut() = v.tensor().detach();
+        }
         m
     }
 

@@ -49,19 +49,23 @@ fn route(heads: Heads, qkv: [&Tensor; 3], rows_per_seq: Option<usize>, cached: b
 
 /// One batch of sequences sharing a cache (or none, when training): q (B, T, H*Dh), k and v
 /// (B, T, Hkv*Dh) as the projections give them, `cos`/`sin` (T, Dh/2) for positions
-/// pos..pos+T, `mask` (T, S) additive causal, None when T = 1; `cache` is (cache, layer).
-/// Returns (B, T, H*Dh).
+/// pos..pos+T, `mask` (T, S) additive causal, None when T = 1; `cache` is (cache, layer);
+/// `prefix` (without a cache): keys with RoPE and values (1, Hkv, N, Dh) that come before
+/// the new rows (prefix tuning; S = N + T). Returns (B, T, H*Dh).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     heads: Heads,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
     mask: Option<&Tensor>,
     cache: Option<(&mut KvCache, usize)>,
+    prefix: Option<(&Tensor, &Tensor)>,
 ) -> Result<Tensor> {
+    if let Some(prefix) = prefix {
+        return candle_attention(heads, q, k, v, cos, sin, mask, Kv::Prefix(prefix));
+    }
     let (b, t, _) = q.dims3()?;
     let rows = (b == 1).then_some(t).or((t == 1).then_some(1));
     match (route(heads, [q, k, v], rows, cache.is_some()), cache) {
@@ -87,7 +91,8 @@ pub fn attention(
             let (cos, sin) = (flat(cos)?, flat(sin)?);
             crate::fused::attn::causal_attention(q, k, v, heads, &cos, &sin)
         }
-        (_, cache) => candle_attention(heads, q, k, v, cos, sin, mask, cache),
+        (_, Some(cache)) => candle_attention(heads, q, k, v, cos, sin, mask, Kv::Cache(cache)),
+        (_, None) => candle_attention(heads, q, k, v, cos, sin, mask, Kv::None),
     }
 }
 
@@ -118,15 +123,34 @@ pub fn attention_batch(
         let (cos, sin) = s.tables(q.device(), q.dtype())?; // (T, Dh/2)
         let mask = match s.t {
             1 => None,
-            t => Some(softmax::causal_mask(t, cache.len(), q.device())?),
+            t => Some(softmax::causal_mask(t, cache.pos(), q.device())?),
         };
         let cache = Some((&mut **cache, layer));
         let (qi, ki, vi) = (rows(q)?, rows(k)?, rows(v)?);
-        let y = attention(heads, &qi, &ki, &vi, &cos, &sin, mask.as_ref(), cache)?;
+        let y = attention(
+            heads,
+            &qi,
+            &ki,
+            &vi,
+            (&cos, &sin),
+            mask.as_ref(),
+            cache,
+            None,
+        )?;
         ys.push(y.reshape((s.t, 1, ()))?); // (T, 1, H*Dh)
         r0 += s.t;
     }
     Ok(Tensor::cat(&ys, 0)?) // (M, 1, H*Dh)
+}
+
+/// The keys and values before the new rows' in [`candle_attention`].
+pub enum Kv<'a> {
+    /// None: training without a prefix.
+    None,
+    /// A cache and the layer: the new rows are appended, attention reads all of its.
+    Cache((&'a mut KvCache, usize)),
+    /// Prefix tuning's keys (with RoPE) and values (1, Hkv, N, Dh), without a cache.
+    Prefix((&'a Tensor, &'a Tensor)),
 }
 
 /// Attention from candle's ops (differentiable; the reference the fused paths are tested
@@ -140,7 +164,7 @@ pub fn candle_attention(
     cos: &Tensor,
     sin: &Tensor,
     mask: Option<&Tensor>,
-    cache: Option<(&mut KvCache, usize)>,
+    kv: Kv,
 ) -> Result<Tensor> {
     let Heads { h, hkv, dh } = heads;
     let (b, t, _) = q.dims3()?;
@@ -150,10 +174,23 @@ pub fn candle_attention(
     let v = v.reshape((b, t, hkv, dh))?.transpose(1, 2)?; // (B, Hkv, T, Dh)
     let q = rope::rope(&q, cos, sin)?;
     let k = rope::rope(&k, cos, sin)?;
-    let f16_cache = cache.as_ref().is_some_and(|(c, _)| c.rounds_to_f16());
-    let (k, v) = match cache {
-        Some((cache, layer)) => cache.append(layer, &k, &v)?, // (B, Hkv, S, Dh)
-        None => (k, v.contiguous()?),
+    let f16_cache = matches!(&kv, Kv::Cache((c, _)) if c.rounds_to_f16());
+    let (k, v) = match kv {
+        Kv::Cache((cache, layer)) => cache.append(layer, &k, &v)?, // (B, Hkv, S, Dh)
+        Kv::None => (k, v.contiguous()?),
+        Kv::Prefix((pk, pv)) => {
+            // (1, Hkv, N, Dh) before (B, Hkv, T, Dh): (B, Hkv, N+T, Dh)
+            let (n, kv_dtype) = (pk.dim(2)?, k.dtype());
+            let before = |p: &Tensor| -> Result<Tensor> {
+                Ok(p.to_dtype(kv_dtype)?
+                    .broadcast_as((b, hkv, n, dh))?
+                    .contiguous()?)
+            };
+            (
+                Tensor::cat(&[&before(pk)?, &k.contiguous()?], 2)?,
+                Tensor::cat(&[&before(pv)?, &v.contiguous()?], 2)?,
+            )
+        }
     };
     // With an f16 cache, llama.cpp (ggml_mul_mat on f16 K/V) also rounds the query and the
     // attention probabilities to f16; doing the same keeps our logits next to its.

@@ -17,7 +17,11 @@ use crate::rng::splitmix;
 use crate::{Error, Result};
 
 mod config;
+mod prompt;
 pub use config::LoraConfig;
+pub use prompt::{
+    add_virtual, save_virtual, trainable_virtual, PromptAdapter, PromptConfig, PromptKind,
+};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -320,6 +324,41 @@ pub fn trainable(model: &mut Llama) -> Result<Vec<(String, candle_core::Var)>> {
         ));
     }
     Ok(out)
+}
+
+/// Applies the PEFT adapter of `spec` (`PATH[:SCALE]`, the `--lora` flag) to `model`, whatever
+/// its `peft_type`: LoRA / DoRA inside the linears, prompt or prefix tuning as virtual tokens
+/// (without a scale). Returns what was applied, for the log.
+pub fn apply_spec(model: &mut Llama, spec: &str) -> Result<String> {
+    let (dir, scale) = parse_spec(spec)?;
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let prompt = serde_json::from_str::<PromptConfig>(&text)
+        .ok()
+        .filter(|c| c.kind().is_some());
+    if let Some(config) = prompt {
+        if scale != 1.0 {
+            return Err(Error::Input(format!(
+                "--lora {spec}: a scale applies to LoRA adapters; {} is {}",
+                dir.display(),
+                config.peft_type
+            )));
+        }
+        let n = config.num_virtual_tokens;
+        let kind = config.peft_type.clone();
+        PromptAdapter::load(&dir, config, model.device())?.apply(model)?;
+        return Ok(format!("{kind} {} ({n} virtual tokens)", dir.display()));
+    }
+    let adapter = Adapter::load(&dir, model.device())?;
+    let n = adapter.apply(model, scale)?;
+    let kind = match adapter.config.use_dora {
+        true => "DoRA",
+        false => "LoRA",
+    };
+    Ok(format!(
+        "{kind} {} (x{scale}) on {n} modules",
+        dir.display()
+    ))
 }
 
 /// Parses `PATH[:SCALE]` (the `--lora` flag): a trailing `:number` is the adapter's weight.

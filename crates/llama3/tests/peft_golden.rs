@@ -1,7 +1,8 @@
-//! DoRA adapters made by HF PEFT (`scripts/make_peft_goldens.py`: r=4, alpha=8 on all seven
-//! projections of the tiny GQA model, random A, B and magnitudes) give PEFT's logits; merged
-//! into the weights they give the unmerged logits and PEFT's own merge; saved here they keep
-//! PEFT's key names and load back identically.
+//! Adapters made by HF PEFT beyond plain LoRA (`scripts/make_peft_goldens.py`, on the tiny GQA
+//! model) give PEFT's logits here, f32 within 1e-4:
+//! - DoRA (r=4, alpha=8 on all seven projections, random A, B and magnitudes), merged or not
+//!   (against PEFT's own merge too); saved here it keeps PEFT's key names and loads back;
+//! - prompt tuning and prefix tuning (5 virtual tokens), with and without a KV cache.
 
 use candle_core::{DType, Device, Tensor};
 use llama3::loader::{load, LoadOptions};
@@ -128,4 +129,91 @@ fn dora_without_magnitudes_is_refused() {
         err.contains("layers.1.self_attn.q_proj") && err.contains("magnitude"),
         "{err}"
     );
+}
+
+/// The logits of a prompt-learning adapter: the whole batch without a cache, then each row
+/// token by token through a cache (the virtual tokens in its first rows), as generation runs.
+fn check_virtual(name: &str, peft_type: &str) {
+    let dir = data(name);
+    let g = tensors(&dir.join("golden.safetensors"));
+    let ids = g["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = &g["attention_mask"];
+    // PEFT returns prompt tuning's logits for the virtual positions too: the last T are ours.
+    let t = ids.dim(1).unwrap();
+    let all = &g["logits"];
+    let want = kept(&all.narrow(1, all.dim(1).unwrap() - t, t).unwrap(), mask);
+    let base = load(&golden("hf/gqa/model"), &LoadOptions::default())
+        .unwrap()
+        .model;
+    let mut m = base.clone();
+    let applied = peft::apply_spec(&mut m, dir.to_str().unwrap()).unwrap();
+    assert!(applied.contains(peft_type), "{applied}");
+    assert_eq!(m.virtual_len(), 5);
+    let got = kept(&run(&m, &ids), mask);
+    let d = max_abs_diff(&got, &want);
+    eprintln!("{peft_type} logits max |diff| {d:.2e}");
+    assert!(d <= TOL, "{peft_type}: logits differ from PEFT's by {d}");
+    assert!(max_abs_diff(&kept(&run(&base, &ids), mask), &want) > 1e-3);
+
+    // Through a cache, one token at a time (and a chunk of 3 first).
+    let ids2 = ids.to_vec2::<u32>().unwrap();
+    let mut rows = Vec::new();
+    for row in &ids2 {
+        let mut cache = m.new_cache(1, 16).unwrap();
+        assert_eq!((cache.len(), cache.pos(), cache.capacity()), (0, 5, 16));
+        let first = m
+            .forward_tokens(&row[..3], &mut cache, Logits::All)
+            .unwrap();
+        rows.push(first.squeeze(0).unwrap());
+        for &tok in &row[3..] {
+            let y = m.forward_tokens(&[tok], &mut cache, Logits::All).unwrap();
+            rows.push(y.squeeze(0).unwrap());
+        }
+        assert_eq!((cache.len(), cache.pos()), (t, 5 + t));
+        // Rewinding keeps the virtual tokens.
+        cache.truncate(0);
+        assert_eq!(cache.pos(), 5);
+    }
+    let cached = Tensor::cat(&rows, 0).unwrap().reshape((2, t, ())).unwrap();
+    let d = max_abs_diff(&kept(&cached, mask), &want);
+    eprintln!("{peft_type} cached logits max |diff| {d:.2e}");
+    assert!(
+        d <= TOL,
+        "{peft_type}: cached logits differ from PEFT's by {d}"
+    );
+}
+
+#[test]
+fn peft_prompt_tuning_gives_peft_logits() {
+    check_virtual("peft_prompt", "PROMPT_TUNING");
+}
+
+#[test]
+fn peft_prefix_tuning_gives_peft_logits() {
+    check_virtual("peft_prefix", "PREFIX_TUNING");
+}
+
+/// A prompt adapter for another model's width, a scale on it, or two at once: clear errors.
+#[test]
+fn prompt_adapters_refuse_what_cannot_work() {
+    let mut m = load(&golden("hf/gqa/model"), &LoadOptions::default())
+        .unwrap()
+        .model;
+    let dir = data("peft_prefix");
+    let spec = format!("{}:0.5", dir.display());
+    let err = peft::apply_spec(&mut m, &spec).unwrap_err().to_string();
+    assert!(err.contains("scale applies to LoRA"), "{err}");
+    peft::apply_spec(&mut m, dir.to_str().unwrap()).unwrap();
+    let err = peft::apply_spec(&mut m, data("peft_prompt").to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one such adapter at a time"), "{err}");
+    let mha = load(&golden("hf/mha/model"), &LoadOptions::default())
+        .unwrap()
+        .model;
+    let mut mha = mha;
+    let err = peft::apply_spec(&mut mha, dir.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not fit this model"), "{err}");
 }
