@@ -51,7 +51,7 @@ pub fn save(run: &Path, state: &TrainState, model: &Llama, opt: &AdamW) -> Resul
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     atomic::create_dir_all(&tmp)?;
-    if !state.config.method.is_lora() {
+    if !state.config.method.is_adapter() {
         hf_dir::save_weights(model, &tmp.join(WEIGHTS))?;
         atomic::write_json(
             &tmp.join("config.json"),
@@ -65,7 +65,7 @@ pub fn save(run: &Path, state: &TrainState, model: &Llama, opt: &AdamW) -> Resul
             .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
             .collect();
         safetensors::save(&tensors, &tmp.join(ADAPTER_WEIGHTS))?;
-        let cfg = state.config.lora_config();
+        let cfg = state.config.adapter_config(model);
         atomic::write_json(&tmp.join(llama3::peft::CONFIG_FILE), &cfg)?;
     }
     safetensors::save(&opt.state_tensors()?, &tmp.join("optimizer.safetensors"))?;
@@ -127,7 +127,7 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut AdamW) -> Result<
     let device = params
         .first()
         .map_or(Device::Cpu, |(_, v)| v.device().clone());
-    let file = match state.config.method.is_lora() {
+    let file = match state.config.method.is_adapter() {
         false => dir.join(WEIGHTS),
         true => dir.join(ADAPTER_WEIGHTS),
     };

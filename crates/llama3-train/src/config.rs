@@ -19,12 +19,32 @@ pub enum Method {
     Lora,
     /// LoRA adapters on a quantized GGUF base that stays quantized.
     Qlora,
+    /// PEFT prompt tuning: the input embeddings of N virtual tokens before every sequence.
+    #[serde(rename = "prompt-tuning")]
+    PromptTuning,
+    /// PEFT prefix tuning: the keys and values of N virtual tokens in every layer.
+    #[serde(rename = "prefix-tuning")]
+    PrefixTuning,
 }
 
 impl Method {
     /// Whether the run trains adapters (and writes a PEFT adapter) rather than the weights.
-    pub fn is_lora(self) -> bool {
+    pub fn is_adapter(self) -> bool {
         self != Method::Full
+    }
+
+    /// LoRA or QLoRA (adapters inside the linears).
+    pub fn is_lora(self) -> bool {
+        matches!(self, Method::Lora | Method::Qlora)
+    }
+
+    /// The prompt-learning method, when it is one.
+    pub fn prompt_kind(self) -> Option<llama3::peft::PromptKind> {
+        match self {
+            Method::PromptTuning => Some(llama3::peft::PromptKind::Prompt),
+            Method::PrefixTuning => Some(llama3::peft::PromptKind::Prefix),
+            _ => None,
+        }
     }
 }
 
@@ -35,8 +55,11 @@ impl std::str::FromStr for Method {
             "full" => Ok(Method::Full),
             "lora" => Ok(Method::Lora),
             "qlora" => Ok(Method::Qlora),
+            "prompt-tuning" | "prompt_tuning" => Ok(Method::PromptTuning),
+            "prefix-tuning" | "prefix_tuning" => Ok(Method::PrefixTuning),
             _ => Err(format!(
-                "unknown method {s:?} (expected full, lora or qlora)"
+                "unknown method {s:?} (expected full, lora, qlora, prompt-tuning or \
+                 prefix-tuning)"
             )),
         }
     }
@@ -48,6 +71,8 @@ impl std::fmt::Display for Method {
             Method::Full => "full",
             Method::Lora => "lora",
             Method::Qlora => "qlora",
+            Method::PromptTuning => "prompt-tuning",
+            Method::PrefixTuning => "prefix-tuning",
         })
     }
 }
@@ -154,6 +179,8 @@ pub struct TrainConfig {
     pub use_rslora: bool,
     /// DoRA (PEFT's `use_dora`): a trained magnitude per output row of every adapted weight.
     pub use_dora: bool,
+    /// Prompt and prefix tuning: virtual tokens before every sequence. Default 20.
+    pub num_virtual_tokens: usize,
     /// Dropout on the adapters' inputs while training (PEFT `lora_dropout`). Default 0.
     pub lora_dropout: f64,
     /// Recompute each layer's activations during backward instead of keeping them: memory of
@@ -212,6 +239,7 @@ impl Default for TrainConfig {
                 .collect(),
             use_rslora: false,
             use_dora: false,
+            num_virtual_tokens: 20,
             lora_dropout: 0.0,
             gradient_checkpointing: false,
             tensorboard: cfg!(feature = "tensorboard"),
@@ -321,7 +349,24 @@ impl TrainConfig {
                 ));
             }
         }
-        if self.method != Method::Full {
+        if self.use_dora && !self.method.is_lora() {
+            return bad(format!(
+                "--use-dora is a LoRA variant: use it with --method lora or qlora, not {}",
+                self.method
+            ));
+        }
+        if self.method.prompt_kind().is_some() {
+            if self.num_virtual_tokens == 0 {
+                return bad("--num-virtual-tokens must be at least 1".into());
+            }
+            if self.gradient_checkpointing {
+                return bad(format!(
+                    "--method {} does not combine with --gradient-checkpointing",
+                    self.method
+                ));
+            }
+        }
+        if self.method.is_lora() {
             if !(0.0..1.0).contains(&self.lora_dropout) {
                 return bad(format!(
                     "lora_dropout {} is not in [0, 1)",
@@ -372,6 +417,36 @@ impl TrainConfig {
         c.lora_dropout = self.lora_dropout;
         c.use_dora = self.use_dora;
         c
+    }
+
+    /// The PEFT adapter config an adapter run writes, as JSON (`model`: the shapes prompt
+    /// learning records).
+    pub fn adapter_config(&self, model: &llama3::Llama) -> serde_json::Value {
+        let json = match self.method.prompt_kind() {
+            Some(kind) => serde_json::to_value(llama3::peft::PromptConfig::new(
+                kind,
+                self.num_virtual_tokens,
+                model,
+            )),
+            None => serde_json::to_value(self.lora_config()),
+        };
+        json.unwrap_or_default()
+    }
+
+    /// Writes the adapter of an adapter run as a PEFT adapter directory.
+    pub fn save_adapter(
+        &self,
+        model: &mut llama3::Llama,
+        dir: &std::path::Path,
+    ) -> crate::Result<()> {
+        match self.method.prompt_kind() {
+            Some(kind) => {
+                let config = llama3::peft::PromptConfig::new(kind, self.num_virtual_tokens, model);
+                llama3::peft::save_virtual(model, &config, dir)?
+            }
+            None => llama3::peft::save(model, &self.lora_config(), dir)?,
+        }
+        Ok(())
     }
 
     /// The device to train on.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batches::Dataset;
 use crate::checkpoint::{self, TrainState};
-use crate::config::TrainConfig;
+use crate::config::{Method, TrainConfig};
 use crate::dist::{self, Collective};
 use crate::loss::{causal_lm_loss_sum, counted_labels};
 use crate::metrics::{EvalLog, Metrics, Record, StepLog};
@@ -98,10 +98,11 @@ pub fn train(
     } = setup;
     let run = cfg.model_path.as_path();
     let device = model.device().clone();
-    let lora = cfg.method.is_lora();
-    let params = match lora {
-        true => llama3::peft::trainable(&mut model)?,
-        false => model.trainable_params()?,
+    let adapter = cfg.method.is_adapter();
+    let params = match cfg.method {
+        Method::Full => model.trainable_params()?,
+        Method::Lora | Method::Qlora => llama3::peft::trainable(&mut model)?,
+        Method::PromptTuning | Method::PrefixTuning => llama3::peft::trainable_virtual(&mut model)?,
     };
     let mut opt = AdamW::new(params, cfg.adamw())?;
     let schedule = cfg.schedule(total_steps);
@@ -295,10 +296,10 @@ pub fn train(
     }
     // The final model, next to the run's files: an HF directory, or a PEFT adapter (with the
     // tokenizer, as PEFT's save_pretrained with a tokenizer does). Rank 0's.
-    match lora {
+    match adapter {
         _ if !owner => {}
         true => {
-            llama3::peft::save(&mut model, &cfg.lora_config(), run)?;
+            cfg.save_adapter(&mut model, run)?;
             hf_dir::write_tokenizer(run, &tokenizer, model.config.max_position_embeddings)?;
         }
         false => hf_dir::write_model_dir(run, &model, Some(&tokenizer))?,

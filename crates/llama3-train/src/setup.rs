@@ -243,7 +243,7 @@ fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tok
         )));
     }
     if PRESETS.contains(&cfg.init.as_str()) {
-        if cfg.method.is_lora() {
+        if cfg.method.is_adapter() {
             return Err(Error::Input(format!(
                 "--method {} adapts a trained model: give --init a model directory or GGUF, \
                  not the preset {:?}",
@@ -293,12 +293,18 @@ fn model_and_tokenizer(cfg: &TrainConfig, device: &Device) -> Result<(Llama, Tok
             )))
         }
         Method::Qlora => {}
+        // Prompt learning leaves every weight frozen as it is (gradients reach the virtual
+        // tokens through quantized matmuls as QLoRA's reach its adapters).
+        Method::PromptTuning | Method::PrefixTuning => {}
         // Full fine-tuning and LoRA on a GGUF model use its f32 dequantization.
-        _ => model.dequantize()?,
+        Method::Full | Method::Lora => model.dequantize()?,
     }
     if cfg.method.is_lora() {
         let targets: Vec<&str> = cfg.lora_targets.iter().map(String::as_str).collect();
         llama3::peft::add_adapters(&mut model, &cfg.lora_config(), &targets, cfg.seed)?;
+    }
+    if let Some(kind) = cfg.method.prompt_kind() {
+        llama3::peft::add_virtual(&mut model, kind, cfg.num_virtual_tokens, cfg.seed)?;
     }
     Ok((model, tok))
 }

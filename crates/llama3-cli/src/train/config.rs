@@ -39,7 +39,7 @@ pub(super) fn to_config(a: &TrainArgs, say: &mut dyn FnMut(&str)) -> Result<Trai
     // fine-tune of a chat model is rarely what a first `train` means; `--init <model>` is one
     // flag away.
     // (LoRA needs a model, which setup says; nothing to fetch for it.)
-    if preset && c.tokenizer.is_none() && !c.method.is_lora() {
+    if preset && c.tokenizer.is_none() && !c.method.is_adapter() {
         let path = llama3::hub::ensure_default_model(|m| say(m)).with_context(|| {
             format!(
                 "training the preset {:?} from scratch needs a tokenizer: the default \
@@ -107,6 +107,7 @@ fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
         lora_alpha,
         lora_dropout,
         lora_targets,
+        num_virtual_tokens,
         eval_batches,
         dist_timeout,
         kd_alpha,

@@ -139,11 +139,21 @@ pub struct TrainArgs {
     /// state).
     #[arg(long, value_name = "f32|bf16")]
     pub precision: Option<Precision>,
-    /// What to train: full (every weight), lora (adapters on a dense or dequantized base), or
-    /// qlora (adapters on a quantized GGUF base that stays quantized). LoRA runs write a PEFT
-    /// adapter (adapter_config.json + adapter_model.safetensors) instead of a model.
-    #[arg(long, value_name = "full|lora|qlora")]
+    /// What to train: full (every weight), lora (adapters on a dense or dequantized base),
+    /// qlora (adapters on a quantized GGUF base that stays quantized), prompt-tuning (the
+    /// input embeddings of --num-virtual-tokens virtual tokens before every sequence) or
+    /// prefix-tuning (their keys and values in every layer). All but full write a PEFT adapter
+    /// (adapter_config.json + adapter_model.safetensors) instead of a model; use it with
+    /// --lora on any command.
+    #[arg(long, value_name = "full|lora|qlora|prompt-tuning|prefix-tuning")]
     pub method: Option<Method>,
+    /// Prompt and prefix tuning: how many virtual tokens. Default 20.
+    #[arg(
+        long = "num-virtual-tokens",
+        visible_alias = "num_virtual_tokens",
+        value_name = "N"
+    )]
+    pub num_virtual_tokens: Option<usize>,
     /// LoRA rank. Default 8.
     #[arg(long = "lora-r", visible_alias = "lora_r", value_name = "R")]
     pub lora_r: Option<usize>,

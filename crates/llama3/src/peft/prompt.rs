@@ -179,9 +179,12 @@ impl PromptAdapter {
     }
 }
 
-/// Fresh virtual tokens for training `kind` with `n` tokens: prompt tuning from `n` rows of
-/// the vocabulary's embeddings drawn with `seed` (PEFT's `SAMPLE_VOCAB`), prefix tuning as
-/// PEFT initializes its `PrefixEncoder` (`nn.Embedding`: N(0, 1)).
+/// Fresh virtual tokens for training `kind` with `n` tokens, from `n` tokens of the
+/// vocabulary drawn with `seed`: prompt tuning starts from their embeddings (PEFT's
+/// `SAMPLE_VOCAB`), prefix tuning from their keys and values in every layer (a forward of
+/// them: the real-word activations Li & Liang's prefix tuning starts from; PEFT's own
+/// `nn.Embedding` default, N(0, 1), takes the model far from itself: on the default model a
+/// held-out loss of 10.0 against 4.8 at step 0, measured).
 pub fn add_virtual(model: &mut Llama, kind: PromptKind, n: usize, seed: u64) -> Result<()> {
     use rand::{Rng, SeedableRng};
     if n == 0 {
@@ -189,25 +192,30 @@ pub fn add_virtual(model: &mut Llama, kind: PromptKind, n: usize, seed: u64) -> 
             "--num-virtual-tokens must be at least 1".into(),
         ));
     }
+    if model.virtual_tokens.is_some() {
+        return Err(Error::Input("the model already has virtual tokens".into()));
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let device = model.device().clone();
-    let c = model.config.clone();
+    let ids: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(0..model.config.vocab_size as u32))
+        .collect();
     let t = match kind {
         PromptKind::Prompt => {
-            let ids: Vec<u32> = (0..n)
-                .map(|_| rng.random_range(0..c.vocab_size as u32))
-                .collect();
-            let ids = Tensor::new(ids, &device)?.unsqueeze(0)?;
-            model
-                .embed_tokens
-                .forward(&ids)?
-                .squeeze(0)?
-                .to_dtype(DType::F32)?
+            let ids = Tensor::new(ids, model.device())?.unsqueeze(0)?;
+            let rows = model.embed_tokens.forward(&ids)?; // (1, N, D)
+            rows.squeeze(0)?.to_dtype(DType::F32)?
         }
         PromptKind::Prefix => {
-            let width = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim;
-            let v = crate::rng::normal(&mut rng, n * width, 1.0);
-            Tensor::from_vec(v, (n, width), &device)?
+            let mut cache = model.new_cache(1, n)?;
+            model.forward_tokens(&ids, &mut cache, crate::model::Logits::Last)?;
+            // Per layer (K, V) (1, Hkv, N, Dh) -> PEFT's (N, L*2*Hkv*Dh).
+            let mut parts = Vec::new();
+            for (k, v) in cache.read_span(0, n)? {
+                for x in [k, v] {
+                    parts.push(x.squeeze(0)?.transpose(0, 1)?.to_dtype(DType::F32)?);
+                }
+            }
+            Tensor::stack(&parts, 1)?.reshape((n, ()))?
         }
     };
     let v = match kind {
