@@ -181,6 +181,15 @@ pub struct TrainConfig {
     pub use_dora: bool,
     /// Prompt and prefix tuning: virtual tokens before every sequence. Default 20.
     pub num_virtual_tokens: usize,
+    /// Preference tuning on `{"prompt", "chosen", "rejected"}` pairs (DPO and its variants,
+    /// `dpo`) instead of the language-model loss, whatever `method` trains.
+    pub dpo: bool,
+    /// DPO's beta: how far from the reference the policy may move. Default 0.1 (TRL's).
+    pub beta: f64,
+    /// TRL's `loss_type`: sigmoid (DPO, default), hinge, ipo or robust.
+    pub loss_type: crate::dpo::DpoLoss,
+    /// The `robust` loss's assumed fraction of flipped labels, in [0, 0.5). Default 0.
+    pub label_smoothing: f64,
     /// Dropout on the adapters' inputs while training (PEFT `lora_dropout`). Default 0.
     pub lora_dropout: f64,
     /// Recompute each layer's activations during backward instead of keeping them: memory of
@@ -240,6 +249,10 @@ impl Default for TrainConfig {
             use_rslora: false,
             use_dora: false,
             num_virtual_tokens: 20,
+            dpo: false,
+            beta: 0.1,
+            loss_type: crate::dpo::DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
             lora_dropout: 0.0,
             gradient_checkpointing: false,
             tensorboard: cfg!(feature = "tensorboard"),
@@ -349,6 +362,22 @@ impl TrainConfig {
                 ));
             }
         }
+        if self.dpo {
+            if !(self.beta > 0.0 && self.beta.is_finite()) {
+                return bad(format!("--beta {} must be above 0", self.beta));
+            }
+            if !(0.0..0.5).contains(&self.label_smoothing) {
+                return bad(format!(
+                    "--label-smoothing {} must be in [0, 0.5)",
+                    self.label_smoothing
+                ));
+            }
+            if self.teacher.is_some() || self.gradient_checkpointing {
+                return bad(
+                    "--dpo does not combine with --teacher or --gradient-checkpointing".into(),
+                );
+            }
+        }
         if self.use_dora && !self.method.is_lora() {
             return bad(format!(
                 "--use-dora is a LoRA variant: use it with --method lora or qlora, not {}",
@@ -407,6 +436,15 @@ impl TrainConfig {
         crate::metrics::check_tensorboard(self.tensorboard)?;
         self.device()?;
         Ok(())
+    }
+
+    /// What the DPO loss takes of these settings.
+    pub fn dpo_settings(&self) -> crate::dpo::DpoSettings {
+        crate::dpo::DpoSettings {
+            beta: self.beta,
+            loss: self.loss_type,
+            label_smoothing: self.label_smoothing,
+        }
     }
 
     /// The PEFT config of a LoRA / QLoRA run.

@@ -20,6 +20,7 @@ pub mod config;
 pub mod corpus;
 pub mod dist;
 pub mod distill;
+pub mod dpo;
 pub mod error;
 pub mod grads;
 pub mod init;

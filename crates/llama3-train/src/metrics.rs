@@ -40,6 +40,21 @@ pub struct StepLog {
     /// machine noise); data-parallel runs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_s: Option<f64>,
+    /// Preference tuning (`dpo`): the step's rewards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewards: Option<Rewards>,
+}
+
+/// Preference tuning's rewards `beta (log p - log p_ref)` over pairs, as TRL logs them
+/// (`rewards/accuracies`, `margins`, `chosen`, `rejected`): means.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rewards {
+    /// Pairs whose chosen answer's reward is above the rejected one's.
+    pub accuracy: f64,
+    /// Chosen minus rejected reward.
+    pub margin: f64,
+    pub chosen: f64,
+    pub rejected: f64,
 }
 
 /// One evaluation on the held-out blocks.
@@ -49,6 +64,12 @@ pub struct EvalLog {
     pub step: usize,
     pub loss: f64,
     pub ppl: f64,
+    /// Preference tuning: the held-out pairs' rewards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewards: Option<Rewards>,
+    /// Continual learning (`--replay-data`): the held-out loss on the replayed data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_loss: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,18 +181,45 @@ impl Metrics {
 
 #[cfg(feature = "tensorboard")]
 fn events_write(events: &mut EventWriter, r: &Record) -> Result<()> {
-    match r {
-        Record::Train(s) => events.scalars(
-            s.step,
-            &[
+    let rewards = |prefix: &str, r: &Option<Rewards>| -> Vec<(String, f64)> {
+        r.iter()
+            .flat_map(|r| {
+                [
+                    ("rewards/accuracies", r.accuracy),
+                    ("rewards/margins", r.margin),
+                    ("rewards/chosen", r.chosen),
+                    ("rewards/rejected", r.rejected),
+                ]
+            })
+            .map(|(k, v)| (format!("{prefix}/{k}"), v))
+            .collect()
+    };
+    let (step, scalars) = match r {
+        Record::Train(s) => {
+            let mut v: Vec<(String, f64)> = [
                 ("train/loss", s.loss),
                 ("train/lr", s.lr),
                 ("train/grad_norm", s.grad_norm),
                 ("train/tokens_per_s", s.tokens_per_s),
-            ],
-        ),
-        Record::Eval(e) => events.scalars(e.step, &[("eval/loss", e.loss), ("eval/ppl", e.ppl)]),
-    }
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+            v.extend(rewards("train", &s.rewards));
+            (s.step, v)
+        }
+        Record::Eval(e) => {
+            let mut v = vec![
+                ("eval/loss".to_string(), e.loss),
+                ("eval/ppl".into(), e.ppl),
+            ];
+            v.extend(rewards("eval", &e.rewards));
+            v.extend(e.replay_loss.map(|l| ("eval/replay_loss".to_string(), l)));
+            (e.step, v)
+        }
+    };
+    let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    events.scalars(step, &refs)
 }
 
 /// The TensorBoard event files in `run`.
@@ -233,6 +281,8 @@ mod tests {
             step,
             loss: 2.0,
             ppl: 7.4,
+            rewards: None,
+            replay_loss: None,
         })
     }
 

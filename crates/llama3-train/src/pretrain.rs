@@ -95,7 +95,9 @@ pub fn train(
         valid,
         total_steps,
         teacher,
+        reference,
     } = setup;
+    let dpo = cfg.dpo_settings();
     let run = cfg.model_path.as_path();
     let device = model.device().clone();
     let adapter = cfg.method.is_adapter();
@@ -172,11 +174,19 @@ pub fn train(
         let mut stop = dist::any(comm, stop_requested())?;
         let eval_now = dist::from_root(comm, eval_due && !evaluated)?;
         if let (Some(v), true, false) = (&valid, eval_now, stop) {
-            let loss = evaluate(&model, v.as_ref(), cfg, &device, comm)?;
+            let (loss, rewards) = match &reference {
+                Some(r) => {
+                    let (loss, sums) = crate::dpo::evaluate(&model, r, v.as_ref(), cfg, comm)?;
+                    (loss, Some(sums.rewards()))
+                }
+                None => (evaluate(&model, v.as_ref(), cfg, &device, comm)?, None),
+            };
             let log = EvalLog {
                 step,
                 loss,
                 ppl: loss.exp(),
+                rewards,
+                replay_loss: None,
             };
             metrics.write(&Record::Eval(log.clone()))?;
             on_event(Event::Eval(&log));
@@ -211,13 +221,18 @@ pub fn train(
         let batches = (0..cfg.grad_accum)
             .map(|m| train.batch(micro(m), &device))
             .collect::<Result<Vec<_>>>()?;
+        // What the step's loss is a mean over: counted tokens, or pairs under DPO.
         let mut counted = [0f64];
         for (_, labels) in &batches {
-            counted[0] += counted_labels(labels)? as f64;
+            counted[0] += match reference {
+                Some(_) => (labels.dim(0)? / 2) as f64,
+                None => counted_labels(labels)? as f64,
+            };
         }
         comm.all_reduce_f64(&mut counted)?;
         let counted = counted[0] as usize;
         let mut loss = 0f64;
+        let mut pair_sums = crate::dpo::PairSums::default();
         for (m, (ids, labels)) in batches.iter().enumerate() {
             // LoRA dropout masks: a function of the seed and the micro-batch (exact resume).
             let micro = micro(m) as u64;
@@ -228,10 +243,16 @@ pub fn train(
                     recompute::loss_and_grads(&model, ids, labels, counted, params, &mut grads)?;
                 continue;
             }
-            // Distillation: the teacher's KL beside the cross-entropy, same positions.
-            let (sum, _) = match &teacher {
-                Some(t) => crate::distill::loss_sum(&model, t, ids, labels)?,
-                None => causal_lm_loss_sum(&model, ids, labels)?,
+            // Distillation: the teacher's KL beside the cross-entropy, same positions; DPO:
+            // the pairs' preference loss against the reference.
+            let sum = match (&reference, &teacher) {
+                (Some(r), _) => {
+                    let (sum, sums) = crate::dpo::loss_sum(&model, r, ids, labels, &dpo)?;
+                    pair_sums.add(&sums);
+                    sum
+                }
+                (None, Some(t)) => crate::distill::loss_sum(&model, t, ids, labels)?.0,
+                (None, None) => causal_lm_loss_sum(&model, ids, labels)?.0,
             };
             let part = (sum / counted.max(1) as f64)?;
             loss += part.to_scalar::<f32>()? as f64;
@@ -246,12 +267,20 @@ pub fn train(
         comm.barrier()?;
         let wait_s = comm.busy().map(|_| waited.elapsed().as_secs_f64());
         grads.all_reduce(opt.params(), comm)?;
+        let [p0, p1, p2, p3] = pair_sums.as_array();
         let mut sums = [
             loss,
             batches.iter().map(|(ids, _)| ids.elem_count() as f64).sum(),
+            p0,
+            p1,
+            p2,
+            p3,
         ];
         comm.all_reduce_f64(&mut sums)?;
-        let [loss, tokens] = sums;
+        let [loss, tokens, p0, p1, p2, p3] = sums;
+        let rewards = reference
+            .as_ref()
+            .map(|_| crate::dpo::PairSums::from_array([p0, p1, p2, p3]).rewards());
         let tokens = tokens as u64;
         let comm_s = comm
             .busy()
@@ -284,6 +313,7 @@ pub fn train(
             tokens_per_s: tokens as f64 / timer.elapsed().as_secs_f64().max(1e-9),
             comm_s,
             wait_s,
+            rewards,
         };
         metrics.write(&Record::Train(log.clone()))?;
         on_event(Event::Step(&log));

@@ -12,6 +12,7 @@ use llama3::Llama;
 use crate::batches::{Blocks, Dataset, Shuffled};
 use crate::config::{Method, Precision, TrainConfig};
 use crate::corpus::{collect_files, tokenize_cached};
+use crate::dpo::{self, Pairs};
 use crate::init::RandomInit;
 use crate::presets::{preset, PRESETS};
 use crate::sft::{self, Examples};
@@ -25,6 +26,8 @@ pub struct Setup {
     pub total_steps: usize,
     /// Distillation's teacher (`--teacher`), loaded and checked against the vocabulary.
     pub teacher: Option<crate::distill::Teacher>,
+    /// Preference tuning's reference policy (`--dpo`): the model as loaded, adapters off.
+    pub reference: Option<Llama>,
 }
 
 /// What `prepare` reports while it works.
@@ -34,6 +37,8 @@ pub enum Phase<'a> {
     /// Fine-tuning examples of `what` read: kept, dropped (nothing left to learn after
     /// truncation to --seq-len).
     Examples(&'a str, usize, usize),
+    /// Preference pairs of `what` read: kept, dropped (the prompt alone fills --seq-len).
+    Pairs(&'a str, usize, usize),
     /// A run of `.0` ranks resumed on `.1`: the same global batch and data order, the sums
     /// grouped differently (equal to rounding, not bit for bit).
     Regrouped(usize, usize),
@@ -94,9 +99,49 @@ pub fn prepare_as(
         true => Vec::new(),
         false => collect_files(&cfg.valid_data_path)?,
     };
-    // Fine-tuning JSONL (chats, prompt/completion pairs) or text for pretraining.
+    // Preference pairs, fine-tuning JSONL (chats, prompt/completion pairs) or text.
+    let n_pairs = files.iter().filter(|f| dpo::is_pair_file(f)).count();
+    let not_pairs = files
+        .iter()
+        .chain(&valid_files)
+        .find(|f| !dpo::is_pair_file(f));
+    if let (true, Some(f)) = (cfg.dpo, not_pairs) {
+        return Err(Error::Input(format!(
+            "--dpo trains on JSONL preference pairs {{\"prompt\", \"chosen\", \"rejected\"}}; \
+             {} is not one",
+            f.display()
+        )));
+    }
+    if let (false, true) = (cfg.dpo, n_pairs > 0) {
+        return Err(Error::Input(
+            "the data holds preference pairs (prompt, chosen, rejected): train on them with \
+             --dpo (or --method dpo)"
+                .into(),
+        ));
+    }
     let n_sft = files.iter().filter(|f| sft::is_sft_file(f)).count();
-    let (train, valid): (Box<dyn Dataset>, Option<Box<dyn Dataset>>) = if n_sft > 0 {
+    let (train, valid): (Box<dyn Dataset>, Option<Box<dyn Dataset>>) = if cfg.dpo {
+        let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
+        let pairs = |files: &[std::path::PathBuf], what: &str| -> Result<Pairs> {
+            let (pairs, dropped) = dpo::load(files, &tokenizer, cfg.seq_len)?;
+            progress(Phase::Pairs(what, pairs.len(), dropped));
+            let max_len = cfg.seq_len;
+            Ok(Pairs {
+                pairs,
+                pad,
+                max_len,
+            })
+        };
+        let all = pairs(&files, "train")?;
+        let (train, valid) = match valid_files.is_empty() {
+            true => all.split(cfg.valid_fraction),
+            false => (all, Some(pairs(&valid_files, "valid")?)),
+        };
+        (
+            Box::new(train),
+            valid.map(|v| Box::new(v) as Box<dyn Dataset>),
+        )
+    } else if n_sft > 0 {
         if n_sft < files.len() || valid_files.iter().any(|f| !sft::is_sft_file(f)) {
             return Err(Error::Input(
                 "the data mixes fine-tuning JSONL (messages, or prompt/completion) with \
@@ -158,6 +203,7 @@ pub fn prepare_as(
     if owner {
         claim_run_dir(cfg)?;
     }
+    let reference = cfg.dpo.then(|| dpo::reference(&model));
     Ok(Setup {
         model,
         tokenizer,
@@ -165,6 +211,7 @@ pub fn prepare_as(
         valid,
         total_steps,
         teacher,
+        reference,
     })
 }
 

@@ -102,7 +102,6 @@ fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
         num_gpus,
         device,
         precision,
-        method,
         lora_r,
         lora_alpha,
         lora_dropout,
@@ -111,8 +110,22 @@ fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
         eval_batches,
         dist_timeout,
         kd_alpha,
-        kd_temperature
+        kd_temperature,
+        beta,
+        loss_type,
+        label_smoothing
     );
+    match a.method {
+        Some(super::MethodArg::Train(m)) => c.method = m,
+        Some(super::MethodArg::Dpo) => {
+            c.method = llama3_train::Method::Full;
+            c.dpo = true;
+        }
+        None => {}
+    }
+    if a.dpo {
+        c.dpo = true;
+    }
     if a.teacher.is_some() {
         c.teacher = a.teacher.clone();
     }

@@ -144,9 +144,32 @@ pub struct TrainArgs {
     /// input embeddings of --num-virtual-tokens virtual tokens before every sequence) or
     /// prefix-tuning (their keys and values in every layer). All but full write a PEFT adapter
     /// (adapter_config.json + adapter_model.safetensors) instead of a model; use it with
-    /// --lora on any command.
-    #[arg(long, value_name = "full|lora|qlora|prompt-tuning|prefix-tuning")]
-    pub method: Option<Method>,
+    /// --lora on any command. `dpo` is full training with --dpo.
+    #[arg(long, value_name = "full|lora|qlora|prompt-tuning|prefix-tuning|dpo")]
+    pub method: Option<MethodArg>,
+    /// Preference tuning on JSONL pairs {"prompt", "chosen", "rejected"} (strings, or chat
+    /// message lists rendered with the chat template): DPO against the model as loaded (the
+    /// base model under LoRA) instead of the language-model loss. Logs reward accuracy and
+    /// margin (train and held-out).
+    #[arg(long)]
+    pub dpo: bool,
+    /// DPO's beta (TRL's): how far the policy may move from the reference. Default 0.1.
+    #[arg(long, value_name = "BETA")]
+    pub beta: Option<f64>,
+    /// DPO loss, as TRL names it: sigmoid (DPO), hinge (SLiC), ipo or robust. Default sigmoid.
+    #[arg(
+        long = "loss-type",
+        visible_alias = "loss_type",
+        value_name = "sigmoid|hinge|ipo|robust"
+    )]
+    pub loss_type: Option<llama3_train::dpo::DpoLoss>,
+    /// The robust DPO loss's assumed fraction of flipped preferences, in [0, 0.5). Default 0.
+    #[arg(
+        long = "label-smoothing",
+        visible_alias = "label_smoothing",
+        value_name = "EPS"
+    )]
+    pub label_smoothing: Option<f64>,
     /// Prompt and prefix tuning: how many virtual tokens. Default 20.
     #[arg(
         long = "num-virtual-tokens",
@@ -227,6 +250,26 @@ pub struct TrainArgs {
         value_name = "SECS"
     )]
     pub dist_timeout: Option<u64>,
+}
+
+/// `--method`: what to train, or `dpo` (full training with `--dpo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    Train(Method),
+    Dpo,
+}
+
+impl std::str::FromStr for MethodArg {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "dpo" => Ok(MethodArg::Dpo),
+            _ => s
+                .parse()
+                .map(MethodArg::Train)
+                .map_err(|e: String| e.replace("or prefix-tuning)", "prefix-tuning or dpo)")),
+        }
+    }
 }
 
 /// Trains as `llama3 train` would with these settings: the names of its flags (`data_path`

@@ -62,6 +62,15 @@ pub(super) fn train(
                 b.set_position(done);
             }
         }
+        Phase::Pairs(what, kept, dropped) => {
+            eprintln!("{what}: {kept} preference pairs");
+            if dropped > 0 {
+                eprintln!(
+                    "{what}: {dropped} pairs dropped: the prompt alone fills --seq-len {}",
+                    cfg.seq_len
+                );
+            }
+        }
         Phase::Examples(what, kept, dropped) => {
             eprintln!("{what}: {kept} fine-tuning examples");
             if dropped > 0 {
@@ -135,7 +144,7 @@ pub(super) fn train(
         summary
             .final_eval
             .as_ref()
-            .map(|e| format!(", held-out loss {:.4} (ppl {:.2})", e.loss, e.ppl))
+            .map(|e| format!(", held-out {}", eval_line(e)))
             .unwrap_or_default(),
         cfg.model_path.display()
     );
@@ -179,6 +188,21 @@ fn rayon_threads() -> String {
     std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into())
 }
 
+/// An evaluation as the log shows it: loss and perplexity, or DPO's loss and rewards.
+fn eval_line(e: &llama3_train::metrics::EvalLog) -> String {
+    let replay = e
+        .replay_loss
+        .map(|l| format!(", replay loss {l:.4}"))
+        .unwrap_or_default();
+    match e.rewards {
+        Some(r) => format!(
+            "loss {:.4} reward accuracy {:.3} margin {:.4}",
+            e.loss, r.accuracy, r.margin
+        ),
+        None => format!("loss {:.4} ppl {:.2}{replay}", e.loss, e.ppl),
+    }
+}
+
 /// The progress bar, or a line every 10 steps and each evaluation without a terminal.
 fn show(e: &Event, step_bar: Option<&ProgressBar>) {
     match e {
@@ -189,8 +213,12 @@ fn show(e: &Event, step_bar: Option<&ProgressBar>) {
             }
         }
         Event::Step(s) => {
+            let rewards = s
+                .rewards
+                .map(|r| format!(" reward acc {:.2} margin {:.3}", r.accuracy, r.margin))
+                .unwrap_or_default();
             let msg = format!(
-                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                "loss {:.4}{rewards} lr {:.2e} {:.0} tok/s",
                 s.loss, s.lr, s.tokens_per_s
             );
             match step_bar {
@@ -203,7 +231,7 @@ fn show(e: &Event, step_bar: Option<&ProgressBar>) {
             }
         }
         Event::Eval(e) => {
-            let line = format!("eval step {}: loss {:.4} ppl {:.2}", e.step, e.loss, e.ppl);
+            let line = format!("eval step {}: {}", e.step, eval_line(e));
             match step_bar {
                 Some(b) => b.println(line),
                 None => eprintln!("{line}"),
