@@ -4,6 +4,7 @@
 #   dense          the default model's weights as an f32 HF directory (`prune --drop-layers 0`)
 #   depth -4, -8   `llama3 prune --drop-layers N` (ShortGPT block influence)
 #   MLP 75%        `llama3 prune --ffn-keep 0.75`
+#   heads 67%      `llama3 prune --heads-keep 0.67` (whole KV groups: 2 of SmolLM2-135M's 3)
 #   ... + KD       each again after a short distillation from the dense model
 #                  (`llama3 train --init PRUNED --teacher DENSE`, KD_STEPS steps of 4 x 128 tokens)
 #   Wanda 50%, 2:4 `llama3 prune --sparsity 0.5` / `--pattern 2:4` (dense storage)
@@ -14,12 +15,15 @@
 # whether llama.cpp (`llama-simple`) continues a prompt with our greedy text.
 #
 # Usage: scripts/compression_bench.sh [OUT_DIR]
-# Environment: KD_STEPS (30), CHUNKS (50), REPS (2), LLAMA3_BIN (target/release/llama3).
+# Environment: KD_STEPS (30), CHUNKS (50), REPS (2), LLAMA3_BIN (target/release/llama3),
+# MODEL (the model to compress; default the default model; e.g. the 15m preset trained on the
+# State of the Union as the README shows), HEADS_KEEP (0.67).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KD_STEPS="${KD_STEPS:-30}"
 CHUNKS="${CHUNKS:-50}"
 REPS="${REPS:-2}"
+HEADS_KEEP="${HEADS_KEEP:-0.67}"
 out="${1:-$(mktemp -d)}"
 mkdir -p "$out"
 bin="${LLAMA3_BIN:-}"
@@ -28,7 +32,7 @@ if [ -z "$bin" ]; then
   bin=target/release/llama3
 fi
 lcpp=$(scripts/build-llamacpp.sh)
-model=$("$bin" pull 2>/dev/null | tail -1)
+model="${MODEL:-$("$bin" pull 2>/dev/null | tail -1)}"
 sotu=../shared/data/sotu
 heldout=$sotu/heldout-last10.txt
 calib="$out/calib.txt"
@@ -59,13 +63,14 @@ prune dense --drop-layers 0
 prune depth-4 --drop-layers 4
 prune depth-8 --drop-layers 8
 prune mlp-75 --ffn-keep 0.75
+prune heads "--heads-keep" "$HEADS_KEEP"
 prune wanda-50 --sparsity 0.5
 prune wanda-2of4 --pattern 2:4
-for m in depth-4 depth-8 mlp-75; do distill "$m"; done
+for m in depth-4 depth-8 mlp-75 heads; do distill "$m"; done
 
-echo "| model | layers | MLP | params (M) | Q8_0 MiB | pp512 t/s | tg128 t/s | held-out ppl | llama.cpp greedy |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-for m in dense depth-4 depth-4+kd depth-8 depth-8+kd mlp-75 mlp-75+kd wanda-50 wanda-2of4; do
+echo "| model | layers | MLP | heads (KV) | params (M) | Q8_0 MiB | pp512 t/s | tg128 t/s | held-out ppl | llama.cpp greedy |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+for m in dense depth-4 depth-4+kd depth-8 depth-8+kd mlp-75 mlp-75+kd heads heads+kd wanda-50 wanda-2of4; do
   dir="$out/$m"
   gguf="$out/$m.q8_0.gguf"
   [ -f "$gguf" ] || "$bin" export "$dir" --gguf "$gguf" --type q8_0 >/dev/null 2>&1
@@ -77,7 +82,8 @@ for m in dense depth-4 depth-4+kd depth-8 depth-8+kd mlp-75 mlp-75+kd wanda-50 w
     python3 - "$dir/config.json" "$gguf" "$ppl" "$bench" >"$out/$m.cells" <<'PY'
 import json, os, sys
 cfg, b = json.load(open(sys.argv[1])), json.loads(sys.argv[4])
-print(f"{cfg['num_hidden_layers']} | {cfg['intermediate_size']} | {b['parameters'] / 1e6:.1f} | "
+print(f"{cfg['num_hidden_layers']} | {cfg['intermediate_size']} | "
+      f"{cfg['num_attention_heads']} ({cfg['num_key_value_heads']}) | {b['parameters'] / 1e6:.1f} | "
       f"{os.path.getsize(sys.argv[2]) / 2**20:.0f} | {b['pp_tokens_per_second']['mean']:.0f} | "
       f"{b['tg_tokens_per_second']['mean']:.1f} | {sys.argv[3]}")
 PY

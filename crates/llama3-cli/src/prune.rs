@@ -33,6 +33,10 @@ pub struct PruneArgs {
     /// Keep this fraction of every layer's MLP channels, the most active (e.g. 0.75).
     #[arg(long, value_name = "F")]
     pub ffn_keep: Option<f64>,
+    /// Keep this fraction of every layer's attention heads: whole KV groups (a KV head with
+    /// its query heads), the strongest outputs (e.g. 0.67 keeps 2 of SmolLM2-135M's 3 groups).
+    #[arg(long, value_name = "F")]
+    pub heads_keep: Option<f64>,
     /// Wanda: zero this fraction of each linear's output rows (e.g. 0.5); shapes stay, zeros
     /// are stored densely.
     #[arg(long, value_name = "S")]
@@ -56,6 +60,7 @@ enum Plan {
     Structured {
         drop: Option<usize>,
         keep: Option<f64>,
+        heads: Option<f64>,
     },
     Wanda(Sparsity),
 }
@@ -78,23 +83,24 @@ fn plan(a: &PruneArgs) -> Result<Plan> {
         }
         (None, None) => None,
     };
-    if let Some(k) = a.ffn_keep {
-        if !(k > 0.0 && k <= 1.0) {
-            bail!("--ffn-keep {k} must be in (0, 1] (the fraction of MLP channels kept)");
+    for (flag, v) in [("--ffn-keep", a.ffn_keep), ("--heads-keep", a.heads_keep)] {
+        if let Some(k) = v.filter(|k| !(*k > 0.0 && *k <= 1.0)) {
+            bail!("{flag} {k} must be in (0, 1] (the fraction kept)");
         }
     }
-    let structured = a.drop_layers.is_some() || a.ffn_keep.is_some();
+    let structured = a.drop_layers.is_some() || a.ffn_keep.is_some() || a.heads_keep.is_some();
     match (structured, wanda) {
         (true, Some(_)) => bail!(
-            "structured (--drop-layers, --ffn-keep) and unstructured (--sparsity, --pattern) \
-             pruning take separate runs: prune the first's output again"
+            "structured (--drop-layers, --ffn-keep, --heads-keep) and unstructured (--sparsity, \
+             --pattern) pruning take separate runs: prune the first's output again"
         ),
-        (false, None) => {
-            bail!("nothing to do: give --drop-layers, --ffn-keep, --sparsity or --pattern")
-        }
+        (false, None) => bail!(
+            "nothing to do: give --drop-layers, --ffn-keep, --heads-keep, --sparsity or --pattern"
+        ),
         (true, None) => Ok(Plan::Structured {
             drop: a.drop_layers,
             keep: a.ffn_keep,
+            heads: a.heads_keep,
         }),
         (false, Some(w)) => Ok(Plan::Wanda(w)),
     }
@@ -173,7 +179,17 @@ pub fn run(a: PruneArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     match plan {
-        Plan::Structured { drop, keep } => {
+        Plan::Structured { drop, keep, heads } => {
+            if let Some(k) = heads {
+                let (h, hkv) = (
+                    model.config.num_attention_heads,
+                    model.config.num_key_value_heads,
+                );
+                let (kv, q) = prune::prune_heads(model, &stats, k)?;
+                eprintln!(
+                    "attention heads: {q} of {h} kept in each layer ({kv} of {hkv} KV groups)"
+                );
+            }
             // The statistics index the original layers: MLPs first, then the layers go.
             if let Some(k) = keep {
                 let f = model.config.intermediate_size;

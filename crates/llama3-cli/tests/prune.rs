@@ -1,4 +1,4 @@
-//! `llama3 prune` on the default model (issue 21): depth and MLP-width pruning give smaller
+//! `llama3 prune` on the default model (issue 21): depth, MLP-width and head pruning give smaller
 //! ordinary Llamas that load and generate, Wanda gives the asked sparsity per row and 2:4 its
 //! pattern, the held-out perplexity is printed before and after, and bad input is a one-line
 //! error before any work.
@@ -88,6 +88,60 @@ fn depth_and_width_pruning_give_smaller_llamas_that_run() {
         "generate",
         "-m",
         width.to_str().unwrap(),
+        "-p",
+        "Fellow citizens",
+        "-n",
+        "4"
+    ]));
+
+    // Heads: 2 of the 3 KV groups (6 of 9 query heads), whole groups of the original weights.
+    let heads = dir.path().join("heads");
+    let said = prune(&heads, &["--heads-keep", "0.67", "--eval", &c]);
+    assert!(
+        said.contains("attention heads: 6 of 9 kept in each layer (2 of 3 KV groups)"),
+        "{said}"
+    );
+    let cfg = read_json(&heads.join("config.json"));
+    assert_eq!(
+        (
+            &cfg["num_attention_heads"],
+            &cfg["num_key_value_heads"],
+            &cfg["head_dim"]
+        ),
+        (&6.into(), &2.into(), &64.into())
+    );
+    let w = tensors(&heads.join("model.safetensors"));
+    let dims = |n: &str| {
+        w[&format!("model.layers.4.self_attn.{n}.weight")]
+            .dims()
+            .to_vec()
+    };
+    assert_eq!(
+        [
+            dims("q_proj"),
+            dims("k_proj"),
+            dims("v_proj"),
+            dims("o_proj")
+        ],
+        [
+            vec![384, 576],
+            vec![128, 576],
+            vec![128, 576],
+            vec![576, 384]
+        ]
+    );
+    // Each kept KV head is one of the original's, whole (its 64 rows of k_proj).
+    let same = dir.path().join("same");
+    prune(&same, &["--drop-layers", "0"]);
+    let base = tensors(&same.join("model.safetensors"));
+    let k0 = to_vec(&base["model.layers.4.self_attn.k_proj.weight"]);
+    let k = to_vec(&w["model.layers.4.self_attn.k_proj.weight"]);
+    let originals: Vec<&[f32]> = k0.chunks(64 * 576).collect();
+    assert!(k.chunks(64 * 576).all(|head| originals.contains(&head)));
+    ok(&llama3!(&[
+        "generate",
+        "-m",
+        heads.to_str().unwrap(),
         "-p",
         "Fellow citizens",
         "-n",

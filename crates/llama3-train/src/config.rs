@@ -190,6 +190,12 @@ pub struct TrainConfig {
     pub loss_type: crate::dpo::DpoLoss,
     /// The `robust` loss's assumed fraction of flipped labels, in [0, 0.5). Default 0.
     pub label_smoothing: f64,
+    /// Continual learning: earlier data (text or fine-tuning JSONL) replayed beside the new
+    /// data (`replay`), its held-out part scored at every evaluation.
+    pub replay_data: Option<PathBuf>,
+    /// The fraction of each micro-batch's rows that are replay, in [0, 1) (0: the earlier
+    /// data only scored, forgetting measured without replay). Default 0.25.
+    pub replay_ratio: f64,
     /// Dropout on the adapters' inputs while training (PEFT `lora_dropout`). Default 0.
     pub lora_dropout: f64,
     /// Recompute each layer's activations during backward instead of keeping them: memory of
@@ -253,6 +259,8 @@ impl Default for TrainConfig {
             beta: 0.1,
             loss_type: crate::dpo::DpoLoss::Sigmoid,
             label_smoothing: 0.0,
+            replay_data: None,
+            replay_ratio: 0.25,
             lora_dropout: 0.0,
             gradient_checkpointing: false,
             tensorboard: cfg!(feature = "tensorboard"),
@@ -360,6 +368,20 @@ impl TrainConfig {
                      `mpirun -np N` on a build with the `mpi` feature",
                     self.num_gpus
                 ));
+            }
+        }
+        if self.replay_data.is_some() {
+            if !(0.0..1.0).contains(&self.replay_ratio) {
+                return bad(format!(
+                    "--replay-ratio {} must be in [0, 1): the fraction of each batch's rows \
+                     that are replay (0 scores the earlier data without replaying it)",
+                    self.replay_ratio
+                ));
+            }
+            if self.dpo || self.gradient_checkpointing {
+                return bad(
+                    "--replay-data does not combine with --dpo or --gradient-checkpointing".into(),
+                );
             }
         }
         if self.dpo {

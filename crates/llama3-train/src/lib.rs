@@ -31,6 +31,7 @@ pub mod plot;
 pub mod presets;
 pub mod pretrain;
 pub mod recompute;
+pub mod replay;
 pub mod schedule;
 pub mod setup;
 pub mod sft;

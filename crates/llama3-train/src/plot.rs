@@ -1,5 +1,6 @@
 //! The loss curve of a run as a PNG (`plotters`, DejaVu Sans embedded, no system fonts):
-//! training loss per step (faint) with its running mean, and held-out loss at each eval.
+//! training loss per step (faint) with its running mean, held-out loss at each eval and, with
+//! replay, the replayed data's held-out loss; or several runs' held-out curves on one plot.
 //! Drawing needs the `plot` feature; without it [`loss_png`] is an error naming it.
 
 use std::path::Path;
@@ -13,50 +14,148 @@ use crate::{Error, Result};
 #[cfg(feature = "plot")]
 const FONT: &str = "sans-serif";
 
-/// Reads `<run>/metrics.jsonl` and writes the curve to `out` (atomically). Returns how many
-/// train and eval points were drawn.
-pub fn loss_png(run: &Path, out: &Path) -> Result<(usize, usize)> {
-    if !cfg!(feature = "plot") {
-        return Err(Error::Input(format!(
-            "cannot draw {}: plots need llama3-train built with its `plot` cargo feature",
-            out.display()
-        )));
-    }
+/// A run's points: training loss per step, held-out loss and (continual learning) the
+/// replayed data's held-out loss at each evaluation.
+struct Curves {
+    train: Vec<(f64, f64)>,
+    eval: Vec<(f64, f64)>,
+    replay: Vec<(f64, f64)>,
+}
+
+fn curves(run: &Path) -> Result<Curves> {
     let metrics = run.join("metrics.jsonl");
     if !metrics.is_file() {
         return Err(Error::format(run, "not a training run: no metrics.jsonl"));
     }
     let records = read(&metrics)?;
-    let train: Vec<(f64, f64)> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Train(s) if s.loss.is_finite() => Some((s.step as f64, s.loss)),
+    let pick = |f: &dyn Fn(&Record) -> Option<(usize, f64)>| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter_map(f)
+            .filter(|(_, y)| y.is_finite())
+            .map(|(x, y)| (x as f64, y))
+            .collect()
+    };
+    let c = Curves {
+        train: pick(&|r| match r {
+            Record::Train(s) => Some((s.step, s.loss)),
             _ => None,
-        })
-        .collect();
-    let eval: Vec<(f64, f64)> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Eval(e) if e.loss.is_finite() => Some((e.step as f64, e.loss)),
+        }),
+        eval: pick(&|r| match r {
+            Record::Eval(e) => Some((e.step, e.loss)),
             _ => None,
-        })
-        .collect();
-    if train.is_empty() && eval.is_empty() {
+        }),
+        replay: pick(&|r| match r {
+            Record::Eval(e) => e.replay_loss.map(|l| (e.step, l)),
+            _ => None,
+        }),
+    };
+    if c.train.is_empty() && c.eval.is_empty() {
         return Err(Error::format(&metrics, "no loss to plot"));
     }
-    llama3::weights::atomic::write_path_with(out, |tmp| draw(&train, &eval, tmp, out))?;
-    Ok((train.len(), eval.len()))
+    Ok(c)
+}
+
+/// One line of a plot.
+#[cfg_attr(not(feature = "plot"), allow(dead_code))]
+struct Series {
+    label: String,
+    points: Vec<(f64, f64)>,
+    /// Index into the palette.
+    color: usize,
+    /// Also drawn faint, unsmoothed, under the running mean (training loss).
+    smoothed: bool,
+    dashed: bool,
+}
+
+/// Reads `<run>/metrics.jsonl` and writes the curve to `out` (atomically): training loss
+/// (faint, with its running mean), held-out loss, and the replayed data's held-out loss when
+/// the run has one. Returns how many train and eval points were drawn.
+pub fn loss_png(run: &Path, out: &Path) -> Result<(usize, usize)> {
+    check_feature(out)?;
+    let c = curves(run)?;
+    let counts = (c.train.len(), c.eval.len());
+    let mut series = Vec::new();
+    let mut add = |label: &str, points: Vec<(f64, f64)>, color, smoothed, dashed| {
+        if !points.is_empty() {
+            let label = label.to_string();
+            series.push(Series {
+                label,
+                points,
+                color,
+                smoothed,
+                dashed,
+            });
+        }
+    };
+    add("train", c.train, 0, true, false);
+    add("held-out", c.eval, 1, false, false);
+    add("replayed data, held-out", c.replay, 2, false, true);
+    llama3::weights::atomic::write_path_with(out, |tmp| draw(&series, tmp, out))?;
+    Ok(counts)
+}
+
+/// The held-out curves of several runs on one plot (each run's held-out loss, and its
+/// replayed data's when it has one: forgetting with and without replay), labelled by the
+/// runs' directory names. Returns how many curves were drawn.
+pub fn compare_png(runs: &[std::path::PathBuf], out: &Path) -> Result<usize> {
+    check_feature(out)?;
+    let mut series = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let c = curves(run)?;
+        let name = run.file_name().map_or_else(
+            || run.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        if !c.eval.is_empty() {
+            let label = format!("{name}: held-out");
+            series.push(Series {
+                label,
+                points: c.eval,
+                color: i,
+                smoothed: false,
+                dashed: false,
+            });
+        }
+        if !c.replay.is_empty() {
+            let label = format!("{name}: replayed data, held-out");
+            series.push(Series {
+                label,
+                points: c.replay,
+                color: i,
+                smoothed: false,
+                dashed: true,
+            });
+        }
+    }
+    if series.is_empty() {
+        return Err(Error::Input(
+            "no held-out loss in these runs to compare".into(),
+        ));
+    }
+    llama3::weights::atomic::write_path_with(out, |tmp| draw(&series, tmp, out))?;
+    Ok(series.len())
+}
+
+fn check_feature(out: &Path) -> Result<()> {
+    match cfg!(feature = "plot") {
+        true => Ok(()),
+        false => Err(Error::Input(format!(
+            "cannot draw {}: plots need llama3-train built with its `plot` cargo feature",
+            out.display()
+        ))),
+    }
 }
 
 #[cfg(not(feature = "plot"))]
-fn draw(_: &[(f64, f64)], _: &[(f64, f64)], _: &Path, out: &Path) -> Result<()> {
+fn draw(_: &[Series], _: &Path, out: &Path) -> Result<()> {
     Err(Error::format(out, "built without the `plot` feature"))
 }
 
 /// Draws to `tmp` (renamed to `out` when done).
 #[cfg(feature = "plot")]
-fn draw(train: &[(f64, f64)], eval: &[(f64, f64)], tmp: &Path, out: &Path) -> Result<()> {
-    draw_to(train, eval, tmp).map_err(|e| Error::format(out, format!("cannot draw: {e}")))
+fn draw(series: &[Series], tmp: &Path, out: &Path) -> Result<()> {
+    draw_to(series, tmp).map_err(|e| Error::format(out, format!("cannot draw: {e}")))
 }
 
 /// Mean of the last `w` points at each point.
@@ -77,15 +176,19 @@ fn running_mean(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
 }
 
 #[cfg(feature = "plot")]
-fn draw_to(
-    train: &[(f64, f64)],
-    eval: &[(f64, f64)],
-    out: &Path,
-) -> std::result::Result<(), Box<dyn std::error::Error>> {
+const PALETTE: [RGBColor; 4] = [
+    RGBColor(31, 90, 200),
+    RGBColor(210, 40, 40),
+    RGBColor(30, 150, 60),
+    RGBColor(150, 60, 170),
+];
+
+#[cfg(feature = "plot")]
+fn draw_to(series: &[Series], out: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
     // Registering twice is harmless; the font is compiled in.
     plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| "the embedded font does not load")?;
-    let all = train.iter().chain(eval);
+    let all = series.iter().flat_map(|s| s.points.iter());
     let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
     let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
         (lo.min(p.1), hi.max(p.1))
@@ -105,27 +208,37 @@ fn draw_to(
         .y_desc("loss")
         .label_style((FONT, 14))
         .draw()?;
-    if !train.is_empty() {
-        let faint = RGBColor(120, 160, 220);
-        chart.draw_series(LineSeries::new(
-            train.iter().copied(),
-            faint.stroke_width(1),
-        ))?;
-        let w = (train.len() / 50).max(1);
-        chart
-            .draw_series(LineSeries::new(
-                running_mean(train, w),
-                BLUE.stroke_width(2),
-            ))?
-            .label(format!("train (mean of {w})"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-    }
-    if !eval.is_empty() {
-        chart
-            .draw_series(LineSeries::new(eval.iter().copied(), RED.stroke_width(2)))?
-            .label("held-out")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-        chart.draw_series(eval.iter().map(|&p| Circle::new(p, 4, RED.filled())))?;
+    for s in series {
+        let color = PALETTE[s.color % PALETTE.len()];
+        let style = color.stroke_width(2);
+        let (points, label) = match s.smoothed {
+            true => {
+                chart.draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.mix(0.35).stroke_width(1),
+                ))?;
+                let w = (s.points.len() / 50).max(1);
+                (
+                    running_mean(&s.points, w),
+                    format!("{} (mean of {w})", s.label),
+                )
+            }
+            false => (s.points.clone(), s.label.clone()),
+        };
+        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 20, y)], style);
+        match s.dashed {
+            true => chart
+                .draw_series(DashedLineSeries::new(points.iter().copied(), 8, 5, style))?
+                .label(label)
+                .legend(legend),
+            false => chart
+                .draw_series(LineSeries::new(points.iter().copied(), style))?
+                .label(label)
+                .legend(legend),
+        };
+        if !s.smoothed {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
     }
     chart
         .configure_series_labels()

@@ -96,6 +96,7 @@ pub fn train(
         total_steps,
         teacher,
         reference,
+        mut replay,
     } = setup;
     let dpo = cfg.dpo_settings();
     let run = cfg.model_path.as_path();
@@ -181,12 +182,16 @@ pub fn train(
                 }
                 None => (evaluate(&model, v.as_ref(), cfg, &device, comm)?, None),
             };
+            let replay_loss = match replay.as_ref().and_then(|r| r.valid.as_ref()) {
+                Some(rv) => Some(evaluate(&model, rv.as_ref(), cfg, &device, comm)?),
+                None => None,
+            };
             let log = EvalLog {
                 step,
                 loss,
                 ppl: loss.exp(),
                 rewards,
-                replay_loss: None,
+                replay_loss,
             };
             metrics.write(&Record::Eval(log.clone()))?;
             on_event(Event::Eval(&log));
@@ -219,7 +224,13 @@ pub fn train(
         let comm_before = comm.busy();
         let micro = |m: usize| state.micro_batches + m * world + rank;
         let batches = (0..cfg.grad_accum)
-            .map(|m| train.batch(micro(m), &device))
+            .map(|m| {
+                let batch = train.batch(micro(m), &device)?;
+                match replay.as_mut() {
+                    Some(r) => r.mix(micro(m), batch, &device),
+                    None => Ok(batch),
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         // What the step's loss is a mean over: counted tokens, or pairs under DPO.
         let mut counted = [0f64];

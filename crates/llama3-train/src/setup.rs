@@ -1,7 +1,7 @@
 //! Everything a run needs before its first step: the output directory checked, tokenizer,
 //! model (preset from scratch, or a checkpoint to continue), tokenized data and step count.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
@@ -28,6 +28,8 @@ pub struct Setup {
     pub teacher: Option<crate::distill::Teacher>,
     /// Preference tuning's reference policy (`--dpo`): the model as loaded, adapters off.
     pub reference: Option<Llama>,
+    /// Continual learning's replayed data (`--replay-data`).
+    pub replay: Option<crate::replay::Replay>,
 }
 
 /// What `prepare` reports while it works.
@@ -99,93 +101,27 @@ pub fn prepare_as(
         true => Vec::new(),
         false => collect_files(&cfg.valid_data_path)?,
     };
-    // Preference pairs, fine-tuning JSONL (chats, prompt/completion pairs) or text.
-    let n_pairs = files.iter().filter(|f| dpo::is_pair_file(f)).count();
-    let not_pairs = files
-        .iter()
-        .chain(&valid_files)
-        .find(|f| !dpo::is_pair_file(f));
-    if let (true, Some(f)) = (cfg.dpo, not_pairs) {
-        return Err(Error::Input(format!(
-            "--dpo trains on JSONL preference pairs {{\"prompt\", \"chosen\", \"rejected\"}}; \
-             {} is not one",
-            f.display()
-        )));
-    }
-    if let (false, true) = (cfg.dpo, n_pairs > 0) {
-        return Err(Error::Input(
-            "the data holds preference pairs (prompt, chosen, rejected): train on them with \
-             --dpo (or --method dpo)"
-                .into(),
-        ));
-    }
-    let n_sft = files.iter().filter(|f| sft::is_sft_file(f)).count();
-    let (train, valid): (Box<dyn Dataset>, Option<Box<dyn Dataset>>) = if cfg.dpo {
-        let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
-        let pairs = |files: &[std::path::PathBuf], what: &str| -> Result<Pairs> {
-            let (pairs, dropped) = dpo::load(files, &tokenizer, cfg.seq_len)?;
-            progress(Phase::Pairs(what, pairs.len(), dropped));
-            let max_len = cfg.seq_len;
-            Ok(Pairs {
-                pairs,
-                pad,
-                max_len,
-            })
-        };
-        let all = pairs(&files, "train")?;
-        let (train, valid) = match valid_files.is_empty() {
-            true => all.split(cfg.valid_fraction),
-            false => (all, Some(pairs(&valid_files, "valid")?)),
-        };
-        (
-            Box::new(train),
-            valid.map(|v| Box::new(v) as Box<dyn Dataset>),
-        )
-    } else if n_sft > 0 {
-        if n_sft < files.len() || valid_files.iter().any(|f| !sft::is_sft_file(f)) {
-            return Err(Error::Input(
-                "the data mixes fine-tuning JSONL (messages, or prompt/completion) with \
-                 plain text; train on one kind at a time"
-                    .into(),
-            ));
-        }
-        let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
-        let examples = |files: &[std::path::PathBuf], what: &str| -> Result<Examples> {
-            let (examples, dropped) = sft::load(files, &tokenizer, cfg.seq_len)?;
-            progress(Phase::Examples(what, examples.len(), dropped));
-            Ok(Examples { examples, pad })
-        };
-        let all = examples(&files, "train")?;
-        let (train, valid) = match valid_files.is_empty() {
-            true => all.split(cfg.valid_fraction),
-            false => (all, Some(examples(&valid_files, "valid")?)),
-        };
-        (
-            Box::new(train),
-            valid.map(|v| Box::new(v) as Box<dyn Dataset>),
-        )
-    } else {
-        let tokens = |files: &[std::path::PathBuf], what: &str| -> Result<Blocks> {
-            let report = |done, total| progress(Phase::Tokenizing(what, done, total));
-            let file = tokenize_cached(files, &tokenizer, &cache, &report)?;
-            Ok(Blocks::all(Arc::new(file), cfg.seq_len))
-        };
-        let all = tokens(&files, "train")?;
-        let (train, valid) = match valid_files.is_empty() {
-            true => all.split(cfg.valid_fraction),
-            false => (all, Some(tokens(&valid_files, "valid")?)),
-        };
-        (
-            Box::new(train),
-            valid.map(|v| Box::new(v) as Box<dyn Dataset>),
-        )
+    let data = Data {
+        cfg,
+        tokenizer: &tokenizer,
+        cache: &cache,
+        progress,
     };
+    let (train, valid) = data.load(&files, &valid_files, "")?;
     if let Some(v) = valid.as_ref().filter(|v| v.is_empty()) {
         return Err(Error::Input(format!(
             "the validation data gives no {}",
             v.unit()
         )));
     }
+    let replay = match &cfg.replay_data {
+        Some(p) => {
+            let files = collect_files(std::slice::from_ref(p))?;
+            let split = data.load(&files, &[], "replay ")?;
+            Some(crate::replay::Replay::new(cfg, split, &tokenizer)?)
+        }
+        None => None,
+    };
     let train = Shuffled::new(train, cfg.batch_size, cfg.seed)?;
     let total_steps = match cfg.max_steps {
         Some(n) => n,
@@ -212,7 +148,115 @@ pub fn prepare_as(
         total_steps,
         teacher,
         reference,
+        replay,
     })
+}
+
+/// What loading data needs: the run's settings, tokenizer, token cache and progress report.
+struct Data<'a> {
+    cfg: &'a TrainConfig,
+    tokenizer: &'a Tokenizer,
+    cache: &'a Path,
+    progress: &'a (dyn Fn(Phase) + Sync),
+}
+
+type Split = (Box<dyn Dataset>, Option<Box<dyn Dataset>>);
+
+impl Data<'_> {
+    /// Training data from `files` and held-out data from `valid_files` (or the last
+    /// `valid_fraction` of the training data): preference pairs (`--dpo`), fine-tuning JSONL
+    /// or text. `label` prefixes the progress names (`replay `).
+    fn load(&self, files: &[PathBuf], valid_files: &[PathBuf], label: &str) -> Result<Split> {
+        let Data {
+            cfg,
+            tokenizer,
+            cache,
+            progress,
+        } = *self;
+        let (train_name, valid_name) = (format!("{label}train"), format!("{label}valid"));
+        // Preference pairs, fine-tuning JSONL (chats, prompt/completion pairs) or text.
+        let n_pairs = files.iter().filter(|f| dpo::is_pair_file(f)).count();
+        let not_pairs = files
+            .iter()
+            .chain(valid_files)
+            .find(|f| !dpo::is_pair_file(f));
+        if let (true, Some(f)) = (cfg.dpo, not_pairs) {
+            return Err(Error::Input(format!(
+                "--dpo trains on JSONL preference pairs {{\"prompt\", \"chosen\", \"rejected\"}}; \
+                 {} is not one",
+                f.display()
+            )));
+        }
+        if let (false, true) = (cfg.dpo, n_pairs > 0) {
+            return Err(Error::Input(
+                "the data holds preference pairs (prompt, chosen, rejected): train on them with \
+                 --dpo (or --method dpo)"
+                    .into(),
+            ));
+        }
+        let n_sft = files.iter().filter(|f| sft::is_sft_file(f)).count();
+        let (train, valid): Split = if cfg.dpo {
+            let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
+            let pairs = |files: &[std::path::PathBuf], what: &str| -> Result<Pairs> {
+                let (pairs, dropped) = dpo::load(files, tokenizer, cfg.seq_len)?;
+                progress(Phase::Pairs(what, pairs.len(), dropped));
+                let max_len = cfg.seq_len;
+                Ok(Pairs {
+                    pairs,
+                    pad,
+                    max_len,
+                })
+            };
+            let all = pairs(files, &train_name)?;
+            let (train, valid) = match valid_files.is_empty() {
+                true => all.split(cfg.valid_fraction),
+                false => (all, Some(pairs(valid_files, &valid_name)?)),
+            };
+            (
+                Box::new(train),
+                valid.map(|v| Box::new(v) as Box<dyn Dataset>),
+            )
+        } else if n_sft > 0 {
+            if n_sft < files.len() || valid_files.iter().any(|f| !sft::is_sft_file(f)) {
+                return Err(Error::Input(
+                    "the data mixes fine-tuning JSONL (messages, or prompt/completion) with \
+                     plain text; train on one kind at a time"
+                        .into(),
+                ));
+            }
+            let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
+            let examples = |files: &[std::path::PathBuf], what: &str| -> Result<Examples> {
+                let (examples, dropped) = sft::load(files, tokenizer, cfg.seq_len)?;
+                progress(Phase::Examples(what, examples.len(), dropped));
+                Ok(Examples { examples, pad })
+            };
+            let all = examples(files, &train_name)?;
+            let (train, valid) = match valid_files.is_empty() {
+                true => all.split(cfg.valid_fraction),
+                false => (all, Some(examples(valid_files, &valid_name)?)),
+            };
+            (
+                Box::new(train),
+                valid.map(|v| Box::new(v) as Box<dyn Dataset>),
+            )
+        } else {
+            let tokens = |files: &[std::path::PathBuf], what: &str| -> Result<Blocks> {
+                let report = |done, total| progress(Phase::Tokenizing(what, done, total));
+                let file = tokenize_cached(files, tokenizer, cache, &report)?;
+                Ok(Blocks::all(Arc::new(file), cfg.seq_len))
+            };
+            let all = tokens(files, &train_name)?;
+            let (train, valid) = match valid_files.is_empty() {
+                true => all.split(cfg.valid_fraction),
+                false => (all, Some(tokens(valid_files, &valid_name)?)),
+            };
+            (
+                Box::new(train),
+                valid.map(|v| Box::new(v) as Box<dyn Dataset>),
+            )
+        };
+        Ok((train, valid))
+    }
 }
 
 /// A fresh run needs an empty (or new) directory; `--resume` needs the same run's (returned).

@@ -7,6 +7,11 @@
 //!   importance is the mean |silu(gate) * up| over the calibration tokens; every layer keeps
 //!   the same number of its most important channels (rows of gate/up, columns of down), so the
 //!   result is again an ordinary Llama, with a smaller `intermediate_size`.
+//! - Attention width (Minitron's head importance, LLM-Pruner's grouped structures): each KV
+//!   group (a KV head and the G query heads that read it) scores the calibration energy of its
+//!   heads' outputs (the o_proj input); every layer keeps the same number of its strongest
+//!   groups (rows of q/k/v, columns of o_proj), so the result is an ordinary Llama with fewer
+//!   heads (`head_dim` unchanged, stated in the config).
 //! - Unstructured, Wanda (Sun et al. 2024): weight `W[i, j]` scores `|W[i, j]| * ||X_j||`, the
 //!   norm of input channel j over the calibration tokens; within each output row the lowest
 //!   scores are zeroed (`sparsity` of the row), or 2 of every 4 consecutive inputs (2:4). The
@@ -180,6 +185,60 @@ pub fn prune_mlp(model: &mut Llama, stats: &Stats, keep: f64) -> Result<usize> {
     }
     model.config.intermediate_size = kept;
     Ok(kept)
+}
+
+/// Keeps `keep` of the KV groups of every layer (at least one), the strongest by their heads'
+/// output energy ([`Stats::inputs`], the o_proj input); returns (KV heads, query heads) kept.
+pub fn prune_heads(model: &mut Llama, stats: &Stats, keep: f64) -> Result<(usize, usize)> {
+    if !(keep > 0.0 && keep <= 1.0) {
+        return Err(Error::Input(format!(
+            "--heads-keep {keep} must be in (0, 1]"
+        )));
+    }
+    let c = &model.config;
+    let (h, hkv, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let g = h / hkv;
+    let kept = ((hkv as f64 * keep).round() as usize).clamp(1, hkv);
+    let device = model.device().clone();
+    for (l, layer) in model.layers.iter_mut().enumerate() {
+        let energy = &stats.inputs[l][1]; // (H*Dh,) sums of squares of the heads' outputs
+        if energy.len() != h * dh {
+            return Err(Error::Input(format!("layer {l}: no attention statistics")));
+        }
+        // Group j: query heads j*G..(j+1)*G, their outputs' channels j*G*Dh..(j+1)*G*Dh.
+        let score = |j: usize| -> f64 { energy[j * g * dh..(j + 1) * g * dh].iter().sum() };
+        let mut order: Vec<usize> = (0..hkv).collect();
+        order.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
+        let mut groups = order[..kept].to_vec();
+        groups.sort_unstable();
+        let span = |width: usize| -> Result<Tensor> {
+            let idx: Vec<u32> = groups
+                .iter()
+                .flat_map(|&j| (j * width..(j + 1) * width).map(|i| i as u32))
+                .collect();
+            Ok(Tensor::from_vec(idx.clone(), idx.len(), &device)?)
+        };
+        let (q_rows, kv_rows) = (span(g * dh)?, span(dh)?);
+        let a = &mut layer.self_attn;
+        let pick = |lin: &Linear, idx: &Tensor, dim: usize| -> Result<Linear> {
+            let w = lin
+                .weight
+                .dequantize()?
+                .index_select(idx, dim)?
+                .contiguous()?;
+            Ok(Linear::new(Weight::Dense(w)))
+        };
+        a.q_proj = pick(&a.q_proj, &q_rows, 0)?;
+        a.k_proj = pick(&a.k_proj, &kv_rows, 0)?;
+        a.v_proj = pick(&a.v_proj, &kv_rows, 0)?;
+        a.o_proj = pick(&a.o_proj, &q_rows, 1)?;
+        a.qkv = None;
+        a.n_head = kept * g;
+        a.n_head_kv = kept;
+    }
+    model.config.num_attention_heads = kept * g;
+    model.config.num_key_value_heads = kept;
+    Ok((kept, kept * g))
 }
 
 /// How Wanda zeroes weights within a row.

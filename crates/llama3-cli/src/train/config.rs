@@ -113,8 +113,12 @@ fn apply_flags(c: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
         kd_temperature,
         beta,
         loss_type,
-        label_smoothing
+        label_smoothing,
+        replay_ratio
     );
+    if a.replay_data.is_some() {
+        c.replay_data = a.replay_data.clone();
+    }
     match a.method {
         Some(super::MethodArg::Train(m)) => c.method = m,
         Some(super::MethodArg::Dpo) => {

@@ -219,6 +219,23 @@ pub struct TrainArgs {
         visible_alias = "gradient_checkpointing"
     )]
     pub gradient_checkpointing: bool,
+    /// Continual learning: earlier data (a text file or folder, or a previous task's JSONL)
+    /// replayed in every batch beside the new data; its held-out part (the last
+    /// --valid-fraction) is scored at every evaluation (`replay_loss` in metrics.jsonl).
+    #[arg(
+        long = "replay-data",
+        visible_alias = "replay_data",
+        value_name = "PATH"
+    )]
+    pub replay_data: Option<PathBuf>,
+    /// The fraction of each batch's rows that are replay, in [0, 1): 0 only scores the earlier
+    /// data (forgetting without replay, for comparison). Default 0.25.
+    #[arg(
+        long = "replay-ratio",
+        visible_alias = "replay_ratio",
+        value_name = "R"
+    )]
+    pub replay_ratio: Option<f64>,
     /// Distillation: a teacher model (HF directory or GGUF with the same vocabulary) whose
     /// distribution the student learns on the same tokens: loss (1 - A) x CE + A x T² x
     /// KL(teacher || student) at temperature T (the logged training loss is that loss).
