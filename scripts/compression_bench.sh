@@ -17,13 +17,14 @@
 # Usage: scripts/compression_bench.sh [OUT_DIR]
 # Environment: KD_STEPS (30), CHUNKS (50), REPS (2), LLAMA3_BIN (target/release/llama3),
 # MODEL (the model to compress; default the default model; e.g. the 15m preset trained on the
-# State of the Union as the README shows), HEADS_KEEP (0.67).
+# State of the Union as the README shows), HEADS_KEEP (0.67), DROP (layers dropped, "4 8").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KD_STEPS="${KD_STEPS:-30}"
 CHUNKS="${CHUNKS:-50}"
 REPS="${REPS:-2}"
 HEADS_KEEP="${HEADS_KEEP:-0.67}"
+DROP="${DROP:-4 8}"
 out="${1:-$(mktemp -d)}"
 mkdir -p "$out"
 bin="${LLAMA3_BIN:-}"
@@ -60,17 +61,17 @@ distill() { # student dir name
 }
 
 prune dense --drop-layers 0
-prune depth-4 --drop-layers 4
-prune depth-8 --drop-layers 8
+for n in $DROP; do prune "depth-$n" --drop-layers "$n"; done
 prune mlp-75 --ffn-keep 0.75
 prune heads "--heads-keep" "$HEADS_KEEP"
 prune wanda-50 --sparsity 0.5
 prune wanda-2of4 --pattern 2:4
-for m in depth-4 depth-8 mlp-75 heads; do distill "$m"; done
+for m in $(for n in $DROP; do echo "depth-$n"; done) mlp-75 heads; do distill "$m"; done
 
 echo "| model | layers | MLP | heads (KV) | params (M) | Q8_0 MiB | pp512 t/s | tg128 t/s | held-out ppl | llama.cpp greedy |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-for m in dense depth-4 depth-4+kd depth-8 depth-8+kd mlp-75 mlp-75+kd heads heads+kd wanda-50 wanda-2of4; do
+rows="dense $(for n in $DROP; do echo "depth-$n depth-$n+kd"; done) mlp-75 mlp-75+kd heads heads+kd"
+for m in $rows wanda-50 wanda-2of4; do
   dir="$out/$m"
   gguf="$out/$m.q8_0.gguf"
   [ -f "$gguf" ] || "$bin" export "$dir" --gguf "$gguf" --type q8_0 >/dev/null 2>&1

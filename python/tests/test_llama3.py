@@ -537,6 +537,20 @@ def test_lora_merge_and_export_from_python_give_peft_logits(tmp_path):
         Llama3(str(gqa / "model"), lora=str(tmp_path / "no-adapter"), verbose=False)
 
 
+@pytest.mark.parametrize("name", ["peft_dora", "peft_prompt", "peft_prefix"])
+def test_dora_prompt_and_prefix_adapters_give_peft_logits(name):
+    """Adapters PEFT made (scripts/make_peft_goldens.py), applied with `lora=`: PEFT's logits
+    (prompt tuning's virtual positions dropped), through the KV cache `logits` runs."""
+    import numpy as np
+
+    data = HERE.parent.parent / "crates" / "llama3" / "tests" / "data" / name
+    g = read_safetensors(data / "golden.safetensors")
+    ids = [int(i) for i in g["input_ids"][0]]  # the unpadded row
+    want = g["logits"][0][-len(ids):]
+    got = Llama3(str(GOLDEN / "hf" / "gqa" / "model"), lora=str(data), verbose=False).logits(ids)
+    assert np.abs(got - want).max() < 1e-4
+
+
 def test_a_repeated_prompt_reuses_the_cached_session():
     llm = Llama3(verbose=False)
     msgs = [{"role": "system", "content": "You are a helpful assistant. " * 30},

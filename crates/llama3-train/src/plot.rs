@@ -91,7 +91,8 @@ pub fn loss_png(run: &Path, out: &Path) -> Result<(usize, usize)> {
     add("train", c.train, 0, true, false);
     add("held-out", c.eval, 1, false, false);
     add("replayed data, held-out", c.replay, 2, false, true);
-    llama3::weights::atomic::write_path_with(out, |tmp| draw(&series, tmp, out))?;
+    let legend = Legend::UpperRight;
+    llama3::weights::atomic::write_path_with(out, |tmp| draw(&series, legend, tmp, out))?;
     Ok(counts)
 }
 
@@ -133,7 +134,10 @@ pub fn compare_png(runs: &[std::path::PathBuf], out: &Path) -> Result<usize> {
             "no held-out loss in these runs to compare".into(),
         ));
     }
-    llama3::weights::atomic::write_path_with(out, |tmp| draw(&series, tmp, out))?;
+    // Held-out curves fall from the top, replayed data's lie low: the legend between them,
+    // left, where the new task's curves are still high.
+    let legend = Legend::MiddleLeft;
+    llama3::weights::atomic::write_path_with(out, |tmp| draw(&series, legend, tmp, out))?;
     Ok(series.len())
 }
 
@@ -147,15 +151,23 @@ fn check_feature(out: &Path) -> Result<()> {
     }
 }
 
+/// Where the legend goes.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "plot"), allow(dead_code))]
+enum Legend {
+    UpperRight,
+    MiddleLeft,
+}
+
 #[cfg(not(feature = "plot"))]
-fn draw(_: &[Series], _: &Path, out: &Path) -> Result<()> {
+fn draw(_: &[Series], _: Legend, _: &Path, out: &Path) -> Result<()> {
     Err(Error::format(out, "built without the `plot` feature"))
 }
 
 /// Draws to `tmp` (renamed to `out` when done).
 #[cfg(feature = "plot")]
-fn draw(series: &[Series], tmp: &Path, out: &Path) -> Result<()> {
-    draw_to(series, tmp).map_err(|e| Error::format(out, format!("cannot draw: {e}")))
+fn draw(series: &[Series], legend: Legend, tmp: &Path, out: &Path) -> Result<()> {
+    draw_to(series, legend, tmp).map_err(|e| Error::format(out, format!("cannot draw: {e}")))
 }
 
 /// Mean of the last `w` points at each point.
@@ -184,7 +196,11 @@ const PALETTE: [RGBColor; 4] = [
 ];
 
 #[cfg(feature = "plot")]
-fn draw_to(series: &[Series], out: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
+fn draw_to(
+    series: &[Series],
+    legend: Legend,
+    out: &Path,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
     // Registering twice is harmless; the font is compiled in.
     plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| "the embedded font does not load")?;
@@ -225,23 +241,34 @@ fn draw_to(series: &[Series], out: &Path) -> std::result::Result<(), Box<dyn std
             }
             false => (s.points.clone(), s.label.clone()),
         };
-        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 20, y)], style);
         match s.dashed {
             true => chart
                 .draw_series(DashedLineSeries::new(points.iter().copied(), 8, 5, style))?
                 .label(label)
-                .legend(legend),
+                .legend(move |(x, y)| {
+                    plotters::element::DashedPathElement::new(
+                        vec![(x, y), (x + 24, y)],
+                        6,
+                        3,
+                        style,
+                    )
+                }),
             false => chart
                 .draw_series(LineSeries::new(points.iter().copied(), style))?
                 .label(label)
-                .legend(legend),
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style)),
         };
         if !s.smoothed {
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         }
     }
+    let position = match legend {
+        Legend::UpperRight => SeriesLabelPosition::UpperRight,
+        Legend::MiddleLeft => SeriesLabelPosition::Coordinate(100, 230),
+    };
     chart
         .configure_series_labels()
+        .position(position)
         .label_font((FONT, 14))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
@@ -295,5 +322,34 @@ mod tests {
         assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 600);
         std::fs::write(run.join("metrics.jsonl"), "").unwrap();
         assert!(loss_png(run, &out).is_err());
+    }
+
+    /// Several runs on one plot: each run's held-out curve and its replayed data's.
+    #[cfg(feature = "plot")]
+    #[test]
+    fn compares_runs_with_their_replay_curves() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = Vec::new();
+        for (name, replay) in [("plain", None), ("replay", Some(3.1))] {
+            let run = dir.path().join(name);
+            std::fs::create_dir_all(&run).unwrap();
+            let lines: Vec<String> = (0..3)
+                .map(|i| {
+                    let r = replay.map_or(String::new(), |r: f64| {
+                        format!(r#","replay_loss":{}"#, r + i as f64 * 0.1)
+                    });
+                    format!(
+                        r#"{{"kind":"eval","step":{},"loss":4.0,"ppl":54.6{r}}}"#,
+                        i * 10
+                    )
+                })
+                .collect();
+            std::fs::write(run.join("metrics.jsonl"), lines.join("\n")).unwrap();
+            runs.push(run);
+        }
+        let out = dir.path().join("compare.png");
+        assert_eq!(compare_png(&runs, &out).unwrap(), 3);
+        assert_eq!(&std::fs::read(&out).unwrap()[..4], b"\x89PNG");
+        assert!(compare_png(&[dir.path().join("missing")], &out).is_err());
     }
 }
