@@ -24,6 +24,18 @@ pub trait Dataset: Send {
     }
 }
 
+/// Data whose last part can be held out for evaluation.
+pub trait HeldOut: Dataset + Sized + 'static {
+    /// The last `fraction` held out (at least one row when `fraction > 0` and there are two).
+    fn split(self, fraction: f64) -> (Self, Option<Self>);
+}
+
+/// How many of `n` rows the last `fraction` holds out: at least one when `fraction > 0`,
+/// never all; None when nothing is held out.
+pub fn held_out_count(n: usize, fraction: f64) -> Option<usize> {
+    (fraction > 0.0 && n >= 2).then(|| ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1))
+}
+
 /// Blocks `first..first + count` of `seq_len` tokens of a token file (the tail that does
 /// not fill a block is dropped, as HF `run_clm.py group_texts`).
 #[derive(Clone)]
@@ -45,12 +57,21 @@ impl Blocks {
         }
     }
 
-    /// The last `fraction` of the blocks (at least one when `fraction > 0`) held out.
-    pub fn split(self, fraction: f64) -> (Blocks, Option<Blocks>) {
-        if fraction <= 0.0 || self.count < 2 {
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    fn block(&self, i: usize) -> Vec<u32> {
+        self.file
+            .slice((self.first + i) * self.seq_len, self.seq_len)
+    }
+}
+
+impl HeldOut for Blocks {
+    fn split(self, fraction: f64) -> (Blocks, Option<Blocks>) {
+        let Some(n_valid) = held_out_count(self.count, fraction) else {
             return (self, None);
-        }
-        let n_valid = ((self.count as f64 * fraction).ceil() as usize).clamp(1, self.count - 1);
+        };
         let train = Blocks {
             count: self.count - n_valid,
             ..self.clone()
@@ -61,15 +82,6 @@ impl Blocks {
             ..self
         };
         (train, Some(valid))
-    }
-
-    pub fn seq_len(&self) -> usize {
-        self.seq_len
-    }
-
-    fn block(&self, i: usize) -> Vec<u32> {
-        self.file
-            .slice((self.first + i) * self.seq_len, self.seq_len)
     }
 }
 

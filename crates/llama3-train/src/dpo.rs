@@ -17,7 +17,7 @@ use llama3::tokenizer::{Message, Tokenizer};
 use llama3::Llama;
 use serde::{Deserialize, Serialize};
 
-use crate::batches::Dataset;
+use crate::batches::{held_out_count, Dataset, HeldOut};
 use crate::loss::{counted_positions, head_chunks, IGNORE_INDEX};
 use crate::metrics::Rewards;
 use crate::{Error, Result};
@@ -78,17 +78,7 @@ enum Text {
 
 /// Whether `path` holds preference pairs: a JSONL whose first line has `chosen`.
 pub fn is_pair_file(path: &Path) -> bool {
-    if path.extension().is_none_or(|e| e != "jsonl") {
-        return false;
-    }
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let first = std::io::BufReader::new(f)
-        .lines()
-        .map_while(|l| l.ok())
-        .find(|l| !l.trim().is_empty());
-    first
+    crate::sft::first_jsonl_line(path)
         .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
         .is_some_and(|v| v.get("chosen").is_some())
 }
@@ -181,20 +171,18 @@ pub struct Pairs {
     pub max_len: usize,
 }
 
-impl Pairs {
-    /// The last `fraction` held out (at least one when `fraction > 0` and there are two).
-    pub fn split(mut self, fraction: f64) -> (Pairs, Option<Pairs>) {
+impl HeldOut for Pairs {
+    fn split(mut self, fraction: f64) -> (Pairs, Option<Pairs>) {
         let n = self.pairs.len();
-        if fraction <= 0.0 || n < 2 {
+        let Some(k) = held_out_count(n, fraction) else {
             return (self, None);
-        }
-        let k = ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1);
-        let valid = self.pairs.split_off(n - k);
+        };
+        let pairs = self.pairs.split_off(n - k);
         let (pad, max_len) = (self.pad, self.max_len);
         (
             self,
             Some(Pairs {
-                pairs: valid,
+                pairs,
                 pad,
                 max_len,
             }),

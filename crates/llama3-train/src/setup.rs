@@ -9,7 +9,7 @@ use llama3::tokenizer::Tokenizer;
 use llama3::weights::atomic;
 use llama3::Llama;
 
-use crate::batches::{Blocks, Dataset, Shuffled};
+use crate::batches::{Blocks, Dataset, HeldOut, Shuffled};
 use crate::config::{Method, Precision, TrainConfig};
 use crate::corpus::{collect_files, tokenize_cached};
 use crate::dpo::{self, Pairs};
@@ -173,7 +173,6 @@ impl Data<'_> {
             cache,
             progress,
         } = *self;
-        let (train_name, valid_name) = (format!("{label}train"), format!("{label}valid"));
         // Preference pairs, fine-tuning JSONL (chats, prompt/completion pairs) or text.
         let n_pairs = files.iter().filter(|f| dpo::is_pair_file(f)).count();
         let not_pairs = files
@@ -207,15 +206,7 @@ impl Data<'_> {
                     max_len,
                 })
             };
-            let all = pairs(files, &train_name)?;
-            let (train, valid) = match valid_files.is_empty() {
-                true => all.split(cfg.valid_fraction),
-                false => (all, Some(pairs(valid_files, &valid_name)?)),
-            };
-            (
-                Box::new(train),
-                valid.map(|v| Box::new(v) as Box<dyn Dataset>),
-            )
+            self.split(pairs, files, valid_files, label)?
         } else if n_sft > 0 {
             if n_sft < files.len() || valid_files.iter().any(|f| !sft::is_sft_file(f)) {
                 return Err(Error::Input(
@@ -230,32 +221,36 @@ impl Data<'_> {
                 progress(Phase::Examples(what, examples.len(), dropped));
                 Ok(Examples { examples, pad })
             };
-            let all = examples(files, &train_name)?;
-            let (train, valid) = match valid_files.is_empty() {
-                true => all.split(cfg.valid_fraction),
-                false => (all, Some(examples(valid_files, &valid_name)?)),
-            };
-            (
-                Box::new(train),
-                valid.map(|v| Box::new(v) as Box<dyn Dataset>),
-            )
+            self.split(examples, files, valid_files, label)?
         } else {
             let tokens = |files: &[std::path::PathBuf], what: &str| -> Result<Blocks> {
                 let report = |done, total| progress(Phase::Tokenizing(what, done, total));
                 let file = tokenize_cached(files, tokenizer, cache, &report)?;
                 Ok(Blocks::all(Arc::new(file), cfg.seq_len))
             };
-            let all = tokens(files, &train_name)?;
-            let (train, valid) = match valid_files.is_empty() {
-                true => all.split(cfg.valid_fraction),
-                false => (all, Some(tokens(valid_files, &valid_name)?)),
-            };
-            (
-                Box::new(train),
-                valid.map(|v| Box::new(v) as Box<dyn Dataset>),
-            )
+            self.split(tokens, files, valid_files, label)?
         };
         Ok((train, valid))
+    }
+
+    /// `load`ed training data and its held-out part: `valid_files`, or the training data's
+    /// last `valid_fraction`.
+    fn split<D: HeldOut>(
+        &self,
+        load: impl Fn(&[PathBuf], &str) -> Result<D>,
+        files: &[PathBuf],
+        valid_files: &[PathBuf],
+        label: &str,
+    ) -> Result<Split> {
+        let all = load(files, &format!("{label}train"))?;
+        let (train, valid) = match valid_files.is_empty() {
+            true => all.split(self.cfg.valid_fraction),
+            false => (all, Some(load(valid_files, &format!("{label}valid"))?)),
+        };
+        Ok((
+            Box::new(train),
+            valid.map(|v| Box::new(v) as Box<dyn Dataset>),
+        ))
     }
 }
 

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use llama3::tokenizer::{Message, Tokenizer};
 use serde::Deserialize;
 
-use crate::batches::Dataset;
+use crate::batches::{held_out_count, Dataset, HeldOut};
 use crate::loss::IGNORE_INDEX;
 use crate::{Error, Result};
 
@@ -31,17 +31,20 @@ enum Line {
 /// Whether `path` is a fine-tuning JSONL (its first non-empty line has `messages` or
 /// `prompt` + `completion`) rather than text for pretraining.
 pub fn is_sft_file(path: &Path) -> bool {
+    first_jsonl_line(path).is_some_and(|l| serde_json::from_str::<Line>(&l).is_ok())
+}
+
+/// The first non-empty line of a `.jsonl` file (None for other files): what decides the
+/// data's kind.
+pub fn first_jsonl_line(path: &Path) -> Option<String> {
     if path.extension().is_none_or(|e| e != "jsonl") {
-        return false;
+        return None;
     }
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let first = std::io::BufReader::new(f)
+    let f = std::fs::File::open(path).ok()?;
+    std::io::BufReader::new(f)
         .lines()
         .map_while(|l| l.ok())
-        .find(|l| !l.trim().is_empty());
-    first.is_some_and(|l| serde_json::from_str::<Line>(&l).is_ok())
+        .find(|l| !l.trim().is_empty())
 }
 
 /// Reads and tokenizes every example of `files`, truncated to `max_len` tokens. Examples left
@@ -151,23 +154,15 @@ pub struct Examples {
     pub pad: u32,
 }
 
-impl Examples {
-    /// The last `fraction` held out (at least one when `fraction > 0` and there are two).
-    pub fn split(mut self, fraction: f64) -> (Examples, Option<Examples>) {
+impl HeldOut for Examples {
+    fn split(mut self, fraction: f64) -> (Examples, Option<Examples>) {
         let n = self.examples.len();
-        if fraction <= 0.0 || n < 2 {
+        let Some(k) = held_out_count(n, fraction) else {
             return (self, None);
-        }
-        let k = ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1);
-        let valid = self.examples.split_off(n - k);
+        };
+        let examples = self.examples.split_off(n - k);
         let pad = self.pad;
-        (
-            self,
-            Some(Examples {
-                examples: valid,
-                pad,
-            }),
-        )
+        (self, Some(Examples { examples, pad }))
     }
 }
 
