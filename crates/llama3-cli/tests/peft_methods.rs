@@ -300,4 +300,14 @@ fn impossible_prompt_learning_settings_are_clear_errors() {
         let out = train(&model, &tmp.path().join("run"), args);
         llama3_testutil::assert_one_line_error(&out, needle);
     }
+    // A prefix-tuning adapter has no weights to merge.
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../llama3/tests/data/peft_prefix");
+    let out = Command::new(llama3())
+        .arg("merge")
+        .arg(llama3_testutil::golden("hf/gqa/model"))
+        .arg(&prefix)
+        .arg(tmp.path().join("merged"))
+        .output()
+        .unwrap();
+    llama3_testutil::assert_one_line_error(&out, "cannot be merged into the weights");
 }

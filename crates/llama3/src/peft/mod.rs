@@ -58,6 +58,17 @@ impl Adapter {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        if let Some(t) = serde_json::from_str::<PromptConfig>(&text)
+            .ok()
+            .filter(|c| c.kind().is_some())
+        {
+            return Err(Error::Unsupported(format!(
+                "{}: peft_type {}: virtual tokens, not weights: apply the adapter with --lora \
+                 (it cannot be merged into the weights, nor put on a classifier)",
+                cfg_path.display(),
+                t.peft_type
+            )));
+        }
         let config: LoraConfig = serde_json::from_str(&text)
             .map_err(|e| Error::format(&cfg_path, format!("not a PEFT LoRA config: {e}")))?;
         config.check(&cfg_path)?;
