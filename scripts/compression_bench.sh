@@ -96,11 +96,14 @@ PY
   same=$(python3 - "$prompt" "$theirs" "$ours" <<'PY'
 import json, sys
 prompt, theirs, ours = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+theirs = theirs.removeprefix("<s>").lstrip()  # llama-simple prints a SentencePiece BOS
 theirs = theirs[len(prompt):] if theirs.startswith(prompt) else theirs
 text = ""
 for i, s in enumerate(ours["steps"]):
     top = s["top_logprobs"]
-    text += top[0]["piece"].replace("\u0120", " ").replace("\u010a", "\n")
+    # Byte-level BPE pieces (GPT-2's space and newline marks) or SentencePiece's (U+2581).
+    piece = top[0]["piece"].replace("\u0120", " ").replace("\u010a", "\n")
+    text += piece.replace("\u2581", " ").replace("<0x0A>", "\n")
     if not theirs.startswith(text):
         gap = top[0]["logprob"] - top[1]["logprob"]
         print(f"same for {i} tokens, then a near-tie (gap {gap:.3f})" if gap < 0.1
