@@ -98,12 +98,22 @@ import json, sys
 prompt, theirs, ours = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 theirs = theirs.removeprefix("<s>").lstrip()  # llama-simple prints a SentencePiece BOS
 theirs = theirs[len(prompt):] if theirs.startswith(prompt) else theirs
-text = ""
+# GPT-2's byte-level alphabet (bytes_to_unicode), to turn byte-level BPE pieces into bytes.
+keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+alphabet = {chr(b): b for b in keep}
+alphabet.update({chr(256 + n): b for n, b in enumerate(b for b in range(256) if b not in keep)})
+def piece_bytes(p):
+    if p.startswith("<0x") and p.endswith(">") and len(p) == 6:  # SentencePiece byte
+        return bytes([int(p[3:5], 16)])
+    if all(c in alphabet for c in p):
+        return bytes(alphabet[c] for c in p)
+    return p.replace("\u2581", " ").encode()  # SentencePiece
+raw = b""
 for i, s in enumerate(ours["steps"]):
     top = s["top_logprobs"]
-    # Byte-level BPE pieces (GPT-2's space and newline marks) or SentencePiece's (U+2581).
-    piece = top[0]["piece"].replace("\u0120", " ").replace("\u010a", "\n")
-    text += piece.replace("\u2581", " ").replace("<0x0A>", "\n")
+    raw += piece_bytes(top[0]["piece"])
+    # A multi-byte character cut by a token boundary: compare up to its last whole character.
+    text = raw.decode("utf-8", errors="ignore")
     if not theirs.startswith(text):
         gap = top[0]["logprob"] - top[1]["logprob"]
         print(f"same for {i} tokens, then a near-tie (gap {gap:.3f})" if gap < 0.1
