@@ -160,7 +160,8 @@ impl Linear {
 
     /// `y` plus the adapters' `scale * B(A x)`; a DoRA adapter rescales the rows as PEFT's
     /// `lora.Linear.forward` does: `y + (s - 1) base + s scale B(A x)` with `s` its
-    /// [`Self::dora_row_scale`] and `base` the output so far (`W dropout(x)` while dropout is on).
+    /// [`Self::dora_row_scale`] and `base` the output so far (so `s (y + scale B(A x))`), or
+    /// `W dropout(x)` while dropout is on.
     fn add_lora(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
         let mut y = y;
         for l in &self.lora {
@@ -178,12 +179,15 @@ impl Linear {
                 continue;
             };
             let s = self.dora_row_scale(l, dora)?.to_dtype(y.dtype())?; // (out,)
-            let base = match dropped {
-                Some(_) => op::matmul(&self.weight, &x2.to_dtype(x.dtype())?, self.compute_dtype)?,
-                None => y.clone(),
+            y = match dropped {
+                // base = y: y + (s - 1) y + s d = s (y + d).
+                None => (y + d)?.broadcast_mul(&s)?,
+                Some(_) => {
+                    let x2 = x2.to_dtype(x.dtype())?;
+                    let base = op::matmul(&self.weight, &x2, self.compute_dtype)?;
+                    (y + (base.broadcast_mul(&(&s - 1.0)?)? + d.broadcast_mul(&s)?)?)?
+                }
             };
-            let rescaled = (base.broadcast_mul(&(&s - 1.0)?)? + d.broadcast_mul(&s)?)?;
-            y = (y + rescaled)?;
         }
         Ok(y)
     }
